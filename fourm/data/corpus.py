@@ -1,0 +1,236 @@
+"""The aligned corpus: one webdataset shard series per modality, the same keys in the same order.
+
+Layout::
+
+    <root>/manifest.json                 what the corpus holds (modalities, counts, labellers, skips)
+    <root>/<modality>/shard-000000.tar   one series per modality, members "<key>.<ext>"
+    <root>/.shards/shard-000000.json     written last for each finished shard: a shard without it
+                                         is unfinished and is redone by a resumed run
+
+Reading is per shard: every requested modality's tar of shard ``i`` is read, the keys are checked to
+agree, and samples are decoded. A truncated tar or an undecodable value loses only the samples it
+touches; they are reported and counted in :attr:`CorpusReader.skipped`. Series that disagree
+(different keys, a shard missing from one series) are an error, since that is a broken corpus and
+not a damaged file.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fourm.data.codecs import CorruptSampleError, decode_modality, encode_modality
+from fourm.io import atomic_path, read_json, write_json
+from fourm.modalities import corpus_modality, parse_modalities
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be read as asked: missing, or with series that disagree."""
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def shard_path(root: str | os.PathLike, modality: str, index: int) -> Path:
+    return Path(root) / modality / shard_name(index)
+
+
+def record_path(root: str | os.PathLike, index: int) -> Path:
+    return Path(root) / ".shards" / f"shard-{index:06d}.json"
+
+
+# ----------------------------------------------------------------------------- writing
+def write_shard(root: str | os.PathLike, index: int, samples: list[dict], modalities: list[str],
+                record: dict | None = None) -> dict:
+    """Write shard ``index`` of every modality in ``modalities``, then its completion record.
+
+    ``samples`` are dicts with ``__key__`` and one value per modality. Each tar is written under a
+    temporary name and renamed; the record goes last, so a kill leaves the shard visibly unfinished.
+    Returns the record (``record`` plus the sample count and keys).
+    """
+    import webdataset as wds
+
+    keys = [s["__key__"] for s in samples]
+    for name in modalities:
+        ext = corpus_modality(name).storage.ext
+        with atomic_path(shard_path(root, name, index)) as tmp:
+            # mtime=0 and fixed ownership: the same samples give the same bytes, run after run
+            with wds.TarWriter(str(tmp), encoder=False, mtime=0, user="fourm", group="fourm") as tar:
+                for sample in samples:
+                    if name not in sample:
+                        raise ValueError(f"sample {sample['__key__']!r} has no {name!r}")
+                    tar.write({"__key__": sample["__key__"], ext: encode_modality(name, sample[name])})
+    record = {**(record or {}), "index": index, "num_samples": len(samples), "keys": keys,
+              "modalities": sorted(modalities)}
+    write_json(record_path(root, index), record)
+    return record
+
+
+def finished_shards(root: str | os.PathLike) -> dict[int, dict]:
+    """Completion records of the shards written so far, by index."""
+    folder = Path(root) / ".shards"
+    if not folder.is_dir():
+        return {}
+    records = (read_json(p) for p in sorted(folder.glob("shard-*.json")))
+    return {r["index"]: r for r in records}
+
+
+def write_manifest(root: str | os.PathLike, info: dict) -> dict:
+    """Summarise the finished shards and ``info`` (source, labellers, settings) into manifest.json."""
+    records = finished_shards(root)
+    skipped = [s for r in records.values() for s in r.get("skipped", [])]
+    reasons = collections.Counter(s["reason"].split(":")[0] for s in skipped)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        **info,
+        "num_shards": len(records),
+        "num_samples": sum(r["num_samples"] for r in records.values()),
+        "shard_samples": [records[i]["num_samples"] for i in sorted(records)],
+        "skipped": {"count": len(skipped), "by_reason": dict(reasons), "items": skipped},
+    }
+    write_json(Path(root) / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(root: str | os.PathLike) -> dict:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise CorpusError(f"{root} is not a corpus: {MANIFEST} is missing (run `fourm pseudolabel` first)")
+    manifest = read_json(path)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CorpusError(f"{path}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
+    return manifest
+
+
+# ----------------------------------------------------------------------------- reading
+@dataclass
+class SkipLog:
+    """Samples a reader left out, and why (counted by reason, the first few kept for the report)."""
+
+    counts: collections.Counter = field(default_factory=collections.Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, reason: str, detail: str) -> None:
+        self.counts[reason] += 1
+        if len(self.examples) < 20:
+            self.examples.append(f"{reason}: {detail}")
+        log.warning("skipped %s: %s", reason, detail)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def _read_tar(path: Path) -> tuple[list[tuple[str, bytes]], str | None]:
+    """Members of one tar as (key, bytes) in order, and the error that cut the read short, if any."""
+    from webdataset.tariterators import base_plus_ext, tar_file_iterator
+
+    members: list[tuple[str, bytes]] = []
+    try:
+        with open(path, "rb") as f:
+            for item in tar_file_iterator(f):
+                key, _ = base_plus_ext(item["fname"])
+                members.append((key, item["data"]))
+    except Exception as e:  # tarfile raises ReadError, EOFError, OSError... for damaged files
+        return members, f"{type(e).__name__}: {e}"
+    return members, None
+
+
+class CorpusReader:
+    """Aligned samples of any subset of a corpus' modalities.
+
+    Args:
+        root: corpus folder (with manifest.json).
+        modalities: names or ``"a,b"``; default every modality of the manifest.
+
+    Iterating yields ``{"__key__": str, "<modality>": value, ...}``; :attr:`skipped` counts what was
+    left out. ``reader.shard(i)`` reads one shard (the unit to split over workers and ranks).
+    """
+
+    def __init__(self, root: str | os.PathLike, modalities: str | Iterable[str] | None = None):
+        self.root = Path(root)
+        self.manifest = read_manifest(root)
+        available = list(self.manifest["modalities"])
+        names = available if modalities is None else parse_modalities(
+            modalities if isinstance(modalities, str) else list(modalities))
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise CorpusError(f"{root} has no {', '.join(missing)}; it holds: {', '.join(available)}")
+        self.modalities = names
+        self.skipped = SkipLog()
+
+    @property
+    def num_shards(self) -> int:
+        return self.manifest["num_shards"]
+
+    def __len__(self) -> int:
+        return self.manifest["num_samples"]
+
+    def __iter__(self) -> Iterator[dict]:
+        for index in range(self.num_shards):
+            yield from self.shard(index)
+
+    def shard(self, index: int) -> Iterator[dict]:
+        series = {}
+        for name in self.modalities:
+            path = shard_path(self.root, name, index)
+            if not path.is_file():
+                raise CorpusError(f"series disagree: {path} is missing (the manifest lists {self.num_shards} shards)")
+            series[name] = _read_tar(path)
+        keys = self._aligned_keys(index, series)
+        values = {name: dict(members) for name, (members, _) in series.items()}
+        for key in keys:
+            sample = {"__key__": key}
+            for name in self.modalities:
+                if key not in values[name]:
+                    self.skipped.add("truncated shard", f"{shard_path(self.root, name, index)} lost {key}")
+                    break
+                try:
+                    sample[name] = decode_modality(name, values[name][key])
+                except CorruptSampleError as e:
+                    self.skipped.add("corrupt sample", f"{name}/{key}: {e}")
+                    break
+            else:
+                yield sample
+
+    def _aligned_keys(self, index: int, series: dict) -> list[str]:
+        """The shard's key order; raise if complete series disagree, allow truncated ones as prefixes."""
+        complete = {n: [k for k, _ in m] for n, (m, err) in series.items() if err is None}
+        for name, (members, err) in series.items():
+            if err is not None:
+                log.warning("shard %s of %s is damaged (%s)", index, name, err)
+        record = finished_shards(self.root).get(index) if not complete else None
+        reference = next(iter(complete.values()), None) or (record or {}).get("keys", [])
+        for name, (members, _) in series.items():
+            keys = [k for k, _ in members]
+            ok = keys == reference if name in complete else keys == reference[: len(keys)]
+            if not ok:
+                first = next((i for i, (a, b) in enumerate(zip(keys, reference)) if a != b), min(len(keys), len(reference)))
+                raise CorpusError(
+                    f"series disagree in shard {index}: {name} has {len(keys)} samples, "
+                    f"{self.modalities[0]} {len(reference)}; first difference at position {first}")
+        return reference
+
+    def sample(self, position: int) -> dict:
+        """The sample at ``position`` (0-based, over all shards, in corpus order)."""
+        if not 0 <= position < len(self):
+            raise IndexError(f"sample {position} is out of range: the corpus holds {len(self)}")
+        for index, count in enumerate(self.manifest["shard_samples"]):
+            if position < count:
+                for sample in self.shard(index):
+                    if position == 0:
+                        return sample
+                    position -= 1
+                raise CorpusError(f"sample is damaged and was skipped: {self.skipped.examples[-1:]}")
+            position -= count
+        raise IndexError(position)

@@ -1,0 +1,239 @@
+"""The modality registry: every modality described once.
+
+Two tables, one per face of a modality:
+
+* ``CORPUS`` -- what the aligned corpus stores, one shard series (folder) per entry: how a value is
+  kept on disk, how it is drawn for a person, and which labeller makes it by default.
+* ``MODALITIES`` -- what the 4M model sees (the keys of 4M-21, arXiv 2406.09406, Table 1): kind,
+  tokenizer family, vocabulary, token count, and which corpus entry feeds it. Several model
+  modalities may read one corpus entry (``rgb`` pixels and ``tok_rgb`` both read ``rgb``).
+
+Full-scale numbers follow the reference (224 px, 16 px patches, 196 tokens per image). A
+:class:`ModalityScale` scales images and vocabularies down (our CPU default: 64 px, 8 px patches,
+64 tokens) without touching the entries. Adding a modality is one ``CORPUS`` entry for its data,
+one ``MODALITIES`` entry for the model, and, if it is a new kind, one tokenizer class.
+
+In-memory value conventions (what sources and labellers produce, what the corpus reader returns):
+
+=================  ===============================================================================
+storage            value
+=================  ===============================================================================
+png, uint8, C=3    ``np.uint8 (H, W, 3)``
+png, uint8, C=1    ``np.uint8 (H, W)`` (class ids, or edges as 0/255)
+png, uint16        ``np.uint16 (H, W)`` (instance ids), or float after ``scale`` (depth in metres)
+npy                ``np.ndarray`` (float16 features ``(h, w, C)``, vectors ``(C,)``, ``(L, C)``)
+json               ``list`` / ``dict``
+txt                ``str``
+=================  ===============================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+
+class Kind(str, Enum):
+    """How the model treats a modality's tokens."""
+
+    PIXELS = "pixels"  # raw image patches, projected linearly; input only
+    IMAGE = "image"  # a grid of discrete tokens (image VQ-VAE), 2D positions
+    SEQUENCE = "sequence"  # text-like tokens of the shared WordPiece vocabulary, 1D positions
+    EMBEDDING_SEQUENCE = "embedding_sequence"  # frozen vectors, projected linearly; input only
+    GLOBAL = "global"  # a few tokens of an MLP VQ-VAE over one vector
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How one value is kept in a shard.
+
+    Numbers are stored as ``round((value + offset) * scale)`` in ``dtype`` and read back as
+    ``stored / scale - offset``; ``scale=None`` keeps the values as they are (ids, pixels).
+    """
+
+    ext: str  # file extension inside the tar: png, npy, json, txt
+    dtype: str | None = None  # uint8 / uint16 for png, float16 / float32 for npy
+    channels: int | None = None  # png only: 1 (grey, ids) or 3 (colour)
+    scale: float | None = None
+    offset: float = 0.0
+
+
+@dataclass(frozen=True)
+class CorpusModality:
+    """One shard series of the aligned corpus."""
+
+    key: str
+    storage: Storage
+    render: str  # name of a renderer in fourm.render
+    labeller: str | None  # default labeller in pseudolabel.labellers (None: comes from the source)
+    description: str
+
+
+@dataclass(frozen=True)
+class Modality:
+    """One modality as the 4M model sees it (full-scale defaults)."""
+
+    key: str
+    kind: Kind
+    source: str  # the CORPUS entry holding its data
+    tokenizer: str | None  # tokenizer family; None for PIXELS / EMBEDDING_SEQUENCE
+    vocab_size: int | None  # None where the input is continuous
+    max_tokens: int | None = None  # sequences and globals; image grids derive theirs from the scale
+    input_only: bool = False
+    dim: int | None = None  # width of continuous inputs (EMBEDDING_SEQUENCE)
+    num_tokens: int | None = None  # filled in by ModalityScale.resolve for image kinds
+
+    @property
+    def is_image(self) -> bool:
+        return self.kind in (Kind.IMAGE, Kind.PIXELS)
+
+    @property
+    def token_dtype(self) -> str:
+        """How token ids are stored in ``tok_<modality>`` shards (``.npy``)."""
+        return "int16" if (self.vocab_size or 0) <= 2**15 else "int32"
+
+    @property
+    def tokens(self) -> int:
+        """Token count (images, globals) or maximum (sequences)."""
+        n = self.num_tokens if self.is_image else self.max_tokens
+        if n is None:
+            raise ValueError(f"modality {self.key!r} has no token count: resolve it with ModalityScale")
+        return n
+
+
+# ----------------------------------------------------------------------------- corpus (stored data)
+_PNG_RGB = Storage("png", "uint8", 3)
+_PNG_IDS = Storage("png", "uint8", 1)
+_FEATURES = Storage("npy", "float16")
+
+CORPUS: dict[str, CorpusModality] = {
+    m.key: m
+    for m in [
+        CorpusModality("rgb", _PNG_RGB, "rgb", None, "the image, 8-bit RGB"),
+        # millimetres in 16 bits: 1 mm steps up to 65 m, enough for scenes and indoor/outdoor photos
+        CorpusModality("depth", Storage("png", "uint16", 1, scale=1000.0), "depth", "depth",
+                       "depth in metres (relative units for monocular models); 0 = unknown"),
+        CorpusModality("normal", Storage("png", "uint8", 3, scale=127.5, offset=1.0), "normal", "normal",
+                       "unit surface normals, camera frame (x right, y up, z to the viewer)"),
+        CorpusModality("semseg", _PNG_IDS, "semseg", "semseg", "semantic class id per pixel"),
+        CorpusModality("sam_instance", Storage("png", "uint16", 1), "instances", "sam_instance",
+                       "instance id per pixel, 0 = no instance"),
+        CorpusModality("canny_edge", _PNG_IDS, "edges", "canny_edge", "Canny edges of the RGB, 0/255"),
+        CorpusModality("sam_edge", _PNG_IDS, "edges", "sam_edge", "boundaries of the instances, 0/255"),
+        CorpusModality("clip", _FEATURES, "features", "clip", "CLIP patch features (h, w, C)"),
+        CorpusModality("dinov2", _FEATURES, "features", "dinov2", "DINOv2 patch features (h, w, C)"),
+        CorpusModality("imagebind", _FEATURES, "features", "imagebind", "ImageBind patch features (h, w, C)"),
+        CorpusModality("dinov2_global", _FEATURES, "vector", "dinov2", "DINOv2 CLS vector (C,)"),
+        CorpusModality("imagebind_global", _FEATURES, "vector", "imagebind", "ImageBind global vector (C,)"),
+        CorpusModality("caption_global", _FEATURES, "vector", "text_embedding",
+                       "MiniLM sentence vector of the caption (C,): retrieval without image encoders"),
+        CorpusModality("caption", Storage("txt"), "text", "caption", "a caption"),
+        CorpusModality("t5_caption", _FEATURES, "vector", "text_embedding",
+                       "per-token text-encoder vectors of the caption (L, C)"),
+        CorpusModality("det", Storage("json"), "boxes", "det",
+                       "objects: [{box: [x0, y0, x1, y1] in [0, 1], label, score}]"),
+        CorpusModality("human_poses", Storage("json"), "poses", "human_poses",
+                       "people: [{box, keypoints: [[x, y, visibility], ...]}] in [0, 1]"),
+        CorpusModality("color_palette", Storage("json"), "palette", "color_palette",
+                       "1-7 dominant colours [[r, g, b], ...], most frequent first"),
+        CorpusModality("metadata", Storage("json"), "metadata", "metadata", "image statistics {field: value}"),
+    ]
+}
+
+# ----------------------------------------------------------------------------- model modalities
+_TEXT_VOCAB = 30_000  # one WordPiece vocabulary shared by every sequence modality (REFERENCE.md)
+_IMAGE, _MLP, _WORDPIECE = "vqvae_image", "vqvae_mlp", "wordpiece"
+
+MODALITIES: dict[str, Modality] = {
+    m.key: m
+    for m in [
+        Modality("rgb", Kind.PIXELS, "rgb", None, None, input_only=True),
+        Modality("tok_rgb", Kind.IMAGE, "rgb", _IMAGE, 16384),
+        Modality("tok_depth", Kind.IMAGE, "depth", _IMAGE, 8192),
+        Modality("tok_normal", Kind.IMAGE, "normal", _IMAGE, 8192),
+        Modality("tok_semseg", Kind.IMAGE, "semseg", _IMAGE, 4096),
+        Modality("tok_clip", Kind.IMAGE, "clip", _IMAGE, 8192),
+        Modality("tok_dinov2", Kind.IMAGE, "dinov2", _IMAGE, 8192),
+        Modality("tok_imagebind", Kind.IMAGE, "imagebind", _IMAGE, 8192),
+        Modality("tok_dinov2_global", Kind.GLOBAL, "dinov2_global", _MLP, 8192, max_tokens=16),
+        Modality("tok_imagebind_global", Kind.GLOBAL, "imagebind_global", _MLP, 8192, max_tokens=16),
+        Modality("tok_caption_global", Kind.GLOBAL, "caption_global", _MLP, 8192, max_tokens=16),
+        Modality("tok_canny_edge", Kind.IMAGE, "canny_edge", _IMAGE, 8192),
+        Modality("tok_sam_edge", Kind.IMAGE, "sam_edge", _IMAGE, 8192),
+        Modality("sam_instance", Kind.SEQUENCE, "sam_instance", _WORDPIECE, _TEXT_VOCAB, max_tokens=290),
+        Modality("human_poses", Kind.SEQUENCE, "human_poses", _WORDPIECE, _TEXT_VOCAB, max_tokens=275),
+        Modality("caption", Kind.SEQUENCE, "caption", _WORDPIECE, _TEXT_VOCAB, max_tokens=256),
+        Modality("t5_caption", Kind.EMBEDDING_SEQUENCE, "t5_caption", None, None, max_tokens=77,
+                 input_only=True, dim=384),
+        Modality("det", Kind.SEQUENCE, "det", _WORDPIECE, _TEXT_VOCAB, max_tokens=256),
+        Modality("color_palette", Kind.SEQUENCE, "color_palette", _WORDPIECE, _TEXT_VOCAB, max_tokens=23),
+        Modality("metadata", Kind.SEQUENCE, "metadata", _WORDPIECE, _TEXT_VOCAB, max_tokens=40),
+    ]
+}
+
+
+class UnknownModalityError(LookupError):
+    """A modality name that no registry table knows."""
+
+
+def _lookup(table: dict, name: str, what: str):
+    try:
+        return table[name]
+    except KeyError:
+        raise UnknownModalityError(
+            f"unknown {what} {name!r}; known: {', '.join(sorted(table))}"
+        ) from None
+
+
+def corpus_modality(name: str) -> CorpusModality:
+    """The corpus entry ``name``, or a one-line error that lists the known ones."""
+    return _lookup(CORPUS, name, "corpus modality")
+
+
+def get_modality(name: str) -> Modality:
+    """The model modality ``name`` (full scale), or a one-line error that lists the known ones."""
+    return _lookup(MODALITIES, name, "modality")
+
+
+def parse_modalities(spec: str | list[str], table: dict | None = None) -> list[str]:
+    """``"a,b"`` or ``["a", "b"]`` -> validated names (default table: the corpus)."""
+    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    table = CORPUS if table is None else table
+    what = "corpus modality" if table is CORPUS else "modality"
+    return [_lookup(table, n, what).key for n in names if n]
+
+
+@dataclass
+class ModalityScale:
+    """Image size, patch size and vocabularies of one configuration (defaults: full scale).
+
+    ``patch_sizes`` overrides the patch of single modalities (the reference tokenizes DINOv2 and
+    ImageBind features with 14 px patches: 256 tokens at 224 px); ``vocab_sizes`` overrides
+    vocabularies by modality key.
+    """
+
+    image_size: int = 224
+    patch_size: int = 16
+    patch_sizes: dict[str, int] = field(default_factory=lambda: {"tok_dinov2": 14, "tok_imagebind": 14})
+    vocab_sizes: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for key in [*self.patch_sizes, *self.vocab_sizes]:
+            get_modality(key)
+        for key, patch in {"*": self.patch_size, **self.patch_sizes}.items():
+            if self.image_size % patch:
+                raise ValueError(f"image_size {self.image_size} is not a multiple of patch size {patch} ({key})")
+
+    def resolve(self, name: str) -> Modality:
+        """The modality ``name`` at this scale, with ``num_tokens`` filled in for image kinds."""
+        m = get_modality(name)
+        changes = {}
+        if name in self.vocab_sizes:
+            changes["vocab_size"] = self.vocab_sizes[name]
+        if m.is_image:
+            side = self.image_size // self.patch_sizes.get(name, self.patch_size)
+            changes["num_tokens"] = side * side
+        return replace(m, **changes)
+
+    def resolve_all(self, names: list[str] | None = None) -> dict[str, Modality]:
+        return {n: self.resolve(n) for n in (names if names is not None else MODALITIES)}

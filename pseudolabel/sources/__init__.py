@@ -1,0 +1,1 @@
+"""Sources of raw samples: procedural scenes, image folders, existing webdataset shards."""

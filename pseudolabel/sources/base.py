@@ -1,0 +1,58 @@
+"""What every source is: a finite, shard-addressable stream of raw samples.
+
+Shards are the unit of work: ``shard(i)`` can be produced by any process in any order, and always
+yields the same samples, which is what makes the pipeline resumable and splittable across ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import ClassVar
+
+from pseudolabel.registry import register
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """An input that could not be read: it yields no sample, only a line in the manifest."""
+
+    item: str
+    reason: str
+
+
+@dataclasses.dataclass
+class Source:
+    name: ClassVar[str]
+    # modalities every sample carries (ground truth for the scenes source)
+    provides: ClassVar[tuple[str, ...]] = ("rgb",)
+
+    def num_shards(self, shard_size: int) -> int:
+        raise NotImplementedError
+
+    def shard(self, index: int, shard_size: int) -> Iterator[dict | Skipped]:
+        """Samples (``{"__key__": str, modality: value}``) of shard ``index``; unreadable inputs as Skipped."""
+        raise NotImplementedError
+
+    def extra_classes(self) -> dict:
+        """Label sets the source defines (e.g. semantic class names), recorded in the manifest."""
+        return {}
+
+    def describe(self) -> dict:
+        return {"name": self.name, "provides": list(self.provides), **dataclasses.asdict(self)}
+
+
+def source(cls):
+    """Class decorator: make ``cls`` a dataclass and register it under ``cls.name``."""
+    return register("source")(dataclasses.dataclass(cls))
+
+
+def parse_source(spec: str, **options) -> Source:
+    """``"scenes:64"``, ``"folder:PATH"``, ``"wds:PATTERN"`` -> a Source (its one argument, then options)."""
+    from pseudolabel.registry import lookup
+
+    name, _, arg = spec.partition(":")
+    if not arg:
+        raise ValueError(f"source {spec!r} has no argument: use scenes:N, folder:PATH or wds:PATTERN")
+    cls = lookup("source", name)
+    return cls.from_arg(arg, **options)
