@@ -65,7 +65,7 @@ class CorpusModality:
     key: str
     storage: Storage
     render: str  # name of a renderer in fourm.render
-    labeller: str | None  # default labeller in pseudolabel.labellers (None: comes from the source)
+    labeller: str | None  # default labeller in pseudolabel.labellers (None: only from a source)
     description: str
 
 
@@ -122,9 +122,10 @@ CORPUS: dict[str, CorpusModality] = {
         CorpusModality("sam_edge", _PNG_IDS, "edges", "sam_edge", "boundaries of the instances, 0/255"),
         CorpusModality("clip", _FEATURES, "features", "clip", "CLIP patch features (h, w, C)"),
         CorpusModality("dinov2", _FEATURES, "features", "dinov2", "DINOv2 patch features (h, w, C)"),
-        CorpusModality("imagebind", _FEATURES, "features", "imagebind", "ImageBind patch features (h, w, C)"),
+        # ImageBind has no transformers port yet: no labeller makes these two, a user's own data can
+        CorpusModality("imagebind", _FEATURES, "features", None, "ImageBind patch features (h, w, C)"),
         CorpusModality("dinov2_global", _FEATURES, "vector", "dinov2", "DINOv2 CLS vector (C,)"),
-        CorpusModality("imagebind_global", _FEATURES, "vector", "imagebind", "ImageBind global vector (C,)"),
+        CorpusModality("imagebind_global", _FEATURES, "vector", None, "ImageBind global vector (C,)"),
         CorpusModality("caption_global", _FEATURES, "vector", "text_embedding",
                        "MiniLM sentence vector of the caption (C,): retrieval without image encoders"),
         CorpusModality("caption", Storage("txt"), "text", "caption", "a caption"),
@@ -208,13 +209,13 @@ class ModalityScale:
     """Image size, patch size and vocabularies of one configuration (defaults: full scale).
 
     ``patch_sizes`` overrides the patch of single modalities (the reference tokenizes DINOv2 and
-    ImageBind features with 14 px patches: 256 tokens at 224 px); ``vocab_sizes`` overrides
-    vocabularies by modality key.
+    ImageBind features with 14 px patches, 256 tokens at 224 px: ``{"tok_dinov2": 14, ...}``);
+    ``vocab_sizes`` overrides vocabularies by modality key.
     """
 
     image_size: int = 224
     patch_size: int = 16
-    patch_sizes: dict[str, int] = field(default_factory=lambda: {"tok_dinov2": 14, "tok_imagebind": 14})
+    patch_sizes: dict[str, int] = field(default_factory=dict)
     vocab_sizes: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):

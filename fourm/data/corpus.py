@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fourm.data.codecs import CorruptSampleError, decode_modality, encode_modality
 from fourm.io import atomic_path, read_json, write_json
-from fourm.modalities import corpus_modality, parse_modalities
+from fourm.modalities import CORPUS, corpus_modality, parse_modalities
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,13 @@ def write_shard(root: str | os.PathLike, index: int, samples: list[dict], modali
     keys = [s["__key__"] for s in samples]
     for name in modalities:
         ext = corpus_modality(name).storage.ext
-        with atomic_path(shard_path(root, name, index)) as tmp:
-            # mtime=0 and fixed ownership: the same samples give the same bytes, run after run
-            with wds.TarWriter(str(tmp), encoder=False, mtime=0, user="fourm", group="fourm") as tar:
-                for sample in samples:
-                    if name not in sample:
-                        raise ValueError(f"sample {sample['__key__']!r} has no {name!r}")
-                    tar.write({"__key__": sample["__key__"], ext: encode_modality(name, sample[name])})
+        # mtime=0 and fixed ownership: the same samples give the same bytes, run after run
+        with atomic_path(shard_path(root, name, index)) as tmp, \
+                wds.TarWriter(str(tmp), encoder=False, mtime=0, user="fourm", group="fourm") as tar:
+            for sample in samples:
+                if name not in sample:
+                    raise ValueError(f"sample {sample['__key__']!r} has no {name!r}")
+                tar.write({"__key__": sample["__key__"], ext: encode_modality(name, sample[name])})
     record = {**(record or {}), "index": index, "num_samples": len(samples), "keys": keys,
               "modalities": sorted(modalities)}
     write_json(record_path(root, index), record)
@@ -160,7 +160,7 @@ class CorpusReader:
     def __init__(self, root: str | os.PathLike, modalities: str | Iterable[str] | None = None):
         self.root = Path(root)
         self.manifest = read_manifest(root)
-        available = list(self.manifest["modalities"])
+        available = [m for m in CORPUS if m in self.manifest["modalities"]]  # registry order
         names = available if modalities is None else parse_modalities(
             modalities if isinstance(modalities, str) else list(modalities))
         missing = [n for n in names if n not in available]
@@ -168,6 +168,7 @@ class CorpusReader:
             raise CorpusError(f"{root} has no {', '.join(missing)}; it holds: {', '.join(available)}")
         self.modalities = names
         self.skipped = SkipLog()
+        self._records = finished_shards(root)
 
     @property
     def num_shards(self) -> int:
@@ -204,21 +205,26 @@ class CorpusReader:
                 yield sample
 
     def _aligned_keys(self, index: int, series: dict) -> list[str]:
-        """The shard's key order; raise if complete series disagree, allow truncated ones as prefixes."""
-        complete = {n: [k for k, _ in m] for n, (m, err) in series.items() if err is None}
+        """The shard's key order (from its completion record); a series may be a truncated prefix of it.
+
+        A cut tar does not always raise (a cut on a block boundary reads as a shorter archive), so
+        truncation is judged against the record's keys, not by read errors alone.
+        """
+        record = self._records.get(index)
+        if record is not None:
+            reference = record["keys"]
+        else:  # a corpus copied without .shards/: the longest series stands in for the record
+            reference = max(([k for k, _ in members] for members, _ in series.values()), key=len)
         for name, (members, err) in series.items():
-            if err is not None:
-                log.warning("shard %s of %s is damaged (%s)", index, name, err)
-        record = finished_shards(self.root).get(index) if not complete else None
-        reference = next(iter(complete.values()), None) or (record or {}).get("keys", [])
-        for name, (members, _) in series.items():
             keys = [k for k, _ in members]
-            ok = keys == reference if name in complete else keys == reference[: len(keys)]
-            if not ok:
-                first = next((i for i, (a, b) in enumerate(zip(keys, reference)) if a != b), min(len(keys), len(reference)))
+            if err is not None or len(keys) < len(reference):
+                log.warning("shard %s of %s is damaged (%s)", index, name, err or "shorter than its record")
+            if keys != reference[: len(keys)]:
+                first = next((i for i, (a, b) in enumerate(zip(keys, reference, strict=False)) if a != b),
+                             len(reference))
                 raise CorpusError(
-                    f"series disagree in shard {index}: {name} has {len(keys)} samples, "
-                    f"{self.modalities[0]} {len(reference)}; first difference at position {first}")
+                    f"series disagree in shard {index}: {name} has {len(keys)} samples, the shard "
+                    f"{len(reference)}; first difference at position {first}")
         return reference
 
     def sample(self, position: int) -> dict:
@@ -227,10 +233,10 @@ class CorpusReader:
             raise IndexError(f"sample {position} is out of range: the corpus holds {len(self)}")
         for index, count in enumerate(self.manifest["shard_samples"]):
             if position < count:
-                for sample in self.shard(index):
-                    if position == 0:
-                        return sample
-                    position -= 1
-                raise CorpusError(f"sample is damaged and was skipped: {self.skipped.examples[-1:]}")
+                key = self._records[index]["keys"][position]
+                found = next((s for s in self.shard(index) if s["__key__"] == key), None)
+                if found is None:
+                    raise CorpusError(f"sample {key} is damaged: {'; '.join(self.skipped.examples[-1:])}")
+                return found
             position -= count
         raise IndexError(position)

@@ -48,11 +48,15 @@ def source(cls):
 
 
 def parse_source(spec: str, **options) -> Source:
-    """``"scenes:64"``, ``"folder:PATH"``, ``"wds:PATTERN"`` -> a Source (its one argument, then options)."""
+    """``"scenes:64"``, ``"folder:PATH"``, ``"wds:PATTERN"`` -> a Source.
+
+    ``options`` are the pipeline's common settings (image_size, seed); each source takes those it has.
+    """
     from pseudolabel.registry import lookup
 
     name, _, arg = spec.partition(":")
     if not arg:
         raise ValueError(f"source {spec!r} has no argument: use scenes:N, folder:PATH or wds:PATTERN")
     cls = lookup("source", name)
-    return cls.from_arg(arg, **options)
+    accepted = {f.name for f in dataclasses.fields(cls)}
+    return cls.from_arg(arg, **{k: v for k, v in options.items() if k in accepted})

@@ -1,0 +1,118 @@
+"""The `fourm` command: each sub-command parses its arguments and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+COMMANDS = {}
+
+
+def command(name: str, help: str):
+    """Register ``fn(parser)`` as the argument builder of sub-command ``name``; it returns the runner."""
+
+    def deco(fn):
+        COMMANDS[name] = (help, fn)
+        return fn
+
+    return deco
+
+
+@command("modalities", "list the modality registry")
+def _modalities(p: argparse.ArgumentParser):
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--patch-size", type=int, default=16)
+
+    def run(args):
+        from fourm.modalities import CORPUS, ModalityScale
+
+        scale = ModalityScale(image_size=args.image_size, patch_size=args.patch_size)
+
+        print(f"{'corpus':18} {'storage':14} {'render':10} {'labeller':16} description")
+        for m in CORPUS.values():
+            storage = f"{m.storage.ext}/{m.storage.dtype or '-'}"
+            print(f"{m.key:18} {storage:14} {m.render:10} {m.labeller or 'source':16} {m.description}")
+        print(f"\n{'model':22} {'kind':19} {'source':16} {'tokenizer':12} {'vocab':>6} {'tokens':>6}")
+        for m in scale.resolve_all().values():
+            print(f"{m.key:22} {m.kind.value:19} {m.source:16} {m.tokenizer or '-':12} "
+                  f"{m.vocab_size or '-':>6} {m.tokens:>6}")
+
+    return run
+
+
+@command("pseudolabel", "label a source and write an aligned corpus (resumable)")
+def _pseudolabel(p: argparse.ArgumentParser):
+    p.add_argument("--source", help="scenes:N | folder:PATH | wds:PATTERN")
+    p.add_argument("--out", help="corpus folder")
+    p.add_argument("--labellers", help="comma-separated labeller names (default: all that apply)")
+    p.add_argument("--shard-size", type=int)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="key=value settings, e.g. options.depth.model=PATH")
+
+    def run(args):
+        from fourm.config import load_config
+        from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
+
+        labellers = [s for s in args.labellers.split(",") if s] if args.labellers else None
+        cfg = load_config(PseudolabelConfig, args.config, args.overrides, source=args.source, out=args.out,
+                          labellers=labellers, shard_size=args.shard_size, workers=args.workers,
+                          image_size=args.image_size)
+        manifest = run_pipeline(cfg)
+        print(f"{cfg.out}: {manifest['num_samples']} samples in {manifest['num_shards']} shards, "
+              f"{len(manifest['modalities'])} modalities ({', '.join(manifest['modalities'])}); "
+              f"{manifest['skipped']['count']} skipped {manifest['skipped']['by_reason'] or ''}".rstrip())
+
+    return run
+
+
+@command("show", "render every modality of one corpus sample to a PNG")
+def _show(p: argparse.ArgumentParser):
+    p.add_argument("corpus")
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--out", default="sample.png")
+    p.add_argument("--modalities", help="comma-separated subset (default: all)")
+
+    def run(args):
+        from fourm.show import save_sample_grid
+
+        path = save_sample_grid(args.corpus, args.index, args.out, args.modalities)
+        print(path)
+
+    return run
+
+
+@command("demo", "the main job on the built-in scenes: corpus (more stages come with later issues)")
+def _demo(p: argparse.ArgumentParser):
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="a smaller, faster run")
+
+    def run(args):
+        from fourm.demo import run_demo
+
+        run_demo(args.out, quick=args.quick)
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fourm", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    runners = {name: build(sub.add_parser(name, help=help, description=help))
+               for name, (help, build) in COMMANDS.items()}
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        runners[args.command](args)
+    except (ValueError, LookupError, FileNotFoundError) as e:
+        # bad input: one line that names the problem, not a traceback
+        print(f"fourm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

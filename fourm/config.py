@@ -1,0 +1,66 @@
+"""Typed configs: dataclass defaults, then a YAML file, then dotted ``key=value`` overrides.
+
+OmegaConf does the merging and the checking: an unknown key or a value of the wrong type is an
+error that names it. YAML is read with a safe loader only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config key or value that does not fit the schema."""
+
+
+def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: list[str] | tuple = (),
+                **values) -> T:
+    """Build ``cls`` from its defaults, the YAML at ``path``, ``values`` and ``overrides`` (in that order).
+
+    ``values`` are explicit settings (CLI flags); ``None`` entries are ignored so unset flags keep the
+    file's value. ``overrides`` are ``"a.b=value"`` strings whose values are parsed as YAML.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
+    try:
+        cfg = OmegaConf.structured(cls)
+        if path is not None:
+            if not Path(path).is_file():
+                raise ConfigError(f"config file {path} does not exist")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        explicit = {k: v for k, v in values.items() if v is not None}
+        if explicit:
+            cfg = OmegaConf.merge(cfg, explicit)
+        if overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"config{f' key {key!r}' if key else ''}: {str(e).splitlines()[0]}") from None
+
+
+def config_to_yaml(cfg) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg, path: str | os.PathLike) -> None:
+    """Write the resolved config next to a run's outputs, so the run can be read and repeated."""
+    from fourm.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(config_to_yaml(cfg))
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

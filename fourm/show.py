@@ -1,0 +1,19 @@
+"""Look at a corpus: one sample, every modality side by side, so labels can be checked by eye."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def save_sample_grid(corpus: str | os.PathLike, index: int, out: str | os.PathLike,
+                     modalities: str | list[str] | None = None) -> Path:
+    from fourm.data.corpus import CorpusReader
+    from fourm.render import sample_grid
+
+    reader = CorpusReader(corpus, modalities)
+    sample = reader.sample(index)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sample_grid(sample, reader.modalities, classes=reader.manifest.get("classes")).save(out)
+    return out

@@ -1,0 +1,229 @@
+"""The resumable, sharded pseudo-labelling pipeline: source -> labellers -> aligned corpus.
+
+Shards are the unit of work. Each is produced from the source, labelled in batches, and written by
+:func:`fourm.data.corpus.write_shard` (temporary names, renamed, completion record last), so:
+
+* a re-run skips finished shards and redoes unfinished ones: a kill loses at most the shards in
+  flight, and a resumed corpus is byte-identical to an uninterrupted one (sources and labellers
+  are deterministic, tars carry no timestamps);
+* worker processes (``workers``) and ranks (``RANK``/``WORLD_SIZE``, as ``accelerate launch`` and
+  ``torchrun`` set them) take disjoint shards: rank ``r`` does shards ``i`` with ``i % world == r``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+from fourm.data.corpus import finished_shards, write_manifest, write_shard
+from fourm.io import read_json, write_json
+from fourm.modalities import CORPUS, corpus_modality
+from pseudolabel.labellers.base import Labeller
+from pseudolabel.registry import lookup, table
+from pseudolabel.sources.base import Skipped, Source, parse_source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PseudolabelConfig:
+    source: str = "scenes:64"  # scenes:N | folder:PATH | wds:PATTERN
+    out: str = "runs/corpus"
+    labellers: list[str] | None = None  # None: every default labeller the source's data allows
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # settings by labeller name
+    shard_size: int = 64
+    workers: int = 1
+    batch_size: int = 16  # samples per labeller call
+    image_size: int | None = 64  # square side of every image; None keeps folder images as they are
+    seed: int = 0
+    rank: int = int(os.environ.get("RANK", 0))
+    world_size: int = int(os.environ.get("WORLD_SIZE", 1))
+
+    def __post_init__(self):
+        if self.shard_size < 1 or self.workers < 1 or self.batch_size < 1:
+            raise ValueError("shard_size, workers and batch_size must be at least 1")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
+
+
+# ----------------------------------------------------------------------------- planning
+def build_source(cfg: PseudolabelConfig) -> Source:
+    return parse_source(cfg.source, image_size=cfg.image_size, seed=cfg.seed)
+
+
+def plan_labellers(provides: tuple[str, ...], names: list[str] | None,
+                   options: dict[str, dict]) -> list[Labeller]:
+    """The labellers to run, in dependency order.
+
+    Asked-for labellers must be available and have their inputs; default ones are dropped when the
+    source or an asked-for labeller already makes their outputs (ground truth beats a model) or when
+    their inputs cannot be had.
+    """
+    unknown = [n for n in options if n not in table("labeller")]
+    if unknown:
+        lookup("labeller", unknown[0])  # raises with the list of known names
+    explicit = names is not None
+    if explicit:
+        classes = [lookup("labeller", n) for n in names]
+    else:
+        classes = [c for c in table("labeller").values() if c.default and c.available()[0]]
+    chosen = [cls(**options.get(cls.name, {})) for cls in classes]
+    for lab in chosen:
+        ok, why = lab.available() if explicit else (True, "")
+        if not ok:
+            raise ValueError(f"labeller {lab.name!r} cannot run: {why}")
+    if not explicit:
+        chosen = [lab for lab in chosen if not set(lab.produces) <= set(provides)]
+
+    have, ordered, pending = set(provides), [], list(chosen)
+    while pending:
+        # a labeller is ready when its needs are met and no pending labeller still makes what it uses
+        makes_later = {m for lab in pending for m in lab.produces}
+        ready = [lab for lab in pending if set(lab.needs) <= have
+                 and not (set(lab.uses) & makes_later - set(lab.produces))]
+        if not ready:
+            break
+        for lab in ready:
+            ordered.append(lab)
+            have |= set(lab.produces)
+            pending.remove(lab)
+    for lab in pending:
+        if explicit:
+            raise ValueError(f"labeller {lab.name!r} needs {', '.join(sorted(set(lab.needs) - have))}, "
+                             f"which neither the source nor another labeller makes")
+        log.info("default labeller %s dropped: no %s", lab.name, ", ".join(sorted(set(lab.needs) - have)))
+    return ordered
+
+
+def corpus_modalities(provides: tuple[str, ...], labellers: list[Labeller]) -> list[str]:
+    made = set(provides) | {m for lab in labellers for m in lab.produces}
+    return [m for m in CORPUS if m in made]  # registry order: stable across runs
+
+
+# ----------------------------------------------------------------------------- one shard
+class _Worker:
+    """What one process needs to label shards: the source and the set-up labellers."""
+
+    def __init__(self, cfg: PseudolabelConfig, threads: int | None = None):
+        self.cfg = cfg
+        self.source = build_source(cfg)
+        self.labellers = plan_labellers(self.source.provides, cfg.labellers, cfg.options)
+        self.modalities = corpus_modalities(self.source.provides, self.labellers)
+        self.classes = dict(self.source.extra_classes())
+        for lab in self.labellers:
+            lab.setup(self.classes)
+            self.classes.update(lab.classes())
+        if threads is not None:
+            import sys
+
+            if "torch" in sys.modules:  # model labellers: one process per core beats shared threads
+                sys.modules["torch"].set_num_threads(threads)
+
+    def run(self, index: int) -> dict:
+        cfg, samples, skipped = self.cfg, [], []
+        for item in self.source.shard(index, cfg.shard_size):
+            if isinstance(item, Skipped):
+                skipped.append({"item": item.item, "reason": item.reason})
+            else:
+                samples.append(item)
+        for start in range(0, len(samples), cfg.batch_size):
+            batch = samples[start:start + cfg.batch_size]
+            for lab in self.labellers:
+                for sample, out in zip(batch, lab.label(batch), strict=True):
+                    sample.update(out)
+        record = write_shard(cfg.out, index, samples, self.modalities, {"skipped": skipped})
+        return {"index": index, "num_samples": record["num_samples"], "skipped": len(skipped),
+                "classes": self.classes}
+
+
+_WORKER: _Worker | None = None
+
+
+def _init_worker(cfg: PseudolabelConfig, threads: int) -> None:
+    global _WORKER
+    _WORKER = _Worker(cfg, threads)
+
+
+def _run_in_worker(index: int) -> dict:
+    return _WORKER.run(index)
+
+
+# ----------------------------------------------------------------------------- the whole run
+def _plan(cfg: PseudolabelConfig, source: Source, labellers: list[Labeller], modalities: list[str]) -> dict:
+    plan = {
+        "source": source.describe(),
+        "labellers": [lab.describe() for lab in labellers],
+        "modalities": {m: {"ext": corpus_modality(m).storage.ext,
+                           "labeller": next((lab.name for lab in labellers if m in lab.produces), "source")}
+                       for m in modalities},
+        "shard_size": cfg.shard_size,
+        "image_size": cfg.image_size,
+        "num_shards_planned": source.num_shards(cfg.shard_size),
+    }
+    return json.loads(json.dumps(plan))  # as it reads back from plan.json (tuples become lists)
+
+
+def _check_plan(cfg: PseudolabelConfig, plan: dict) -> None:
+    """Refuse to mix two different corpora in one folder; write the plan on a fresh one."""
+    path = os.path.join(cfg.out, ".shards", "plan.json")
+    if os.path.isfile(path):
+        old = read_json(path)
+        if old != plan:
+            changed = sorted(k for k in plan if old.get(k) != plan[k])
+            raise ValueError(f"{cfg.out} holds a corpus made with other settings ({', '.join(changed)} differ); "
+                             "use another --out or delete it")
+    else:
+        write_json(path, plan)
+
+
+def run_pipeline(cfg: PseudolabelConfig, progress: bool = True) -> dict:
+    """Write (or finish) the corpus ``cfg.out``; return its manifest."""
+    from tqdm import tqdm
+
+    main = _Worker(cfg) if cfg.workers == 1 else None
+    source = main.source if main else build_source(cfg)
+    labellers = main.labellers if main else plan_labellers(source.provides, cfg.labellers, cfg.options)
+    modalities = corpus_modalities(source.provides, labellers)
+    plan = _plan(cfg, source, labellers, modalities)
+    _check_plan(cfg, plan)
+
+    done = finished_shards(cfg.out)
+    todo = [i for i in range(plan["num_shards_planned"]) if i % cfg.world_size == cfg.rank and i not in done]
+    classes = (main.classes if main else None) or {}
+    start = time.perf_counter()
+    total = getattr(source, "num_samples", lambda: None)()
+    with tqdm(total=total, unit="sample", disable=not progress or not todo, desc="pseudolabel") as bar:
+        bar.update(sum(r["num_samples"] + len(r.get("skipped", [])) for r in done.values()))
+        if main is not None:
+            results = (main.run(i) for i in todo)
+        else:
+            import multiprocessing as mp
+
+            threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+            pool = ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"),
+                                       initializer=_init_worker, initargs=(cfg, threads))
+            results = (f.result() for f in as_completed([pool.submit(_run_in_worker, i) for i in todo]))
+        n = 0
+        for result in results:
+            n += result["num_samples"]
+            classes = result["classes"]
+            bar.update(result["num_samples"] + result["skipped"])
+        if main is None:
+            pool.shutdown()
+    elapsed = time.perf_counter() - start
+    if todo:
+        log.info("labelled %d samples in %.1f s (%.1f samples/s)", n, elapsed, n / max(elapsed, 1e-9))
+    if not classes and done:
+        classes = read_json(os.path.join(cfg.out, "manifest.json")).get("classes", {}) \
+            if os.path.isfile(os.path.join(cfg.out, "manifest.json")) else {}
+    finished = finished_shards(cfg.out)
+    return write_manifest(cfg.out, {
+        **plan,
+        "classes": classes,
+        "complete": len(finished) == plan["num_shards_planned"],
+    })

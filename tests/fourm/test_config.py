@@ -1,0 +1,48 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from fourm.config import ConfigError, load_config, save_config
+
+
+@dataclass
+class Inner:
+    rate: float = 0.1
+    names: list[str] = field(default_factory=lambda: ["a"])
+
+
+@dataclass
+class Outer:
+    steps: int = 10
+    name: str | None = None
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_merge_order_defaults_yaml_flags_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 20\ninner:\n  rate: 0.5\n")
+    cfg = load_config(Outer, path, ["inner.names=[x, y]", "steps=30"], name="run", steps=None)
+    assert cfg == Outer(steps=30, name="run", inner=Inner(rate=0.5, names=["x", "y"]))
+    assert isinstance(cfg.inner, Inner)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(Outer, overrides=["inner.rate=2.5"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(Outer, tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize("override, match", [
+    (["stpes=3"], "stpes"),
+    (["steps=many"], "steps"),
+    (["steps"], "key=value"),
+])
+def test_bad_keys_and_values_are_one_line_errors(override, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        load_config(Outer, overrides=override)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(Outer, "/nonexistent.yaml")

@@ -1,0 +1,136 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fourm.modalities import CORPUS
+from fourm.render import RENDERERS, RenderContext, image_grid, render, sample_grid
+
+SIZE = 96
+
+
+def _scene(h: int = 32, w: int = 32) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# One synthetic value per renderer name: a new corpus entry that reuses a renderer is tested for free,
+# a new renderer fails test_every_corpus_entry_renders until it gets a line here.
+SYNTHETIC = {
+    "rgb": lambda rng: rng.integers(0, 256, (24, 32, 3), dtype=np.uint8),
+    "depth": lambda rng: (rng.uniform(0.5, 10, (32, 32)) * (rng.random((32, 32)) > 0.1)).astype(np.float32),
+    "normal": lambda rng: np.broadcast_to(np.float32([0, 0, 1]), (32, 32, 3)).copy(),
+    "semseg": lambda rng: rng.integers(0, 5, (32, 32), dtype=np.uint8),
+    "instances": lambda rng: rng.integers(0, 300, (32, 32)).astype(np.uint16),
+    "edges": lambda rng: (rng.random((32, 32)) < 0.2).astype(np.uint8) * 255,
+    "features": lambda rng: rng.standard_normal((4, 4, 16)).astype(np.float16),
+    "vector": lambda rng: rng.standard_normal(40).astype(np.float16),
+    "text": lambda rng: "a small red cube on a wooden table next to a window " * 6,
+    "boxes": lambda rng: [{"box": [0.1, 0.2, 0.5, 0.6], "label": "cube", "score": 0.9}],
+    "poses": lambda rng: [{"box": [0.2, 0.1, 0.8, 0.9],
+                           "keypoints": rng.uniform(0.2, 0.8, (33, 3)).round(3).tolist()}],
+    "palette": lambda rng: [[255, 0, 0], [0, 128, 255], [20, 20, 20]],
+    "metadata": lambda rng: {"brightness": 0.4321, "num_instances": 3},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_every_corpus_entry_renders(name):
+    kind = CORPUS[name].render
+    assert kind in RENDERERS, f"corpus entry {name!r} names renderer {kind!r}, which is not registered"
+    assert kind in SYNTHETIC, f"add a synthetic value for renderer {kind!r} to SYNTHETIC"
+    image = render(name, SYNTHETIC[kind](np.random.default_rng(0)), size=SIZE, rgb=_scene(),
+                   classes={"semseg": ["wall", "floor", "cube"], "det": ["cube"]})
+    assert isinstance(image, Image.Image)
+    assert image.mode == "RGB" and image.size == (SIZE, SIZE)
+
+
+@pytest.mark.parametrize("kind", sorted(SYNTHETIC))
+def test_renderers_survive_empty_and_absent_context(kind):
+    """No rgb, no classes, and the empty form of each list-valued label."""
+    value = [] if kind in ("boxes", "poses", "palette") else SYNTHETIC[kind](np.random.default_rng(1))
+    image = RENDERERS[kind](value, RenderContext(size=64))
+    assert image.size == (64, 64) and image.mode == "RGB"
+
+
+def test_depth_colours_near_bright_far_dark_unknown_black():
+    depth = np.zeros((8, 8), np.float32)
+    depth[:, :3] = 1.0  # near
+    depth[:, 3:6] = 20.0  # far
+    pixels = np.asarray(render("depth", depth, size=8)).astype(int)
+    near, far, unknown = pixels[0, 0], pixels[0, 4], pixels[0, 7]
+    assert unknown.tolist() == [0, 0, 0]
+    assert near.sum() > far.sum() > 0
+    ramp = np.asarray(render("depth", np.linspace(1, 10, 64, dtype=np.float32)[None].repeat(4, 0), size=64))
+    brightness = ramp[32].astype(int).sum(axis=-1)
+    assert brightness[2] > brightness[32] > brightness[-3]
+
+
+def test_normal_facing_camera_is_blue_and_unknown_black():
+    normal = np.zeros((4, 4, 3), np.float32)
+    normal[:2] = [0, 0, 1]
+    pixels = np.asarray(render("normal", normal, size=4))
+    r, g, b = pixels[0, 0]
+    assert r in (127, 128) and g in (127, 128) and b == 255
+    assert pixels[3, 0].tolist() == [0, 0, 0]
+
+
+def test_semseg_colours_are_fixed_per_id():
+    a = np.asarray(render("semseg", np.full((4, 4), 7, np.uint8), size=4))
+    b = np.asarray(render("semseg", np.array([[7, 3], [3, 3]], np.uint8), size=4))
+    assert a[0, 0].tolist() == b[0, 0].tolist()
+    assert a[0, 0].tolist() != b[3, 3].tolist()
+
+
+def test_instances_background_black_and_ids_distinct():
+    ids = np.array([[0, 1], [2, 2]], np.uint16)
+    pixels = np.asarray(render("sam_instance", ids, size=2))
+    assert pixels[0, 0].tolist() == [0, 0, 0]
+    assert pixels[0, 1].tolist() != pixels[1, 0].tolist()
+
+
+def test_boxes_draw_inside_the_box_and_not_far_away():
+    rgb = np.full((100, 100, 3), 90, np.uint8)
+    plain = np.asarray(render("rgb", rgb, size=100)).astype(int)
+    boxed = np.asarray(render("det", [{"box": [0.4, 0.4, 0.8, 0.8], "label": "x", "score": 0.5}],
+                              size=100, rgb=rgb)).astype(int)
+    changed = np.abs(boxed - plain).sum(axis=-1) > 0
+    assert changed[40:81, 40:81].any()
+    assert not changed[:20, :20].any() and not changed[90:, :20].any()
+
+
+def test_features_pca_is_deterministic_and_spatial():
+    features = np.zeros((4, 4, 8), np.float16)
+    features[:2, :, 0] = 1  # two regions with different features get different colours
+    first = np.asarray(render("clip", features, size=8))
+    assert np.array_equal(first, np.asarray(render("clip", features, size=8)))
+    assert first[0, 0].tolist() != first[7, 7].tolist()
+
+
+def test_unknown_modality_lists_known_names():
+    with pytest.raises(LookupError, match="known: .*depth"):
+        render("no_such_modality", None)
+
+
+def test_sample_grid_holds_every_tile():
+    rng = np.random.default_rng(0)
+    sample = {"__key__": "sample-000001", "rgb": _scene(),
+              **{k: SYNTHETIC[CORPUS[k].render](rng) for k in ["depth", "normal", "semseg", "caption"]}}
+    grid = sample_grid(sample, size=SIZE)
+    assert grid.mode == "RGB"
+    assert grid.width * grid.height >= 5 * SIZE * SIZE
+    assert grid.width >= 2 * SIZE and grid.height >= 2 * SIZE
+
+
+def test_image_grid_sizes_columns_by_widest_and_allows_gaps():
+    a, b = Image.new("RGB", (10, 20)), Image.new("RGB", (30, 5))
+    grid = image_grid([[a, None], [None, b]], row_titles=["s0", "s1"], column_titles=["x", "y"], gap=0)
+    assert grid.width >= 40 and grid.height >= 25
+
+
+def test_import_is_cheap():
+    code = ("import sys, fourm.render; heavy = {'matplotlib', 'transformers', 'webdataset'};"
+            "assert not heavy & set(sys.modules), heavy & set(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
