@@ -16,6 +16,7 @@ _MODULES = {
         "pseudolabel.labellers.metadata",
         "pseudolabel.labellers.text",
         "pseudolabel.labellers.hf",
+        "pseudolabel.labellers.hf_sam",
         "pseudolabel.labellers.pose",
     ],
 }
