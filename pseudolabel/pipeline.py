@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,7 +125,8 @@ class _Worker:
             if "torch" in sys.modules:  # model labellers: one process per core beats shared threads
                 sys.modules["torch"].set_num_threads(threads)
 
-    def run(self, index: int) -> dict:
+    def run(self, index: int) -> tuple[int, int]:
+        """Label and write shard ``index``; return (samples written, inputs skipped)."""
         cfg, samples, skipped = self.cfg, [], []
         for item in self.source.shard(index, cfg.shard_size):
             if isinstance(item, Skipped):
@@ -136,9 +138,9 @@ class _Worker:
             for lab in self.labellers:
                 for sample, out in zip(batch, lab.label(batch), strict=True):
                     sample.update(out)
-        record = write_shard(cfg.out, index, samples, self.modalities, {"skipped": skipped})
-        return {"index": index, "num_samples": record["num_samples"], "skipped": len(skipped),
-                "classes": self.classes}
+        # the class names travel in every record, so the manifest never needs the models again
+        write_shard(cfg.out, index, samples, self.modalities, {"skipped": skipped, "classes": self.classes})
+        return len(samples), len(skipped)
 
 
 _WORKER: _Worker | None = None
@@ -149,7 +151,7 @@ def _init_worker(cfg: PseudolabelConfig, threads: int) -> None:
     _WORKER = _Worker(cfg, threads)
 
 
-def _run_in_worker(index: int) -> dict:
+def _run_in_worker(index: int) -> tuple[int, int]:
     return _WORKER.run(index)
 
 
@@ -181,49 +183,47 @@ def _check_plan(cfg: PseudolabelConfig, plan: dict) -> None:
         write_json(path, plan)
 
 
+def _results(cfg: PseudolabelConfig, todo: list[int]) -> Iterator[tuple[int, int]]:
+    """Run the shards ``todo`` in this process or in ``cfg.workers`` processes, yielding as they finish."""
+    if not todo:  # nothing to do: do not load any model
+        return
+    if cfg.workers == 1:
+        worker = _Worker(cfg)
+        yield from (worker.run(i) for i in todo)
+        return
+    import multiprocessing as mp
+
+    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+    # spawn, not fork: a forked copy of a parent's torch thread pool can deadlock
+    with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"),
+                             initializer=_init_worker, initargs=(cfg, threads)) as pool:
+        yield from (f.result() for f in as_completed([pool.submit(_run_in_worker, i) for i in todo]))
+
+
 def run_pipeline(cfg: PseudolabelConfig, progress: bool = True) -> dict:
     """Write (or finish) the corpus ``cfg.out``; return its manifest."""
     from tqdm import tqdm
 
-    main = _Worker(cfg) if cfg.workers == 1 else None
-    source = main.source if main else build_source(cfg)
-    labellers = main.labellers if main else plan_labellers(source.provides, cfg.labellers, cfg.options)
-    modalities = corpus_modalities(source.provides, labellers)
-    plan = _plan(cfg, source, labellers, modalities)
+    source = build_source(cfg)
+    labellers = plan_labellers(source.provides, cfg.labellers, cfg.options)  # planned, not yet loaded
+    plan = _plan(cfg, source, labellers, corpus_modalities(source.provides, labellers))
     _check_plan(cfg, plan)
 
     done = finished_shards(cfg.out)
     todo = [i for i in range(plan["num_shards_planned"]) if i % cfg.world_size == cfg.rank and i not in done]
-    classes = (main.classes if main else None) or {}
-    start = time.perf_counter()
-    total = getattr(source, "num_samples", lambda: None)()
-    with tqdm(total=total, unit="sample", disable=not progress or not todo, desc="pseudolabel") as bar:
+    start, written = time.perf_counter(), 0
+    with tqdm(total=source.num_samples(), unit="sample", disable=not progress or not todo,
+              desc="pseudolabel") as bar:
         bar.update(sum(r["num_samples"] + len(r.get("skipped", [])) for r in done.values()))
-        if main is not None:
-            results = (main.run(i) for i in todo)
-        else:
-            import multiprocessing as mp
-
-            threads = max(1, (os.cpu_count() or 1) // cfg.workers)
-            pool = ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"),
-                                       initializer=_init_worker, initargs=(cfg, threads))
-            results = (f.result() for f in as_completed([pool.submit(_run_in_worker, i) for i in todo]))
-        n = 0
-        for result in results:
-            n += result["num_samples"]
-            classes = result["classes"]
-            bar.update(result["num_samples"] + result["skipped"])
-        if main is None:
-            pool.shutdown()
-    elapsed = time.perf_counter() - start
+        for samples, skipped in _results(cfg, todo):
+            written += samples
+            bar.update(samples + skipped)
     if todo:
-        log.info("labelled %d samples in %.1f s (%.1f samples/s)", n, elapsed, n / max(elapsed, 1e-9))
-    if not classes and done:
-        classes = read_json(os.path.join(cfg.out, "manifest.json")).get("classes", {}) \
-            if os.path.isfile(os.path.join(cfg.out, "manifest.json")) else {}
-    finished = finished_shards(cfg.out)
+        elapsed = time.perf_counter() - start
+        log.info("labelled %d samples in %.1f s (%.1f samples/s)", written, elapsed, written / max(elapsed, 1e-9))
+    records = finished_shards(cfg.out)
     return write_manifest(cfg.out, {
         **plan,
-        "classes": classes,
-        "complete": len(finished) == plan["num_shards_planned"],
+        "classes": next((r["classes"] for r in records.values() if "classes" in r), {}),
+        "complete": len(records) == plan["num_shards_planned"],
     })

@@ -30,6 +30,10 @@ class Source:
     def num_shards(self, shard_size: int) -> int:
         raise NotImplementedError
 
+    def num_samples(self) -> int | None:
+        """How many inputs there are, where that is known without reading them all (progress bars)."""
+        return None
+
     def shard(self, index: int, shard_size: int) -> Iterator[dict | Skipped]:
         """Samples (``{"__key__": str, modality: value}``) of shard ``index``; unreadable inputs as Skipped."""
         raise NotImplementedError

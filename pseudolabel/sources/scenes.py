@@ -465,6 +465,9 @@ class Scenes(Source):
     def num_shards(self, shard_size: int) -> int:
         return math.ceil(self.count / shard_size)
 
+    def num_samples(self) -> int:
+        return self.count
+
     def shard(self, index: int, shard_size: int) -> Iterator[dict]:
         for i in range(index * shard_size, min(self.count, (index + 1) * shard_size)):
             yield {"__key__": f"scene-{i:08d}", **render_scene(self.seed * 1_000_003 + i, self.image_size)}
