@@ -21,9 +21,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
-from fourm.data.corpus import finished_shards, write_manifest, write_shard
+from fourm.data.corpus import finished_shards, storage_entry, write_manifest, write_shard
 from fourm.io import read_json, write_json
-from fourm.modalities import CORPUS, corpus_modality
+from fourm.modalities import CORPUS
 from pseudolabel.labellers.base import Labeller
 from pseudolabel.registry import lookup, table
 from pseudolabel.sources.base import Skipped, Source, parse_source
@@ -139,7 +139,8 @@ class _Worker:
                 for sample, out in zip(batch, lab.label(batch), strict=True):
                     sample.update(out)
         # the class names travel in every record, so the manifest never needs the models again
-        write_shard(cfg.out, index, samples, self.modalities, {"skipped": skipped, "classes": self.classes})
+        storages = {m: CORPUS[m].storage for m in self.modalities}
+        write_shard(cfg.out, index, samples, storages, {"skipped": skipped, "classes": self.classes})
         return len(samples), len(skipped)
 
 
@@ -160,8 +161,8 @@ def _plan(cfg: PseudolabelConfig, source: Source, labellers: list[Labeller], mod
     plan = {
         "source": source.describe(),
         "labellers": [lab.describe() for lab in labellers],
-        "modalities": {m: {"ext": corpus_modality(m).storage.ext,
-                           "labeller": next((lab.name for lab in labellers if m in lab.produces), "source")}
+        "modalities": {m: storage_entry(CORPUS[m].storage,
+                                        labeller=next((lab.name for lab in labellers if m in lab.produces), "source"))
                        for m in modalities},
         "shard_size": cfg.shard_size,
         "image_size": cfg.image_size,

@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 
-from fourm.modalities import Storage, corpus_modality
+from fourm.modalities import Storage
 
 
 class CorruptSampleError(ValueError):
@@ -45,14 +45,6 @@ def decode(data: bytes, storage: Storage):
     except (OSError, ValueError, SyntaxError, UnicodeDecodeError) as e:  # PIL raises all of these
         raise CorruptSampleError(f"cannot decode {storage.ext}: {e}") from e
     raise ValueError(f"no codec for extension {storage.ext!r}")
-
-
-def encode_modality(name: str, value) -> bytes:
-    return encode(value, corpus_modality(name).storage)
-
-
-def decode_modality(name: str, data: bytes):
-    return decode(data, corpus_modality(name).storage)
 
 
 def _encode_png(array: np.ndarray, storage: Storage) -> bytes:

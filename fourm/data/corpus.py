@@ -17,15 +17,16 @@ not a damaged file.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fourm.data.codecs import CorruptSampleError, decode_modality, encode_modality
+from fourm.data.codecs import CorruptSampleError, decode, encode
 from fourm.io import atomic_path, read_json, write_json
-from fourm.modalities import CORPUS, corpus_modality, parse_modalities
+from fourm.modalities import CORPUS, MODALITIES, Storage
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,9 @@ def record_path(root: str | os.PathLike, index: int) -> Path:
 
 
 # ----------------------------------------------------------------------------- writing
-def write_shard(root: str | os.PathLike, index: int, samples: list[dict], modalities: list[str],
+def write_shard(root: str | os.PathLike, index: int, samples: list[dict], storages: dict[str, Storage],
                 record: dict | None = None) -> dict:
-    """Write shard ``index`` of every modality in ``modalities``, then its completion record.
+    """Write shard ``index`` of every series in ``storages`` (name -> how values are kept), then its record.
 
     ``samples`` are dicts with ``__key__`` and one value per modality. Each tar is written under a
     temporary name and renamed; the record goes last, so a kill leaves the shard visibly unfinished.
@@ -61,17 +62,16 @@ def write_shard(root: str | os.PathLike, index: int, samples: list[dict], modali
     import webdataset as wds
 
     keys = [s["__key__"] for s in samples]
-    for name in modalities:
-        ext = corpus_modality(name).storage.ext
+    for name, storage in storages.items():
         # mtime=0 and fixed ownership: the same samples give the same bytes, run after run
         with atomic_path(shard_path(root, name, index)) as tmp, \
                 wds.TarWriter(str(tmp), encoder=False, mtime=0, user="fourm", group="fourm") as tar:
             for sample in samples:
                 if name not in sample:
                     raise ValueError(f"sample {sample['__key__']!r} has no {name!r}")
-                tar.write({"__key__": sample["__key__"], ext: encode_modality(name, sample[name])})
+                tar.write({"__key__": sample["__key__"], storage.ext: encode(sample[name], storage)})
     record = {**(record or {}), "index": index, "num_samples": len(samples), "keys": keys,
-              "modalities": sorted(modalities)}
+              "modalities": sorted(storages)}
     write_json(record_path(root, index), record)
     return record
 
@@ -100,6 +100,11 @@ def write_manifest(root: str | os.PathLike, info: dict) -> dict:
     }
     write_json(Path(root) / MANIFEST, manifest)
     return manifest
+
+
+def storage_entry(storage: Storage, **extra) -> dict:
+    """A manifest's description of one series: how to decode it, plus ``extra`` (who made it)."""
+    return {"storage": dataclasses.asdict(storage), **extra}
 
 
 def read_manifest(root: str | os.PathLike) -> dict:
@@ -150,8 +155,9 @@ class CorpusReader:
     """Aligned samples of any subset of a corpus' modalities.
 
     Args:
-        root: corpus folder (with manifest.json).
-        modalities: names or ``"a,b"``; default every modality of the manifest.
+        root: corpus folder (with manifest.json): a labelled corpus or a token corpus, since each
+            series' storage is read from the manifest.
+        modalities: names or ``"a,b"``; default every series of the manifest.
 
     Iterating yields ``{"__key__": str, "<modality>": value, ...}``; :attr:`skipped` counts what was
     left out. ``reader.shard(i)`` reads one shard (the unit to split over workers and ranks).
@@ -160,13 +166,17 @@ class CorpusReader:
     def __init__(self, root: str | os.PathLike, modalities: str | Iterable[str] | None = None):
         self.root = Path(root)
         self.manifest = read_manifest(root)
-        available = [m for m in CORPUS if m in self.manifest["modalities"]]  # registry order
-        names = available if modalities is None else parse_modalities(
-            modalities if isinstance(modalities, str) else list(modalities))
+        order = [*CORPUS, *MODALITIES]  # registry order, the same from run to run
+        available = sorted(self.manifest["modalities"], key=lambda m: order.index(m) if m in order else len(order))
+        if modalities is None:
+            names = available
+        else:
+            names = [n.strip() for n in modalities.split(",")] if isinstance(modalities, str) else list(modalities)
         missing = [n for n in names if n not in available]
         if missing:
             raise CorpusError(f"{root} has no {', '.join(missing)}; it holds: {', '.join(available)}")
         self.modalities = names
+        self.storages = {n: Storage(**self.manifest["modalities"][n]["storage"]) for n in names}
         self.skipped = SkipLog()
         self._records = finished_shards(root)
 
@@ -197,7 +207,7 @@ class CorpusReader:
                     self.skipped.add("truncated shard", f"{shard_path(self.root, name, index)} lost {key}")
                     break
                 try:
-                    sample[name] = decode_modality(name, values[name][key])
+                    sample[name] = decode(values[name][key], self.storages[name])
                 except CorruptSampleError as e:
                     self.skipped.add("corrupt sample", f"{name}/{key}: {e}")
                     break

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from fourm.data.codecs import encode_modality
-from fourm.data.corpus import CorpusError, CorpusReader, shard_path, write_manifest, write_shard
+from fourm.data.codecs import encode
+from fourm.data.corpus import CorpusError, CorpusReader, shard_path, storage_entry, write_manifest, write_shard
 from fourm.modalities import CORPUS
 
 rng = np.random.default_rng(0)
@@ -26,13 +26,17 @@ def value_for(name: str, size: int = 8):
     return "a small red cube"
 
 
+def storages(names):
+    return {m: CORPUS[m].storage for m in names}
+
+
 def make_corpus(root, modalities, shards=2, per_shard=3):
     samples = []
     for i in range(shards):
         batch = [{"__key__": f"k{i}-{j}", **{m: value_for(m) for m in modalities}} for j in range(per_shard)]
-        write_shard(root, i, batch, modalities)
+        write_shard(root, i, batch, storages(modalities))
         samples += batch
-    write_manifest(root, {"modalities": {m: {} for m in modalities}})
+    write_manifest(root, {"modalities": {m: storage_entry(CORPUS[m].storage) for m in modalities}})
     return samples
 
 
@@ -66,8 +70,8 @@ def test_subset_and_random_access(tmp_path):
 
 def test_writing_is_deterministic(tmp_path):
     batch = [{"__key__": "a", "rgb": value_for("rgb"), "metadata": {"b": 1, "a": 2}}]
-    write_shard(tmp_path / "x", 0, batch, ["rgb", "metadata"])
-    write_shard(tmp_path / "y", 0, batch, ["rgb", "metadata"])
+    write_shard(tmp_path / "x", 0, batch, storages(["rgb", "metadata"]))
+    write_shard(tmp_path / "y", 0, batch, storages(["rgb", "metadata"]))
     for m in ["rgb", "metadata"]:
         assert shard_path(tmp_path / "x", m, 0).read_bytes() == shard_path(tmp_path / "y", m, 0).read_bytes()
 
@@ -89,7 +93,7 @@ def test_corrupt_sample_is_skipped_and_counted(tmp_path):
     make_corpus(tmp_path, ["rgb", "caption"], shards=1, per_shard=3)
     with wds.TarWriter(str(shard_path(tmp_path, "rgb", 0)), encoder=False) as tar:
         for j in range(3):
-            data = b"\x89PNG not really" if j == 1 else encode_modality("rgb", value_for("rgb"))
+            data = b"\x89PNG not really" if j == 1 else encode(value_for("rgb"), CORPUS["rgb"].storage)
             tar.write({"__key__": f"k0-{j}", "png": data})
     reader = CorpusReader(tmp_path)
     assert [s["__key__"] for s in reader] == ["k0-0", "k0-2"]
@@ -98,7 +102,7 @@ def test_corrupt_sample_is_skipped_and_counted(tmp_path):
 
 def test_series_that_disagree_are_an_error(tmp_path):
     make_corpus(tmp_path, ["rgb", "caption"], shards=2)
-    write_shard(tmp_path, 1, [{"__key__": "other", "caption": "x"}], ["caption"])
+    write_shard(tmp_path, 1, [{"__key__": "other", "caption": "x"}], storages(["caption"]))
     with pytest.raises(CorpusError, match="series disagree in shard 1"):
         list(CorpusReader(tmp_path))
     shard_path(tmp_path, "caption", 1).unlink()
