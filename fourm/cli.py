@@ -84,6 +84,21 @@ def _show(p: argparse.ArgumentParser):
     return run
 
 
+@command("train-tokenizer", "train a tokenizer from a corpus (family, model and schedule from a YAML config)")
+def _train_tokenizer(p: argparse.ArgumentParser):
+    p.add_argument("--config", required=True, help="configs/tokenizers/*.yaml")
+    p.add_argument("--corpus", help="corpus folder (overrides the config's)")
+    p.add_argument("--out", required=True, help="output folder: checkpoints, curves, model/")
+    p.add_argument("overrides", nargs="*", help="key=value settings, e.g. train.steps=200")
+
+    def run(args):
+        from tokenizers_train import train_tokenizer
+
+        train_tokenizer(args.config, args.corpus, args.out, args.overrides)
+
+    return run
+
+
 @command("demo", "the main job on the built-in scenes: corpus (more stages come with later issues)")
 def _demo(p: argparse.ArgumentParser):
     p.add_argument("--out", default="runs/demo")

@@ -1,0 +1,74 @@
+"""The one interface every modality tokenizer has, and the folder of tokenizers a model uses.
+
+``encode`` takes values exactly as the corpus stores them (uint8 RGB, depth in metres, class ids,
+a caption string, a list of boxes...) and ``decode`` gives them back in the same units: the
+normalisation a network needs lives inside the tokenizer, never in the user's code.
+
+A tokenizers folder holds one sub-folder per model modality (``<dir>/tok_depth/``,
+``<dir>/caption/``...), each loadable with :func:`load_tokenizer`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from fourm.modalities import Modality, get_modality
+
+
+@runtime_checkable
+class ModalityTokenizer(Protocol):
+    modality: str  # the model modality key (tok_rgb, caption, ...)
+    vocab_size: int
+    tokens_per_sample: int  # the count for images and globals, the maximum for sequences
+
+    def encode(self, values: list[Any]) -> Any:
+        """A batch of corpus values -> ids: a LongTensor (B, N), or a list of id lists for sequences."""
+
+    def decode(self, ids: Any) -> list[Any]:
+        """Ids -> a batch of values in corpus units."""
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path: ...
+
+
+class TokenizerMismatchError(ValueError):
+    """A tokenizer that does not fit the modality (vocabulary or token count) it is used for."""
+
+
+def check_tokenizer(tokenizer: ModalityTokenizer, expected: Modality) -> None:
+    """Refuse a tokenizer whose vocabulary or token count disagrees with the resolved modality."""
+    if tokenizer.modality != expected.key:
+        raise TokenizerMismatchError(f"tokenizer is for {tokenizer.modality!r}, not {expected.key!r}")
+    if expected.vocab_size is not None and tokenizer.vocab_size != expected.vocab_size:
+        raise TokenizerMismatchError(f"{expected.key}: tokenizer vocabulary {tokenizer.vocab_size} != "
+                                     f"{expected.vocab_size} expected by the config")
+    if expected.is_image or expected.max_tokens is None:
+        want = expected.tokens
+        if tokenizer.tokens_per_sample != want:
+            raise TokenizerMismatchError(f"{expected.key}: tokenizer makes {tokenizer.tokens_per_sample} tokens "
+                                         f"per sample, the config expects {want}")
+    elif tokenizer.tokens_per_sample > expected.tokens:
+        raise TokenizerMismatchError(f"{expected.key}: tokenizer allows {tokenizer.tokens_per_sample} tokens, "
+                                     f"more than the modality's maximum {expected.tokens}")
+
+
+def load_tokenizer(path: str | os.PathLike, device: str = "cpu") -> ModalityTokenizer:
+    from fourm.pretrained import load_pretrained
+
+    return load_pretrained(path, device)
+
+
+def load_tokenizers(folder: str | os.PathLike, modalities: list[str] | None = None,
+                    device: str = "cpu") -> dict[str, ModalityTokenizer]:
+    """The tokenizers of ``folder`` by modality (all, or ``modalities``, which must all be there)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"tokenizers folder {folder} does not exist")
+    present = sorted(p.name for p in folder.iterdir() if (p / "config.json").is_file())
+    names = present if modalities is None else modalities
+    for name in names:
+        get_modality(name)  # unknown names: the registry's one-line error
+        if name not in present:
+            raise FileNotFoundError(f"{folder} has no tokenizer for {name}; it has: {', '.join(present) or 'none'}")
+    return {name: load_tokenizer(folder / name, device) for name in names}

@@ -1,0 +1,60 @@
+"""Training metrics: one JSON line per log step, and a PNG of the curves a person looks at."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class MetricsLog:
+    """Appends rows to ``metrics.jsonl``; on resume, drops rows past the checkpoint's step first."""
+
+    def __init__(self, path: str | Path, keep_until: int = 0, enabled: bool = True):
+        self.path, self.enabled, self.last = Path(path), enabled, {}
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        rows = read_metrics(self.path) if keep_until else []
+        kept = [r for r in rows if r.get("step", 0) <= keep_until]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def write(self, row: dict) -> None:
+        self.last.update(row)
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def plot(self, png: str | Path) -> None:
+        plot_metrics(read_metrics(self.path), png)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_metrics(rows: list[dict], png: str | Path, title: str = "") -> None:
+    """Training loss (log scale) on the left, every held-out metric on its own panel to the right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in rows if "loss" in r]
+    evals = sorted({k for r in rows for k in r if k.startswith("eval/")})
+    fig, axes = plt.subplots(1, 1 + len(evals), figsize=(4 * (1 + len(evals)), 3.2), squeeze=False)
+    ax = axes[0][0]
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
+    positive = train and min(r["loss"] for r in train) > 0
+    ax.set(xlabel="step", ylabel="train loss", yscale="log" if positive else "linear")
+    for ax, key in zip(axes[0][1:], evals, strict=True):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*points, strict=True), marker="o", ms=3)
+        ax.set(xlabel="step", title=key[5:])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)

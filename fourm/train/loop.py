@@ -1,0 +1,155 @@
+"""The one training loop: accelerate, AdamW, warm-up + cosine, clipping, checkpoints, exact resume.
+
+Whatever is trained (a tokenizer, FourM) is a :class:`Task` that supplies the model, a
+deterministic stream of batches, a loss and held-out metrics; the loop owns everything else. The
+same loop runs on a CPU, one GPU, or many processes under ``accelerate launch``.
+
+A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl``, ``curves.png``,
+``checkpoints/step-XXXXXXX/`` (model + optimizer + scheduler + RNG, written atomically, the last
+``keep_last`` kept) and ``model/`` (the final weights, ``from_pretrained``-ready).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0  # 0: off
+    grad_accum: int = 1
+    precision: str = "bf16"  # bf16 (autocast where the hardware has it) | fp32
+    compile: bool = False
+    eval_every: int = 250  # 0: only at the end
+    save_every: int = 250
+    keep_last: int = 2
+    log_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.precision not in ("bf16", "fp32"):
+            raise ValueError(f"precision must be bf16 or fp32, not {self.precision!r}")
+        if self.steps < 1 or self.grad_accum < 1 or self.warmup_steps < 0:
+            raise ValueError("steps and grad_accum must be >= 1, warmup_steps >= 0")
+
+
+class Task(Protocol):
+    """What a trainable thing supplies. ``loss`` must call ``model(...)`` (forward), so DDP syncs."""
+
+    def build_model(self) -> nn.Module: ...
+
+    def train_batches(self, start_step: int, rank: int, world_size: int) -> Iterator[Any]:
+        """Batches for micro-steps ``start_step * grad_accum`` on: the same every time (exact resume)."""
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Held-out metrics of the unwrapped model (run on the main process)."""
+
+
+def lr_lambda(cfg: TrainConfig):
+    def fn(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # no weight decay on gains, biases and other vectors (nanoGPT's rule: decay what has 2+ dims)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
+
+
+def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = True,
+          progress: bool = True) -> nn.Module:
+    """Train ``task`` for ``cfg.steps`` optimizer steps into ``out``; return the unwrapped model."""
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    from fourm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from fourm.train.curves import MetricsLog
+
+    out = Path(out)
+    torch.manual_seed(cfg.seed)
+    # Precision is our autocast, not accelerate's: its state is a per-process singleton that refuses
+    # a second run with another precision (tests, notebooks), and bf16 needs no loss scaling.
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
+    autocast = lambda: torch.autocast(accelerator.device.type, dtype=torch.bfloat16,  # noqa: E731
+                                      enabled=cfg.precision == "bf16")
+    model = task.build_model().to(accelerator.device)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    step = 0
+    ckpt = latest_checkpoint(out) if resume else None
+    if ckpt is not None:
+        step = load_checkpoint(ckpt, model, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    forward_model = torch.compile(model) if cfg.compile else model
+    metrics = MetricsLog(out / "metrics.jsonl", keep_until=step, enabled=accelerator.is_main_process)
+
+    batches = task.train_batches(step, accelerator.process_index, accelerator.num_processes)
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress or not accelerator.is_main_process,
+               desc=type(task).__name__, unit="step")
+    window, tick = [], time.perf_counter()
+    while step < cfg.steps:
+        model.train()
+        for _ in range(cfg.grad_accum):
+            with accelerator.accumulate(model), autocast():
+                loss, logs = task.loss(forward_model, next(batches))
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.grad_clip > 0:
+                    logs["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        step += 1
+        window.append({"loss": loss.item(), **logs})
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            now = time.perf_counter()
+            row = {k: sum(w.get(k, 0.0) for w in window) / len(window) for k in window[-1]}
+            row.update(step=step, lr=scheduler.get_last_lr()[0], s_per_step=(now - tick) / len(window))
+            metrics.write(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            window, tick = [], now
+        bar.update(1)
+        last = step == cfg.steps
+        if ((cfg.eval_every and step % cfg.eval_every == 0) or last) and accelerator.is_main_process:
+            model.eval()
+            with torch.no_grad(), autocast():
+                scores = task.evaluate(accelerator.unwrap_model(model))
+            metrics.write({"step": step, **{f"eval/{k}": v for k, v in scores.items()}})
+            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+        if (cfg.save_every and step % cfg.save_every == 0) or last:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_checkpoint(out, step, accelerator.unwrap_model(model), optimizer, scheduler, cfg.keep_last)
+    bar.close()
+    accelerator.wait_for_everyone()
+    final = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        final.save_pretrained(out / "model")
+        metrics.plot(out / "curves.png")
+        (out / "summary.json").write_text(json.dumps(metrics.last, indent=2) + "\n")
+    return final

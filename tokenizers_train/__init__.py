@@ -1,0 +1,44 @@
+"""Training of every tokenizer family through the one loop in :mod:`fourm.train.loop`.
+
+Each family module defines a ``Config`` dataclass (with a ``family`` field naming it and a
+``train: TrainConfig``) and ``run(cfg, out, progress=True)`` that trains and saves the tokenizer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+FAMILIES = {
+    "vqvae_image": "tokenizers_train.image",
+    "vqvae_mlp": "tokenizers_train.vector",
+    "wordpiece": "tokenizers_train.text",
+    "diffusion": "tokenizers_train.diffusion",
+}
+
+
+def family_module(name: str):
+    if name not in FAMILIES:
+        raise LookupError(f"unknown tokenizer family {name!r}; known: {', '.join(sorted(FAMILIES))}")
+    return importlib.import_module(FAMILIES[name])
+
+
+def train_tokenizer(config: str | os.PathLike, corpus: str | None, out: str | os.PathLike,
+                    overrides: list[str] | tuple = (), progress: bool = True):
+    """Train the tokenizer a YAML config describes (its ``family`` key picks the trainer) into ``out``."""
+    import yaml
+
+    from fourm.config import load_config, save_config
+
+    path = Path(config)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer config {config} does not exist")
+    family = (yaml.safe_load(path.read_text()) or {}).get("family")
+    if family is None:
+        raise ValueError(f"{config} names no tokenizer family (family: {' | '.join(FAMILIES)})")
+    module = family_module(family)
+    cfg = load_config(module.Config, path, overrides, corpus=corpus)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_config(cfg, Path(out) / "config.yaml")
+    return module.run(cfg, Path(out), progress=progress)
