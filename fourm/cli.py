@@ -99,6 +99,28 @@ def _train_tokenizer(p: argparse.ArgumentParser):
     return run
 
 
+@command("tokenize", "turn a corpus into a token corpus with a folder of trained tokenizers (resumable)")
+def _tokenize(p: argparse.ArgumentParser):
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--tokenizers", required=True, help="folder with one tokenizer per modality")
+    p.add_argument("--out", required=True)
+    p.add_argument("--modalities", help="comma-separated model modalities (default: every tokenizer)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("overrides", nargs="*", help="key=value settings")
+
+    def run(args):
+        from fourm.config import load_config
+        from fourm.data.tokenize import TokenizeConfig, tokenize_corpus
+
+        modalities = [m for m in args.modalities.split(",") if m] if args.modalities else None
+        cfg = load_config(TokenizeConfig, None, args.overrides, corpus=args.corpus, tokenizers=args.tokenizers,
+                          out=args.out, modalities=modalities, batch_size=args.batch_size)
+        manifest = tokenize_corpus(cfg)
+        print(f"{cfg.out}: {manifest['num_samples']} samples, series: {', '.join(manifest['modalities'])}")
+
+    return run
+
+
 @command("demo", "the main job on the built-in scenes: corpus (more stages come with later issues)")
 def _demo(p: argparse.ArgumentParser):
     p.add_argument("--out", default="runs/demo")

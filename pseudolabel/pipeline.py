@@ -12,7 +12,6 @@ Shards are the unit of work. Each is produced from the source, labelled in batch
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -21,8 +20,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
-from fourm.data.corpus import finished_shards, storage_entry, write_manifest, write_shard
-from fourm.io import read_json, write_json
+from fourm.data.corpus import check_plan, finished_shards, storage_entry, write_manifest, write_shard
 from fourm.modalities import CORPUS
 from pseudolabel.labellers.base import Labeller
 from pseudolabel.registry import lookup, table
@@ -158,7 +156,7 @@ def _run_in_worker(index: int) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- the whole run
 def _plan(cfg: PseudolabelConfig, source: Source, labellers: list[Labeller], modalities: list[str]) -> dict:
-    plan = {
+    return {
         "source": source.describe(),
         "labellers": [lab.describe() for lab in labellers],
         "modalities": {m: storage_entry(CORPUS[m].storage,
@@ -168,20 +166,6 @@ def _plan(cfg: PseudolabelConfig, source: Source, labellers: list[Labeller], mod
         "image_size": cfg.image_size,
         "num_shards_planned": source.num_shards(cfg.shard_size),
     }
-    return json.loads(json.dumps(plan))  # as it reads back from plan.json (tuples become lists)
-
-
-def _check_plan(cfg: PseudolabelConfig, plan: dict) -> None:
-    """Refuse to mix two different corpora in one folder; write the plan on a fresh one."""
-    path = os.path.join(cfg.out, ".shards", "plan.json")
-    if os.path.isfile(path):
-        old = read_json(path)
-        if old != plan:
-            changed = sorted(k for k in plan if old.get(k) != plan[k])
-            raise ValueError(f"{cfg.out} holds a corpus made with other settings ({', '.join(changed)} differ); "
-                             "use another --out or delete it")
-    else:
-        write_json(path, plan)
 
 
 def _results(cfg: PseudolabelConfig, todo: list[int]) -> Iterator[tuple[int, int]]:
@@ -208,7 +192,7 @@ def run_pipeline(cfg: PseudolabelConfig, progress: bool = True) -> dict:
     source = build_source(cfg)
     labellers = plan_labellers(source.provides, cfg.labellers, cfg.options)  # planned, not yet loaded
     plan = _plan(cfg, source, labellers, corpus_modalities(source.provides, labellers))
-    _check_plan(cfg, plan)
+    check_plan(cfg.out, plan)
 
     done = finished_shards(cfg.out)
     todo = [i for i in range(plan["num_shards_planned"]) if i % cfg.world_size == cfg.rank and i not in done]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -107,6 +108,24 @@ def storage_entry(storage: Storage, **extra) -> dict:
     return {"storage": dataclasses.asdict(storage), **extra}
 
 
+def check_plan(root: str | os.PathLike, plan: dict) -> None:
+    """Refuse to mix two different corpora in one folder; record the plan in a fresh one.
+
+    ``plan`` is everything that decides the corpus' content (source, labellers or tokenizers and
+    their settings, shard size): a resumed run must have the same, or its shards would not fit.
+    """
+    plan = json.loads(json.dumps(plan))  # as it reads back from plan.json (tuples become lists)
+    path = Path(root) / ".shards" / "plan.json"
+    if path.is_file():
+        old = read_json(path)
+        if old != plan:
+            changed = sorted(k for k in {*plan, *old} if old.get(k) != plan.get(k))
+            raise ValueError(f"{root} holds a corpus made with other settings ({', '.join(changed)} differ); "
+                             "use another --out or delete it")
+    else:
+        write_json(path, plan)
+
+
 def read_manifest(root: str | os.PathLike) -> dict:
     path = Path(root) / MANIFEST
     if not path.is_file():
@@ -120,15 +139,14 @@ def read_manifest(root: str | os.PathLike) -> dict:
 # ----------------------------------------------------------------------------- reading
 @dataclass
 class SkipLog:
-    """Samples a reader left out, and why (counted by reason, the first few kept for the report)."""
+    """Samples a reader left out, and why."""
 
     counts: collections.Counter = field(default_factory=collections.Counter)
-    examples: list[str] = field(default_factory=list)
+    items: list[dict] = field(default_factory=list)  # {"item": detail, "reason": reason}, in order
 
     def add(self, reason: str, detail: str) -> None:
         self.counts[reason] += 1
-        if len(self.examples) < 20:
-            self.examples.append(f"{reason}: {detail}")
+        self.items.append({"item": detail, "reason": reason})
         log.warning("skipped %s: %s", reason, detail)
 
     @property
@@ -246,7 +264,7 @@ class CorpusReader:
                 key = self._records[index]["keys"][position]
                 found = next((s for s in self.shard(index) if s["__key__"] == key), None)
                 if found is None:
-                    raise CorpusError(f"sample {key} is damaged: {'; '.join(self.skipped.examples[-1:])}")
+                    raise CorpusError(f"sample {key} is damaged: {self.skipped.items[-1]['item']}")
                 return found
             position -= count
         raise IndexError(position)

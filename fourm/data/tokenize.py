@@ -1,0 +1,125 @@
+"""Corpus -> token corpus: every tokenizer of a folder applied to its series, shard by shard.
+
+The token corpus has the corpus' shards and keys, one series per model modality (``tok_rgb``,
+``caption``, ...) holding ``.npy`` ids, plus the raw inputs the model reads without a tokenizer
+(``rgb`` pixels, ``t5_caption`` vectors) copied as they are, so training reads one folder. Like
+the pseudo-labelling pipeline it is resumable shard by shard and refuses to mix settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fourm.data.corpus import (
+    CorpusReader,
+    check_plan,
+    finished_shards,
+    read_manifest,
+    storage_entry,
+    write_manifest,
+    write_shard,
+)
+from fourm.modalities import CORPUS, MODALITIES, Kind, Storage, get_modality
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenizeConfig:
+    corpus: str = "runs/corpus"
+    tokenizers: str = "runs/tokenizers"
+    out: str = "runs/tokens"
+    modalities: list[str] | None = None  # model modalities to tokenize; None: every tokenizer in the folder
+    passthrough: list[str] | None = None  # raw model inputs to copy; None: the input-only ones the corpus has
+    batch_size: int = 64
+    device: str = "cpu"
+
+
+def _passthrough(cfg: TokenizeConfig, corpus_series: list[str]) -> list[str]:
+    if cfg.passthrough is not None:
+        names = [get_modality(m).key for m in cfg.passthrough]
+        bad = [m for m in names if MODALITIES[m].tokenizer is not None]
+        if bad:
+            raise ValueError(f"{', '.join(bad)} have tokenizers: tokenize them instead of copying")
+        return names
+    return [m.key for m in MODALITIES.values()
+            if m.kind in (Kind.PIXELS, Kind.EMBEDDING_SEQUENCE) and m.source in corpus_series]
+
+
+def _tokens(tokenizer, values: list) -> list[np.ndarray]:
+    """One id array per sample, in the storage dtype of the modality."""
+    import torch
+
+    dtype = MODALITIES[tokenizer.modality].token_dtype
+    with torch.no_grad():
+        ids = tokenizer.encode(values)
+    if isinstance(ids, torch.Tensor):
+        ids = ids.cpu().numpy()
+    return [np.asarray(row, dtype=dtype) for row in ids]
+
+
+def tokenize_corpus(cfg: TokenizeConfig, progress: bool = True) -> dict:
+    """Write (or finish) the token corpus ``cfg.out``; return its manifest."""
+    from tqdm import tqdm
+
+    from fourm.tokenization.base import load_tokenizers
+
+    corpus = read_manifest(cfg.corpus)
+    tokenizers = load_tokenizers(cfg.tokenizers, cfg.modalities, cfg.device)
+    missing = {m: t for m, t in tokenizers.items() if MODALITIES[m].source not in corpus["modalities"]}
+    if missing:
+        if cfg.modalities is not None:  # asked for by name: that is an error
+            m = next(iter(missing))
+            raise ValueError(f"{cfg.corpus} has no {MODALITIES[m].source} series to make {m} from")
+        log.info("skipping %s: the corpus lacks their series", ", ".join(missing))
+        tokenizers = {m: t for m, t in tokenizers.items() if m not in missing}
+    if not tokenizers:
+        raise ValueError(f"no tokenizer in {cfg.tokenizers} applies to {cfg.corpus}")
+    copied = _passthrough(cfg, list(corpus["modalities"]))
+    storages = {m: Storage("npy", MODALITIES[m].token_dtype) for m in tokenizers}
+    storages.update({m: CORPUS[MODALITIES[m].source].storage for m in copied})
+    plan = {
+        "corpus": {"num_samples": corpus["num_samples"], "shard_samples": corpus["shard_samples"],
+                   "source": corpus.get("source")},
+        "tokenizers": {m: {"class": type(t).__name__, "vocab_size": t.vocab_size,
+                           "tokens_per_sample": t.tokens_per_sample} for m, t in tokenizers.items()},
+        "passthrough": copied,
+    }
+    check_plan(cfg.out, plan)
+
+    sources = sorted({MODALITIES[m].source for m in [*tokenizers, *copied]})
+    reader = CorpusReader(cfg.corpus, sources)
+    done = finished_shards(cfg.out)
+    todo = [i for i in range(reader.num_shards) if i not in done]
+    with tqdm(total=len(reader), initial=sum(r["num_samples"] for r in done.values()), unit="sample",
+              desc="tokenize", disable=not progress or not todo) as bar:
+        for index in todo:
+            before = len(reader.skipped.items)
+            raw = list(reader.shard(index))
+            samples = [{"__key__": s["__key__"]} for s in raw]
+            for start in range(0, len(raw), cfg.batch_size):
+                batch, out = raw[start:start + cfg.batch_size], samples[start:start + cfg.batch_size]
+                for m, tokenizer in tokenizers.items():
+                    values = [s[MODALITIES[m].source] for s in batch]
+                    for sample, ids in zip(out, _tokens(tokenizer, values), strict=True):
+                        sample[m] = ids
+                for m in copied:
+                    for sample, s in zip(out, batch, strict=True):
+                        sample[m] = s[MODALITIES[m].source]
+            write_shard(cfg.out, index, samples, storages, {"skipped": reader.skipped.items[before:]})
+            bar.update(len(samples))
+    records = finished_shards(cfg.out)
+    return write_manifest(cfg.out, {
+        **plan,
+        "modalities": {m: storage_entry(s, **plan["tokenizers"].get(m, {"copied_from": MODALITIES[m].source}))
+                       for m, s in storages.items()},
+        "classes": corpus.get("classes", {}),
+        "image_size": corpus.get("image_size"),
+        "complete": len(records) == reader.num_shards,
+        "corpus_path": str(Path(cfg.corpus).resolve()) if os.path.isdir(cfg.corpus) else cfg.corpus,
+    })
