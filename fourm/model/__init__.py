@@ -1,0 +1,1 @@
+"""The FourM encoder-decoder: embeddings, transformer blocks, named sizes."""
