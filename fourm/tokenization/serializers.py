@@ -1,0 +1,565 @@
+"""Sequence modalities <-> words of the shared WordPiece vocabulary, one serializer per modality.
+
+4M-21 (arXiv 2406.09406, section 3 and appendix on tokenization) writes every non-text sequence
+modality as text over one vocabulary: numbers become value tokens ``v0=k .. v3=k`` (1000 bins),
+codes of small tokenizers become code tokens, and class or field names stay words. A serializer
+maps one corpus value (see :mod:`fourm.modalities`) to a list of *units* -- lists of words, the
+smallest pieces truncation may drop -- and parses words back into a value. Parsing never raises on
+bad input: a generated sequence is imperfect, so units that do not parse are dropped.
+
+=============  ===========================================================================================
+modality       words per unit
+=============  ===========================================================================================
+caption        the lower-cased words of the text (punctuation split off, as BERT does); a unit = one
+               whitespace-separated word, so truncation never cuts a word in half
+det            ``v0=x0 v1=y0 v2=x1 v3=y1 label words`` per object, corners in [0, 1] binned to 1000
+               levels; objects most confident first, equal scores left to right (x0, then y0)
+color_palette  ``color=n`` then ``v1=r v2=g v3=b`` per colour, the exact 0-255 values (not rebinned to
+               1000: lossless, and value embeddings are per modality anyway); at most 7 colours
+metadata       ``<field> v1=bin`` per field of :data:`METADATA_FIELDS`, in the table's order
+sam_instance   ``v0..v3`` box of the instance + ``mask=k`` codes of its mask, cropped to the box and
+               resized to the :class:`MaskCoder`'s ``mask_size``; largest instances first
+human_poses    ``v0..v3`` box of the person + ``pose=k`` codes of its keypoints in box coordinates
+               from a :class:`PoseCoder`; largest people first
+=============  ===========================================================================================
+
+The mask and pose tokenizers of the reference are VQ-VAEs trained elsewhere; they plug in through
+the :class:`MaskCoder` / :class:`PoseCoder` protocols. :class:`GridMaskCoder` and
+:class:`GridPoseCoder` are exact-by-construction fallbacks so both modalities always round-trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+NUM_BINS = 1000  # levels of each value token family v0..v3
+MAX_COLORS = 7
+UNK_WORD = "[UNK]"
+
+
+# ----------------------------------------------------------------------------- text words
+def _is_punctuation(ch: str) -> bool:
+    # BERT's rule (and HF's BertPreTokenizer): every ASCII non-alphanumeric symbol, plus Unicode P*
+    cp = ord(ch)
+    return 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 or \
+        unicodedata.category(ch).startswith("P")
+
+
+def _is_cjk(cp: int) -> bool:
+    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
+            or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF
+            or 0x2F800 <= cp <= 0x2FA1F)
+
+
+def _normalize_chars(text: str) -> str:
+    """HF ``BertNormalizer(clean_text, handle_chinese_chars, strip_accents, lowercase)`` in Python."""
+    if text.isascii():
+        return text.translate(_ASCII_CLEAN).lower()
+    out = []
+    for ch in text:
+        cp = ord(ch)
+        if cp == 0 or cp == 0xFFFD or (ch not in "\t\n\r" and unicodedata.category(ch) in ("Cc", "Cf", "Cn", "Co")):
+            continue
+        if ch.isspace():
+            out.append(" ")
+        elif _is_cjk(cp):
+            out.append(f" {ch} ")
+        else:
+            out.append(ch)
+    text = unicodedata.normalize("NFD", "".join(out))
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Mn").lower()
+
+
+_ASCII_CLEAN = {**{c: None for c in [*range(0, 9), 11, 12, *range(14, 32), 127]}, 9: " ", 10: " ", 13: " "}
+_ASCII_PIECES = re.compile(r"[!-/:-@\[-`{-~]|[^!-/:-@\[-`{-~]+")  # one ASCII punctuation mark, or a run of others
+
+
+def split_words(text: str) -> list[list[str]]:
+    """Normalised text as whitespace words, each split into its BERT pre-tokens (punctuation alone)."""
+    words = []
+    for chunk in _normalize_chars(text).split():
+        if chunk.isascii():
+            words.append(_ASCII_PIECES.findall(chunk))
+            continue
+        pieces, current = [], ""
+        for ch in chunk:
+            if _is_punctuation(ch):
+                if current:
+                    pieces.append(current)
+                pieces.append(ch)
+                current = ""
+            else:
+                current += ch
+        if current:
+            pieces.append(current)
+        words.append(pieces)
+    return words
+
+
+_CLOSING = set(".,;:!?%)]}")
+_OPENING = set("([{$#")
+_GLUE = set("-/'’")  # no space on either side: "t-shirt", "it's", "and/or"
+
+
+def join_words(words: list[str]) -> str:
+    """Pre-tokens back to text with the usual spacing of English prose.
+
+    No space before closing punctuation, after opening brackets, around ``- / '``; double quotes
+    alternate between opening and closing; ``3 . 5``, ``1 , 000th`` and ``10 : 30`` (digits around . , :) join.
+    Spacing the rules cannot tell apart is normalised (``a - b`` becomes ``a-b``).
+    """
+    out: list[str] = []
+    quote_open = False
+    for i, w in enumerate(words):
+        prev = words[i - 1] if i else None
+        space = prev is not None and not (w in _CLOSING or w in _GLUE or prev in _OPENING or prev in _GLUE)
+        if prev == '"' and quote_open:  # just after an opening quote
+            space = False
+        if prev in (".", ",", ":") and i >= 2 and words[i - 2][-1].isdigit() and w[0].isdigit():
+            space = False
+        if w == '"':
+            space = space and not quote_open
+            quote_open = not quote_open
+        if space:
+            out.append(" ")
+        out.append(w)
+    return "".join(out)
+
+
+def normalize_text(text: str) -> str:
+    """The canonical form a caption round-trips to: lower case, accents stripped, spacing of :func:`join_words`."""
+    return join_words([p for w in split_words(text) for p in w])
+
+
+# ----------------------------------------------------------------------------- numbers
+def to_bin(x: float, lo: float = 0.0, hi: float = 1.0) -> int:
+    """``x`` clipped to [lo, hi] -> one of NUM_BINS levels; both ends are exact."""
+    x = min(max(float(x), lo), hi)
+    return int(round((x - lo) / (hi - lo) * (NUM_BINS - 1)))
+
+
+def from_bin(k: int, lo: float = 0.0, hi: float = 1.0) -> float:
+    return lo + min(max(int(k), 0), NUM_BINS - 1) * (hi - lo) / (NUM_BINS - 1)
+
+
+_TOKEN = re.compile(r"^(v[0-3]|mask|pose|color)=(\d+)$")
+
+
+def parse_token(word: str) -> tuple[str, int] | None:
+    """``"v2=17"`` -> ``("v2", 17)``; words that are no value or code token -> None."""
+    m = _TOKEN.match(word)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def box_tokens(box) -> list[str]:
+    return [f"v{i}={to_bin(x)}" for i, x in enumerate(box)]
+
+
+def _parse_box(words: list[str]) -> list[float] | None:
+    """The four words ``v0=.. v1=.. v2=.. v3=..`` -> a box in [0, 1], or None."""
+    if len(words) < 4:
+        return None
+    parsed = [parse_token(w) for w in words[:4]]
+    if any(p is None or p[0] != f"v{i}" or p[1] >= NUM_BINS for i, p in enumerate(parsed)):
+        return None
+    return [round(from_bin(p[1]), 6) for p in parsed]
+
+
+def _chunks(words: list[str], starts) -> list[list[str]]:
+    """Words grouped into runs that begin where ``starts(word)``; words before the first start are dropped."""
+    chunks: list[list[str]] = []
+    for w in words:
+        if starts(w):
+            chunks.append([w])
+        elif chunks:
+            chunks[-1].append(w)
+    return chunks
+
+
+def _is_v0(word: str) -> bool:
+    return word.startswith("v0=") and parse_token(word) is not None
+
+
+# ----------------------------------------------------------------------------- the registry
+class Serializer(Protocol):
+    modality: str
+
+    def to_units(self, value: Any) -> list[list[str]]: ...
+
+    def to_tokens(self, value: Any) -> list[str]: ...
+
+    def from_tokens(self, tokens: list[str]) -> Any: ...
+
+
+SERIALIZERS: dict[str, type] = {}
+
+
+def serializer(modality: str):
+    def deco(cls):
+        cls.modality = modality
+        SERIALIZERS[modality] = cls
+        return cls
+
+    return deco
+
+
+def get_serializer(modality: str, **settings) -> Serializer:
+    """The serializer of ``modality``; ``settings`` (mask_coder, pose_coder, image_size) go where they apply."""
+    if modality not in SERIALIZERS:
+        raise LookupError(f"no serializer for {modality!r}; known: {', '.join(sorted(SERIALIZERS))}")
+    cls = SERIALIZERS[modality]
+    names = set(getattr(cls, "__dataclass_fields__", {}))
+    return cls(**{k: v for k, v in settings.items() if k in names and v is not None})
+
+
+class _Base:
+    modality: str
+
+    def to_tokens(self, value) -> list[str]:
+        return [w for unit in self.to_units(value) for w in unit]
+
+
+@serializer("caption")
+@dataclass
+class CaptionSerializer(_Base):
+    def to_units(self, text: str) -> list[list[str]]:
+        return split_words(str(text))
+
+    def from_tokens(self, tokens: list[str]) -> str:
+        return join_words(tokens)
+
+
+@serializer("det")
+@dataclass
+class DetSerializer(_Base):
+    def to_units(self, objects: list[dict]) -> list[list[str]]:
+        ordered = sorted(objects, key=lambda d: (-float(d.get("score", 1.0)), d["box"][0], d["box"][1]))
+        units = []
+        for d in ordered:
+            label = [p for w in split_words(str(d["label"])) for p in w] or [UNK_WORD]
+            units.append(box_tokens(d["box"]) + label)
+        return units
+
+    def from_tokens(self, tokens: list[str]) -> list[dict]:
+        objects = []
+        for chunk in _chunks(tokens, _is_v0):
+            box, label = _parse_box(chunk), chunk[4:]
+            if box is None or not label or any(parse_token(w) for w in label):
+                continue
+            objects.append({"box": box, "label": join_words(label), "score": 1.0})
+        return objects
+
+
+@serializer("color_palette")
+@dataclass
+class PaletteSerializer(_Base):
+    def to_units(self, colours: list) -> list[list[str]]:
+        colours = [[int(round(min(max(float(c), 0.0), 255.0))) for c in rgb] for rgb in colours[:MAX_COLORS]]
+        return [[f"color={len(colours)}"]] + [[f"v1={r}", f"v2={g}", f"v3={b}"] for r, g, b in colours]
+
+    def from_tokens(self, tokens: list[str]) -> list[list[int]]:
+        # the count token is a condition for generation; the colours themselves are what the triples say
+        colours = []
+        for chunk in _chunks(tokens, lambda w: w.startswith("v1=")):
+            parsed = [parse_token(w) for w in chunk]
+            if len(parsed) == 3 and all(p and p[0] == f"v{i + 1}" for i, p in enumerate(parsed)):
+                colours.append([min(p[1], 255) for p in parsed])
+        return colours[:MAX_COLORS]
+
+
+# (lo, hi, integer): values are clipped to [lo, hi] and binned to NUM_BINS levels, bin width (hi-lo)/999
+METADATA_FIELDS: dict[str, tuple[float, float, bool]] = {
+    "original_width": (0, 3996, True),  # pixels, 4 px bins
+    "original_height": (0, 3996, True),
+    "caption_chars": (0, 999, True),  # counts: exact up to 999
+    "caption_words": (0, 999, True),
+    "caption_sentences": (0, 999, True),
+    "num_humans": (0, 999, True),
+    "num_sam_instances": (0, 999, True),
+    "num_coco_instances": (0, 999, True),
+    "instance_diversity": (0.0, 1.0, False),
+    "semantic_diversity": (0, 999, True),  # classes present
+    "colourfulness": (0.0, 255.0, False),  # Hasler-Suesstrunk on the 0-255 scale, bins of 0.255
+    "brightness": (0.0, 1.0, False),
+    "contrast": (0.0, 0.5, False),  # std of luminance in [0, 1] never exceeds 0.5
+    "saturation": (0.0, 1.0, False),
+    "entropy": (0.0, 8.0, False),  # bits of an 8-bit grey image
+    "walkability": (0.0, 1.0, False),
+    "objectness": (0.0, 1.0, False),
+    "geometric_complexity": (0.0, 1.0, False),
+    "occlusion_score": (0.0, 1.0, False),
+}
+_warned_fields: set[str] = set()
+
+
+@serializer("metadata")
+@dataclass
+class MetadataSerializer(_Base):
+    def to_units(self, fields: dict) -> list[list[str]]:
+        for name in set(fields) - set(METADATA_FIELDS) - _warned_fields:
+            log.warning("metadata field %r has no binning in METADATA_FIELDS: left out", name)
+            _warned_fields.add(name)
+        units = []
+        for name, (lo, hi, _) in METADATA_FIELDS.items():
+            value = fields.get(name)
+            if value is not None and math.isfinite(float(value)):
+                units.append([name, f"v1={to_bin(value, lo, hi)}"])
+        return units
+
+    def from_tokens(self, tokens: list[str]) -> dict:
+        out: dict = {}
+        for chunk in _chunks(tokens, lambda w: w in METADATA_FIELDS):
+            parsed = parse_token(chunk[1]) if len(chunk) == 2 else None
+            if parsed is None or parsed[0] != "v1" or parsed[1] >= NUM_BINS or chunk[0] in out:
+                continue
+            lo, hi, integer = METADATA_FIELDS[chunk[0]]
+            value = from_bin(parsed[1], lo, hi)
+            out[chunk[0]] = int(round(value)) if integer else round(value, 4)
+        return out
+
+
+# ----------------------------------------------------------------------------- mask and pose codes
+@runtime_checkable
+class MaskCoder(Protocol):
+    """A binary-mask tokenizer: (B, S, S) bool masks <-> (B, tokens_per_mask) ids in [0, vocab_size)."""
+
+    name: str
+    mask_size: int
+    tokens_per_mask: int
+    vocab_size: int
+
+    def encode(self, masks: np.ndarray) -> np.ndarray: ...
+
+    def decode(self, ids: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class PoseCoder(Protocol):
+    """A pose tokenizer: (B, K, 3) keypoints (x, y in box units, visibility) <-> (B, tokens_per_pose) ids."""
+
+    name: str
+    num_keypoints: int
+    tokens_per_pose: int
+    vocab_size: int
+
+    def encode(self, keypoints: np.ndarray) -> np.ndarray: ...
+
+    def decode(self, ids: np.ndarray) -> np.ndarray: ...
+
+
+class GridMaskCoder:
+    """Fallback mask tokenizer: the mask on a ``4b x 4b`` grid, one code per ``b x b`` block (its bits).
+
+    ``b`` is the largest block whose ``2**(b*b)`` codes fit ``num_codes``: 1024 codes -> 3x3 blocks,
+    a 12x12 mask in 16 codes, as many codes as the reference's 64x64 mask VQ-VAE and exact at 12x12.
+    """
+
+    name = "grid"
+    blocks = 4  # per side: 16 codes per mask
+
+    def __init__(self, num_codes: int = 1024):
+        self.block = math.isqrt(int(math.log2(num_codes)))
+        if self.block < 1:
+            raise ValueError(f"GridMaskCoder needs at least 2 codes, got {num_codes}")
+        self.mask_size = self.blocks * self.block
+        self.tokens_per_mask = self.blocks ** 2
+        self.vocab_size = 2 ** (self.block ** 2)
+        self._weights = 2 ** np.arange(self.block ** 2, dtype=np.int64)
+
+    def encode(self, masks: np.ndarray) -> np.ndarray:
+        from einops import rearrange
+
+        masks = np.asarray(masks, bool)
+        if masks.ndim != 3 or masks.shape[1:] != (self.mask_size, self.mask_size):
+            raise ValueError(f"expected masks (B, {self.mask_size}, {self.mask_size}), got {masks.shape}")
+        bits = rearrange(masks, "b (h p) (w q) -> b (h w) (p q)", p=self.block, q=self.block)
+        return bits.astype(np.int64) @ self._weights  # (B, tokens_per_mask)
+
+    def decode(self, ids: np.ndarray) -> np.ndarray:
+        from einops import rearrange
+
+        ids = np.asarray(ids, np.int64)
+        bits = (ids[..., None] & self._weights) > 0  # (B, tokens_per_mask, b*b)
+        return rearrange(bits, "b (h w) (p q) -> b (h p) (w q)", h=self.blocks, p=self.block)
+
+
+class GridPoseCoder:
+    """Fallback pose tokenizer: one code per keypoint, its cell on a ``G x G`` grid over the box (a margin
+    of a quarter box on each side, where hidden limbs reach) plus one visibility bit.
+
+    ``G`` is the largest grid whose ``2 G^2`` codes fit ``num_codes`` (1024 -> 22: cells of 7% of the box).
+    """
+
+    name = "grid"
+    lo, hi = -0.25, 1.25
+
+    def __init__(self, num_codes: int = 1024, num_keypoints: int = 33):
+        self.grid = math.isqrt(num_codes // 2)
+        if self.grid < 2:
+            raise ValueError(f"GridPoseCoder needs at least 8 codes, got {num_codes}")
+        self.num_keypoints = self.tokens_per_pose = num_keypoints
+        self.vocab_size = 2 * self.grid ** 2
+
+    def encode(self, keypoints: np.ndarray) -> np.ndarray:
+        keypoints = np.asarray(keypoints, np.float64)
+        if keypoints.ndim != 3 or keypoints.shape[1:] != (self.num_keypoints, 3):
+            raise ValueError(f"expected keypoints (B, {self.num_keypoints}, 3), got {keypoints.shape}")
+        g = self.grid
+        cells = np.rint((np.clip(keypoints[..., :2], self.lo, self.hi) - self.lo) / (self.hi - self.lo) * (g - 1))
+        cells = cells.astype(np.int64)
+        return (keypoints[..., 2] >= 0.5) * g * g + cells[..., 1] * g + cells[..., 0]
+
+    def decode(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, np.int64)
+        g = self.grid
+        visible, cell = np.divmod(ids, g * g)
+        y, x = np.divmod(cell, g)
+        xy = np.stack([x, y], -1) / (g - 1) * (self.hi - self.lo) + self.lo
+        return np.concatenate([xy, np.minimum(visible, 1)[..., None].astype(np.float64)], -1)
+
+
+MASK_CODERS = {"grid": GridMaskCoder}
+POSE_CODERS = {"grid": GridPoseCoder}
+
+
+def resize_mask(mask: np.ndarray, height: int, width: int, decoding: bool = False) -> np.ndarray:
+    """A bool mask resized axis by axis with (antialiased) bilinear weights, thresholded at one half.
+
+    On the way into the coder's grid, axes that grow copy pixels instead (nearest), so thin masks keep
+    their pixels. Mean IoU of the grid coder on the 1000-scene corpus: 0.976 (0.975 all bilinear,
+    0.970 with box filters).
+    """
+    from PIL import Image
+
+    R = Image.Resampling
+    img = Image.fromarray(np.ascontiguousarray(mask, dtype=np.float32))
+    for size in ((width, img.height), (width, height)):
+        if size != img.size:
+            grow = size[0] > img.width or size[1] > img.height
+            img = img.resize(size, R.NEAREST if grow and not decoding else R.BILINEAR)
+    return np.asarray(img) >= 0.5
+
+
+def _pixel_span(lo: float, hi: float, size: int) -> tuple[int, int]:
+    a = min(max(int(round(lo * size)), 0), size - 1)
+    return a, min(max(int(round(hi * size)), a + 1), size)
+
+
+@serializer("sam_instance")
+@dataclass
+class SamInstanceSerializer(_Base):
+    """Instance id maps ``uint16 (H, W)`` (0 = none); decoded maps are ``(image_size, image_size)`` with
+    ids 1..N in token order, later (smaller) instances drawn over earlier ones."""
+
+    mask_coder: MaskCoder = field(default_factory=GridMaskCoder)
+    image_size: int = 64
+
+    def to_units(self, ids: np.ndarray) -> list[list[str]]:
+        from scipy import ndimage
+
+        ids = np.asarray(ids)
+        if ids.ndim != 2:
+            raise ValueError(f"sam_instance: expected an id map (H, W), got shape {ids.shape}")
+        h, w = ids.shape
+        found = []
+        for label, spans in enumerate(ndimage.find_objects(ids.astype(np.int64)), start=1):
+            if spans is None:
+                continue
+            mask = ids[spans] == label
+            found.append((-int(mask.sum()), label, spans, mask))
+        if not found:
+            return []
+        found.sort(key=lambda f: f[:2])
+        s = self.mask_coder.mask_size
+        codes = self.mask_coder.encode(np.stack([resize_mask(m, s, s) for *_, m in found]))
+        units = []
+        for (_, _, (ys, xs), _), row in zip(found, codes, strict=True):
+            box = [xs.start / w, ys.start / h, xs.stop / w, ys.stop / h]
+            units.append(box_tokens(box) + [f"mask={int(c)}" for c in row])
+        return units
+
+    def from_tokens(self, tokens: list[str]) -> np.ndarray:
+        n, size = self.mask_coder.tokens_per_mask, self.image_size
+        boxes, codes = [], []
+        for chunk in _chunks(tokens, _is_v0):
+            box, parsed = _parse_box(chunk), [parse_token(t) for t in chunk[4:]]
+            if box is None or len(parsed) != n or \
+                    any(p is None or p[0] != "mask" or p[1] >= self.mask_coder.vocab_size for p in parsed):
+                continue
+            boxes.append(box)
+            codes.append([p[1] for p in parsed])
+        canvas = np.zeros((size, size), np.uint16)
+        if not boxes:
+            return canvas
+        masks = self.mask_coder.decode(np.array(codes, np.int64))
+        next_id = 1
+        for (x0, y0, x1, y1), mask in zip(boxes, masks, strict=True):
+            (c0, c1), (r0, r1) = _pixel_span(x0, x1, size), _pixel_span(y0, y1, size)
+            pasted = resize_mask(mask, r1 - r0, c1 - c0, decoding=True)
+            if pasted.any():
+                canvas[r0:r1, c0:c1][pasted] = next_id
+                next_id += 1
+        return canvas
+
+
+@serializer("human_poses")
+@dataclass
+class PosesSerializer(_Base):
+    """People ``[{"box", "keypoints": [[x, y, visibility] x K]}]`` in image units [0, 1]."""
+
+    pose_coder: PoseCoder = field(default_factory=GridPoseCoder)
+
+    def to_units(self, people: list[dict]) -> list[list[str]]:
+        if not people:
+            return []
+        boxes = [self._box(p) for p in people]
+        areas = [(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes]
+        order = sorted(range(len(people)), key=lambda i: (-areas[i], i))
+        rel = np.stack([self._relative(people[i]["keypoints"], boxes[i]) for i in order])
+        codes = self.pose_coder.encode(rel)
+        return [box_tokens(boxes[i]) + [f"pose={int(c)}" for c in row] for i, row in zip(order, codes, strict=True)]
+
+    def from_tokens(self, tokens: list[str]) -> list[dict]:
+        n = self.pose_coder.tokens_per_pose
+        boxes, codes = [], []
+        for chunk in _chunks(tokens, _is_v0):
+            box, parsed = _parse_box(chunk), [parse_token(t) for t in chunk[4:]]
+            if box is None or len(parsed) != n or \
+                    any(p is None or p[0] != "pose" or p[1] >= self.pose_coder.vocab_size for p in parsed):
+                continue
+            boxes.append(box)
+            codes.append([p[1] for p in parsed])
+        if not boxes:
+            return []
+        people = []
+        for box, rel in zip(boxes, self.pose_coder.decode(np.array(codes, np.int64)), strict=True):
+            x0, y0, x1, y1 = box
+            xy = np.clip(rel[:, :2] * [x1 - x0, y1 - y0] + [x0, y0], 0.0, 1.0)
+            people.append({"box": box, "keypoints": [[round(float(x), 4), round(float(y), 4), float(v)]
+                                                     for (x, y), v in zip(xy, rel[:, 2], strict=True)]})
+        return people
+
+    @staticmethod
+    def _box(person: dict) -> list[float]:
+        if person.get("box") is not None:
+            return [min(max(float(v), 0.0), 1.0) for v in person["box"]]
+        xy = np.asarray(person["keypoints"], np.float64)[:, :2]
+        return [*np.clip(xy.min(0), 0, 1), *np.clip(xy.max(0), 0, 1)]
+
+    def _relative(self, keypoints, box) -> np.ndarray:
+        points = np.asarray(keypoints, np.float64)
+        if points.shape != (self.pose_coder.num_keypoints, 3):
+            raise ValueError(f"human_poses: expected {self.pose_coder.num_keypoints} keypoints [x, y, visibility], "
+                             f"got shape {points.shape}")
+        x0, y0, x1, y1 = box
+        scale = np.maximum([x1 - x0, y1 - y0], 1e-6)
+        return np.concatenate([(points[:, :2] - [x0, y0]) / scale, points[:, 2:]], 1)

@@ -1,0 +1,193 @@
+"""The ``wordpiece`` family: the shared vocabulary of the sequence modalities, learned from a corpus.
+
+WordPiece is counted, not trained by gradient descent, so this family does not use the shared loop:
+Hugging Face's ``WordPieceTrainer`` learns word pieces from the corpus captions, the class names of
+the manifest and the labels found in ``det``, and the metadata field names (plus any ``extra_text``
+files), with every reserved token of :mod:`fourm.tokenization.text` given as a special token so it
+stays whole. One :class:`~fourm.tokenization.text.SequenceTokenizer` folder is written per sequence
+modality of the corpus (``out/caption``, ``out/det`` ...); all hold the same vocabulary and each
+loads on its own. A summary (token counts, truncation, encode speed, round-trip quality) goes to
+``out/wordpiece_stats.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Config:
+    family: str = "wordpiece"
+    corpus: str | None = None
+    vocab_size: int = 8192  # 30000 at full scale (REFERENCE.md)
+    min_frequency: int = 2  # pieces seen fewer times are not learned
+    num_mask_codes: int = 1024  # code tokens reserved for the instance-mask tokenizer
+    num_pose_codes: int = 1024  # ... and for the pose tokenizer
+    mask_coder: str = "grid"
+    pose_coder: str = "grid"
+    modalities: list[str] = field(default_factory=list)  # empty: every sequence modality of the corpus
+    limit: int | None = None  # samples read from the corpus; None: all
+    extra_text: list[str] = field(default_factory=list)  # text files (one document a line) to learn from too
+
+    def __post_init__(self):
+        if self.family != "wordpiece":
+            raise ValueError(f"family must be 'wordpiece', got {self.family!r}")
+
+
+def training_text(values: dict[str, list], manifest: dict, extra_text: list[str] = ()) -> list[str]:
+    """Captions, class names (manifest and det labels), metadata field names and extra documents."""
+    from fourm.tokenization.serializers import METADATA_FIELDS
+
+    texts = [str(c) for c in values.get("caption", [])]
+    names = {n for names in manifest.get("classes", {}).values() for n in names}
+    names |= {d["label"] for objects in values.get("det", []) for d in objects}
+    texts += sorted(names) + [name.replace("_", " ") for name in METADATA_FIELDS]
+    for path in extra_text:
+        texts += [line for line in Path(path).read_text().splitlines() if line.strip()]
+    return texts
+
+
+def learn_pieces(texts: list[str], cfg: Config) -> list[str]:
+    """Word pieces learned from ``texts``, most useful first (reserved tokens left out).
+
+    Every continuation character ``##c`` of the texts is handed to the trainer up front: the trainer
+    otherwise numbers them in hash-map order, which breaks ties between equally frequent merges
+    differently from run to run (huggingface/tokenizers#1794). With fixed ids, training is repeatable.
+    """
+    from tokenizers import AddedToken, trainers
+
+    from fourm.tokenization.serializers import split_words
+    from fourm.tokenization.text import new_tokenizer, reserved_tokens
+
+    chars = set()
+    for text in texts:
+        chars.update(c for word in split_words(text) for p in word if len(p) > 1 or p.isalnum() for c in p)
+    continued = [f"##{c}" for c in sorted(chars)]
+    reserved = reserved_tokens(cfg.num_mask_codes, cfg.num_pose_codes)
+    tok = new_tokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, show_progress=False,
+        special_tokens=[AddedToken(t, normalized=False, special=True) for t in reserved + continued],
+        continuing_subword_prefix="##")
+    tok.train_from_iterator(texts, trainer, length=len(texts))
+    kept = set(reserved)
+    return [t for t, _ in sorted(tok.get_vocab().items(), key=lambda item: item[1]) if t not in kept]
+
+
+def load_values(corpus: str, modalities: list[str] | None, limit: int | None, progress: bool = True):
+    """(values by sequence modality, manifest) of the corpus's sequence series."""
+    from tqdm import tqdm
+
+    from fourm.data.corpus import CorpusReader, read_manifest
+    from fourm.tokenization.serializers import SERIALIZERS
+
+    manifest = read_manifest(corpus)
+    present = [m for m in SERIALIZERS if m in manifest["modalities"]]
+    names = modalities or present
+    missing = [m for m in names if m not in present]
+    if missing:
+        raise ValueError(f"{corpus} has no sequence series {', '.join(missing)}; it has: {', '.join(present)}")
+    if not names:
+        raise ValueError(f"{corpus} holds no sequence modality ({', '.join(SERIALIZERS)})")
+    reader = CorpusReader(corpus, names)
+    total = len(reader) if limit is None else min(limit, len(reader))
+    values: dict[str, list] = {m: [] for m in names}
+    for i, sample in enumerate(tqdm(reader, total=total, desc="load", unit="sample", disable=not progress)):
+        if i == total:
+            break
+        for m in names:
+            values[m].append(sample[m])
+    return values, manifest
+
+
+def measure(tokenizer, values: list, batch_size: int = 256) -> dict:
+    """Token counts, truncation and encode speed of ``values``, and how well they round-trip."""
+    tokenizer.encode(values[:8])  # warm up: lazy imports are not encoding time
+    start = time.perf_counter()
+    ids = [row for i in range(0, len(values), batch_size) for row in tokenizer.encode(values[i:i + batch_size])]
+    seconds = time.perf_counter() - start
+    lengths = np.array([len(row) for row in ids])
+    full = np.array([len(row) for row in tokenizer.encode(values, truncate=False)])
+    decoded = tokenizer.decode(ids)
+    stats = {"samples": len(values), "mean_tokens": round(float(lengths.mean()), 2), "max_tokens": int(lengths.max()),
+             "truncated": int((full > tokenizer.tokens_per_sample).sum()),
+             "encode_samples_per_s": round(len(values) / max(seconds, 1e-9), 1)}
+    stats.update(round_trip(tokenizer.modality, values, decoded))
+    return stats
+
+
+def round_trip(modality: str, values: list, decoded: list) -> dict:
+    """One quality figure per modality: exact captions, box error, palette exactness, instance IoU."""
+    from fourm.tokenization.serializers import normalize_text
+
+    if modality == "caption":
+        return {"exact": float(np.mean([d == normalize_text(v) for v, d in zip(values, decoded, strict=True)]))}
+    if modality == "det":
+        errors = [abs(a - b) for v, d in zip(values, decoded, strict=True) if len(v) == len(d)
+                  for x, y in zip(sorted(o["box"] for o in v), sorted(o["box"] for o in d), strict=True)
+                  for a, b in zip(x, y, strict=True)]
+        return {"max_box_error": round(float(max(errors, default=0.0)), 6)}
+    if modality == "color_palette":
+        return {"exact": float(np.mean([d == [list(map(int, c)) for c in v] for v, d in zip(values, decoded,
+                                                                                           strict=True)]))}
+    if modality == "sam_instance":
+        ious = [iou for v, d in zip(values, decoded, strict=True) for iou in instance_ious(v, d)]
+        return {"mean_iou": round(float(np.mean(ious)), 4) if ious else None,
+                "min_iou": round(float(np.min(ious)), 4) if ious else None}
+    return {}
+
+
+def instance_ious(ids: np.ndarray, decoded: np.ndarray) -> list[float]:
+    """Per instance of ``ids``: the best IoU with an instance of ``decoded`` (same size)."""
+    ids, decoded = np.asarray(ids), np.asarray(decoded)
+    if ids.shape != decoded.shape:
+        return []
+    out = []
+    for label in np.unique(ids)[1:]:
+        mask = ids == label
+        candidates = np.unique(decoded[mask])
+        out.append(max((float((mask & (decoded == k)).sum() / (mask | (decoded == k)).sum())
+                        for k in candidates if k), default=0.0))
+    return out
+
+
+def run(cfg: Config, out: Path, progress: bool = True) -> dict:
+    """Learn the vocabulary from ``cfg.corpus`` and save one tokenizer per sequence modality under ``out``."""
+    from fourm.io import write_json
+    from fourm.tokenization.text import SequenceTokenizer, TextConfig
+
+    if cfg.corpus is None:
+        raise ValueError("the wordpiece family needs a corpus (--corpus or corpus: in the config)")
+    values, manifest = load_values(cfg.corpus, cfg.modalities or None, cfg.limit, progress)
+    texts = training_text(values, manifest, cfg.extra_text)
+    pieces = learn_pieces(texts, cfg)
+    image_size = max(np.asarray(values["sam_instance"][0]).shape) if values.get("sam_instance") else 64
+    stats: dict = {"training_texts": len(texts), "learned_pieces": 0}
+    for modality, vals in values.items():
+        tok = SequenceTokenizer.from_vocabulary(
+            TextConfig(modality, cfg.vocab_size, cfg.num_mask_codes, cfg.num_pose_codes, cfg.mask_coder,
+                       cfg.pose_coder, image_size), pieces)
+        tok.save_pretrained(Path(out) / modality)
+        stats["vocab_size"] = tok.vocab_size
+        stats["learned_pieces"] = sum(not tok.id_to_token(i).startswith("[unused")
+                                      for i in range(_fixed_count(cfg), tok.vocab_size))
+        stats[modality] = measure(tok, vals)
+        log.info("%s: %s", modality, json.dumps(stats[modality]))
+    write_json(Path(out) / "wordpiece_stats.json", stats)
+    if progress:
+        print(json.dumps(stats, indent=2))
+    return stats
+
+
+def _fixed_count(cfg: Config) -> int:
+    from fourm.tokenization.text import alphabet, reserved_tokens
+
+    return len(reserved_tokens(cfg.num_mask_codes, cfg.num_pose_codes)) + len(alphabet())
