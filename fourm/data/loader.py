@@ -1,0 +1,473 @@
+"""FourM training data: token corpora held in memory, mixed by weight, masked and batched in workers.
+
+At this project's scales (up to ~10^5 samples, 64-224 px) a whole token corpus fits in memory as a
+few compact arrays, which makes random access cheap and exact resume trivial: the batch of step
+``s`` is a pure function of ``(seed, s, rank)``. Samples are drawn from a seeded permutation per
+epoch; each sample's masking draws from its own generator seeded by ``(seed, step, position in the
+global batch)``, so the stream is the same for any worker count and restarts at any step.
+
+Layout of a :class:`TokenDataset` (N samples), by modality kind:
+
+==================  ==============================================================================
+image, global       ``ids`` (N, n) int16/int32
+sequence            ``values`` (total,) int32, ``offsets`` (N + 1,) int64: sample i is
+                    ``values[offsets[i]:offsets[i + 1]]`` (ends with [EOS])
+pixels (rgb)        ``pixels`` (N, H, W, 3) uint8
+embedding sequence  ``values`` (total, C) float16, ``offsets`` (N + 1,): concatenated like sequences,
+                    not padded (a 20-vector caption padded to 77 would take 4x the memory)
+==================  ==============================================================================
+
+plus ``present`` (N, num_modalities) bool: a sample may lack a modality (a corpus without that
+series, or a mixture of corpora with different series); the masking then does not offer it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fourm.data.masking import Masker
+from fourm.modalities import MODALITIES, Kind, Modality, ModalityScale
+from fourm.model.batch import Batch
+
+# first words of the seed sequences, so index order and masking never share a random stream
+_ORDER, _MASK, _EVAL = 0, 1, 2
+
+
+# ----------------------------------------------------------------------------- datasets
+class TokenDataset:
+    """One token corpus in memory (see the module notes for the layout).
+
+    Args:
+        modalities: the model's modalities (resolved; order = modality index). Modalities the data
+            lacks are kept, marked absent, so that every dataset of a mixture shares the table.
+        arrays: per modality key, its arrays (layout above); absent modalities have no entry.
+        present: (N, len(modalities)) bool.
+        keys: (N,) sample keys.
+        rows: the rows this view exposes (default: all); :meth:`take` makes views without copying.
+    """
+
+    def __init__(self, modalities: dict[str, Modality], arrays: dict[str, dict[str, np.ndarray]],
+                 present: np.ndarray, keys: np.ndarray, rows: np.ndarray | None = None):
+        self.modalities, self.arrays, self.present, self.keys = modalities, arrays, present, keys
+        self.rows = np.arange(len(present)) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.names = list(modalities)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_samples(cls, modalities: dict[str, Modality], samples: Iterable[dict], size: int | None = None
+                     ) -> TokenDataset:
+        """From dicts ``{"__key__": ..., modality: value}`` (a missing or None value: absent).
+
+        ``size`` (an upper bound on the count) lets fixed-size arrays be allocated once instead of
+        stacked, halving peak memory on large corpora.
+        """
+        builder = _Builder(modalities, size)
+        for sample in samples:
+            builder.add(sample)
+        return builder.build()
+
+    @classmethod
+    def from_corpus(cls, root: str | os.PathLike, modalities: dict[str, Modality] | list[str] | None = None,
+                    scale: ModalityScale | None = None, limit: int | None = None) -> TokenDataset:
+        """Load a token corpus (``fourm tokenize``'s output) whole.
+
+        ``modalities``: the model's table (a dict of resolved modalities: series the corpus lacks
+        are absent), or names / None (every model modality in the corpus) resolved with ``scale``,
+        or, without a scale, from the manifest (vocabularies and token counts of its tokenizers).
+        """
+        from fourm.data.corpus import CorpusReader, read_manifest
+
+        manifest = read_manifest(root)
+        table = modalities if isinstance(modalities, dict) else modalities_from_manifest(manifest, modalities, scale)
+        _check_manifest(root, manifest, table)
+        series = [n for n in table if n in manifest["modalities"]]
+        if not series:
+            raise ValueError(f"{root} holds none of {', '.join(table)}")
+        reader = CorpusReader(root, series)
+        total = len(reader) if limit is None else min(limit, len(reader))
+        return cls.from_samples(table, itertools.islice(reader, total), size=total)
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        row = int(self.rows[index])
+        sample = {"__key__": str(self.keys[row])}
+        for i, (name, m) in enumerate(self.modalities.items()):
+            if not self.present[row, i]:
+                continue
+            a = self.arrays[name]
+            if m.kind in (Kind.SEQUENCE, Kind.EMBEDDING_SEQUENCE):
+                sample[name] = a["values"][a["offsets"][row]: a["offsets"][row + 1]]
+            elif m.kind == Kind.PIXELS:
+                sample[name] = a["pixels"][row]
+            else:
+                sample[name] = a["ids"][row]
+        return sample
+
+    def take(self, positions: np.ndarray | slice) -> TokenDataset:
+        """A view of some of this view's samples (no copy)."""
+        return TokenDataset(self.modalities, self.arrays, self.present, self.keys, self.rows[positions])
+
+    def split(self, heldout: int) -> tuple[TokenDataset, TokenDataset]:
+        """(train, held-out = the last ``heldout`` samples)."""
+        if not 0 < heldout < len(self):
+            raise ValueError(f"cannot hold out {heldout} of {len(self)} samples")
+        return self.take(slice(None, len(self) - heldout)), self.take(slice(len(self) - heldout, None))
+
+    @property
+    def epoch_size(self) -> int:
+        return len(self)
+
+    def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
+        """The positions of epoch ``epoch``: a seeded permutation."""
+        return np.random.default_rng([seed, _ORDER, epoch]).permutation(len(self))
+
+    @property
+    def continuous_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-sample shape of each raw input the batch carries (fixed: t5 vectors padded to max_tokens)."""
+        shapes = {}
+        for name, m in self.modalities.items():
+            if name not in self.arrays:
+                continue
+            if m.kind == Kind.PIXELS:
+                shapes[name] = self.arrays[name]["pixels"].shape[1:]
+            elif m.kind == Kind.EMBEDDING_SEQUENCE:
+                a = self.arrays[name]
+                shapes[name] = (m.max_tokens or int(np.diff(a["offsets"]).max()), a["values"].shape[1])
+        return shapes
+
+    def token_counts(self, name: str) -> np.ndarray | None:
+        """Histogram of ``name``'s token ids over this view (None for continuous or absent modalities)."""
+        m = self.modalities[name]
+        if m.kind not in (Kind.IMAGE, Kind.GLOBAL, Kind.SEQUENCE) or name not in self.arrays:
+            return None
+        rows = self.rows[self.present[self.rows, self.names.index(name)]]
+        a = self.arrays[name]
+        if m.kind == Kind.SEQUENCE:
+            starts, lengths = a["offsets"][rows], np.diff(a["offsets"])[rows]
+            index = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+            ids = a["values"][index]
+        else:
+            ids = a["ids"][rows].ravel()
+        return np.bincount(ids.astype(np.int64), minlength=m.vocab_size or 0)
+
+
+class MixtureDataset:
+    """Several token datasets sharing one modality table, sampled by ``weights``.
+
+    An epoch is ``sum(len(d))`` draws; dataset ``i`` supplies ``round(E * w_i)`` of them (its own
+    permutation, repeated as needed), shuffled together: the same for a given (seed, epoch).
+    """
+
+    def __init__(self, datasets: list[TokenDataset], weights: list[float] | None = None):
+        if not datasets or any(len(d) == 0 for d in datasets):
+            raise ValueError("a mixture needs at least one dataset, and no empty one")
+        tables = [list(d.modalities) for d in datasets]
+        if any(t != tables[0] for t in tables):
+            raise ValueError(f"datasets of a mixture must share the modality table, got {tables}")
+        weights = np.ones(len(datasets)) if weights is None else np.asarray(weights, dtype=np.float64)
+        if len(weights) != len(datasets) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"need one non-negative weight per dataset, got {weights}")
+        self.datasets, self.weights = datasets, weights / weights.sum()
+        self.modalities = datasets[0].modalities
+        self.starts = np.cumsum([0, *(len(d) for d in datasets)])
+        self.quotas = np.rint(self.weights * len(self)).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index: int) -> dict:
+        source = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return self.datasets[source][index - int(self.starts[source])]
+
+    @property
+    def epoch_size(self) -> int:
+        return int(self.quotas.sum())
+
+    def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
+        parts = [start + np.resize(d.epoch_order(seed + 7919 * (i + 1), epoch), quota)
+                 for i, (d, start, quota) in enumerate(zip(self.datasets, self.starts[:-1], self.quotas, strict=True))]
+        order = np.concatenate(parts)
+        return order[np.random.default_rng([seed, _ORDER, epoch, len(self.datasets)]).permutation(len(order))]
+
+    def split(self, heldout: int) -> tuple[MixtureDataset, MixtureDataset]:
+        """Each dataset's last ``heldout`` samples held out; the held-out part weighs them alike."""
+        pairs = [d.split(heldout) for d in self.datasets]
+        return MixtureDataset([p[0] for p in pairs], self.weights), MixtureDataset([p[1] for p in pairs])
+
+    @property
+    def continuous_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {}
+        for d in self.datasets:
+            for name, shape in d.continuous_shapes.items():
+                if shapes.setdefault(name, shape) != shape:
+                    raise ValueError(f"{name} has shape {shape} in one dataset, {shapes[name]} in another")
+        return shapes
+
+    def token_counts(self, name: str) -> np.ndarray | None:
+        """Histograms weighted by how often each dataset's samples are drawn."""
+        total = None
+        for d, quota in zip(self.datasets, self.quotas, strict=True):
+            counts = d.token_counts(name)
+            if counts is not None and len(d):
+                scaled = counts * (quota / len(d))
+                total = scaled if total is None else total + scaled
+        return total
+
+
+Dataset = TokenDataset | MixtureDataset
+
+
+class _Builder:
+    """Accumulates samples into the compact layout (fixed-size arrays allocated once when size is known)."""
+
+    def __init__(self, modalities: dict[str, Modality], size: int | None):
+        self.modalities, self.size = modalities, size
+        self.fixed: dict[str, list | np.ndarray] = {}
+        self.seqs: dict[str, list] = {n: [] for n, m in modalities.items()
+                                      if m.kind in (Kind.SEQUENCE, Kind.EMBEDDING_SEQUENCE)}
+        self.index = {n: i for i, n in enumerate(modalities)}
+        self.present: list[np.ndarray] = []
+        self.keys: list[str] = []
+
+    def _slot(self, name: str, shape: tuple, dtype, row: int) -> np.ndarray:
+        if name not in self.fixed:
+            self.fixed[name] = np.zeros((self.size, *shape), dtype=dtype) if self.size is not None else []
+        store = self.fixed[name]
+        if isinstance(store, list):
+            store.extend(np.zeros(shape, dtype=dtype) for _ in range(row + 1 - len(store)))
+            return store[row]
+        if row >= len(store):
+            raise ValueError(f"more samples than the size given ({self.size})")
+        return store[row, ...]  # a view, even of a 0-d element
+
+    def add(self, sample: dict) -> None:
+        row = len(self.keys)
+        self.keys.append(str(sample.get("__key__", row)))
+        present = np.zeros(len(self.modalities), dtype=bool)
+        for i, (name, m) in enumerate(self.modalities.items()):
+            value = sample.get(name)
+            if value is None:
+                continue
+            present[i] = True
+            value = np.asarray(value)
+            if m.kind == Kind.SEQUENCE:
+                self.seqs[name].append(value[: m.max_tokens].astype(np.int32))
+            elif m.kind == Kind.EMBEDDING_SEQUENCE:
+                self.seqs[name].append(value[: m.max_tokens].astype(np.float16))
+            elif m.kind == Kind.PIXELS:
+                self._slot(name, value.shape, np.uint8, row)[...] = value
+            else:
+                if value.shape != (m.tokens,):
+                    raise ValueError(f"{name} of {self.keys[-1]} has shape {value.shape}, "
+                                     f"the modality {m.tokens} tokens")
+                self._slot(name, value.shape, m.token_dtype, row)[...] = value
+        for name in self.seqs:  # keep sequences aligned with rows: absent ones are empty
+            if not present[self.index[name]]:
+                self.seqs[name].append(None)
+        self.present.append(present)
+
+    def build(self) -> TokenDataset:
+        n = len(self.keys)
+        present = np.array(self.present, dtype=bool).reshape(n, len(self.modalities))
+
+        def column(name):
+            store = self.fixed[name]
+            if isinstance(store, list):
+                return np.stack(store + [np.zeros_like(store[0])] * (n - len(store)))
+            return store[:n]
+
+        arrays: dict[str, dict[str, np.ndarray]] = {}
+        for i, (name, m) in enumerate(self.modalities.items()):
+            if not present[:, i].any():
+                continue
+            if m.kind in (Kind.SEQUENCE, Kind.EMBEDDING_SEQUENCE):
+                seqs = self.seqs[name]
+                first = next(s for s in seqs if s is not None)  # the column has a present sample
+                seqs = [first[:0] if s is None else s for s in seqs]
+                arrays[name] = {"values": np.concatenate(seqs),
+                                "offsets": np.cumsum([0, *(len(s) for s in seqs)]).astype(np.int64)}
+            elif m.kind == Kind.PIXELS:
+                arrays[name] = {"pixels": column(name)}
+            else:
+                ids = column(name)
+                if m.vocab_size is not None and ids.size and (ids.min() < 0 or ids.max() >= m.vocab_size):
+                    raise ValueError(f"{name} holds ids outside [0, {m.vocab_size})")
+                arrays[name] = {"ids": ids}
+        return TokenDataset(self.modalities, arrays, present, np.array(self.keys))
+
+
+def modalities_from_manifest(manifest: dict, names: list[str] | None = None,
+                             scale: ModalityScale | None = None) -> dict[str, Modality]:
+    """The model modalities of a token corpus, resolved with ``scale`` or from its manifest.
+
+    Without a scale: vocabularies and token counts come from the tokenizers recorded in the
+    manifest; rgb patches get the grid of the corpus' image tokenizers (its patch size follows).
+    """
+    from dataclasses import replace
+
+    entries = manifest["modalities"]
+    names = [n for n in MODALITIES if n in entries] if names is None else list(names)  # registry order
+    if scale is not None:
+        return scale.resolve_all(names)
+    out, grids = {}, []
+    for name in names:
+        m, entry = MODALITIES[name], entries.get(name, {})
+        changes = {}
+        if "vocab_size" in entry:
+            changes["vocab_size"] = entry["vocab_size"]
+        if "tokens_per_sample" in entry:
+            count = entry["tokens_per_sample"]
+            changes["num_tokens" if m.is_image else "max_tokens"] = count
+            if m.kind == Kind.IMAGE:
+                grids.append(count)
+        out[name] = replace(m, **changes)
+    for name, m in out.items():
+        if m.kind == Kind.PIXELS:
+            if not grids:
+                raise ValueError(f"cannot tell the patch grid of {name} from the manifest: pass a ModalityScale")
+            out[name] = replace(m, num_tokens=grids[0])
+    return out
+
+
+def _check_manifest(root, manifest: dict, table: dict[str, Modality]) -> None:
+    for name, m in table.items():
+        entry = manifest["modalities"].get(name, {})
+        if entry.get("vocab_size") and m.vocab_size and entry["vocab_size"] > m.vocab_size:
+            raise ValueError(f"{root}: {name} was tokenized with {entry['vocab_size']} codes, "
+                             f"the model's modality has {m.vocab_size}")
+        if m.kind == Kind.IMAGE and entry.get("tokens_per_sample", m.tokens) != m.tokens:
+            raise ValueError(f"{root}: {name} has {entry['tokens_per_sample']} tokens per sample, "
+                             f"the model's modality {m.tokens}")
+
+
+# ----------------------------------------------------------------------------- batches
+def continuous_inputs(raw: list[dict], modalities: dict[str, Modality],
+                      shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """The raw inputs of a batch: rgb (B, 3, H, W) in [-1, 1], t5_caption (B, L, C) zero-padded."""
+    out = {}
+    for name, shape in shapes.items():
+        kind = modalities[name].kind
+        stack = np.zeros((len(raw), *shape), dtype=np.uint8 if kind == Kind.PIXELS else np.float32)
+        for row, sample in enumerate(raw):
+            if name in sample:
+                value = sample[name]
+                stack[row, : len(value)] = value[: shape[0]]
+        tensor = torch.from_numpy(stack)
+        if kind == Kind.PIXELS:
+            tensor = tensor.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # (B, 3, H, W)
+        out[name] = tensor
+    return out
+
+
+def make_batch(dataset: Dataset, masker: Masker, positions: np.ndarray, seeds: list[list[int]]) -> Batch:
+    """Mask ``dataset[p]`` with ``np.random.default_rng(seeds[j])`` for each position, and collate."""
+    raw = [dataset[int(p)] for p in positions]
+    masked = [masker(sample, np.random.default_rng(seed)) for sample, seed in zip(raw, seeds, strict=True)]
+    return masker.collate(masked, continuous_inputs(raw, dataset.modalities, dataset.continuous_shapes))
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Map-style: step -> that step's Batch for one rank. What DataLoader workers run."""
+
+    def __init__(self, dataset: Dataset, masker: Masker, batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        if dataset.epoch_size == 0:
+            raise ValueError("the dataset is empty")
+        self.dataset, self.masker = dataset, masker
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, order): one epoch cached per worker
+
+    def positions(self, step: int) -> np.ndarray:
+        """Dataset positions of this rank's part of global batch ``step``."""
+        global_batch = self.batch_size * self.world_size
+        size = self.dataset.epoch_size
+        per_epoch = max(1, size // global_batch)
+        epoch, offset = divmod(step, per_epoch)
+        if self._order is None or self._order[0] != epoch:
+            self._order = epoch, self.dataset.epoch_order(self.seed, epoch)
+        start = offset * global_batch + self.rank * self.batch_size
+        return self._order[1][(start + np.arange(self.batch_size)) % size]
+
+    def __getitem__(self, step: int) -> Batch:
+        first = self.rank * self.batch_size
+        seeds = [[self.seed, _MASK, step, first + j] for j in range(self.batch_size)]
+        return make_batch(self.dataset, self.masker, self.positions(step), seeds)
+
+
+class _Steps(torch.utils.data.Sampler):
+    def __init__(self, start: int):
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.count(self.start)
+
+
+def _unwrap(batch):
+    return batch
+
+
+def train_batches(dataset: Dataset, masker: Masker, start_step: int = 0, rank: int = 0, world_size: int = 1,
+                  batch_size: int = 8, seed: int = 0, num_workers: int = 0, prefetch_factor: int = 2
+                  ) -> Iterator[Batch]:
+    """The endless batch stream of one rank from ``start_step`` on (masking runs in the workers).
+
+    Batch ``s`` depends only on (dataset, masker config, seed, s, rank, world_size, batch_size):
+    not on ``num_workers`` or on where the stream was started.
+    """
+    steps = StepBatches(dataset, masker, batch_size, seed, rank, world_size)
+    loader = torch.utils.data.DataLoader(steps, batch_size=None, sampler=_Steps(start_step), collate_fn=_unwrap,
+                                         num_workers=num_workers,
+                                         prefetch_factor=prefetch_factor if num_workers else None)
+    yield from loader
+
+
+def eval_batches(dataset: Dataset, masker: Masker, batch_size: int, seed: int = 0) -> list[Batch]:
+    """Every sample of ``dataset`` once, in order, masked the same way on every call."""
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        positions = np.arange(start, min(start + batch_size, len(dataset)))
+        out.append(make_batch(dataset, masker, positions, [[seed, _EVAL, int(p)] for p in positions]))
+    return out
+
+
+# ----------------------------------------------------------------------------- baseline
+def unigram_baseline(dataset: Dataset, heldout: Dataset | None = None, smoothing: float | None = None
+                     ) -> dict[str, float]:
+    """Per modality, the cross-entropy (nats) of a model that knows only token frequencies.
+
+    Frequencies are counted on ``dataset``; the loss is measured on ``heldout`` (default: the same
+    data, where it is the entropy of the unigram distribution). ``smoothing`` is added to every
+    count (default: 0 on the same data, 0.5 on held-out data, where unseen ids would cost infinity).
+    Sequences count their stored tokens (with [EOS], without the sentinels the targets add).
+    """
+    smoothing = (0.0 if heldout is None else 0.5) if smoothing is None else smoothing
+    out = {}
+    for name in dataset.modalities:
+        counts = dataset.token_counts(name)
+        if counts is None or counts.sum() == 0:
+            continue
+        probs = (counts + smoothing) / (counts.sum() + smoothing * len(counts))
+        test = counts if heldout is None else heldout.token_counts(name)
+        if test is None or test.sum() == 0:
+            continue
+        test = np.asarray(test, dtype=np.float64)
+        seen = test > 0
+        with np.errstate(divide="ignore"):
+            out[name] = float(-(test[seen] * np.log(probs[seen])).sum() / test.sum())
+    return out
+
+
+def load_token_datasets(roots: list[str | os.PathLike], modalities: dict[str, Modality],
+                        weights: list[float] | None = None) -> Dataset:
+    """One corpus as a TokenDataset, several as a MixtureDataset (all on the model's table)."""
+    datasets = [TokenDataset.from_corpus(Path(r), modalities) for r in roots]
+    return datasets[0] if len(datasets) == 1 and weights is None else MixtureDataset(datasets, weights)
