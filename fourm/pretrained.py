@@ -122,8 +122,8 @@ def load_pretrained(path_or_id: str | os.PathLike, device: str = "cpu"):
 def _import_known_classes() -> None:
     import importlib
 
-    for module in ("fourm.tokenization.vqvae", "fourm.tokenization.mlp_vqvae", "fourm.tokenization.diffusion",
-                   "fourm.tokenization.text"):
+    for module in ("fourm.model.fourm", "fourm.tokenization.vqvae", "fourm.tokenization.mlp_vqvae",
+                   "fourm.tokenization.diffusion", "fourm.tokenization.text"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -1,0 +1,88 @@
+"""Pre-norm transformer blocks of the FourM encoder and decoder, with a SwiGLU MLP.
+
+As in 4M-21 (arXiv 2406.09406): pre-norm residual blocks, SwiGLU MLP (Shazeer 2020, arXiv
+2002.05202), no biases by default. The decoder block adds cross-attention to the encoder output
+between its self-attention and its MLP.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fourm.model.attention import AttentionMask, CrossAttention, KVCache, SelfAttention
+
+NORMS = ("layernorm", "rmsnorm")
+
+
+def make_norm(kind: str, dim: int, use_bias: bool = False) -> nn.Module:
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, bias=use_bias)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dim)
+    raise ValueError(f"unknown norm {kind!r}; known: {', '.join(NORMS)}")
+
+
+def swiglu_hidden(dim: int, mlp_ratio: float) -> int:
+    """Hidden width giving a SwiGLU (3 matrices) the parameters of a plain ``mlp_ratio`` MLP (2
+    matrices), rounded up to a multiple of 8; 768 x 4 -> 2048, which reproduces the reference's
+    198M trunk for the base size."""
+    hidden = int(2 * mlp_ratio * dim / 3)
+    return (hidden + 7) // 8 * 8
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, mlp_ratio: float = 4.0, use_bias: bool = False):
+        super().__init__()
+        hidden = swiglu_hidden(dim, mlp_ratio)
+        self.w12 = nn.Linear(dim, 2 * hidden, bias=use_bias)  # gate and value in one matmul
+        self.w3 = nn.Linear(hidden, dim, bias=use_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, value = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(gate) * value)
+
+
+class EncoderBlock(nn.Module):
+    """x + SelfAttn(norm(x)), then + MLP(norm(x)); bidirectional over the valid input tokens."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, use_bias: bool = False,
+                 norm: str = "layernorm", use_qk_norm: bool = False, dropout: float = 0.0):
+        super().__init__()
+        qk_norm = partial(make_norm, norm, use_bias=use_bias) if use_qk_norm else None
+        self.norm1 = make_norm(norm, dim, use_bias)
+        self.attn = SelfAttention(dim, heads, use_bias, dropout, qk_norm)
+        self.norm2 = make_norm(norm, dim, use_bias)
+        self.mlp = SwiGLU(dim, mlp_ratio, use_bias)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: AttentionMask | None = None) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), mask))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class DecoderBlock(nn.Module):
+    """Self-attention (within a target group), cross-attention to the memory, MLP; all pre-norm."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, use_bias: bool = False,
+                 norm: str = "layernorm", use_qk_norm: bool = False, dropout: float = 0.0):
+        super().__init__()
+        qk_norm = partial(make_norm, norm, use_bias=use_bias) if use_qk_norm else None
+        self.norm1 = make_norm(norm, dim, use_bias)
+        self.self_attn = SelfAttention(dim, heads, use_bias, dropout, qk_norm)
+        self.norm2 = make_norm(norm, dim, use_bias)
+        self.cross_attn = CrossAttention(dim, heads, use_bias, dropout, qk_norm)
+        self.norm3 = make_norm(norm, dim, use_bias)
+        self.mlp = SwiGLU(dim, mlp_ratio, use_bias)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, self_mask: AttentionMask | None, cross_mask: AttentionMask | None,
+                memory: Tensor | None = None, cross_kv: tuple[Tensor, Tensor] | None = None,
+                cache: KVCache | None = None) -> Tensor:
+        """x (B, Nd, D); memory (B, Ne, D), or its keys/values ``cross_kv`` when decoding step by
+        step (then ``cache`` holds this layer's self-attention keys/values so far)."""
+        x = x + self.drop(self.self_attn(self.norm1(x), self_mask, cache))
+        x = x + self.drop(self.cross_attn(self.norm2(x), memory, cross_mask, cross_kv))
+        return x + self.drop(self.mlp(self.norm3(x)))

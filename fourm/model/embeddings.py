@@ -1,0 +1,194 @@
+"""Input embeddings of every modality, built from the registry (``fourm.modalities``).
+
+Each token's embedding is two parts kept apart, as 4M's ``x`` and ``emb`` (arXiv 2303.06516):
+
+* content -- what the token says: a row of its modality's token table (IMAGE, SEQUENCE, GLOBAL),
+  a linear projection of an rgb patch (PIXELS) or of a text-encoder vector (EMBEDDING_SEQUENCE);
+* where it is -- a fixed sine-cosine position (2D for image kinds, 1D for sequences and globals)
+  plus one learned embedding of its modality.
+
+Encoder tokens are content + position; decoder queries of IMAGE / GLOBAL targets are a learned
+mask token + position (no content: that is what they predict), those of SEQUENCE targets embed
+the previous token (teacher forcing) with the modality's input table.
+
+Tokens arrive packed (``fourm.model.batch``): a (B, N) list with modality and position tags.
+Lookups are vectorised per modality: tokens are grouped by modality with one sort, each
+modality's table sees only its own tokens (a loop over modalities, never over tokens).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from fourm.modalities import Kind, Modality
+
+_NO_LIMIT = 2**62  # decoder input ids of IMAGE / GLOBAL targets are ignored, so never out of range
+
+
+def sincos_1d(length: int, dim: int) -> Tensor:
+    """(length, dim): the Transformer's fixed positions (Vaswani et al. 2017), sin half then cos."""
+    if dim % 2:
+        raise ValueError(f"sine-cosine positions need an even width, not {dim}")
+    freqs = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim // 2))
+    angles = torch.arange(length, dtype=torch.float64)[:, None] * freqs[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+
+
+def sincos_2d(side: int, dim: int) -> Tensor:
+    """(side * side, dim), row-major like the patch order ``(h w)``: half the width encodes the row,
+    half the column (MAE, arXiv 2111.06377)."""
+    if dim % 4:
+        raise ValueError(f"2D sine-cosine positions need a width divisible by 4, not {dim}")
+    rows = sincos_1d(side, dim // 2)[:, None, :].expand(side, side, dim // 2)
+    cols = sincos_1d(side, dim // 2)[None, :, :].expand(side, side, dim // 2)
+    return rearrange(torch.cat([rows, cols], dim=-1), "h w d -> (h w) d")
+
+
+def split_by_modality(mod: Tensor, num_modalities: int, valid: Tensor | None = None) -> dict[int, Tensor]:
+    """Flat indices (into ``mod.flatten()``) of the valid tokens of each modality present, in order.
+
+    One stable sort and one host read of the counts, whatever the number of modalities.
+    """
+    key = mod.flatten() + 1  # bucket 0 holds the padding
+    if valid is not None:
+        key = key.masked_fill(~valid.flatten(), 0)
+    counts = torch.bincount(key, minlength=num_modalities + 1).tolist()
+    chunks = torch.argsort(key, stable=True).split(counts)
+    return {m: chunks[m + 1] for m in range(num_modalities) if counts[m + 1]}
+
+
+class ModalityEmbeddings(nn.Module):
+    """Content and position+modality embeddings of the modalities ``specs`` (resolved entries, in
+    the model's modality order: index ``m`` in ``enc_mod`` / ``dec_mod`` is ``list(specs)[m]``)."""
+
+    def __init__(self, specs: dict[str, Modality], dim: int, image_size: int):
+        super().__init__()
+        self.specs, self.names, self.dim, self.image_size = specs, list(specs), dim, image_size
+        self.tables = nn.ModuleDict({n: nn.Embedding(s.vocab_size, dim) for n, s in specs.items()
+                                     if s.kind in (Kind.IMAGE, Kind.SEQUENCE, Kind.GLOBAL)})
+        self.projections = nn.ModuleDict()
+        for name, spec in specs.items():
+            if spec.kind == Kind.PIXELS:
+                self.projections[name] = nn.Linear(3 * self.patch_size(name) ** 2, dim)
+            elif spec.kind == Kind.EMBEDDING_SEQUENCE:
+                self.projections[name] = nn.Linear(spec.dim, dim)
+        self.modality = nn.Parameter(torch.zeros(len(specs), dim))
+        self.mask_token = nn.Parameter(torch.zeros(dim))
+
+        # every modality's fixed positions in one table, so a token's position is one gather
+        tables = [sincos_2d(math.isqrt(s.tokens), dim) if s.is_image else sincos_1d(s.tokens, dim)
+                  for s in specs.values()]
+        counts = torch.tensor([len(t) for t in tables])
+        self.register_buffer("positions", torch.cat(tables), persistent=False)  # (sum of counts, D)
+        self.register_buffer("pos_offset", counts.cumsum(0) - counts, persistent=False)  # (M,)
+        self.register_buffer("pos_count", counts, persistent=False)
+        vocab = torch.tensor([s.vocab_size or 0 for s in specs.values()])
+        self.register_buffer("vocab", vocab, persistent=False)
+        self.register_buffer("is_sequence", torch.tensor([s.kind == Kind.SEQUENCE for s in specs.values()]),
+                             persistent=False)
+
+    def patch_size(self, name: str) -> int:
+        return self.image_size // math.isqrt(self.specs[name].tokens)
+
+    # ------------------------------------------------------------------------------ position
+    def position(self, mod: Tensor, pos: Tensor, valid: Tensor) -> Tensor:
+        """(B, N) tags -> (B, N, D) position + modality embedding; padding gets modality 0, position 0."""
+        mod, pos = mod.masked_fill(~valid, 0), pos.masked_fill(~valid, 0)
+        return self.positions[self.pos_offset[mod] + pos] + self.modality[mod]
+
+    # ------------------------------------------------------------------------------ content
+    def encoder_content(self, ids: Tensor, mod: Tensor, pos: Tensor, valid: Tensor,
+                        continuous: dict[str, Tensor]) -> Tensor:
+        """(B, Ne) tags + raw continuous inputs -> (B, Ne, D) content; zeros on padding."""
+        b, n = ids.shape
+        groups = self._split_checked("encoder", mod, valid)
+        limits = self.vocab.clone()  # ids of continuous modalities index their patches / vectors
+        for m in groups:
+            name, spec = self.names[m], self.specs[self.names[m]]
+            if spec.kind == Kind.PIXELS:
+                self._check_continuous(name, continuous, b)
+                limits[m] = spec.tokens
+            elif spec.kind == Kind.EMBEDDING_SEQUENCE:
+                limits[m] = self._check_continuous(name, continuous, b).shape[1]
+        self.check_tokens("encoder", ids, mod, pos, valid, limits)
+
+        x = self.mask_token.new_zeros(b * n, self.dim)
+        flat_ids = ids.flatten()
+        for m, idx in groups.items():
+            name, kind = self.names[m], self.specs[self.names[m]].kind
+            if kind == Kind.PIXELS:
+                patches = rearrange(continuous[name], "b c (h p1) (w p2) -> b (h w) (c p1 p2)",
+                                    p1=self.patch_size(name), p2=self.patch_size(name))
+                x[idx] = self.projections[name](patches[idx // n, flat_ids[idx]]).to(x.dtype)
+            elif kind == Kind.EMBEDDING_SEQUENCE:
+                x[idx] = self.projections[name](continuous[name][idx // n, flat_ids[idx]]).to(x.dtype)
+            else:
+                x[idx] = self.tables[name](flat_ids[idx]).to(x.dtype)
+        return rearrange(x, "(b n) d -> b n d", b=b)
+
+    def decoder_content(self, ids: Tensor, mod: Tensor, pos: Tensor, valid: Tensor) -> Tensor:
+        """(B, Nd) tags -> (B, Nd, D): the mask token for IMAGE / GLOBAL targets, the embedded
+        previous token for SEQUENCE targets (their ``ids``); zeros on padding."""
+        b, n = ids.shape
+        groups = self._split_checked("decoder", mod, valid, targets=True)
+        limits = torch.where(self.is_sequence, self.vocab, _NO_LIMIT)
+        self.check_tokens("decoder", ids, mod, pos, valid, limits)
+        x = self.mask_token.new_zeros(b * n, self.dim)
+        flat_ids = ids.flatten()
+        for m, idx in groups.items():
+            name = self.names[m]
+            if self.specs[name].kind == Kind.SEQUENCE:
+                x[idx] = self.tables[name](flat_ids[idx]).to(x.dtype)
+            else:
+                x[idx] = self.mask_token.to(x.dtype)
+        return rearrange(x, "(b n) d -> b n d", b=b)
+
+    # ------------------------------------------------------------------------------ checks
+    def _split_checked(self, what: str, mod: Tensor, valid: Tensor, targets: bool = False) -> dict[int, Tensor]:
+        bad = valid & ((mod < 0) | (mod >= len(self.names)))
+        if bad.any():
+            b, n = bad.nonzero()[0].tolist()
+            raise ValueError(f"{what} token [{b}, {n}]: modality index {mod[b, n].item()} is out of range; "
+                             f"this model's modalities are {self.names}")
+        groups = split_by_modality(mod, len(self.names), valid)
+        if targets:
+            for m in groups:
+                if self.specs[self.names[m]].input_only:
+                    raise ValueError(f"modality {self.names[m]!r} is input-only: it cannot be a decoder target")
+        return groups
+
+    def check_tokens(self, what: str, ids: Tensor, mod: Tensor, pos: Tensor, valid: Tensor, limits: Tensor) -> None:
+        """One vectorised test of every valid token: 0 <= id < limits[mod], 0 <= pos < its modality's
+        token count; the first offender is named. ``mod`` must already be in range."""
+        m = mod.clamp(0, len(self.names) - 1)
+        bad_id = valid & ((ids < 0) | (ids >= limits[m]))
+        bad_pos = valid & ((pos < 0) | (pos >= self.pos_count[m]))
+        if not (bad_id | bad_pos).any():
+            return
+        b, n = (bad_id | bad_pos).nonzero()[0].tolist()
+        name = self.names[m[b, n]]
+        if bad_id[b, n]:
+            raise ValueError(f"{what} token [{b}, {n}] of modality {name!r}: id {ids[b, n].item()} is out of "
+                             f"range [0, {limits[m[b, n]].item()})")
+        hint = f" (raise the config's max_tokens[{name!r}] if it is real)" if self.is_sequence[m[b, n]] else ""
+        raise ValueError(f"{what} token [{b}, {n}] of modality {name!r}: position {pos[b, n].item()} is out of "
+                         f"range [0, {self.pos_count[m[b, n]].item()}){hint}")
+
+    def _check_continuous(self, name: str, continuous: dict[str, Tensor], batch_size: int) -> Tensor:
+        spec = self.specs[name]
+        if name not in continuous:
+            raise ValueError(f"the batch has {name!r} tokens but no batch.continuous[{name!r}]")
+        value = continuous[name]
+        if spec.kind == Kind.PIXELS:
+            side = self.image_size
+            expected, ok = f"({batch_size}, 3, {side}, {side})", tuple(value.shape) == (batch_size, 3, side, side)
+        else:
+            expected = f"({batch_size}, L, {spec.dim})"
+            ok = value.dim() == 3 and value.shape[0] == batch_size and value.shape[2] == spec.dim
+        if not ok:
+            raise ValueError(f"batch.continuous[{name!r}] has shape {tuple(value.shape)}, expected {expected}")
+        return value

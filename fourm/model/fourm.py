@@ -1,0 +1,299 @@
+"""FourM: the any-to-any multimodal encoder-decoder of 4M / 4M-21 (arXiv 2303.06516, 2406.09406).
+
+The encoder reads a packed list of input tokens of any modalities (``fourm.model.batch``) and
+attends bidirectionally over the valid ones. The decoder gets one query per target token: a mask
+token (IMAGE / GLOBAL targets) or the previous token (SEQUENCE targets, teacher forcing), plus
+position and modality. A decoder token attends to the tokens of its own target group (one group
+per target modality of a sample), causally inside a sequence, and to all valid encoder tokens.
+Each modality has its own output head; the loss is cross-entropy per target token, averaged per
+modality and then across modalities (or over all tokens, ``loss_weighting="token"``).
+
+For generation, :meth:`FourM.start_decoding` caches the encoder output's cross-attention keys and
+values once, and :meth:`FourM.decode_step` runs only the new tokens, appending their self-attention
+keys and values to the cache: autoregressive decoding costs O(new tokens) per step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from fourm.modalities import MODALITIES, Modality, ModalityScale, get_modality, parse_modalities
+from fourm.model.attention import AttentionMask, KVCache, attention_mask
+from fourm.model.batch import Batch
+from fourm.model.blocks import NORMS, DecoderBlock, EncoderBlock, make_norm
+from fourm.model.embeddings import ModalityEmbeddings, split_by_modality
+from fourm.pretrained import PretrainedMixin, register_pretrained
+
+LOSS_WEIGHTINGS = ("modality", "token")
+IGNORE = -100  # dec_target of padding
+
+
+@dataclass
+class FourMConfig:
+    """Trunk sizes and the modalities the model reads and writes.
+
+    ``modalities`` fixes the modality order (index ``m`` in the batch's ``enc_mod`` / ``dec_mod``).
+    ``image_size`` / ``patch_size`` / ``patch_sizes`` / ``vocab_sizes`` are a ``ModalityScale``;
+    ``vocab_sizes``, ``max_tokens`` (token count of image kinds and globals, maximum length of
+    sequences) and ``input_dims`` (width of EMBEDDING_SEQUENCE vectors) are filled in from the
+    registry, so a saved config.json rebuilds the same model even if registry defaults change.
+    """
+
+    modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
+    image_size: int = 224
+    patch_size: int = 16
+    patch_sizes: dict[str, int] = field(default_factory=dict)
+    vocab_sizes: dict[str, int] = field(default_factory=dict)
+    max_tokens: dict[str, int] = field(default_factory=dict)
+    input_dims: dict[str, int] = field(default_factory=dict)
+    dim: int = 384
+    encoder_depth: int = 6
+    decoder_depth: int = 6
+    heads: int = 6
+    mlp_ratio: float = 4.0
+    use_bias: bool = False  # the 4M-21 sizes have none
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    use_qk_norm: bool = False
+    dropout: float = 0.0
+    tie_heads: bool = False  # output head of a modality = its input token table
+    loss_weighting: str = "modality"  # modality: mean per modality, then across; token: mean over tokens
+
+    def __post_init__(self):
+        self.modalities = parse_modalities(self.modalities, MODALITIES)  # unknown name: error listing known
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"modalities listed twice: {self.modalities}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {self.norm!r}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, not {self.loss_weighting!r}")
+        for table in ("patch_sizes", "vocab_sizes", "max_tokens", "input_dims"):
+            setattr(self, table, dict(getattr(self, table)))  # filled in below: never the caller's dict
+            stray = set(getattr(self, table)) - set(self.modalities)
+            if stray:
+                raise ValueError(f"{table} names modalities the model does not have: {', '.join(sorted(stray))}")
+        continuous = [n for n in self.vocab_sizes if get_modality(n).vocab_size is None]
+        if continuous:
+            raise ValueError(f"vocab_sizes: {', '.join(continuous)} take continuous inputs, not tokens")
+        scale = ModalityScale(self.image_size, self.patch_size, self.patch_sizes, self.vocab_sizes)
+        for name in self.modalities:
+            m = scale.resolve(name)
+            if m.vocab_size is not None:
+                self.vocab_sizes[name] = m.vocab_size
+            if m.dim is not None:
+                self.input_dims.setdefault(name, m.dim)
+            if m.is_image and self.max_tokens.setdefault(name, m.tokens) != m.tokens:
+                raise ValueError(f"max_tokens[{name!r}] = {self.max_tokens[name]}, but {self.image_size} px images "
+                                 f"in patches of {self.image_size // math.isqrt(m.tokens)} give {m.tokens}")
+            self.max_tokens.setdefault(name, m.tokens)
+
+    def specs(self) -> dict[str, Modality]:
+        """The registry entries of ``modalities`` with this config's numbers, in model order."""
+        out = {}
+        for name in self.modalities:
+            m = get_modality(name)
+            tokens = self.max_tokens[name]
+            out[name] = replace(m, vocab_size=self.vocab_sizes.get(name), dim=self.input_dims.get(name),
+                                **({"num_tokens": tokens} if m.is_image else {"max_tokens": tokens}))
+        return out
+
+
+class ModalityLogits(NamedTuple):
+    index: Tensor  # (n,) positions of the tokens in the flattened (B * N) token list, ascending
+    logits: Tensor  # (n, vocab_size of the modality)
+
+
+@dataclass
+class FourMOutput:
+    loss: Tensor  # () the training objective
+    modality_losses: dict[str, Tensor]  # mean cross-entropy per target modality, detached, for logging
+    logits: dict[str, ModalityLogits]  # of the valid target tokens
+
+
+@dataclass
+class DecodeCache:
+    """State of an incremental decode: cross-attention keys/values of the memory (fixed) and every
+    decoder layer's self-attention keys/values with the tags of the tokens decoded so far."""
+
+    cross_kv: list[tuple[Tensor, Tensor]]  # per decoder layer, each (B, H, Ne, d)
+    cross_mask: AttentionMask
+    layers: list[KVCache]
+    group: Tensor  # (B, T) tags of the cached tokens
+    pos: Tensor
+    valid: Tensor
+
+    def __len__(self) -> int:
+        return self.group.shape[1]
+
+
+def decoder_mask(q_group: Tensor, q_pos: Tensor, q_causal: Tensor,
+                 k_group: Tensor, k_pos: Tensor, k_valid: Tensor) -> Tensor:
+    """(B, Nq) query tags, (B, Nk) key tags -> (B, Nq, Nk) bool: same group, valid key, and for
+    queries of sequence modalities (``q_causal``) a key position at or before the query's."""
+    same = q_group[:, :, None] == k_group[:, None, :]
+    earlier = k_pos[:, None, :] <= q_pos[:, :, None]
+    return same & k_valid[:, None, :] & (earlier | ~q_causal[:, :, None])
+
+
+@register_pretrained("fourm")
+class FourM(nn.Module, PretrainedMixin):
+    config_class = FourMConfig
+
+    def __init__(self, config: FourMConfig):
+        super().__init__()
+        self.config = config
+        self.specs = config.specs()
+        self.names = list(self.specs)
+        self.embed = ModalityEmbeddings(self.specs, config.dim, config.image_size)
+        block = dict(dim=config.dim, heads=config.heads, mlp_ratio=config.mlp_ratio, use_bias=config.use_bias,
+                     norm=config.norm, use_qk_norm=config.use_qk_norm, dropout=config.dropout)
+        self.encoder = nn.ModuleList(EncoderBlock(**block) for _ in range(config.encoder_depth))
+        self.encoder_norm = make_norm(config.norm, config.dim, config.use_bias)
+        self.decoder = nn.ModuleList(DecoderBlock(**block) for _ in range(config.decoder_depth))
+        self.decoder_norm = make_norm(config.norm, config.dim, config.use_bias)
+        self.targets = [n for n, s in self.specs.items() if not s.input_only]
+        self.heads = nn.ModuleDict() if config.tie_heads else nn.ModuleDict(
+            {n: nn.Linear(config.dim, self.specs[n].vocab_size, bias=config.use_bias) for n in self.targets})
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        if self.embed.modality.is_meta:  # a meta-device build (parameter counts, deferred init): no values
+            return
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.embed.modality, std=0.02)
+        nn.init.normal_(self.embed.mask_token, std=0.02)
+        # residual branches scaled by depth so the stream's variance does not grow with it (GPT-2)
+        for blocks in (self.encoder, self.decoder):
+            for blk in blocks:
+                for name, p in blk.named_parameters():
+                    if name.endswith(("proj.weight", "w3.weight")):
+                        nn.init.normal_(p, std=0.02 / math.sqrt(2 * len(blocks)))
+
+    def modality_index(self, name: str) -> int:
+        if name not in self.specs:
+            raise ValueError(f"modality {name!r} is not one of this model's: {', '.join(self.names)}")
+        return self.names.index(name)
+
+    def num_params(self, trunk_only: bool = False) -> int:
+        """Parameters; ``trunk_only`` counts the encoder and decoder blocks (the reference's sizes)."""
+        modules = [self.encoder, self.decoder] if trunk_only else [self]
+        return sum(p.numel() for m in modules for p in m.parameters())
+
+    # ------------------------------------------------------------------------------ encoder
+    def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """-> memory (B, Ne, D), memory_valid (B, Ne) bool."""
+        batch.check()
+        valid = batch.enc_valid
+        x = self.embed.encoder_content(batch.enc_ids, batch.enc_mod, batch.enc_pos, valid, batch.continuous)
+        x = x + self.embed.position(batch.enc_mod, batch.enc_pos, valid)
+        mask = attention_mask(valid[:, None, :])  # every query sees every valid token
+        for blk in self.encoder:
+            x = blk(x, mask)
+        return self.encoder_norm(x), valid
+
+    # ------------------------------------------------------------------------------ decoder
+    def _queries(self, ids: Tensor, mod: Tensor, pos: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        """-> queries (B, N, D), causal (B, N) bool (the token is of a sequence modality)."""
+        x = self.embed.decoder_content(ids, mod, pos, valid) + self.embed.position(mod, pos, valid)
+        return x, self.embed.is_sequence[mod.masked_fill(~valid, 0)]
+
+    def decode(self, batch: Batch, memory: Tensor, memory_valid: Tensor) -> Tensor:
+        """Teacher-forced decode of every target token at once -> hidden (B, Nd, D)."""
+        batch.check()
+        if memory.shape[:2] != memory_valid.shape or memory.shape[0] != batch.dec_ids.shape[0]:
+            raise ValueError(f"memory {tuple(memory.shape)} and memory_valid {tuple(memory_valid.shape)} do not "
+                             f"match a batch of {batch.dec_ids.shape[0]}")
+        x, causal = self._queries(batch.dec_ids, batch.dec_mod, batch.dec_pos, batch.dec_valid)
+        group, pos = batch.dec_group, batch.dec_pos
+        self_mask = attention_mask(decoder_mask(group, pos, causal, group, pos, batch.dec_valid))
+        cross_mask = attention_mask(memory_valid[:, None, :])
+        for blk in self.decoder:
+            x = blk(x, self_mask, cross_mask, memory=memory)
+        return self.decoder_norm(x)
+
+    def start_decoding(self, memory: Tensor, memory_valid: Tensor) -> DecodeCache:
+        """An empty decode state over ``memory`` (B, Ne, D): its cross-attention keys and values are
+        computed here, once for the whole generation."""
+        b = memory.shape[0]
+        empty = memory_valid.new_zeros(b, 0, dtype=torch.long)
+        return DecodeCache(cross_kv=[blk.cross_attn.project_kv(memory) for blk in self.decoder],
+                           cross_mask=attention_mask(memory_valid[:, None, :]),
+                           layers=[KVCache() for _ in self.decoder],
+                           group=empty, pos=empty, valid=empty.bool())
+
+    def decode_step(self, cache: DecodeCache, ids: Tensor, mod: Tensor | str, pos: Tensor,
+                    group: Tensor | None = None, valid: Tensor | None = None) -> dict[str, ModalityLogits]:
+        """Decode the new tokens ``ids`` (B, n) with tags ``mod`` (B, n) or one modality name for all,
+        ``pos`` (B, n), ``group`` (default: the modality index), ``valid`` (default: all); they see
+        the cached tokens of their group (causally for sequences) and themselves, then join the cache.
+
+        As in :meth:`decode`, ``ids`` of a sequence target are the previous tokens; those of image
+        and global targets are ignored. Returns the logits of the new valid tokens.
+        """
+        if isinstance(mod, str):
+            mod = torch.full_like(ids, self.modality_index(mod))
+        group = mod if group is None else group
+        valid = torch.ones_like(ids, dtype=torch.bool) if valid is None else valid
+        b = cache.group.shape[0]
+        for name, t in (("ids", ids), ("mod", mod), ("pos", pos), ("group", group), ("valid", valid)):
+            if t.dim() != 2 or t.shape != ids.shape or t.shape[0] != b:
+                raise ValueError(f"decode_step: {name} has shape {tuple(t.shape)}, expected ({b}, n) like ids")
+        x, causal = self._queries(ids, mod, pos, valid)
+        cache.group, cache.pos = torch.cat([cache.group, group], 1), torch.cat([cache.pos, pos], 1)
+        cache.valid = torch.cat([cache.valid, valid], 1)
+        self_mask = attention_mask(decoder_mask(group, pos, causal, cache.group, cache.pos, cache.valid))
+        for blk, kv, layer_cache in zip(self.decoder, cache.cross_kv, cache.layers, strict=True):
+            x = blk(x, self_mask, cache.cross_mask, cross_kv=kv, cache=layer_cache)
+        return self.logits(self.decoder_norm(x), mod, valid)
+
+    # ------------------------------------------------------------------------------ heads and loss
+    def logits(self, hidden: Tensor, mod: Tensor, valid: Tensor | None = None) -> dict[str, ModalityLogits]:
+        """hidden (B, N, D), mod (B, N) -> each present modality's logits over its own vocabulary,
+        computed only for its (valid) tokens."""
+        flat = rearrange(hidden, "b n d -> (b n) d")
+        out = {}
+        for m, idx in split_by_modality(mod, len(self.names), valid).items():
+            name = self.names[m]
+            if name not in self.targets:
+                raise ValueError(f"modality {name!r} is input-only: it has no output head")
+            h = flat[idx]
+            logits = F.linear(h, self.embed.tables[name].weight) if self.config.tie_heads else self.heads[name](h)
+            out[name] = ModalityLogits(idx, logits)
+        return out
+
+    def forward(self, batch: Batch) -> FourMOutput:
+        memory, memory_valid = self.encode(batch)
+        return self.loss(self.decode(batch, memory, memory_valid), batch)
+
+    def loss(self, hidden: Tensor, batch: Batch) -> FourMOutput:
+        """Cross-entropy of the decoder output ``hidden`` (B, Nd, D) against ``batch.dec_target``."""
+        target, mod = batch.dec_target, batch.dec_mod
+        valid = batch.dec_valid & (target != IGNORE)
+        self.embed.check_tokens("decoder target", target, mod, batch.dec_pos, valid, self.embed.vocab)
+        per_mod = self.logits(hidden, mod, valid)
+        flat_target = target.flatten()
+        sums, counts = {}, {}
+        for name, (idx, logits) in per_mod.items():
+            sums[name] = F.cross_entropy(logits.float(), flat_target[idx], reduction="sum")
+            counts[name] = idx.numel()
+        means = {name: sums[name] / counts[name] for name in sums}
+        if not sums:  # nothing to predict: a zero that backward() accepts
+            loss = hidden.sum() * 0.0
+        elif self.config.loss_weighting == "modality":
+            loss = torch.stack(list(means.values())).mean()
+        else:
+            loss = torch.stack(list(sums.values())).sum() / sum(counts.values())
+        return FourMOutput(loss, {n: v.detach() for n, v in means.items()}, per_mod)
+

@@ -1,0 +1,40 @@
+"""Attention masks and the KV cache, against a hand-written softmax attention."""
+
+import torch
+
+from fourm.model.attention import KVCache, SelfAttention, attend, attention_mask
+
+
+def reference(q, k, v, allowed):
+    scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+    weights = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1).nan_to_num(0.0)
+    return torch.einsum("bhqk,bhkd->bqhd", weights, v).flatten(2)
+
+
+def test_attend_matches_softmax_and_zeroes_rows_without_keys():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 8, generator=g) for n in (5, 7, 7))
+    allowed = torch.rand(2, 5, 7, generator=g) > 0.5
+    allowed[0, 2] = False  # a query with nothing to attend
+    out = attend(q, k, v, attention_mask(allowed))
+    assert torch.allclose(out, reference(q, k, v, allowed), atol=1e-5)
+    assert (out[0, 2] == 0).all()
+    # a broadcast key mask (B, 1, Nk), as the encoder and cross-attention use
+    keys = torch.rand(2, 1, 7, generator=g) > 0.3
+    assert torch.allclose(attend(q, k, v, attention_mask(keys)), reference(q, k, v, keys.expand(2, 5, 7)), atol=1e-5)
+
+
+def test_cached_self_attention_equals_causal_attention():
+    torch.manual_seed(0)
+    attn = SelfAttention(32, 4).eval()
+    x = torch.randn(2, 6, 32)
+    causal = torch.ones(6, 6, dtype=torch.bool).tril().expand(2, 6, 6)
+    full = attn(x, attention_mask(causal))
+    cache, steps = KVCache(), []
+    for t in range(6):  # one token, then the rest two at a time
+        chunk = slice(t, t + 1) if t == 0 else slice(t, t + 2) if t % 2 else None
+        if chunk is None:
+            continue
+        steps.append(attn(x[:, chunk], attention_mask(causal[:, chunk, : chunk.stop]), cache))
+    assert len(cache) == 6
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)

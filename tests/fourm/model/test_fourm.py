@@ -1,0 +1,316 @@
+"""FourM behaviour: loss and gradients, masking properties, KV-cached decoding, save/load, errors."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from fourm.modalities import Kind, ModalityScale, UnknownModalityError
+from fourm.model import FourM, FourMConfig
+from fourm.model.batch import Batch
+from fourm.model.sizes import model_config
+
+MODALITIES = ["rgb", "tok_rgb", "tok_depth", "tok_dinov2_global", "caption", "det", "t5_caption"]
+SCALE = ModalityScale(32, 8, vocab_sizes={"tok_rgb": 64, "tok_depth": 48, "tok_dinov2_global": 32,
+                                          "caption": 100, "det": 100})
+T5_LENGTH = 12  # vectors per sample in continuous["t5_caption"]
+
+
+def tiny_config(**overrides):
+    """nano (2+2 x 64) over every kind of modality, 32 px images in 8 px patches (16 tokens)."""
+    max_tokens = {"caption": 24, "det": 24, "t5_caption": T5_LENGTH}
+    return model_config("nano", MODALITIES, SCALE, max_tokens=max_tokens, **overrides)
+
+
+def random_batch(cfg, batch_size=3, ne=40, nd=40, seed=0) -> Batch:
+    """Every sample: rgb patches, tok_rgb tokens, a caption and t5_caption vectors as inputs; tok_depth,
+    tok_dinov2_global, caption and det targets, each its own decoder group (shuffled numbers). Token
+    order is shuffled and the padding is garbage (random tags), so nothing may rely on either."""
+    g = torch.Generator().manual_seed(seed)
+    names, specs = cfg.modalities, cfg.specs()
+
+    def randint(high, size=(), low=0):
+        return torch.randint(low, high, size, generator=g)
+
+    def segment(name, positions, ids):
+        return [torch.full_like(positions, names.index(name)), positions, ids]
+
+    enc, dec = [], []
+    for _ in range(batch_size):
+        parts = []
+        for name in ("rgb", "tok_rgb"):
+            pos = torch.randperm(specs[name].tokens, generator=g)[: int(randint(7, low=2))]
+            ids = pos if name == "rgb" else randint(specs[name].vocab_size, pos.shape)  # rgb ids = patch index
+            parts.append(segment(name, pos, ids))
+        pos = torch.arange(int(randint(9, low=1)))
+        parts.append(segment("caption", pos, randint(100, pos.shape)))
+        pos = torch.arange(int(randint(T5_LENGTH + 1, low=1)))
+        parts.append(segment("t5_caption", pos, pos))
+        enc.append(torch.cat([torch.stack(p) for p in parts], dim=1))  # (3, n): mod, pos, ids
+
+        groups, parts = torch.randperm(50, generator=g)[:4], []
+        for group, name in zip(groups.tolist(), ("tok_depth", "tok_dinov2_global", "caption", "det"), strict=True):
+            spec = specs[name]
+            if spec.kind == Kind.SEQUENCE:
+                pos = torch.arange(int(randint(11 if name == "caption" else 9, low=2)))
+                target = randint(spec.vocab_size, pos.shape)
+                ids = torch.cat([torch.tensor([1]), target[:-1]])  # teacher forcing: the previous token
+            else:
+                pos = torch.randperm(spec.tokens, generator=g)[: int(randint(7, low=1))]
+                target, ids = randint(spec.vocab_size, pos.shape), torch.zeros_like(pos)
+            parts.append([*segment(name, pos, ids), target, torch.full_like(pos, group)])
+        dec.append(torch.cat([torch.stack(p) for p in parts], dim=1))  # (5, n): mod, pos, ids, target, group
+
+    def pack(samples, budget):
+        out = []
+        for s in samples:
+            s = s[:, torch.randperm(s.shape[1], generator=g)]
+            pad = randint(3, (s.shape[0], budget - s.shape[1]))  # garbage tags on padding
+            valid = torch.arange(budget) < s.shape[1]
+            out.append((torch.cat([s, pad], dim=1), valid))
+        return torch.stack([o[0] for o in out], 1), torch.stack([o[1] for o in out])
+
+    (e_mod, e_pos, e_ids), e_valid = pack(enc, ne)
+    (d_mod, d_pos, d_ids, d_target, d_group), d_valid = pack(dec, nd)
+    continuous = {"rgb": torch.rand(batch_size, 3, 32, 32, generator=g) * 2 - 1,
+                  "t5_caption": torch.randn(batch_size, T5_LENGTH, 384, generator=g)}
+    return Batch(enc_ids=e_ids, enc_mod=e_mod, enc_pos=e_pos, enc_valid=e_valid,
+                 dec_ids=d_ids, dec_target=d_target.masked_fill(~d_valid, -100), dec_mod=d_mod, dec_pos=d_pos,
+                 dec_group=d_group, dec_valid=d_valid, continuous=continuous)
+
+
+def make_model(cfg=None, seed=0, **overrides) -> FourM:
+    torch.manual_seed(seed)
+    return FourM(cfg if cfg is not None else tiny_config(**overrides)).eval()
+
+
+def dense(per_mod, name, shape) -> torch.Tensor:
+    """One modality's logits back on the (B, N) grid; NaN where it has none."""
+    idx, logits = per_mod[name]
+    out = torch.full((shape[0] * shape[1], logits.shape[1]), float("nan"))
+    out[idx] = logits
+    return out.view(*shape, -1)
+
+
+def run(model, batch):
+    with torch.no_grad():
+        memory, valid = model.encode(batch)
+        hidden = model.decode(batch, memory, valid)
+        return memory, model.logits(hidden, batch.dec_mod, batch.dec_valid), model.loss(hidden, batch)
+
+
+def replace(batch, **fields) -> Batch:
+    return dataclasses.replace(batch, **fields)
+
+
+def same(a, b):
+    return torch.allclose(a, b, atol=1e-5, rtol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"norm": "rmsnorm", "use_qk_norm": True, "tie_heads": True},
+    {"use_bias": True, "loss_weighting": "token", "dropout": 0.1},
+])
+def test_forward_backward(overrides):
+    model = make_model(**overrides).train()
+    out = model(random_batch(model.config))
+    assert set(out.modality_losses) == {"tok_depth", "tok_dinov2_global", "caption", "det"}
+    # at initialisation every target is close to a uniform guess over its vocabulary
+    for name, value in out.modality_losses.items():
+        assert abs(value.item() - math.log(model.specs[name].vocab_size)) < 0.5, name
+    out.loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is None or torch.isfinite(g).all() for g in grads.values())
+    for name in ("embed.projections.rgb.weight", "embed.projections.t5_caption.weight", "embed.tables.tok_rgb.weight",
+                 "embed.tables.caption.weight", "embed.mask_token", "encoder.0.attn.qkv.weight",
+                 "decoder.1.cross_attn.kv.weight"):
+        assert grads[name] is not None and grads[name].abs().sum() > 0, name
+
+
+def test_loss_weighting():
+    batch = random_batch(tiny_config())
+    by_mod = make_model()(batch)
+    by_token = make_model(loss_weighting="token")(batch)
+    counts = {n: len(idx) for n, (idx, _) in by_mod.logits.items()}
+    mean = sum(by_mod.modality_losses.values()) / len(counts)
+    weighted = sum(by_mod.modality_losses[n] * c for n, c in counts.items()) / sum(counts.values())
+    assert torch.allclose(by_mod.loss, mean) and torch.allclose(by_token.loss, weighted)
+
+
+def pad(batch, extra_enc, extra_dec, seed=1) -> Batch:
+    """``batch`` with more padding at the end of both token lists (garbage tags, -100 targets)."""
+    g = torch.Generator().manual_seed(seed)
+    fields = {}
+    for f in dataclasses.fields(batch):
+        if f.name == "continuous":
+            continue
+        t, extra = getattr(batch, f.name), extra_enc if f.name.startswith("enc") else extra_dec
+        if f.name.endswith("valid"):
+            tail = torch.zeros(t.shape[0], extra, dtype=torch.bool)
+        elif f.name == "dec_target":
+            tail = torch.full((t.shape[0], extra), -100)
+        else:
+            tail = torch.randint(0, 3, (t.shape[0], extra), generator=g)
+        fields[f.name] = torch.cat([t, tail], dim=1)
+    return Batch(**fields, continuous=batch.continuous)
+
+
+def test_padding_and_token_order_do_not_matter():
+    model, batch = make_model(), random_batch(tiny_config())
+    loss = run(model, batch)[2]
+    out = run(model, pad(batch, 7, 5))[2]
+    assert torch.allclose(out.loss, loss.loss, atol=1e-6)
+    for name, value in loss.modality_losses.items():
+        assert torch.allclose(out.modality_losses[name], value, atol=1e-6)
+    # shuffling each token list (keeping the tags) is also invisible
+    perm_e, perm_d = torch.randperm(40), torch.randperm(40)
+    shuffled = Batch(**{f.name: getattr(batch, f.name)[:, perm_e if f.name.startswith("enc") else perm_d]
+                        for f in dataclasses.fields(batch) if f.name != "continuous"}, continuous=batch.continuous)
+    assert torch.allclose(run(model, shuffled)[2].loss, loss.loss, atol=1e-6)
+
+
+def test_encoder_ignores_padding():
+    model, batch = make_model(), random_batch(tiny_config())
+    memory, logits, loss = run(model, batch)
+    pad = ~batch.enc_valid
+    garbage = replace(batch, enc_ids=batch.enc_ids.masked_fill(pad, 5), enc_mod=batch.enc_mod.masked_fill(pad, 1),
+                      enc_pos=batch.enc_pos.masked_fill(pad, 3))
+    memory2, logits2, loss2 = run(model, garbage)
+    assert same(memory[batch.enc_valid], memory2[batch.enc_valid])
+    assert torch.allclose(loss.loss, loss2.loss, atol=1e-6)
+
+
+def test_decoder_groups_are_isolated():
+    model, batch = make_model(), random_batch(tiny_config())
+    caption = model.modality_index("caption")
+    shape = batch.dec_ids.shape
+    _, before, _ = run(model, batch)
+    # new teacher-forced caption tokens for sample 0 only
+    change = (batch.dec_mod == caption) & batch.dec_valid
+    change[1:] = False
+    _, after, _ = run(model, replace(batch, dec_ids=batch.dec_ids.masked_fill(change, 7)))
+    for name in before:
+        a, b = dense(before, name, shape), dense(after, name, shape)
+        if name == "caption":
+            assert same(a[1:], b[1:]) and not same(a[0], b[0])
+        else:
+            assert same(a, b), name
+
+
+def test_sequence_targets_are_causal():
+    model, batch = make_model(), random_batch(tiny_config())
+    is_caption = (batch.dec_mod == model.modality_index("caption")) & batch.dec_valid
+    shape = batch.dec_ids.shape
+    _, before, _ = run(model, batch)
+    changed = is_caption & (batch.dec_pos == 1)
+    _, after, _ = run(model, replace(batch, dec_ids=batch.dec_ids.masked_fill(changed, 9)))
+    a, b = dense(before, "caption", shape), dense(after, "caption", shape)
+    earlier, later = is_caption & (batch.dec_pos < 1), is_caption & (batch.dec_pos >= 1)
+    assert same(a[earlier], b[earlier])
+    assert not same(a[changed], b[changed]) and not same(a[later], b[later])
+
+
+def test_no_inputs_at_all_is_unconditional():
+    model, batch = make_model(), random_batch(tiny_config())
+    empty = replace(batch, enc_valid=torch.zeros_like(batch.enc_valid))
+    loss = run(model, empty)[2]
+    assert torch.isfinite(loss.loss)
+    garbage = replace(empty, enc_ids=torch.zeros_like(batch.enc_ids))  # the (invalid) inputs change nothing
+    assert torch.equal(run(model, garbage)[2].loss, loss.loss)
+
+
+def _steps(batch, name, model, chunk):
+    """A modality's target tokens of each sample, in position order, cut into chunks of ``chunk``
+    positions: (ids, pos, group, valid) per step, each (B, chunk)."""
+    m = model.modality_index(name)
+    rows = []
+    for b in range(batch.dec_ids.shape[0]):
+        sel = ((batch.dec_mod[b] == m) & batch.dec_valid[b]).nonzero().squeeze(1)
+        sel = sel[batch.dec_pos[b, sel].argsort()]
+        rows.append(sel)
+    length = math.ceil(max(len(r) for r in rows) / chunk) * chunk
+    cols = torch.zeros(len(rows), length, dtype=torch.long)
+    valid = torch.zeros(len(rows), length, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        cols[b, : len(r)], valid[b, : len(r)] = r, True
+    take = lambda t: t.gather(1, cols)  # noqa: E731
+    ids, pos, group = take(batch.dec_ids), take(batch.dec_pos), take(batch.dec_group)
+    cut = lambda t, s: t[:, s:s + chunk]  # noqa: E731
+    return [(cut(ids, s), cut(pos, s), cut(group, s), cut(valid, s), cut(cols, s)) for s in range(0, length, chunk)]
+
+
+def test_kv_cached_decoding_equals_full_decode():
+    model, batch = make_model(), random_batch(tiny_config(), batch_size=3)
+    shape = batch.dec_ids.shape
+    with torch.no_grad():
+        memory, memory_valid = model.encode(batch)
+        full = model.logits(model.decode(batch, memory, memory_valid), batch.dec_mod, batch.dec_valid)
+        cache, fed = model.start_decoding(memory, memory_valid), 0
+        # image and global targets in one step each, captions one token at a time, det three at a time;
+        # every later step attends over a cache holding the other groups' tokens, which it must ignore
+        for name, chunk in (("tok_depth", 16), ("tok_dinov2_global", 16), ("caption", 1), ("det", 3)):
+            for ids, pos, group, valid, cols in _steps(batch, name, model, chunk):
+                step, fed = model.decode_step(cache, ids, name, pos, group, valid), fed + ids.shape[1]
+                idx, logits = step[name]
+                expected = dense(full, name, shape)[torch.arange(shape[0])[:, None].expand_as(cols)[valid], cols[valid]]
+                assert torch.allclose(logits, expected, atol=1e-5), name
+    assert len(cache) == len(cache.layers[0]) == fed
+
+
+def test_save_load_roundtrip(tmp_path):
+    for tie in (False, True):
+        model, batch = make_model(tie_heads=tie), random_batch(tiny_config())
+        model.save_pretrained(tmp_path / f"m{tie}")
+        loaded = FourM.from_pretrained(tmp_path / f"m{tie}")
+        assert loaded.config == model.config
+        assert torch.equal(run(loaded, batch)[2].loss, run(model, batch)[2].loss)
+
+
+def test_bf16_autocast():
+    model, batch = make_model().train(), random_batch(tiny_config())
+    fp32 = model(batch).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and abs(out.loss.item() - fp32.item()) < 0.05
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# ---------------------------------------------------------------------------------- errors
+def test_out_of_vocabulary_ids_are_named():
+    model, batch = make_model(), random_batch(tiny_config())
+    bad = batch.enc_ids.clone()
+    where = ((batch.enc_mod == model.modality_index("tok_rgb")) & batch.enc_valid).nonzero()[0]
+    bad[tuple(where)] = 64
+    with pytest.raises(ValueError, match=r"modality 'tok_rgb': id 64 is out of range \[0, 64\)"):
+        model(replace(batch, enc_ids=bad))
+    target = batch.dec_target.clone()
+    where = ((batch.dec_mod == model.modality_index("caption")) & batch.dec_valid).nonzero()[0]
+    target[tuple(where)] = 100
+    with pytest.raises(ValueError, match=r"target.*'caption': id 100 is out of range"):
+        model(replace(batch, dec_target=target))
+    pos = batch.dec_pos.masked_fill(batch.dec_mod == model.modality_index("det"), 24)
+    with pytest.raises(ValueError, match=r"'det': position 24 is out of range \[0, 24\).*max_tokens"):
+        model(replace(batch, dec_pos=pos))
+
+
+def test_bad_inputs_have_clear_errors():
+    model, batch = make_model(), random_batch(tiny_config())
+    with pytest.raises(UnknownModalityError, match="'tok_nope'.*known:"):
+        FourMConfig(modalities=["tok_rgb", "tok_nope"])
+    with pytest.raises(ValueError, match=r"continuous\['rgb'\] has shape \(3, 3, 16, 16\), expected \(3, 3, 32, 32\)"):
+        model(replace(batch, continuous={**batch.continuous, "rgb": torch.zeros(3, 3, 16, 16)}))
+    with pytest.raises(ValueError, match=r"continuous\['t5_caption'\].*expected \(3, L, 384\)"):
+        model(replace(batch, continuous={**batch.continuous, "t5_caption": torch.zeros(3, 5, 100)}))
+    with pytest.raises(ValueError, match="no batch.continuous"):
+        model(replace(batch, continuous={}))
+    with pytest.raises(ValueError, match="'rgb' is input-only"):
+        model(replace(batch, dec_mod=batch.dec_mod.masked_fill(batch.dec_valid, model.modality_index("rgb"))))
+    with pytest.raises(ValueError, match="modality index 7 is out of range"):
+        model(replace(batch, enc_mod=batch.enc_mod.masked_fill(batch.enc_valid, 7)))
+    with pytest.raises(ValueError, match="batch.dec_mod has shape"):
+        model(replace(batch, dec_mod=batch.dec_mod[:, :5]))
+    with pytest.raises(ValueError, match="not one of this model's"):
+        model.modality_index("tok_normal")
