@@ -121,6 +121,21 @@ def _tokenize(p: argparse.ArgumentParser):
     return run
 
 
+@command("train", "train FourM on token corpora (resumes from the last checkpoint in its out folder)")
+def _train(p: argparse.ArgumentParser):
+    p.add_argument("--config", help="YAML config, e.g. configs/fourm/demo.yaml")
+    p.add_argument("--out", help="run folder (overrides the config's)")
+    p.add_argument("overrides", nargs="*", help="key=value settings, e.g. train.steps=200 model.size=nano")
+
+    def run(args):
+        from fourm.config import load_config
+        from fourm.train.pretrain import FourMTrainConfig, run_training
+
+        run_training(load_config(FourMTrainConfig, args.config, args.overrides, out=args.out))
+
+    return run
+
+
 @command("demo", "the main job on the built-in scenes: corpus (more stages come with later issues)")
 def _demo(p: argparse.ArgumentParser):
     p.add_argument("--out", default="runs/demo")

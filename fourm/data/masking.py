@@ -167,7 +167,11 @@ def allocate(total: int, weights: np.ndarray, caps: np.ndarray) -> np.ndarray:
     caps = np.maximum(np.asarray(caps, dtype=np.int64), 0)
     if total <= 0:
         return np.zeros(len(caps), dtype=np.int64)
-    counts = _water_fill(total, np.asarray(weights, dtype=np.float64), caps)
+    weights = np.asarray(weights, dtype=np.float64)
+    # weights many orders below the largest (tiny alphas) count as 0: their cap/weight ratios would
+    # overflow the water filling and hand every such modality its whole cap, over the total
+    weights = np.where(weights > 1e-9 * weights.max(initial=0.0), weights, 0.0)
+    counts = _water_fill(total, weights, caps)
     left, room = total - int(counts.sum()), caps - counts
     if left > 0 and room.any():
         counts += _water_fill(left, (room > 0).astype(np.float64), room)

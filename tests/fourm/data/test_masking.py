@@ -261,3 +261,11 @@ def test_config_loads_from_overrides():
 
     cfg = load_config(MaskingConfig, overrides=["input_budget=64", "mask_rate=[0.2,0.8]", "targets=[caption]"])
     assert cfg.input_budget == 64 and cfg.mask_rate == [0.2, 0.8] and isinstance(cfg.mixture[0], DirichletComponent)
+
+
+def test_allocate_never_exceeds_the_total_with_underflowed_weights():
+    from fourm.data.masking import allocate
+
+    # a Dirichlet draw with alpha 0.01 can leave weights of ~1e-320 beside 1.0
+    counts = allocate(24, np.array([1e-320, 1e-320, 1.0]), np.array([16, 16, 4]))
+    assert counts.sum() == 24 and counts[2] == 4 and list(counts[:2]) == [10, 10]
