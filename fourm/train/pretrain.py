@@ -1,0 +1,141 @@
+"""FourM pre-training (and fine-tuning) as a task of the shared loop.
+
+``fourm train --config configs/fourm/demo.yaml [key=value ...]`` or, on many GPUs or machines,
+``accelerate launch -m fourm.train --config ...``. The model's modalities, vocabularies and token
+counts come from the token corpus' manifest (what its tokenizers made), so a model can never be
+built for ids its data does not hold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fourm.data.masking import MaskingConfig
+from fourm.train.loop import TrainConfig
+
+
+@dataclass
+class DataConfig:
+    corpora: list[str] = field(default_factory=lambda: ["runs/tokens"])  # token corpora, mixed by weights
+    weights: list[float] | None = None
+    heldout: int = 64  # last samples of the mixture kept for evaluation
+    batch_size: int = 8
+    eval_batch_size: int = 32
+    num_workers: int = 0  # masking runs in these DataLoader workers
+    tokenizers: str | None = None  # a sequence tokenizer folder for the special ids; None: the fixed layout
+
+
+@dataclass
+class ModelConfig:
+    size: str = "micro"  # a name of fourm.model.sizes
+    modalities: list[str] | None = None  # None: every modality the (first) token corpus holds
+    overrides: dict[str, Any] = field(default_factory=dict)  # any FourMConfig field (dim, tie_heads...)
+    init: str | None = None  # start from this pretrained FourM (fine-tuning) instead of from scratch
+
+
+@dataclass
+class FourMTrainConfig:
+    out: str = "runs/fourm"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class FourMTask:
+    """Token corpora -> masked batches -> FourM; evaluation against the unigram baseline."""
+
+    def __init__(self, cfg: FourMTrainConfig):
+        from fourm.data.corpus import read_manifest
+        from fourm.data.loader import load_token_datasets, modalities_from_manifest, unigram_baseline
+        from fourm.data.masking import Masker, TextSpecials, specials_from_tokenizer
+
+        self.cfg = cfg
+        self.manifest = read_manifest(cfg.data.corpora[0])
+        self.modalities = modalities_from_manifest(self.manifest, cfg.model.modalities)
+        dataset = load_token_datasets(cfg.data.corpora, self.modalities, cfg.data.weights)
+        self.train_set, self.heldout = dataset.split(cfg.data.heldout)
+        specials = specials_from_tokenizer(cfg.data.tokenizers) if cfg.data.tokenizers else TextSpecials()
+        self.masker = Masker(self.modalities, cfg.masking, specials)
+        self.baseline = unigram_baseline(self.train_set, self.heldout)
+        self._eval = None
+
+    def model_config(self):
+        from fourm.modalities import Kind, ModalityScale
+        from fourm.model.sizes import model_config
+
+        grids = [m.tokens for m in self.modalities.values() if m.is_image]
+        image_size = self.manifest.get("image_size")
+        if grids and image_size is None:
+            raise ValueError("the token corpus manifest has no image_size: re-run `fourm tokenize`")
+        patch = image_size // math.isqrt(grids[0]) if grids else 16
+        scale = ModalityScale(image_size or 224, patch, vocab_sizes={
+            n: m.vocab_size for n, m in self.modalities.items() if m.vocab_size is not None})
+        max_tokens = {n: m.tokens for n, m in self.modalities.items() if m.kind != Kind.PIXELS}
+        return model_config(self.cfg.model.size, list(self.modalities), scale, max_tokens=max_tokens,
+                            **self.cfg.model.overrides)
+
+    def build_model(self):
+        from fourm.model.fourm import FourM
+
+        if self.cfg.model.init:
+            model = FourM.from_pretrained(self.cfg.model.init)
+            missing = set(self.modalities) - set(model.config.modalities)
+            if missing:
+                raise ValueError(f"{self.cfg.model.init} does not know {', '.join(sorted(missing))}")
+            return model.train()
+        return FourM(self.model_config())
+
+    def train_batches(self, start_step: int, rank: int, world_size: int):
+        from fourm.data.loader import train_batches
+
+        d = self.cfg.data
+        # the loop counts optimizer steps; the stream counts micro-batches
+        return train_batches(self.train_set, self.masker, start_step * self.cfg.train.grad_accum, rank,
+                             world_size, d.batch_size, self.cfg.train.seed, d.num_workers)
+
+    def loss(self, model, batch):
+        device = next(model.parameters()).device
+        out = model(batch.to(device))
+        return out.loss, {f"loss/{m}": float(v) for m, v in out.modality_losses.items()}
+
+    def evaluate(self, model) -> dict[str, float]:
+        """Held-out cross-entropy per target modality, and its ratio to the unigram baseline."""
+        from fourm.data.loader import eval_batches
+
+        if self._eval is None:  # masked once: every evaluation sees the same targets
+            self._eval = eval_batches(self.heldout, self.masker, self.cfg.data.eval_batch_size, self.cfg.train.seed)
+        device = next(model.parameters()).device
+        names = list(model.config.modalities)
+        total, count = defaultdict(float), defaultdict(int)
+        for batch in self._eval:
+            out = model(batch.to(device))
+            tokens = torch.bincount(batch.dec_mod[batch.dec_valid], minlength=len(names))
+            for m, loss in out.modality_losses.items():
+                n = int(tokens[names.index(m)])
+                total[m] += float(loss) * n
+                count[m] += n
+        scores = {}
+        for m in total:
+            scores[f"loss/{m}"] = total[m] / count[m]
+            if m in self.baseline:
+                scores[f"vs_unigram/{m}"] = scores[f"loss/{m}"] / self.baseline[m]
+        scores["loss"] = sum(total.values()) / max(1, sum(count.values()))
+        return scores
+
+
+def run_training(cfg: FourMTrainConfig, progress: bool = True):
+    """Train FourM as ``cfg`` says into ``cfg.out`` (resuming from its last checkpoint)."""
+    from fourm.config import save_config
+    from fourm.train.loop import train
+
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    save_config(cfg, Path(cfg.out) / "config.yaml")
+    task = FourMTask(cfg)
+    return train(task, cfg.train, cfg.out, progress=progress)
