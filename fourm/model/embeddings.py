@@ -83,7 +83,11 @@ class ModalityEmbeddings(nn.Module):
         tables = [sincos_2d(math.isqrt(s.tokens), dim) if s.is_image else sincos_1d(s.tokens, dim)
                   for s in specs.values()]
         counts = torch.tensor([len(t) for t in tables])
-        self.register_buffer("positions", torch.cat(tables), persistent=False)  # (sum of counts, D)
+        # Scaled to the token tables' init (std 0.02, as nanoGPT's wte/wpe): raw sine-cosine entries
+        # (RMS 0.7) would be ~35x longer than a token's content, and the trunk would first learn to
+        # ignore what the tokens say (image targets stayed at the unigram loss without this).
+        positions = torch.cat(tables) * (0.02 * math.sqrt(2))
+        self.register_buffer("positions", positions, persistent=False)  # (sum of counts, D)
         self.register_buffer("pos_offset", counts.cumsum(0) - counts, persistent=False)  # (M,)
         self.register_buffer("pos_count", counts, persistent=False)
         vocab = torch.tensor([s.vocab_size or 0 for s in specs.values()])

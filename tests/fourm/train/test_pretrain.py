@@ -17,8 +17,8 @@ from fourm.model.fourm import FourM
 from fourm.train.curves import read_metrics
 from fourm.train.pretrain import FourMTrainConfig, run_training
 
-ARGS = ["model.size=nano", "data.batch_size=8", "data.heldout=16", "masking.input_budget=24",
-        "masking.target_budget=16", "train.lr=3e-3", "train.warmup_steps=5", "train.log_every=1",
+ARGS = ["model.size=nano", "data.batch_size=8", "data.heldout=16", "masking.input_budget=12",
+        "masking.target_budget=12", "train.lr=3e-3", "train.warmup_steps=5", "train.log_every=1",
         "train.precision=fp32"]
 
 
@@ -27,16 +27,14 @@ def config(corpus, out, *extra):
 
 
 def test_learns_below_the_unigram_baseline(token_corpus, tmp_path):
-    cfg = config(token_corpus, tmp_path, "train.steps=150", "train.eval_every=150", "train.save_every=0")
+    cfg = config(token_corpus, tmp_path, "train.steps=200", "train.eval_every=200", "train.save_every=0")
     model = run_training(cfg, progress=False)
     scores = read_metrics(tmp_path / "metrics.jsonl")[-1]
     ratios = {k: v for k, v in scores.items() if k.startswith("eval/vs_unigram/")}
     assert set(ratios) == {f"eval/vs_unigram/{m}" for m in ("tok_rgb", "tok_depth", "caption")}
-    # The caption (teacher-forced, and named by the image tokens) falls far below its unigram loss.
-    # Image-token targets stayed at ~1.0x the unigram loss on this corpus within 300 steps: an open
-    # question of the model issue (#4); asserted here only as finite and not worse than the baseline.
-    assert ratios["eval/vs_unigram/caption"] < 0.8, ratios
-    assert all(v < 1.1 for v in ratios.values()), ratios
+    # every modality is predictable from the others: each must fall clearly below its unigram loss
+    assert all(v < 0.9 for v in ratios.values()), ratios
+    assert ratios["eval/vs_unigram/caption"] < 0.6, ratios
     reloaded = FourM.from_pretrained(tmp_path / "model")
     assert reloaded.config == model.config
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "curves.png").is_file()
