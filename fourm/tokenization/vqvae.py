@@ -38,6 +38,10 @@ class ImageVQConfig:
     codec: str | None = None  # pixel codec (default: the source's; "features" for feature maps)
     image_size: int = 64  # side of the (square) image or feature map
     patch_size: int = 8
+    # side of the pixel window each decoder token paints: patch_size tiles the image; a larger
+    # window overlaps the neighbours' and the windows are summed (overlap-add), which hides the
+    # seams a per-patch linear head leaves between patches
+    decoder_window: int | None = None
     num_classes: int | None = None  # semseg
     channels: int | None = None  # feature width C of feature maps
     dim: int = 256
@@ -58,6 +62,10 @@ class ImageVQConfig:
     def __post_init__(self):
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        window = self.decoder_window or self.patch_size
+        if window < self.patch_size or (window - self.patch_size) % 2:
+            raise ValueError(f"decoder_window {window} must be >= patch_size {self.patch_size} "
+                             "and differ from it by an even count")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
         if self.quantizer not in QUANTIZERS:
@@ -112,18 +120,31 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
-    """Tokens (B, N, d_in) -> (B, N, d_out) through ``depth`` blocks of width ``dim`` with 2D positions."""
+    """Tokens (B, N, d_in) -> (B, N, d_out) through ``depth`` blocks of width ``dim`` with 2D positions.
+
+    Two choices make these small models learn several times faster on a CPU budget (measured on
+    scenes, PSNR after 150 steps: +1 dB from the first, +0.6 dB more from the second):
+    the projected input is layer-normed before the positions are added, because a unit-norm
+    32-d code (or a flat image patch) projects to a vector several times shorter than the sincos
+    position and the decoder would first learn to ignore it; and the residual branches start at
+    zero, so at initialisation the path from input to output is a clean linear map.
+    """
 
     def __init__(self, d_in: int, d_out: int, dim: int, depth: int, heads: int, mlp_ratio: float, side: int):
         super().__init__()
         self.proj_in = nn.Linear(d_in, dim)
+        self.norm_in = nn.LayerNorm(dim)
         self.register_buffer("pos", sincos_2d(side, dim), persistent=False)  # a function of the config
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.proj_out = nn.Linear(dim, d_out)
+        for block in self.blocks:
+            for last in (block.attn.proj, block.mlp[-1]):
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.proj_in(x) + self.pos
+        x = self.norm_in(self.proj_in(x)) + self.pos
         for block in self.blocks:
             x = block(x)
         return self.proj_out(self.norm(x))
@@ -204,8 +225,9 @@ class ImageVQVAE(nn.Module, PretrainedMixin):
         self.quantizer = QUANTIZERS[config.quantizer](config)
         self.encoder = ViT(self.codec.in_channels * p * p, self.quantizer.dim, config.dim, config.encoder_depth,
                            config.heads, config.mlp_ratio, side)
-        self.decoder = ViT(self.quantizer.dim, self.codec.out_channels * p * p, config.dim, config.decoder_depth,
-                           config.heads, config.mlp_ratio, side)
+        self.window = config.decoder_window or p
+        self.decoder = ViT(self.quantizer.dim, self.codec.out_channels * self.window**2, config.dim,
+                           config.decoder_depth, config.heads, config.mlp_ratio, side)
 
     def extra_state(self) -> dict:
         return {"class_names": self.class_names} if self.class_names else {}
@@ -274,7 +296,11 @@ class ImageVQVAE(nn.Module, PretrainedMixin):
             raise ValueError(f"{self.modality}: expected latents (B, {self.latent_dim}, {g}, {g}), "
                              f"got {tuple(z_q.shape)}")
         out = self.decoder(rearrange(z_q, "b d h w -> b (h w) d"))
-        return rearrange(out, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=g, p1=p, p2=p)
+        if self.window == p:
+            return rearrange(out, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=g, p1=p, p2=p)
+        k, side = self.window, self.config.image_size
+        cols = rearrange(out, "b n (k1 k2 c) -> b (c k1 k2) n", k1=k, k2=k)  # F.fold's layout
+        return F.fold(cols, (side, side), kernel_size=k, stride=p, padding=(k - p) // 2)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, C_in, H, W) -> reconstruction (B, C_out, H, W), ids (B, N), auxiliary loss."""

@@ -161,11 +161,12 @@ def test_embed_ids_equals_the_quantized_latents(quantizer):
     assert model.vocab_size == (48 if quantizer == "fsq" else 64)
 
 
-@pytest.mark.parametrize("quantizer", ["vq", "fsq"])
-def test_training_step_has_gradients_and_no_nans(quantizer):
-    model = tiny(quantizer=quantizer).train()
+@pytest.mark.parametrize("quantizer,window", [("vq", None), ("fsq", None), ("vq", 2 * PATCH)])
+def test_training_step_has_gradients_and_no_nans(quantizer, window):
+    model = tiny(quantizer=quantizer, decoder_window=window).train()
     x = model.to_input(sample_values("rgb", n=8))
     x_hat, ids, aux = model(x)
+    assert x_hat.shape == x.shape
     loss, _ = model.codec.loss(x_hat, x)
     (loss + aux).backward()
     grads = [p.grad for p in model.encoder.parameters()]
@@ -194,6 +195,8 @@ def test_wrong_inputs_give_clear_errors():
         model.decode(torch.zeros(1, 5, dtype=torch.long))
     with pytest.raises(ValueError, match=r"ids must lie in \[0, 64\)"):
         model.decode(torch.full((1, 16), 64))
+    with pytest.raises(ValueError, match="decoder_window 7"):
+        ImageVQConfig(patch_size=4, decoder_window=7)
     with pytest.raises(ValueError, match="multiple of patch_size"):
         ImageVQConfig(image_size=30, patch_size=8)
     with pytest.raises(ValueError, match="reads corpus 'depth'"):
