@@ -27,6 +27,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from fourm.modalities import MODALITIES
+from fourm.model.embeddings import sincos_2d
 from fourm.pretrained import PretrainedMixin, register_pretrained
 from fourm.tokenization.pixels import PixelCodec, get_codec
 
@@ -80,17 +81,6 @@ class ImageVQConfig:
 
 
 # ----------------------------------------------------------------------------- transformer
-def sincos_2d(side: int, dim: int) -> Tensor:
-    """Fixed 2D sine-cosine positions (N, dim), rows then columns, as for 4M's image modalities."""
-    if dim % 4:
-        raise ValueError(f"sincos positions need dim divisible by 4, got {dim}")
-    freqs = 1.0 / (10_000 ** (torch.arange(dim // 4) / (dim // 4)))
-    coords = torch.arange(side, dtype=torch.float32)
-    y, x = torch.meshgrid(coords, coords, indexing="ij")
-    ang_y, ang_x = y.reshape(-1, 1) * freqs, x.reshape(-1, 1) * freqs
-    return torch.cat([ang_y.sin(), ang_y.cos(), ang_x.sin(), ang_x.cos()], dim=1)
-
-
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
