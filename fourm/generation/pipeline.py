@@ -1,0 +1,268 @@
+"""The object the CLI, the demo and retrieval use: a FourM plus its tokenizers, raw values in and out.
+
+:class:`Pipeline` turns raw corpus values (a caption string, an ``uint8 (H, W, 3)`` image, depth in
+metres, a list of boxes... exactly as ``CorpusReader`` yields them) into the model's tokens with
+the tokenizers folder, runs a chained schedule (:mod:`fourm.generation.sampler`), and decodes the
+generated tokens back into corpus values.
+
+Condition keys may be model modalities (``tok_depth``, ``caption``, ``rgb``) or corpus entries
+(``depth`` is read as ``tok_depth``; ``rgb`` as raw pixels where the model reads them, else as
+``tok_rgb``). A condition value is raw, or already tokens: a 1-D integer array/tensor (image and
+global tokens, -1 marking positions to generate), or a list of ids for a sequence. A caption may
+hold ``[MASK]`` where a span is to be filled.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from fourm.data.masking import TextSpecials
+from fourm.generation.sampler import generate as run_schedule
+from fourm.generation.schedule import Target, build_schedule
+from fourm.generation.state import GenerationState
+from fourm.modalities import CORPUS, Kind
+from fourm.model.fourm import FourM
+
+MASK = "[MASK]"  # in a caption: a span for the model to fill
+
+
+class Generated(NamedTuple):
+    tokens: Any  # image / global: LongTensor (B, N); sequence: list of B id lists ending with [EOS]
+    values: list | None  # B decoded corpus values (None without a tokenizer for the modality)
+
+
+@dataclass
+class _Resolved:
+    name: str  # model modality
+    values: list  # per sample: model-ready value or None
+
+
+def _is_tokens(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 1 and not value.dtype.is_floating_point
+    if isinstance(value, np.ndarray):
+        return value.ndim == 1 and value.dtype.kind in "iu"
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, (int, np.integer)) for v in value)
+
+
+def resize(value: np.ndarray, corpus_key: str, size: int) -> np.ndarray:
+    """An image-like corpus value resized to ``size`` x ``size``: smooth for colours and measures,
+    nearest for ids and edges (a blend of class 3 and 5 is no class 4)."""
+    from PIL import Image
+
+    value = np.asarray(value)
+    if value.shape[:2] == (size, size):
+        return value
+    storage = CORPUS[corpus_key].storage
+    ids = storage.scale is None and storage.channels == 1
+    if value.dtype == np.uint8 and value.ndim == 3:
+        return np.asarray(Image.fromarray(value).resize((size, size), Image.BILINEAR))
+    tensor = torch.as_tensor(value.astype(np.float32))
+    tensor = tensor[None, None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)[None]
+    mode = "nearest" if ids else "bilinear"
+    out = torch.nn.functional.interpolate(tensor, (size, size), mode=mode, **({} if ids else {"align_corners": False}))
+    out = out[0, 0] if value.ndim == 2 else out[0].permute(1, 2, 0)
+    return out.numpy().astype(value.dtype)
+
+
+class Pipeline:
+    """A FourM and its tokenizers: raw values -> tokens -> chained generation -> raw values.
+
+    Args:
+        model: the FourM.
+        tokenizers: model modality -> tokenizer (``fourm.tokenization.base.load_tokenizers``);
+            needed for raw inputs and decoded outputs of tokenized modalities.
+        specials: text special ids (default: those of a sequence tokenizer, else the standard layout).
+    """
+
+    def __init__(self, model: FourM, tokenizers: dict | None = None, specials: TextSpecials | None = None):
+        self.model = model.eval()
+        self.tokenizers = dict(tokenizers or {})
+        self.specs = model.specs
+        if specials is None:
+            seq = next((t for t in self.tokenizers.values() if hasattr(t, "sentinel_ids")), None)
+            specials = TextSpecials() if seq is None else \
+                TextSpecials(seq.pad_id, seq.sos_id, seq.eos_id, list(seq.sentinel_ids))
+        self.specials = specials
+
+    @classmethod
+    def from_pretrained(cls, model: str | os.PathLike, tokenizers: str | os.PathLike | None = None,
+                        device: str = "cpu") -> Pipeline:
+        """A saved FourM folder and a tokenizers folder (only the model's modalities are loaded)."""
+        from pathlib import Path
+
+        from fourm.tokenization.base import load_tokenizers
+
+        fourm = FourM.from_pretrained(model, device)
+        toks = {}
+        if tokenizers is not None:
+            folder = Path(tokenizers)
+            if not folder.is_dir():
+                raise FileNotFoundError(f"tokenizers folder {folder} does not exist")
+            present = [n for n in fourm.names if (folder / n / "config.json").is_file()]
+            toks = load_tokenizers(folder, present, device) if present else {}
+        return cls(fourm, toks)
+
+    # ------------------------------------------------------------------------------ names
+    def model_keys(self, key: str) -> list[str]:
+        """The model modalities a condition key feeds (see the module notes)."""
+        if key in self.specs:
+            return [key]
+        fed = [n for n, s in self.specs.items() if s.source == key]
+        if not fed:
+            from fourm.modalities import MODALITIES
+
+            if key not in CORPUS and key not in MODALITIES:
+                known = sorted({*CORPUS, *MODALITIES})
+                raise ValueError(f"unknown modality {key!r}; known: {', '.join(known)}")
+            raise ValueError(f"the model does not know modality {key!r}; it has: {', '.join(self.specs)}")
+        pixels = [n for n in fed if self.specs[n].kind == Kind.PIXELS]
+        return pixels or fed
+
+    def target_key(self, key: str) -> str:
+        """The model modality a target name means (``depth`` -> ``tok_depth``, ``rgb`` -> ``tok_rgb``)."""
+        if key in self.specs and not self.specs[key].input_only:
+            return key
+        source = self.specs[key].source if key in self.specs else key
+        keys = [n for n, s in self.specs.items() if s.source == source and not s.input_only]
+        if keys:
+            return keys[0]
+        self.model_keys(key)  # unknown names: that error
+        raise ValueError(f"{key!r} is input-only: the model cannot generate it")
+
+    def _tokenizer(self, name: str):
+        if name not in self.tokenizers:
+            raise ValueError(f"no tokenizer for {name!r} was loaded: give it as tokens, or add it to the tokenizers "
+                             f"folder (loaded: {', '.join(self.tokenizers) or 'none'})")
+        return self.tokenizers[name]
+
+    # ------------------------------------------------------------------------------ tokenize / decode
+    def tokenize(self, samples: dict | list[dict]) -> dict[str, list]:
+        """Raw values (one sample's dict, or a list of them) -> per model modality a list of B
+        model-ready values: token id arrays (-1 = to generate), sequence id lists, raw tensors
+        (``rgb`` (3, H, W) in [-1, 1], ``t5_caption`` (L, C)); None where a sample lacks it."""
+        samples = [samples] if isinstance(samples, dict) else list(samples)
+        out: dict[str, list] = {}
+        for key in dict.fromkeys(k for s in samples for k in s):
+            for name in self.model_keys(key):
+                out[name] = self._tokenize(name, key, [s.get(key) for s in samples])
+        return out
+
+    def _tokenize(self, name: str, key: str, values: list) -> list:
+        spec, size = self.specs[name], self.model.config.image_size
+        out: list = [None] * len(values)
+        raw = [i for i, v in enumerate(values) if v is not None and not _is_tokens(v)]
+        for i, v in enumerate(values):
+            if v is not None and _is_tokens(v):
+                if spec.kind in (Kind.PIXELS, Kind.EMBEDDING_SEQUENCE):
+                    raise ValueError(f"{key}: {name} takes raw values, not token ids")
+                out[i] = np.asarray(v, dtype=np.int64) if spec.kind != Kind.SEQUENCE else [int(t) for t in v]
+        if not raw:
+            return out
+        if spec.kind == Kind.PIXELS:
+            for i in raw:
+                image = resize(np.asarray(values[i], dtype=np.uint8), spec.source, size)
+                out[i] = torch.tensor(image).permute(2, 0, 1).float().div(127.5).sub(1.0)
+            return out
+        if spec.kind == Kind.EMBEDDING_SEQUENCE:
+            for i in raw:
+                out[i] = torch.as_tensor(np.asarray(values[i], dtype=np.float32))[: spec.tokens]
+            return out
+        tokenizer = self._tokenizer(name)
+        if spec.kind == Kind.SEQUENCE:
+            for i in raw:
+                out[i] = self._encode_sequence(tokenizer, values[i])
+            return out
+        batch = [resize(values[i], spec.source, size) if spec.is_image else values[i] for i in raw]
+        ids = tokenizer.encode(batch)
+        for i, row in zip(raw, ids, strict=True):
+            out[i] = np.asarray(row, dtype=np.int64)
+        return out
+
+    def _encode_sequence(self, tokenizer, value) -> list[int]:
+        if not isinstance(value, str) or MASK not in value:
+            return [int(i) for i in tokenizer.encode([value])[0]]
+        pieces = value.split(MASK)
+        if len(pieces) - 1 > len(self.specials.sentinels):
+            raise ValueError(f"{len(pieces) - 1} masked spans, more than the {len(self.specials.sentinels)} sentinels")
+        encoded = tokenizer.encode([p for p in pieces])
+        ids: list[int] = []
+        for j, piece in enumerate(encoded):
+            ids += [int(i) for i in piece if int(i) != self.specials.eos]
+            if j < len(pieces) - 1:
+                ids.append(self.specials.sentinels[j])
+        return [*ids, self.specials.eos]
+
+    def decode(self, name: str, tokens) -> list | None:
+        """Tokens of model modality ``name`` (as :class:`Generated` holds them) -> corpus values, or
+        None without a tokenizer."""
+        if name not in self.tokenizers:
+            return None
+        values = self.tokenizers[name].decode(tokens)
+        return list(values)
+
+    # ------------------------------------------------------------------------------ generation
+    def state(self, conditions: dict | list[dict], num_samples: int = 1) -> GenerationState:
+        """The generation state of raw or token conditions (a dict is one sample, repeated ``num_samples`` times)."""
+        samples = [conditions] * num_samples if isinstance(conditions, dict) else list(conditions)
+        if not samples:
+            raise ValueError("no samples to generate")
+        state = GenerationState(self.specs, len(samples), self.specials)
+        for name, values in self.tokenize(samples).items():
+            spec, present = self.specs[name], [v is not None for v in values]
+            if spec.kind == Kind.SEQUENCE:
+                state.set_sequence(name, values)
+            elif spec.kind in (Kind.IMAGE, Kind.GLOBAL):
+                ids = torch.full((len(values), spec.tokens), -1, dtype=torch.long)
+                for i, v in enumerate(values):
+                    if v is not None:
+                        if len(v) != spec.tokens:
+                            raise ValueError(f"{name}: {len(v)} tokens given, the model expects {spec.tokens}")
+                        ids[i] = torch.as_tensor(v)
+                state.set_grid(name, ids)
+            else:
+                first = next(v for v in values if v is not None)
+                shape = (spec.tokens, *first.shape[1:]) if spec.kind == Kind.EMBEDDING_SEQUENCE else first.shape
+                stack = torch.zeros(len(values), *shape)
+                for i, v in enumerate(values):
+                    if v is not None:
+                        stack[i, : len(v)] = v
+                state.set_continuous(name, stack, torch.tensor(present))
+        return state
+
+    def generate(self, conditions: dict | list[dict], targets: list[str | Target | dict], seed: int | None = 0,
+                 num_samples: int = 1, **defaults) -> dict[str, Generated]:
+        """Generate ``targets`` in order from ``conditions``; each finished target conditions the next.
+
+        Args:
+            conditions: ``{key: value}`` for one sample (repeated ``num_samples`` times), or a list
+                of such dicts (a batch). Values raw or tokens (module notes).
+            targets: modality names, :class:`Target` s, or dicts of Target fields.
+            seed: the sampling seed (None: a fresh one).
+            defaults: Target fields for targets that do not set them (``steps=12, temperature=0.7``).
+
+        Returns ``{target: Generated(tokens, values)}`` in schedule order.
+        """
+        state = self.state(conditions, num_samples)
+        entries = [self._target_entry(t) for t in targets]
+        given = [n for n in self.specs if state.has(n)]
+        schedule = build_schedule(entries, self.specs, given, **defaults)
+        for target in schedule:
+            if state.fully_known(target.modality):
+                raise ValueError(f"target {target.modality!r} is also fully given as an input: "
+                                 f"leave it out, or mask part of it")
+        run_schedule(self.model, state, schedule, seed)
+        return {t.modality: Generated(state.tokens(t.modality), self.decode(t.modality, state.tokens(t.modality)))
+                for t in schedule}
+
+    def _target_entry(self, target: str | Target | dict):
+        if isinstance(target, str):
+            return self.target_key(target)
+        if isinstance(target, dict):
+            return {**target, "modality": self.target_key(target["modality"])}
+        return target

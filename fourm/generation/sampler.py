@@ -1,0 +1,209 @@
+"""The sampler: runs a chained schedule of targets over a :class:`GenerationState`.
+
+Schemes (one function each, in ``SCHEMES``):
+
+* ``maskgit`` (arXiv 2202.04200): each step predicts every still-masked token of the target, samples
+  them, and keeps the most confident; a cosine (or linear) schedule sets how many per step.
+* ``roar`` (random-order autoregression, 4M): each step picks a random subset of the masked positions
+  (as many as the schedule says), decodes only those, and keeps them all.
+* ``ar``: a sequence left to right from ``[SOS]`` until ``[EOS]``, on the model's KV cache
+  (``FourM.start_decoding`` / ``decode_step``): the inputs, the encoder memory and its
+  cross-attention keys/values are computed once per target, each step runs one token per row.
+
+MaskGIT and ROAR steps feed the tokens decided so far back as inputs, as in training (a decoder
+query of an image target carries no content, so what was decided can only reach the model through
+the encoder): the encoder runs once per step on the changed inputs, the decoder only on the
+queries still open. Guidance stacks the conditional and unconditional rows of every sample in the
+same forward (:class:`~fourm.generation.schedule.Guidance`). Sampling draws from one seeded
+generator, so a seed gives the same tokens again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from fourm.generation.sampling import sample, temperature_at, tokens_per_step
+from fourm.generation.schedule import Guidance, Target
+from fourm.generation.state import GenerationState, with_queries
+from fourm.model.fourm import FourM
+
+Scheme = Callable[[FourM, GenerationState, Target, torch.Generator], None]
+SCHEMES: dict[str, Scheme] = {}
+
+
+def scheme(name: str):
+    def register(fn: Scheme) -> Scheme:
+        SCHEMES[name] = fn
+        return fn
+
+    return register
+
+
+def guided_logits(model: FourM, state: GenerationState, name: str, guidance: Guidance, pos: Tensor,
+                  valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits of target ``name`` at query positions ``pos`` (B, Nq) where ``valid``, guided.
+
+    -> rows (n, 2) as (sample, query column) of the valid queries in row-major order, logits (n, K).
+    """
+    enc = state.encoder_batch(guidance.variants, target=name)
+    memory, memory_valid = model.encode(enc)
+    batch = with_queries(enc, model.modality_index(name), pos, valid)
+    hidden = model.decode(batch, memory, memory_valid)
+    out = model.logits(hidden, batch.dec_mod, batch.dec_valid)[name]
+    logits = guidance.combine(out.logits)
+    index = out.index[: len(logits)]  # the first variant's rows: (b, q) of each valid query
+    return torch.stack([index // pos.shape[1], index % pos.shape[1]], 1), logits
+
+
+def _open_positions(known: Tensor, order: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row the unknown positions sorted by ``order`` (ascending): pos (B, Nq), valid (B, Nq)."""
+    key = order.masked_fill(known, float("inf"))
+    count = int((~known).sum(1).max())
+    pos = key.argsort(dim=1, stable=True)[:, :count]
+    return pos, ~known.gather(1, pos)
+
+
+def _parallel(model: FourM, state: GenerationState, target: Target, generator: torch.Generator,
+              random_order: bool) -> None:
+    """MaskGIT (``random_order`` False) or ROAR over an image / global target."""
+    name, guidance = target.modality, Guidance.of(target)
+    spec = state.specs[name]
+    if name not in state.grids:
+        empty = torch.zeros(state.batch_size, spec.tokens, dtype=torch.long)
+        state.set_grid(name, empty, torch.zeros_like(empty, dtype=torch.bool))
+    ids, known = (t.clone() for t in state.grids[name])
+    plans = [tokens_per_step(int(n), target.steps, target.schedule) for n in (~known).sum(1).tolist()]
+    for step in range(target.steps):
+        counts = torch.tensor([p[step] for p in plans])
+        if not counts.any():
+            continue
+        temperature = temperature_at(step, target.steps, target.temperature, target.temperature_schedule)
+        if random_order:  # a random subset of the open positions: decode only those
+            pos, valid = _open_positions(known, torch.rand(known.shape, generator=generator))
+            pos, valid = pos[:, : int(counts.max())], valid[:, : int(counts.max())]
+            valid &= torch.arange(pos.shape[1])[None] < counts[:, None]
+        else:  # every open position; the most confident are kept below
+            pos, valid = _open_positions(known, torch.arange(known.shape[1]).float().expand_as(known))
+        where, logits = guided_logits(model, state, name, guidance, pos, valid)
+        sampled, confidence = sample(logits, temperature, target.top_k, target.top_p, generator)
+        b, q = where.unbind(1)
+        if not random_order:
+            score = torch.full(pos.shape, -float("inf"))
+            score[b, q] = confidence
+            rank = score.argsort(dim=1, descending=True, stable=True).argsort(1)
+            keep = rank[b, q] < counts[b]
+            b, q, sampled = b[keep], q[keep], sampled[keep]
+        ids[b, pos[b, q]] = sampled
+        known[b, pos[b, q]] = True
+        state.grids[name] = (ids.clone(), known.clone())
+
+
+@scheme("maskgit")
+def maskgit(model: FourM, state: GenerationState, target: Target, generator: torch.Generator) -> None:
+    _parallel(model, state, target, generator, random_order=False)
+
+
+@scheme("roar")
+def roar(model: FourM, state: GenerationState, target: Target, generator: torch.Generator) -> None:
+    _parallel(model, state, target, generator, random_order=True)
+
+
+def _templates(state: GenerationState, name: str) -> list[list[int]]:
+    """Per sample the encoder form of a sequence target: the given tokens with sentinels for the
+    spans to fill, or ``[S_0] [EOS]`` (everything to generate) where nothing is given."""
+    given = state.seqs.get(name) or [None] * state.batch_size
+    whole = [state.specials.sentinels[0], state.specials.eos]
+    return [list(s) if s is not None else whole for s in given]
+
+
+def merge_spans(template: list[int], generated: list[int], sentinels: list[int], eos: int,
+                limit: int) -> list[int]:
+    """Fill the sentinels of ``template`` with the spans of ``generated`` (``[S_j] span_j ...``, as
+    training's targets): tokens before any sentinel belong to the template's first span; a span
+    the model did not produce stays empty. -> body + [EOS], at most ``limit`` tokens."""
+    sentinel_set = set(sentinels)
+    first = next((i for i in template if i in sentinel_set), None)
+    spans: dict[int, list[int]] = {}
+    current = first
+    for i in generated:
+        if i == eos:
+            break
+        if i in sentinel_set:
+            current = i
+            continue
+        if current is not None:
+            spans.setdefault(current, []).append(i)
+    body = []
+    for i in template:
+        if i == eos:
+            break
+        body.extend(spans.get(i, []) if i in sentinel_set else [i])
+    return [*body[: limit - 1], eos]
+
+
+@scheme("ar")
+def autoregressive(model: FourM, state: GenerationState, target: Target, generator: torch.Generator,
+                   use_cache: bool = True) -> None:
+    """Left-to-right decoding of a sequence target; ``use_cache=False`` re-runs the decoder over the
+    whole prefix at every step (the reference's way, kept to check the cache against)."""
+    name, guidance, specials = target.modality, Guidance.of(target), state.specials
+    spec = state.specs[name]
+    templates = _templates(state, name)
+    state.seqs[name] = templates  # partial inputs (with sentinels) are read by the encoder
+    enc = state.encoder_batch(guidance.variants, target=name)
+    memory, memory_valid = model.encode(enc)
+    mod = model.modality_index(name)
+    rows = enc.enc_ids.shape[0]
+    length = target.max_tokens or spec.tokens
+    cache = model.start_decoding(memory, memory_valid) if use_cache else None
+    prefix = torch.full((rows, 1), specials.sos, dtype=torch.long)
+    out = torch.zeros(state.batch_size, 0, dtype=torch.long)
+    done = torch.zeros(state.batch_size, dtype=torch.bool)
+    for t in range(length):
+        if use_cache:
+            pos = torch.full((rows, 1), t, dtype=torch.long)
+            logits = model.decode_step(cache, prefix[:, -1:], name, pos)[name].logits
+        else:
+            pos = torch.arange(t + 1).expand(rows, -1)
+            b = state.batch_size
+            batch = with_queries(enc, mod, pos[:b], torch.ones(b, t + 1, dtype=torch.bool), ids=prefix[:b])
+            hidden = model.decode(batch, memory, memory_valid)[:, -1:]
+            logits = model.logits(hidden, batch.dec_mod[:, -1:])[name].logits
+        logits = guidance.combine(logits)
+        if t < target.min_tokens:
+            logits[:, specials.eos] = -float("inf")
+        temperature = temperature_at(t, length, target.temperature, target.temperature_schedule)
+        token, _ = sample(logits, temperature, target.top_k, target.top_p, generator)
+        token = token.masked_fill(done, specials.pad)
+        out = torch.cat([out, token[:, None]], 1)
+        done |= token == specials.eos
+        if done.all():
+            break
+        prefix = torch.cat([prefix, token.repeat(len(guidance.variants))[:, None]], 1)
+    generated = [row[: row.index(specials.eos) + 1] if specials.eos in row else row for row in out.tolist()]
+    state.seqs[name] = [merge_spans(tpl, gen, specials.sentinels, specials.eos, spec.tokens)
+                        for tpl, gen in zip(templates, generated, strict=True)]
+
+
+def generate(model: FourM, state: GenerationState, schedule: list[Target], seed: int | None = 0,
+             generator: torch.Generator | None = None) -> GenerationState:
+    """Run ``schedule`` in order on ``state`` (updated in place and returned); each finished target
+    is an input of the next. The model runs in eval mode without gradients."""
+    if generator is None:
+        generator = torch.Generator()
+        if seed is not None:
+            generator.manual_seed(seed)
+        else:
+            generator.seed()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for target in schedule:
+                SCHEMES[target.scheme](model, state, target, generator)
+    finally:
+        model.train(was_training)
+    return state
