@@ -136,15 +136,115 @@ def _train(p: argparse.ArgumentParser):
     return run
 
 
-@command("demo", "the main job on the built-in scenes: corpus (more stages come with later issues)")
-def _demo(p: argparse.ArgumentParser):
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--quick", action="store_true", help="a smaller, faster run")
+@command("evaluate", "measure a trained FourM on held-out scenes, beside a trivial baseline and the tokenizer bound")
+def _evaluate(p: argparse.ArgumentParser):
+    p.add_argument("--model", required=True, help="a FourM folder (a run's model/)")
+    p.add_argument("--tokenizers", required=True, help="folder with one tokenizer per modality")
+    p.add_argument("--corpus", required=True, help="held-out scenes, e.g. fourm pseudolabel --source scenes:128 seed=1")
+    p.add_argument("--samples", type=int, help="how many held-out scenes (default 64)")
+    p.add_argument("--out", help="also write the table as JSON here")
+    p.add_argument("overrides", nargs="*", help="key=value settings, e.g. batch_size=8 seed=1")
 
     def run(args):
-        from fourm.demo import run_demo
+        from fourm.config import load_config
+        from fourm.evaluate import EvaluateConfig, run_evaluation
 
-        run_demo(args.out, quick=args.quick)
+        run_evaluation(load_config(EvaluateConfig, None, args.overrides, model=args.model, tokenizers=args.tokenizers,
+                                   corpus=args.corpus, samples=args.samples, out=args.out))
+
+    return run
+
+
+@command("index", "embed a corpus into a global-embedding gallery for `fourm retrieve`")
+def _index(p: argparse.ArgumentParser):
+    p.add_argument("--corpus", required=True, help="corpus folder (its keys and, with --from corpus, its vectors)")
+    p.add_argument("--out", required=True, help="index folder to write")
+    p.add_argument("--model", help="FourM folder (needed with --from model; recorded for model-embedded queries)")
+    p.add_argument("--tokenizers", help="tokenizers folder of the model")
+    p.add_argument("--from", dest="from_", choices=["corpus", "model"], default="corpus",
+                   help="the corpus' own vectors (e.g. caption_global) or the model's predictions from --inputs")
+    p.add_argument("--modality", default="tok_caption_global", help="global-embedding modality")
+    p.add_argument("--inputs", default="rgb", help="comma-separated inputs the model predicts from (--from model)")
+    p.add_argument("--limit", type=int, help="embed only the first N samples")
+    p.add_argument("overrides", nargs="*", help="EmbedSpec settings, e.g. steps=2 batch_size=64 device=cuda")
+
+    def run(args):
+        from fourm.retrieval import build_index, parse_settings
+
+        index = build_index(args.corpus, args.modality, args.from_, [s for s in args.inputs.split(",") if s],
+                            args.model, args.tokenizers, args.limit, **parse_settings(args.overrides))
+        path = index.save(args.out)
+        print(f"{path}: {len(index)} vectors of {index.modality} ({index.vectors.shape[1]}-d) from {args.from_}")
+
+    return run
+
+
+@command("retrieve", "rank an index's gallery for a query: prints keys and scores, writes a grid of the hits")
+def _retrieve(p: argparse.ArgumentParser):
+    p.add_argument("--index", required=True)
+    p.add_argument("--query", action="append", required=True,
+                   help='modality=value, repeatable: caption="a red cube", rgb=photo.png')
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--out", help="folder for hits.json and hits.png")
+    p.add_argument("--embed", choices=["model", "labeller", "corpus"],
+                   help="how the query becomes a vector (default: as the index records)")
+    p.add_argument("--backend", default="torch", help="search backend: torch | faiss | faiss-hnsw")
+    p.add_argument("--model", help="FourM folder (default: the index's; must be the one that built it)")
+    p.add_argument("--tokenizers", help="tokenizers folder (default: the index's)")
+
+    def run(args):
+        from fourm.retrieval import retrieve
+
+        hits = retrieve(args.index, args.query, args.k, args.out, args.embed, args.backend, model=args.model,
+                        tokenizers=args.tokenizers)
+        for hit in hits:
+            print(f"{hit.rank:3d}  {hit.score:.4f}  {hit.key}")
+        if args.out:
+            print(f"{args.out}/hits.png")
+
+    return run
+
+
+@command("generate", "chained any-to-any generation: raw inputs in, each target as a file plus a grid PNG")
+def _generate(p: argparse.ArgumentParser):
+    p.add_argument("--model", required=True, help="FourM folder (save_pretrained)")
+    p.add_argument("--tokenizers", required=True, help="folder with one tokenizer per modality")
+    p.add_argument("--input", action="append", default=[], help="modality=FILE or caption=TEXT (repeatable)")
+    p.add_argument("--target", default="", help="comma-separated targets, generated in this order")
+    p.add_argument("--schedule", help="YAML list of targets with their settings")
+    p.add_argument("--out", required=True)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    for flag, kind in (("scheme", str), ("steps", int), ("temperature", float), ("guidance", float),
+                       ("top-k", int), ("top-p", float)):
+        p.add_argument(f"--{flag}", type=kind, help="default for every target that takes it")
+    p.add_argument("overrides", nargs="*", help="per-target settings, e.g. tok_depth.steps=12 caption.temperature=0.7")
+
+    def run(args):
+        from fourm.generation.output import run_generate
+
+        targets = [t.strip() for t in args.target.split(",") if t.strip()]
+        written = run_generate(args.model, args.tokenizers, args.input, targets, args.out, args.schedule,
+                               args.overrides, args.seed, args.num_samples, args.device, scheme=args.scheme,
+                               steps=args.steps, temperature=args.temperature, guidance=args.guidance,
+                               top_k=args.top_k, top_p=args.top_p)
+        print("\n".join(str(p) for p in written))
+
+    return run
+
+
+@command("demo", "the main job on the built-in scenes: corpus, tokenizers, training, generation, evaluation, report")
+def _demo(p: argparse.ArgumentParser):
+    p.add_argument("--out", help="output folder (default runs/demo); finished stages in it are reused")
+    p.add_argument("--quick", action="store_true", help="a smaller, faster run (about 3 minutes)")
+    p.add_argument("--config", help="demo settings (default configs/demo.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value settings, e.g. corpus.scenes=256")
+
+    def run(args):
+        from fourm.demo import load_demo_config, run_demo
+
+        run_demo(load_demo_config(args.config, args.overrides, quick=args.quick, out=args.out))
 
     return run
 

@@ -1,0 +1,299 @@
+"""`fourm evaluate`: what a trained FourM does on held-out scenes, beside two references per measure.
+
+Held-out scenes (the scenes source rendered with a seed the model never trained on) have exact
+ground truth. For each row of the table (issue 6, after 4M-21's out-of-the-box results) we report:
+
+* **model**: the FourM prediction, generated from the given modality and decoded by the tokenizers;
+* **baseline**: a trivial answer that needs no image: the per-pixel mean depth / mean normal / most
+  frequent class of the evaluated scenes themselves (which flatters the baseline), another scene's
+  boxes or caption, chance for retrieval;
+* **upper bound**: the tokenizer round trip ``decode(encode(truth))``, the best any model predicting
+  these tokens can do.
+
+Caption -> RGB has no true image to compare with; the generated image is *judged*: the model
+predicts its segmentation (RGB -> semseg, the row above), and each object the caption names counts
+as shown when enough pixels of that shape's class take the named colour
+(:func:`fourm.metrics.objects_in_image`). The same judge scores the round-tripped true image
+(upper bound) and another scene's image (baseline).
+
+Rows are a registry (``TASKS``); each task asks the model for what it needs through a
+:class:`Generator`, whose answers are cached so that chained rows reuse them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from fourm import metrics
+
+
+class Generator(Protocol):
+    """What the evaluation needs from generation: decoded values of ``targets`` given raw ``conditions``.
+
+    ``conditions`` maps model modalities to one raw corpus value per sample (``{"tok_rgb": [uint8 images]}``,
+    ``{"caption": [str]}``); the result maps each target to one decoded value per sample.
+    """
+
+    def generate(self, conditions: dict[str, list], targets: list[str], seed: int = 0) -> dict[str, list]: ...
+
+
+@dataclass
+class EvaluateConfig:
+    model: str = "runs/demo/fourm/model"
+    tokenizers: str = "runs/demo/tokenizers"
+    corpus: str = "runs/demo/heldout"
+    samples: int = 64
+    seed: int = 0
+    batch_size: int = 16
+    out: str | None = None  # write the table as JSON here
+
+
+@dataclass
+class Row:
+    task: str
+    metric: str
+    model: float | None
+    baseline: float | None
+    upper: float | None
+    higher_is_better: bool
+    baseline_is: str  # what the baseline is, in a few words
+
+    @property
+    def beats_baseline(self) -> bool | None:
+        if self.model is None or self.baseline is None:
+            return None
+        return self.model > self.baseline if self.higher_is_better else self.model < self.baseline
+
+
+class Context:
+    """The held-out samples, the tokenizers, and memoised generations shared by the tasks."""
+
+    def __init__(self, samples: list[dict], classes: dict, tokenizers: dict, generator: Generator, seed: int):
+        self.samples, self.classes, self.tokenizers = samples, classes, tokenizers
+        self.generator, self.seed = generator, seed
+        self._cache: dict[tuple, list] = {}
+
+    def truth(self, key: str) -> list:
+        return [s[key] for s in self.samples]
+
+    def shuffled(self, key: str) -> list:
+        """Another scene's value for each scene (the next one): an answer that ignores the input."""
+        values = self.truth(key)
+        return values[1:] + values[:1]
+
+    def round_trip(self, modality: str, values: list) -> list:
+        import torch
+
+        tokenizer = self.tokenizers[modality]
+        with torch.no_grad():
+            return list(tokenizer.decode(tokenizer.encode(values)))
+
+    def generate(self, target: str, given: str, values: list | None = None, tag: str = "") -> list:
+        """``target`` generated from the model modality ``given`` (default: its corpus truth), memoised by tag."""
+        from fourm.modalities import MODALITIES
+
+        key = (target, given, tag)
+        if key not in self._cache:
+            values = self.truth(MODALITIES[given].source) if values is None else values
+            self._cache[key] = list(self.generator.generate({given: values}, [target], seed=self.seed)[target])
+        return self._cache[key]
+
+
+TASKS: dict[str, Callable[[Context], list[Row]]] = {}
+REQUIRES: dict[str, tuple[str, ...]] = {}  # model modalities a task needs
+
+
+def task(name: str, *requires: str):
+    def register(fn):
+        TASKS[name] = fn
+        REQUIRES[name] = requires
+        return fn
+
+    return register
+
+
+@task("RGB -> depth", "tok_rgb", "tok_depth")
+def _depth(ctx: Context) -> list[Row]:
+    gt = ctx.truth("depth")
+    mean = [np.mean(np.stack(gt), 0)] * len(gt)
+    model, base = metrics.depth_errors(ctx.generate("tok_depth", "tok_rgb"), gt), metrics.depth_errors(mean, gt)
+    upper = metrics.depth_errors(ctx.round_trip("tok_depth", gt), gt)
+    return [Row("RGB -> depth", "abs rel", model["abs_rel"], base["abs_rel"], upper["abs_rel"], False,
+                "mean depth map"),
+            Row("RGB -> depth", "delta < 1.25", model["delta1"], base["delta1"], upper["delta1"], True,
+                "mean depth map")]
+
+
+@task("RGB -> normals", "tok_rgb", "tok_normal")
+def _normals(ctx: Context) -> list[Row]:
+    gt = ctx.truth("normal")
+    mean = np.mean(np.stack(gt), 0)
+    mean = [mean / np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-6)] * len(gt)
+    return [Row("RGB -> normals", "mean angle error (deg)", metrics.normal_angle_error(
+        ctx.generate("tok_normal", "tok_rgb"), gt), metrics.normal_angle_error(mean, gt),
+        metrics.normal_angle_error(ctx.round_trip("tok_normal", gt), gt), False, "mean normal map")]
+
+
+def _class_mode(maps: list[np.ndarray], num_classes: int) -> np.ndarray:
+    """The most frequent class of each pixel over ``maps``."""
+    stack = np.stack(maps).astype(np.int64)
+    counts = np.stack([(stack == c).sum(0) for c in range(num_classes)])
+    return counts.argmax(0)
+
+
+@task("RGB -> semseg", "tok_rgb", "tok_semseg")
+def _semseg(ctx: Context) -> list[Row]:
+    gt = ctx.truth("semseg")
+    n = len(ctx.classes["semseg"])
+    mode = [_class_mode(gt, n)] * len(gt)
+    return [Row("RGB -> semseg", "mIoU", metrics.mean_iou(ctx.generate("tok_semseg", "tok_rgb"), gt, n),
+                metrics.mean_iou(mode, gt, n), metrics.mean_iou(ctx.round_trip("tok_semseg", gt), gt, n), True,
+                "most frequent class per pixel")]
+
+
+@task("RGB -> boxes", "tok_rgb", "det")
+def _boxes(ctx: Context) -> list[Row]:
+    gt = ctx.truth("det")
+    model = metrics.detection_scores(ctx.generate("det", "tok_rgb"), gt)
+    base = metrics.detection_scores(ctx.shuffled("det"), gt)
+    upper = metrics.detection_scores(ctx.round_trip("det", gt), gt)
+    return [Row("RGB -> boxes", f"{k} @ IoU 0.5", model[k], base[k], upper[k], True, "another scene's boxes")
+            for k in ("precision", "recall")]
+
+
+@task("caption -> image retrieval", "caption", "tok_rgb", "tok_caption_global")
+def _retrieval(ctx: Context) -> list[Row]:
+    """Rank the images by the cosine between the caption's vector and the vector the model predicts from each.
+
+    Queries are the true caption vectors (MiniLM, the corpus' ``caption_global``); the gallery is what the
+    model predicts as ``tok_caption_global`` from each image alone. Upper bound: the gallery of the
+    tokenizer's round trip of the true vectors.
+    """
+    queries = np.stack(ctx.truth("caption_global")).astype(np.float64)
+    gallery = np.stack(ctx.generate("tok_caption_global", "tok_rgb")).astype(np.float64)
+    upper = np.stack(ctx.round_trip("tok_caption_global", list(queries))).astype(np.float64)
+    rows = []
+    for k in (1, 5):
+        rows.append(Row("caption -> image retrieval", f"recall@{k}", metrics.recall_at_k(_cosine(queries, gallery), k),
+                        min(1.0, k / len(queries)), metrics.recall_at_k(_cosine(queries, upper), k), True, "chance"))
+    return rows
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-9)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-9)
+    return a @ b.T
+
+
+@task("caption -> RGB", "caption", "tok_rgb", "tok_semseg")
+def _caption_to_rgb(ctx: Context) -> list[Row]:
+    captions = ctx.truth("caption")
+    names = ctx.classes["semseg"]
+
+    def shown(images: list, semseg: list) -> float:
+        judged = [metrics.objects_in_image(im, s, metrics.parse_objects(c), names)
+                  for im, s, c in zip(images, semseg, captions, strict=True)]
+        flat = [x for j in judged for x in j]
+        return float(np.mean(flat)) if flat else 0.0
+
+    generated = ctx.generate("tok_rgb", "caption")
+    seen = ctx.generate("tok_semseg", "tok_rgb", generated, "generated")
+    real = ctx.generate("tok_semseg", "tok_rgb")  # the RGB -> semseg row's predictions
+    upper = shown(ctx.round_trip("tok_rgb", ctx.truth("rgb")), real)
+    return [Row("caption -> RGB", "named objects shown", shown(generated, seen),
+                shown(ctx.shuffled("rgb"), real[1:] + real[:1]), upper, True, "another scene's image")]
+
+
+@task("RGB -> caption", "tok_rgb", "caption")
+def _caption(ctx: Context) -> list[Row]:
+    gt = ctx.truth("caption")
+    model = metrics.caption_object_scores(ctx.generate("caption", "tok_rgb"), gt)
+    base = metrics.caption_object_scores(ctx.shuffled("caption"), gt)
+    upper = metrics.caption_object_scores(ctx.round_trip("caption", gt), gt)
+    labels = {"shape": "shapes named right", "colour_shape": "colour + shape named right",
+              "recall": "scene objects named"}
+    return [Row("RGB -> caption", labels[k], model[k], base[k], upper[k], True, "another scene's caption")
+            for k in labels]
+
+
+# ----------------------------------------------------------------------------- running and printing
+def evaluate(generator: Generator, tokenizers: dict, corpus: str | os.PathLike, samples: int = 64, seed: int = 0,
+             tasks: list[str] | None = None, progress: bool = True) -> dict:
+    """The evaluation table over the first ``samples`` scenes of ``corpus``: ``{"rows": [...], "samples": N}``.
+
+    Tasks whose modalities the model or the tokenizers lack are listed under ``"skipped"`` with the reason.
+    """
+    from dataclasses import asdict
+
+    from tqdm import tqdm
+
+    from fourm.data.corpus import CorpusReader
+
+    reader = CorpusReader(corpus)
+    if samples < 2:
+        raise ValueError(f"evaluate: samples must be at least 2, not {samples}")
+    data = [reader.sample(i) for i in range(min(samples, len(reader)))]
+    ctx = Context(data, reader.manifest.get("classes", {}), tokenizers, generator, seed)
+    # a task needs its modalities in the model and a tokenizer for each (round trips, decoding)
+    available = set(tokenizers) & set(getattr(generator, "modalities", tokenizers))
+    rows, skipped = [], {}
+    names = tasks or list(TASKS)
+    for name in tqdm(names, desc="evaluate", unit="task", disable=not progress):
+        if name not in TASKS:
+            raise LookupError(f"unknown evaluation task {name!r}; known: {', '.join(TASKS)}")
+        missing = [m for m in REQUIRES[name] if m not in available]
+        if missing:
+            skipped[name] = f"no {', '.join(missing)}"
+            continue
+        rows.extend(TASKS[name](ctx))
+    return {"samples": len(data), "corpus": str(corpus), "rows": [{**asdict(r), "beats_baseline": r.beats_baseline}
+                                                                   for r in rows], "skipped": skipped}
+
+
+def format_table(table: dict) -> str:
+    """The table as aligned text, one row per measure, best-of marks where the model beats the baseline."""
+    head = f"{'task':28} {'metric':28} {'model':>8} {'baseline':>9} {'upper':>8}  baseline is"
+    lines = [f"evaluation on {table['samples']} held-out scenes", head, "-" * len(head)]
+    for r in table["rows"]:
+        mark = {True: " ", False: "!", None: "?"}[r["beats_baseline"]]
+        lines.append(f"{r['task']:28} {r['metric']:28} {_num(r['model']):>8}{mark}{_num(r['baseline']):>9} "
+                     f"{_num(r['upper']):>8}  {r['baseline_is']}")
+    for name, why in table.get("skipped", {}).items():
+        lines.append(f"{name:28} skipped: {why}")
+    lines.append("(! marks a row where the model does not beat the baseline)")
+    return "\n".join(lines)
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> dict:
+    """Load the model and tokenizers, evaluate, print the table and write it as JSON when ``cfg.out`` is set."""
+    from fourm.io import write_json
+    from fourm.tokenization.base import load_tokenizers
+
+    if not Path(cfg.model).is_dir():
+        raise FileNotFoundError(f"model folder {cfg.model} does not exist")
+    generator = load_generator(cfg.model, cfg.tokenizers, cfg.batch_size)
+    table = evaluate(generator, load_tokenizers(cfg.tokenizers), cfg.corpus, cfg.samples, cfg.seed, progress=progress)
+    print(format_table(table))
+    if cfg.out:
+        write_json(cfg.out, table)
+    return table
+
+
+class GenerationUnavailable(ImportError):
+    """fourm.generation's pipeline is not importable (issue 5 not landed)."""
+
+
+def load_generator(model: str | os.PathLike, tokenizers: str | os.PathLike, batch_size: int = 16) -> Generator:
+    """The model as a :class:`Generator` (through :mod:`fourm.generation`)."""
+    # SEAM (issue 5): fourm.generation's pipeline object is being written; this adapter binds it once it lands.
+    raise GenerationUnavailable("generation (fourm.generation's pipeline, issue 5) has not landed yet")

@@ -1,0 +1,226 @@
+"""Quality measures of predicted modalities against exact ground truth (the built-in scenes).
+
+Plain numpy functions on the corpus' in-memory conventions (depth in metres, unit normals, class
+ids, boxes in [0, 1]), each summed over a whole evaluation set so one number describes it:
+
+* depth: absolute relative error and the share of pixels with ``max(p/g, g/p) < 1.25``
+  (Eigen et al. 2014, https://arxiv.org/abs/1406.2283), over pixels of known depth;
+* normals: mean angle between predicted and true unit vectors, in degrees;
+* semantic segmentation: mean intersection-over-union over the classes present in truth or prediction;
+* boxes: precision and recall at IoU 0.5, a box matching at most one true box of the same label;
+* retrieval: recall@k, the share of queries whose own item ranks in the top k;
+* objects named in text or seen in an image: the scene source's vocabulary of colours and shapes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import numpy as np
+
+_EPS = 1e-6
+
+
+# ----------------------------------------------------------------------------- dense maps
+def depth_errors(pred: Iterable[np.ndarray], gt: Iterable[np.ndarray]) -> dict[str, float]:
+    """``abs_rel`` (lower is better) and ``delta1`` (higher is better) over every pixel with ``gt > 0``."""
+    p = np.concatenate([np.asarray(x, np.float64).ravel() for x in pred])
+    g = np.concatenate([np.asarray(x, np.float64).ravel() for x in gt])
+    if p.shape != g.shape:
+        raise ValueError(f"depth: {p.size} predicted pixels for {g.size} true ones")
+    valid = g > 0
+    if not valid.any():
+        raise ValueError("depth: no pixel of known depth")
+    p, g = np.maximum(p[valid], _EPS), g[valid]  # a non-positive prediction counts as a tiny depth
+    return {"abs_rel": float(np.mean(np.abs(p - g) / g)), "delta1": float(np.mean(np.maximum(p / g, g / p) < 1.25))}
+
+
+def normal_angle_error(pred: Iterable[np.ndarray], gt: Iterable[np.ndarray]) -> float:
+    """Mean angle in degrees between ``(H, W, 3)`` normals, over pixels whose true normal is set (length > 0.5).
+
+    Predictions are normalised first; a zero prediction is 90 degrees off.
+    """
+    p = np.concatenate([np.asarray(x, np.float64).reshape(-1, 3) for x in pred])
+    g = np.concatenate([np.asarray(x, np.float64).reshape(-1, 3) for x in gt])
+    if p.shape != g.shape:
+        raise ValueError(f"normals: {len(p)} predicted pixels for {len(g)} true ones")
+    valid = np.linalg.norm(g, axis=1) > 0.5
+    if not valid.any():
+        raise ValueError("normals: no pixel with a true normal")
+    p, g = p[valid], g[valid]
+    p = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), _EPS)
+    g = g / np.linalg.norm(g, axis=1, keepdims=True)
+    cos = np.clip((p * g).sum(1), -1.0, 1.0)
+    return float(np.degrees(np.arccos(cos)).mean())
+
+
+def mean_iou(pred: Iterable[np.ndarray], gt: Iterable[np.ndarray], num_classes: int) -> float:
+    """Mean IoU over the classes that appear in the truth or the prediction of the whole set."""
+    p = np.concatenate([np.asarray(x, np.int64).ravel() for x in pred])
+    g = np.concatenate([np.asarray(x, np.int64).ravel() for x in gt])
+    if p.shape != g.shape:
+        raise ValueError(f"semseg: {p.size} predicted pixels for {g.size} true ones")
+    p, g = np.clip(p, 0, num_classes - 1), np.clip(g, 0, num_classes - 1)
+    confusion = np.bincount(g * num_classes + p, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    inter = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - inter
+    present = union > 0
+    return float((inter[present] / union[present]).mean())
+
+
+# ----------------------------------------------------------------------------- boxes
+def box_iou(a, b) -> float:
+    """IoU of two ``[x0, y0, x1, y1]`` boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / area) if area > 0 else 0.0
+
+
+def match_boxes(pred: list[dict], gt: list[dict], threshold: float = 0.5) -> int:
+    """True positives: predictions (in order of score) each taking the unmatched same-label true box of best IoU."""
+    taken = [False] * len(gt)
+    hits = 0
+    for d in sorted(pred, key=lambda d: -float(d.get("score", 1.0))):
+        best, best_iou = None, threshold
+        for j, t in enumerate(gt):
+            if not taken[j] and t["label"] == d["label"]:
+                iou = box_iou(d["box"], t["box"])
+                if iou >= best_iou:
+                    best, best_iou = j, iou
+        if best is not None:
+            taken[best] = True
+            hits += 1
+    return hits
+
+
+def detection_scores(pred: Iterable[list[dict]], gt: Iterable[list[dict]], threshold: float = 0.5) -> dict[str, float]:
+    """Precision and recall at IoU ``threshold`` over a set of images (an empty prediction set has precision 0)."""
+    hits = num_pred = num_gt = 0
+    for p, g in zip(pred, gt, strict=True):
+        hits += match_boxes(p, g, threshold)
+        num_pred, num_gt = num_pred + len(p), num_gt + len(g)
+    return {"precision": hits / num_pred if num_pred else 0.0, "recall": hits / num_gt if num_gt else 1.0}
+
+
+# ----------------------------------------------------------------------------- retrieval
+def recall_at_k(similarity: np.ndarray, k: int) -> float:
+    """Query ``i``'s own item is gallery item ``i``: the share of rows whose item is among the ``k`` highest."""
+    s = np.asarray(similarity, np.float64)
+    if s.ndim != 2 or s.shape[0] > s.shape[1]:
+        raise ValueError(f"similarity must be (queries, gallery) with queries <= gallery, not {s.shape}")
+    own = s[np.arange(len(s)), np.arange(len(s))]
+    rank = (s > own[:, None]).sum(1)  # ties count in the query's favour
+    return float(np.mean(rank < k))
+
+
+# ----------------------------------------------------------------------------- objects and colours
+def scene_vocabulary() -> tuple[dict[str, tuple[int, int, int]], list[str], list[str]]:
+    """(colours by name, shapes, sizes) of the scene source: what captions and images are judged by."""
+    from pseudolabel.sources.scenes import COLOURS, SHAPES, SIZES
+
+    return dict(COLOURS), list(SHAPES), list(SIZES)
+
+
+def parse_objects(caption: str) -> list[tuple[str | None, str]]:
+    """``(colour or None, shape)`` for every shape word of ``caption``, colour being the word right before it.
+
+    Scene captions always say ``<size> <colour> <shape>``; a generated caption may drop the size or colour.
+    """
+    colours, shapes, sizes = scene_vocabulary()
+    words = re.findall(r"[a-z]+", caption.lower())
+    found = []
+    for i, w in enumerate(words):
+        if w in shapes:
+            before = words[i - 1] if i else ""
+            found.append((before if before in colours else None, w))
+    return found
+
+
+def caption_object_scores(pred: Iterable[str], gt: Iterable[str]) -> dict[str, float]:
+    """How right the objects a caption names are, against the true caption's objects (as multisets).
+
+    ``shape``: share of named shapes that the scene has; ``colour_shape``: share of named objects whose
+    colour and shape match one of the scene's; ``recall``: share of the scene's objects named right.
+    """
+    named = right_shape = right_both = true_total = true_found = 0
+    for p, g in zip(pred, gt, strict=True):
+        said, truth = parse_objects(p), parse_objects(g)
+        shapes = [s for _, s in truth]
+        pairs = list(truth)
+        for colour, shape in said:
+            named += 1
+            if shape in shapes:
+                shapes.remove(shape)
+                right_shape += 1
+            if (colour, shape) in pairs:
+                pairs.remove((colour, shape))
+                right_both += 1
+        true_total += len(truth)
+        true_found += len(truth) - len(pairs)
+    return {"shape": right_shape / named if named else 0.0, "colour_shape": right_both / named if named else 0.0,
+            "recall": true_found / true_total if true_total else 1.0}
+
+
+def classify_colours(pixels: np.ndarray, min_saturation: float = 0.3) -> np.ndarray:
+    """Name index (into the scene colours, in order) of each ``(..., 3)`` uint8 pixel, by hue.
+
+    Shading darkens a surface but keeps its hue, so chromatic pixels take the colour of nearest hue;
+    pixels of low saturation take the nearest achromatic colour (white), or -1 when the palette has none.
+    """
+    import colorsys
+
+    colours, _, _ = scene_vocabulary()
+    hsv = np.array([colorsys.rgb_to_hsv(*(np.array(c) / 255.0)) for c in colours.values()])
+    chromatic = hsv[:, 1] >= min_saturation
+    x = np.asarray(pixels, np.float64).reshape(-1, 3) / 255.0
+    mx, mn = x.max(1), x.min(1)
+    sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, _EPS), 0.0)
+    hue = _hue(x, mx, mn)
+    dist = np.abs(hue[:, None] - hsv[None, chromatic, 0])
+    dist = np.minimum(dist, 1.0 - dist)  # hue is an angle
+    out = np.flatnonzero(chromatic)[dist.argmin(1)]
+    grey = np.flatnonzero(~chromatic)
+    out = np.where(sat < min_saturation, grey[0] if len(grey) else -1, out)
+    return out.reshape(np.asarray(pixels).shape[:-1])
+
+
+def _hue(x: np.ndarray, mx: np.ndarray, mn: np.ndarray) -> np.ndarray:
+    """HSV hue in [0, 1) of ``(N, 3)`` RGB in [0, 1], vectorised (colorsys is per pixel)."""
+    r, g, b = x.T
+    d = np.maximum(mx - mn, _EPS)
+    h = np.where(mx == r, (g - b) / d % 6, np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4))
+    return h / 6.0
+
+
+def objects_in_image(rgb: np.ndarray, semseg: np.ndarray, objects: list[tuple[str | None, str]],
+                     class_names: list[str], min_share: float = 0.25, min_pixels: int = 4) -> list[bool]:
+    """For each named ``(colour, shape)``: does the image show that shape in that colour?
+
+    The judge: the pixels ``semseg`` labels as the shape are classified by colour (:func:`classify_colours`);
+    the object counts as seen when at least ``min_pixels`` of them, and at least ``min_share`` of the
+    shape's pixels divided by the number of objects of that shape named, take the named colour. A
+    ``None`` colour only asks for the shape.
+    """
+    colour_names = list(scene_vocabulary()[0])
+    labels, pixels = np.asarray(semseg), np.asarray(rgb)
+    if labels.shape != pixels.shape[:2]:
+        raise ValueError(f"objects_in_image: semseg {labels.shape} does not match rgb {pixels.shape}")
+    per_shape = {s: sum(1 for _, t in objects if t == s) for _, s in objects}
+    seen = []
+    for colour, shape in objects:
+        if shape not in class_names:
+            seen.append(False)
+            continue
+        mask = labels == class_names.index(shape)
+        if mask.sum() < min_pixels:
+            seen.append(False)
+            continue
+        if colour is None:
+            seen.append(True)
+            continue
+        hits = int((classify_colours(pixels[mask]) == colour_names.index(colour)).sum())
+        seen.append(hits >= max(min_pixels, min_share * mask.sum() / per_shape[shape]))
+    return seen

@@ -1,0 +1,186 @@
+"""Evaluation measures on hand-made arrays whose answers are known, and the table over a fake generator."""
+
+import math
+
+import numpy as np
+import pytest
+
+from fourm import metrics
+from fourm.evaluate import TASKS, evaluate, format_table
+
+
+def test_depth_errors_by_hand():
+    gt = np.array([[1.0, 2.0], [4.0, 0.0]])  # the 0 is unknown depth: ignored
+    pred = np.array([[1.0, 3.0], [2.0, 9.0]])
+    e = metrics.depth_errors([pred], [gt])
+    assert e["abs_rel"] == pytest.approx((0 + 0.5 + 0.5) / 3)
+    assert e["delta1"] == pytest.approx(1 / 3)  # only the first pixel is within 1.25x
+    assert metrics.depth_errors([gt], [gt]) == {"abs_rel": 0.0, "delta1": 1.0}
+
+
+def test_normal_angle_error_by_hand():
+    up, right = np.array([0.0, 1.0, 0.0]), np.array([1.0, 0.0, 0.0])
+    gt = np.stack([up, up, np.zeros(3)]).reshape(1, 3, 3)  # last pixel has no normal: ignored
+    pred = np.stack([up * 5, right, right]).reshape(1, 3, 3)  # a long vector is normalised
+    assert metrics.normal_angle_error(pred, gt) == pytest.approx(45.0)
+    diagonal = np.array([1.0, 1.0, 0.0]).reshape(1, 1, 3)
+    assert metrics.normal_angle_error(diagonal, up.reshape(1, 1, 3)) == pytest.approx(45.0)
+
+
+def test_mean_iou_by_hand():
+    gt = np.array([[0, 0, 1, 1]])
+    pred = np.array([[0, 1, 1, 1]])
+    # class 0: inter 1, union 2; class 1: inter 2, union 3; class 2 absent from both: not counted
+    assert metrics.mean_iou([pred], [gt], 3) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert metrics.mean_iou([gt], [gt], 3) == 1.0
+
+
+def test_detection_scores_by_hand():
+    box = [0.0, 0.0, 0.5, 0.5]
+    gt = [[{"box": box, "label": "cube"}, {"box": [0.5, 0.5, 1.0, 1.0], "label": "sphere"}]]
+    shifted = [0.0, 0.0, 0.5, 0.4]  # IoU 0.8 with box
+    pred = [[{"box": shifted, "label": "cube"},
+             {"box": box, "label": "cube"},  # second cube on the same truth: a false positive
+             {"box": [0.5, 0.5, 1.0, 1.0], "label": "cone"}]]  # wrong label
+    assert metrics.detection_scores(pred, gt) == {"precision": pytest.approx(1 / 3), "recall": 0.5}
+    assert metrics.box_iou(box, shifted) == pytest.approx(0.8)
+    assert metrics.detection_scores([[]], gt)["precision"] == 0.0
+
+
+def test_recall_at_k_by_hand():
+    s = np.array([[0.9, 0.1, 0.0],   # own item first
+                  [0.8, 0.5, 0.1],   # own item second
+                  [0.3, 0.2, 0.1]])  # own item third
+    assert metrics.recall_at_k(s, 1) == pytest.approx(1 / 3)
+    assert metrics.recall_at_k(s, 2) == pytest.approx(2 / 3)
+    assert metrics.recall_at_k(s, 3) == 1.0
+
+
+def test_parse_and_score_caption_objects():
+    truth = "a large red cube to the left of a small blue sphere on a plain floor."
+    assert metrics.parse_objects(truth) == [("red", "cube"), ("blue", "sphere")]
+    assert metrics.parse_objects("a cone and a green cylinder") == [(None, "cone"), ("green", "cylinder")]
+    s = metrics.caption_object_scores(["a small red cube to the left of a small red sphere."], [truth])
+    assert s == {"shape": 1.0, "colour_shape": 0.5, "recall": 0.5}
+    assert metrics.caption_object_scores([truth], [truth]) == {"shape": 1.0, "colour_shape": 1.0, "recall": 1.0}
+
+
+def test_classify_colours_keeps_hue_under_shading():
+    colours, _, _ = metrics.scene_vocabulary()
+    names = list(colours)
+    rgb = np.array(list(colours.values()), np.uint8)
+    for factor in (1.0, 0.45):  # lit and in shadow
+        shaded = (rgb * factor).astype(np.uint8)
+        assert [names[i] for i in metrics.classify_colours(shaded)] == names
+
+
+def test_objects_in_image_by_hand():
+    colours, shapes, _ = metrics.scene_vocabulary()
+    classes = ["background", "ground", *shapes]
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    semseg = np.zeros((8, 8), np.uint8)
+    rgb[:4, :4] = colours["red"]
+    semseg[:4, :4] = classes.index("cube")
+    rgb[4:, 4:] = colours["blue"]
+    semseg[4:, 4:] = classes.index("sphere")
+    found = metrics.objects_in_image(rgb, semseg, [("red", "cube"), ("green", "cube"), ("blue", "sphere"),
+                                                   ("red", "cone"), (None, "sphere")], classes)
+    assert found == [True, False, True, False, True]
+
+
+MODEL_MODALITIES = ["tok_rgb", "tok_depth", "tok_normal", "tok_semseg", "det", "caption", "tok_caption_global"]
+
+
+class _Oracle:
+    """Answers with the truth, as a perfect model would; ``shuffle`` gives another scene's answer instead."""
+
+    def __init__(self, samples: list[dict], shuffle: bool = False):
+        self.by_input = {}
+        self.samples, self.shuffle = samples, shuffle
+        self.modalities = MODEL_MODALITIES
+
+    def generate(self, conditions, targets, seed=0):
+        from fourm.modalities import MODALITIES
+
+        (given, values), = conditions.items()
+        key = "rgb" if given == "tok_rgb" else given
+        index = []
+        for v in values:  # find each input's scene (generated images are real ones here)
+            hits = [i for i, s in enumerate(self.samples) if _same(s[key], v)]
+            index.append(hits[0] if hits else 0)
+        if self.shuffle:
+            index = [(i + 1) % len(self.samples) for i in index]
+        return {t: [self.samples[i][MODALITIES[t].source] for i in index] for t in targets}
+
+
+def _same(a, b) -> bool:
+    return a == b if isinstance(a, str) else np.array_equal(np.asarray(a), np.asarray(b))
+
+
+class _Identity:
+    """A lossless 'tokenizer': the round trip returns the input, so upper bounds are perfect."""
+
+    def encode(self, values):
+        return list(values)
+
+    def decode(self, ids):
+        return list(ids)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
+
+    out = tmp_path_factory.mktemp("heldout")
+    run_pipeline(PseudolabelConfig(source="scenes:8", out=str(out), seed=3, shard_size=8,
+                                   labellers=["canny_edge", "normal"]), progress=False)
+    return out
+
+
+def _fake_caption_global(samples):
+    # the corpus here has no MiniLM vectors: a distinct unit vector per scene stands in for them
+    for i, s in enumerate(samples):
+        s["caption_global"] = np.eye(len(samples))[i]
+
+
+def test_perfect_model_meets_the_upper_bound_and_beats_the_baseline(scenes, monkeypatch):
+    from fourm.data.corpus import CorpusReader
+
+    reader = CorpusReader(scenes)
+    samples = [reader.sample(i) for i in range(len(reader))]
+    _fake_caption_global(samples)
+    monkeypatch.setattr(CorpusReader, "sample", lambda self, i: samples[i])
+    tokenizers = {m: _Identity() for m in MODEL_MODALITIES}
+    table = evaluate(_Oracle(samples), tokenizers, scenes, samples=8, progress=False)
+    rows = table["rows"]
+    assert {r["task"] for r in rows} == set(TASKS) and not table["skipped"]
+    for r in rows:
+        assert r["model"] == pytest.approx(r["upper"]), r
+        assert r["beats_baseline"], r
+    by = {(r["task"], r["metric"]): r for r in rows}
+    assert by[("RGB -> depth", "abs rel")]["model"] == 0.0
+    assert by[("RGB -> semseg", "mIoU")]["model"] == 1.0
+    assert by[("caption -> RGB", "named objects shown")]["model"] > 0.7  # the judge sees real scenes' objects
+    text = format_table(table)
+    assert "RGB -> normals" in text and "!" not in text.splitlines()[3]
+
+    wrong = evaluate(_Oracle(samples, shuffle=True), tokenizers, scenes, samples=8, progress=False)
+    worse = {(r["task"], r["metric"]): r for r in wrong["rows"]}
+    assert worse[("RGB -> depth", "abs rel")]["model"] > 0
+    assert worse[("caption -> image retrieval", "recall@1")]["model"] == 0.0
+    assert not math.isnan(worse[("RGB -> caption", "colour + shape named right")]["model"])
+
+
+def test_missing_modalities_skip_their_rows(scenes):
+    tokenizers = {"tok_rgb": _Identity(), "tok_depth": _Identity()}
+
+    class Depth:
+        modalities = ["tok_rgb", "tok_depth"]
+
+        def generate(self, conditions, targets, seed=0):
+            (_, values), = conditions.items()
+            return {"tok_depth": [np.full((64, 64), 5.0)] * len(values)}
+
+    table = evaluate(Depth(), tokenizers, scenes, samples=4, progress=False)
+    assert [r["task"] for r in table["rows"]] == ["RGB -> depth", "RGB -> depth"]
+    assert "RGB -> caption" in table["skipped"]
