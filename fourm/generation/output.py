@@ -1,0 +1,165 @@
+"""``fourm generate``: raw inputs from the command line, generated modalities to files and one grid.
+
+Each generated modality is written in its corpus format (``fourm.data.codecs``: PNG for images --
+depth as 16-bit millimetres, normals and colours as 8-bit --, JSON for boxes and other structures,
+TXT for captions, NPY for vectors), plus ``tokens.json`` (the generated ids) and ``grid.png``: one
+row per sample, the inputs then the targets, drawn by ``fourm.render``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fourm.generation.pipeline import Generated, Pipeline
+from fourm.generation.schedule import PARALLEL_SCHEMES, SEQUENCE_SCHEMES, Target
+from fourm.modalities import CORPUS, MODALITIES, Kind
+
+IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def corpus_key(key: str) -> str:
+    """The corpus entry a condition or target key reads (``tok_depth`` -> ``depth``)."""
+    if key in CORPUS:
+        return key
+    if key in MODALITIES:
+        return MODALITIES[key].source
+    raise ValueError(f"unknown modality {key!r}; known: {', '.join(sorted({*CORPUS, *MODALITIES}))}")
+
+
+def read_input(spec: str) -> tuple[str, Any]:
+    """``key=value`` -> (key, raw value): a file (image, .json, .txt, .npy) read in the corpus'
+    units, or, for text modalities, the literal text."""
+    from fourm.data.codecs import CorruptSampleError, decode
+
+    key, sep, text = spec.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"--input {spec!r} is not of the form modality=value")
+    source = corpus_key(key)
+    storage = CORPUS[source].storage
+    path = Path(text).expanduser()
+    if not path.is_file():
+        if storage.ext == "txt":
+            return key, text
+        raise ValueError(f"--input {key}: {text!r} is not a readable file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return key, np.load(path, allow_pickle=False)
+        if suffix == ".json":
+            return key, json.loads(path.read_text())
+        if suffix == ".txt":
+            return key, path.read_text().strip()
+        if suffix in IMAGE_FILES:
+            if storage.ext == "png" and suffix == ".png" and storage.channels == 1:
+                return key, decode(path.read_bytes(), storage)  # depth in mm, class ids: the corpus' own PNGs
+            from PIL import Image
+
+            with Image.open(path) as image:
+                return key, np.asarray(image.convert("RGB" if storage.channels == 3 else "L"))
+    except (OSError, ValueError, CorruptSampleError) as e:
+        raise ValueError(f"--input {key}: cannot read {path}: {str(e).splitlines()[0]}") from None
+    raise ValueError(f"--input {key}: {path} is not an image, .json, .txt or .npy file")
+
+
+def parse_targets(pipe: Pipeline, targets: list[str], schedule: str | os.PathLike | None,
+                  overrides: list[str], defaults: dict) -> list[Target]:
+    """Targets from ``--target`` names or a YAML schedule (``targets: [{modality: ..., steps: ...}]``),
+    with ``name.field=value`` overrides and flag ``defaults`` (a default scheme applies to the targets
+    of kinds that take it)."""
+    from fourm.config import load_config
+
+    entries: list[dict] = []
+    if schedule is not None:
+        import yaml
+
+        if not Path(schedule).is_file():
+            raise FileNotFoundError(f"schedule file {schedule} does not exist")
+        data = yaml.safe_load(Path(schedule).read_text()) or {}
+        listed = data.get("targets") if isinstance(data, dict) else data
+        if not isinstance(listed, list):
+            raise ValueError(f"{schedule}: expected a list of targets (or a 'targets:' list)")
+        entries = [{"modality": e} if isinstance(e, str) else dict(e) for e in listed]
+    entries += [{"modality": t} for t in targets]
+    if not entries:
+        raise ValueError("no targets: give --target or --schedule")
+    per_target: dict[str, list[str]] = {}
+    for item in overrides:
+        name, dot, setting = item.partition(".")
+        if not dot or "=" not in setting:
+            raise ValueError(f"override {item!r} is not of the form target.field=value")
+        per_target.setdefault(pipe.target_key(name), []).append(setting)
+    out = []
+    for entry in entries:
+        name = pipe.target_key(str(entry.pop("modality")))
+        kind_schemes = SEQUENCE_SCHEMES if pipe.specs[name].kind == Kind.SEQUENCE else PARALLEL_SCHEMES
+        flags = {k: v for k, v in defaults.items() if v is not None and (k != "scheme" or v in kind_schemes)}
+        out.append(load_config(Target, None, per_target.pop(name, []), **{**flags, **entry, "modality": name}))
+    if per_target:
+        raise ValueError(f"overrides name {', '.join(per_target)}, which are not targets")
+    return out
+
+
+def write_outputs(pipe: Pipeline, inputs: dict[str, Any], result: dict[str, Generated], out: str | os.PathLike,
+                  num_samples: int) -> list[Path]:
+    """Files of every generated modality (a sub-folder per sample when there are several), tokens.json, grid.png."""
+    from fourm.data.codecs import encode
+    from fourm.io import atomic_path, write_json
+    from fourm.render import image_grid, render
+
+    out = Path(out)
+    written = []
+    for name, generated in result.items():
+        if generated.values is None:
+            continue
+        storage = CORPUS[corpus_key(name)].storage
+        for i, value in enumerate(generated.values):
+            path = (out / f"{name}.{storage.ext}") if num_samples == 1 else (out / f"{i:03d}" / f"{name}.{storage.ext}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(encode(value, storage))
+            written.append(path)
+    tokens = {name: g.tokens.tolist() if hasattr(g.tokens, "tolist") else g.tokens for name, g in result.items()}
+    write_json(out / "tokens.json", tokens)
+    written.append(out / "tokens.json")
+
+    rows = []
+    for i in range(num_samples):
+        given = {k: (corpus_key(k), v) for k, v in inputs.items()}
+        made = {n: (corpus_key(n), g.values[i]) for n, g in result.items() if g.values is not None}
+        backdrop = {**dict(given.values()), **dict(made.values())}.get("rgb")  # boxes and poses are drawn on it
+        cells = [*given.values(), *(made.get(n) for n in result)]
+        rows.append([None if c is None else render(c[0], c[1], size=192, rgb=backdrop) for c in cells])
+    titles = [f"input: {k}" for k in inputs] + list(result)
+    grid = image_grid(rows, column_titles=titles, row_titles=[f"#{i}" for i in range(num_samples)]
+                      if num_samples > 1 else None)
+    with atomic_path(out / "grid.png") as tmp:
+        grid.save(tmp, format="PNG")
+    written.append(out / "grid.png")
+    return written
+
+
+def run_generate(model: str, tokenizers: str, inputs: list[str], targets: list[str], out: str | os.PathLike,
+                 schedule: str | None = None, overrides: list[str] = (), seed: int = 0, num_samples: int = 1,
+                 device: str = "cpu", **defaults) -> list[Path]:
+    """What ``fourm generate`` does: read inputs, generate the targets in order, write files and a grid."""
+    raw: dict[str, Any] = {}
+    for spec in inputs:
+        key, value = read_input(spec)
+        if key in raw:
+            raise ValueError(f"--input {key} is given twice")
+        raw[key] = value
+    pipe = Pipeline.from_pretrained(model, tokenizers, device)
+    for key in raw:
+        pipe.model_keys(key)  # a modality the model does not know: its one-line error before any work
+    schedule_targets = parse_targets(pipe, targets, schedule, list(overrides), defaults)
+    missing = [t.modality for t in schedule_targets if t.modality not in pipe.tokenizers]
+    if missing:
+        raise ValueError(f"no tokenizer in {tokenizers} for {', '.join(missing)}: cannot decode the generated tokens")
+    result = pipe.generate(raw, schedule_targets, seed=seed, num_samples=num_samples)
+    return write_outputs(pipe, raw, result, out, num_samples)
