@@ -45,18 +45,40 @@ class SwiGLU(nn.Module):
         return self.w3(F.silu(gate) * value)
 
 
+class GeluMLP(nn.Sequential):
+    """ViT's Linear-GELU-Linear MLP (the image tokenizers' ViT uses it; keys ``0``, ``2``)."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0, use_bias: bool = False):
+        hidden = int(dim * mlp_ratio)
+        super().__init__(nn.Linear(dim, hidden, bias=use_bias), nn.GELU(), nn.Linear(hidden, dim, bias=use_bias))
+
+
+MLPS = {"swiglu": SwiGLU, "gelu": GeluMLP}
+
+
 class EncoderBlock(nn.Module):
-    """x + SelfAttn(norm(x)), then + MLP(norm(x)); bidirectional over the valid input tokens."""
+    """x + SelfAttn(norm(x)), then + MLP(norm(x)); bidirectional over the valid input tokens.
+
+    ``zero_init``: the residual branches' output projections start at zero, so the block starts as
+    the identity (small models on a short budget learn faster so, see the image tokenizer's ViT).
+    """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, use_bias: bool = False,
-                 norm: str = "layernorm", use_qk_norm: bool = False, dropout: float = 0.0):
+                 norm: str = "layernorm", use_qk_norm: bool = False, dropout: float = 0.0, mlp: str = "swiglu",
+                 zero_init: bool = False):
         super().__init__()
+        if mlp not in MLPS:
+            raise ValueError(f"unknown mlp {mlp!r}; known: {', '.join(MLPS)}")
         qk_norm = partial(make_norm, norm, use_bias=use_bias) if use_qk_norm else None
         self.norm1 = make_norm(norm, dim, use_bias)
         self.attn = SelfAttention(dim, heads, use_bias, dropout, qk_norm)
         self.norm2 = make_norm(norm, dim, use_bias)
-        self.mlp = SwiGLU(dim, mlp_ratio, use_bias)
+        self.mlp = MLPS[mlp](dim, mlp_ratio, use_bias)
         self.drop = nn.Dropout(dropout)
+        if zero_init:
+            last_mlp = [m for m in self.mlp.modules() if isinstance(m, nn.Linear)][-1]
+            for p in (*self.attn.proj.parameters(), *last_mlp.parameters()):
+                nn.init.zeros_(p)
 
     def forward(self, x: Tensor, mask: AttentionMask | None = None) -> Tensor:
         x = x + self.drop(self.attn(self.norm1(x), mask))
