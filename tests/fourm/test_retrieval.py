@@ -1,0 +1,244 @@
+"""Retrieval: search backends against a brute-force numpy ranking, indexes from corpus vectors and from a
+nano FourM's predictions, save/load, queries, the CLI end to end, and its one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fourm.cli import main
+from fourm.data.corpus import CorpusReader, storage_entry, write_manifest
+from fourm.modalities import CORPUS, ModalityScale
+from fourm.model.sizes import create_model
+from fourm.retrieval import (
+    EmbeddingIndex,
+    EmbedSpec,
+    RetrievalError,
+    build_index,
+    chance_recall,
+    embed,
+    load_index,
+    parse_query,
+    recall_at_k,
+    retrieve,
+    search_samples,
+)
+from fourm.search import SEARCH_BACKENDS, TorchSearch, make_backend
+from fourm.tokenization.mlp_vqvae import VectorVQVAE, VectorVQVAEConfig
+from fourm.tokenization.text import SequenceTokenizer, TextConfig, build_vocabulary, new_tokenizer, reserved_tokens
+from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
+
+SIDE, PATCH, TEXT_VOCAB, CODES_TEXT = 32, 8, 4608, 8
+WORDS = ["a", "red", "blue", "green", "cube", "sphere", "cone", "cylinder", "small", "large", "left", "right"]
+GLOBAL = dict(input_dim=384, num_tokens=4, dim=32, depth=1, mlp_ratio=2, quantizer="fsq", levels=[4, 4])
+EXACT = [name for name, cls in SEARCH_BACKENDS.items() if name != "faiss-hnsw" and cls.available()[0]]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    run_pipeline(PseudolabelConfig(source="scenes:10", out=str(out), shard_size=4, image_size=SIDE,
+                                   labellers=["text_embedding"]), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory, corpus):
+    folder = tmp_path_factory.mktemp("tokenizers")
+    torch.manual_seed(0)
+    tok = VectorVQVAE(VectorVQVAEConfig(**GLOBAL))
+    tok.fit_normalization(tok.to_vectors([s["caption_global"] for s in CorpusReader(corpus, "caption_global")]))
+    tok.save_pretrained(folder / "tok_caption_global")
+    words = build_vocabulary(WORDS, TEXT_VOCAB, CODES_TEXT, CODES_TEXT)
+    SequenceTokenizer(TextConfig("caption", TEXT_VOCAB, num_mask_codes=CODES_TEXT, num_pose_codes=CODES_TEXT),
+                      new_tokenizer(words, reserved_tokens(CODES_TEXT, CODES_TEXT))).save_pretrained(folder / "caption")
+    return folder
+
+
+def nano(seed: int):
+    torch.manual_seed(seed)
+    scale = ModalityScale(SIDE, PATCH, vocab_sizes={"caption": TEXT_VOCAB, "tok_caption_global": 16})
+    return create_model("nano", "rgb,caption,tok_caption_global", scale,
+                        max_tokens={"caption": 24, "tok_caption_global": 4}).eval()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fourm")
+    nano(0).save_pretrained(folder)
+    return folder
+
+
+def unit(n: int, dim: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.randn(n, dim, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
+# ----------------------------------------------------------------------------- search
+@pytest.mark.parametrize("backend", EXACT)
+def test_exact_backends_rank_as_numpy_does(backend, monkeypatch):
+    gallery, queries = unit(500), unit(7, seed=1)
+    monkeypatch.setattr(TorchSearch, "chunk", 64)  # several chunks: the running top-k merge is exercised
+    scores, positions = make_backend(backend, gallery).search(queries, 10)
+    brute = queries.numpy() @ gallery.numpy().T
+    order = np.argsort(-brute, axis=1, kind="stable")[:, :10]
+    assert np.array_equal(positions.numpy(), order)
+    np.testing.assert_allclose(scores.numpy(), np.take_along_axis(brute, order, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_hnsw_finds_most_exact_neighbours():
+    if not SEARCH_BACKENDS["faiss-hnsw"].available()[0]:
+        with pytest.raises(ValueError, match="pip install faiss-cpu"):
+            make_backend("faiss-hnsw", unit(10))
+        return
+    gallery, queries = unit(3000, 32), unit(50, 32, seed=1)
+    _, exact = make_backend("torch", gallery).search(queries, 10)
+    _, approx = make_backend("faiss-hnsw", gallery).search(queries, 10)
+    found = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx.tolist(), exact.tolist(), strict=True)])
+    assert found > 0.9
+
+
+def test_k_beyond_the_gallery_and_recall():
+    index = EmbeddingIndex(["a", "b", "c"], unit(3), {})
+    scores, positions = index.search(unit(3), k=10)
+    assert positions.shape == (3, 3)
+    assert recall_at_k(torch.tensor([[2, 0], [1, 2]]), torch.tensor([0, 0]), (1, 2)) == {1: 0.0, 2: 0.5}
+    assert chance_recall(50, (1, 5)) == {1: 0.02, 5: 0.1}
+
+
+# ----------------------------------------------------------------------------- indexes
+def test_corpus_index_finds_each_item_itself(corpus, tmp_path):
+    index = build_index(corpus, progress=False)
+    assert len(index) == 10 and index.vectors.shape == (10, 384)
+    assert torch.allclose(index.vectors.norm(dim=1), torch.ones(10), atol=1e-5)
+    samples = list(CorpusReader(corpus, "caption_global"))
+    assert index.keys == [s["__key__"] for s in samples]
+    hits = search_samples(index, samples, k=3, embedder="corpus")
+    assert [h[0].key for h in hits] == index.keys
+    assert all(h[0].score == pytest.approx(1.0, abs=1e-3) and h[0].score > h[1].score for h in hits)
+
+    loaded = load_index(index.save(tmp_path / "gallery"))
+    assert loaded.keys == index.keys and torch.equal(loaded.vectors, index.vectors) and loaded.info == index.info
+    assert sorted(p.name for p in (tmp_path / "gallery").iterdir()) == ["index.json", "vectors.safetensors"]
+
+
+def test_caption_query_through_minilm_finds_its_scene(corpus):
+    """The labeller embedder makes the corpus' own vector from a raw caption: the scene is hit 1."""
+    index = build_index(corpus, progress=False)
+    sample = next(iter(CorpusReader(corpus, "caption")))
+    hit = search_samples(index, [{"caption": sample["caption"]}], k=1)[0][0]  # no model: the labeller
+    assert hit.key == sample["__key__"] and hit.score > 0.99
+
+
+def test_model_index_holds_the_decoded_predictions(corpus, model, tokenizers):
+    from fourm.generation.pipeline import Pipeline
+    from fourm.generation.schedule import Target
+
+    index = build_index(corpus, from_="model", inputs=["rgb"], model=model, tokenizers=tokenizers, batch_size=4,
+                        progress=False)
+    assert index.info["query_embedder"] == "model" and index.info["fingerprints"]["model"]
+    rgbs = [s["rgb"] for s in CorpusReader(corpus, "rgb")]
+    out = Pipeline.from_pretrained(model, tokenizers).generate(
+        [{"rgb": r} for r in rgbs], [Target("tok_caption_global", steps=1, temperature=0.0)])["tok_caption_global"]
+    expected = torch.nn.functional.normalize(torch.tensor(np.stack(out.values), dtype=torch.float32), dim=1)
+    assert torch.allclose(index.vectors, expected, atol=1e-3)
+    # the same image as a query gets the same vector: its gallery item scores 1, at rank 1 up to exact ties
+    hits = search_samples(index, [{"rgb": rgbs[3]}], k=10)[0]
+    assert hits[0].score == pytest.approx(1.0, abs=1e-3)
+    assert index.keys[3] in [h.key for h in hits if h.score > hits[0].score - 1e-4]
+
+
+def test_queries_refuse_another_model(corpus, model, tokenizers, tmp_path):
+    index = build_index(corpus, from_="model", model=model, tokenizers=tokenizers, limit=4, progress=False)
+    other = tmp_path / "other"
+    nano(1).save_pretrained(other)
+    with pytest.raises(RetrievalError, match="another model"):
+        search_samples(index, [{"caption": "a red cube"}], model=other)
+    (tmp_path / "tokenizers").mkdir()
+    t = VectorVQVAE(VectorVQVAEConfig(**GLOBAL))
+    t.save_pretrained(tmp_path / "tokenizers" / "tok_caption_global")
+    with pytest.raises(RetrievalError, match="another tokenizer"):
+        search_samples(index, [{"caption": "a red cube"}], tokenizers=tmp_path / "tokenizers")
+
+
+def test_spec_errors():
+    with pytest.raises(ValueError, match="not a global-embedding modality"):
+        EmbedSpec("tok_rgb")
+    with pytest.raises(LookupError, match="unknown modality 'tok_nothing'"):
+        EmbedSpec("tok_nothing")
+    with pytest.raises(LookupError, match="unknown embedder"):
+        EmbedSpec(embedder="psychic")
+    with pytest.raises(ValueError, match="needs 'caption_global'"):
+        embed([{"caption": "x"}], EmbedSpec())
+    with pytest.raises(RetrievalError, match="empty"):
+        EmbeddingIndex([], torch.zeros(0, 4), {}).search(unit(1, 4))
+    with pytest.raises(ValueError, match="not of the form"):
+        parse_query(["caption"])
+    with pytest.raises(FileNotFoundError, match="cannot read image"):
+        parse_query(["rgb=/nonexistent.png"])
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_end_to_end(corpus, model, tokenizers, tmp_path, capsys):
+    idx = tmp_path / "gallery"
+    assert main(["index", "--corpus", str(corpus), "--out", str(idx), "--from", "model", "--model", str(model),
+                 "--tokenizers", str(tokenizers), "--inputs", "rgb", "batch_size=4"]) == 0
+    assert "10 vectors of tok_caption_global" in capsys.readouterr().out
+    sample = next(iter(CorpusReader(corpus, "rgb")))
+    Image.fromarray(sample["rgb"]).save(tmp_path / "query.png")
+    out = tmp_path / "hits"
+    assert main(["retrieve", "--index", str(idx), "--query", f"rgb={tmp_path / 'query.png'}", "-k", "3",
+                 "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and lines[0].split()[0] == "1"
+    hits = json.loads((out / "hits.json").read_text())
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    grid = Image.open(out / "hits.png")
+    assert grid.width > 4 * 100  # the query tile and three hits side by side
+    # a caption query against the same gallery, embedded by the model
+    assert retrieve(idx, ["caption=a large red cube"], k=2)[0].rank == 1
+
+
+@pytest.fixture(scope="module")
+def small(corpus, model, tokenizers, tmp_path_factory):
+    """A 3-item model-built index, another model, and an empty corpus."""
+    root = tmp_path_factory.mktemp("small")
+    build_index(corpus, from_="model", model=model, tokenizers=tokenizers, limit=3, progress=False).save(root / "idx")
+    nano(2).save_pretrained(root / "other")
+    write_manifest(root / "empty", {"modalities": {"caption_global": storage_entry(CORPUS["caption_global"].storage)}})
+    return root
+
+
+@pytest.mark.parametrize("args, message", [
+    (["index", "--modality", "tok_rgb"], "not a global-embedding modality"),
+    (["index", "--modality", "tok_nope"], "unknown modality 'tok_nope'"),
+    (["index", "--from", "model"], "needs --model and --tokenizers"),
+    (["index", "--corpus", "{root}/empty"], "gallery would be empty"),
+    (["index", "steps=x"], "steps"),
+    (["index", "depth=3"], "unknown setting 'depth'"),
+    (["retrieve", "--query", "nope=1"], "unknown query modality 'nope'"),
+    (["retrieve", "--query", "caption=a cube", "--backend", "annoy"], "unknown search backend 'annoy'"),
+    (["retrieve", "--query", "caption=a cube", "--model", "{root}/other"], "another model"),
+    (["retrieve", "--query", "rgb={root}/missing.png"], "cannot read image"),
+    (["retrieve", "--index", "{root}", "--query", "caption=a cube"], "not an index"),
+])
+def test_cli_one_line_errors(args, message, corpus, small, tmp_path, capsys):
+    where = ["--index", f"{small}/idx"] if args[0] == "retrieve" else ["--corpus", str(corpus), "--out", str(tmp_path)]
+    argv = [a.replace("{root}", str(small)) for a in [args[0], *where, *args[1:]]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_the_installed_command_reports_errors_in_one_line(small):
+    proc = subprocess.run([sys.executable, "-m", "fourm.cli", "retrieve", "--index", f"{small}/idx", "--query",
+                           "caption=a cube", "--backend", "annoy"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown search backend" in proc.stderr
+
+
+def test_not_an_index(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an index"):
+        load_index(tmp_path)
