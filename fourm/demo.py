@@ -52,6 +52,8 @@ class ModelSettings:
 class SampleSettings:
     samples: int = 4
     seed: int = 0
+    steps: int = 8  # MaskGIT steps per image / global target
+    temperature: float = 0.0  # 0: most likely tokens
 
 
 @dataclass
@@ -156,7 +158,8 @@ def _generator(cfg: DemoConfig):
     from fourm.evaluate import GenerationUnavailable, load_generator
 
     try:
-        return load_generator(cfg.path("fourm", "model"), cfg.path("tokenizers"))
+        return load_generator(cfg.path("fourm", "model"), cfg.path("tokenizers"), steps=cfg.generate.steps,
+                              temperature=cfg.generate.temperature)
     except GenerationUnavailable as e:
         raise StageUnavailable(str(e)) from None
 
@@ -176,13 +179,17 @@ def _retrieve(cfg: DemoConfig) -> dict:
 
 
 def _evaluate(cfg: DemoConfig) -> dict:
-    from fourm.evaluate import EvaluateConfig, run_evaluation
+    from fourm.evaluate import EvaluateConfig, GenerationUnavailable, run_evaluation
 
-    _generator(cfg)  # fails early, as unavailable, while generation has not landed
-    table = run_evaluation(EvaluateConfig(model=str(cfg.path("fourm", "model")), tokenizers=str(cfg.path("tokenizers")),
-                                          corpus=str(cfg.path("heldout")), samples=cfg.evaluate.samples,
-                                          seed=cfg.evaluate.seed, out=str(cfg.path("evaluation.json"))))
-    return {"rows": len(table["rows"])}
+    e = cfg.evaluate
+    try:
+        table = run_evaluation(EvaluateConfig(
+            model=str(cfg.path("fourm", "model")), tokenizers=str(cfg.path("tokenizers")),
+            corpus=str(cfg.path("heldout")), samples=e.samples, seed=e.seed, steps=e.steps,
+            temperature=e.temperature, out=str(cfg.path("evaluation.json"))))
+    except GenerationUnavailable as err:
+        raise StageUnavailable(str(err)) from None
+    return {"rows": len(table["rows"]), "skipped": table["skipped"]}
 
 
 def _report(cfg: DemoConfig) -> dict:

@@ -51,6 +51,8 @@ class EvaluateConfig:
     samples: int = 64
     seed: int = 0
     batch_size: int = 16
+    steps: int = 8  # MaskGIT steps per image / global target
+    temperature: float = 0.0  # 0: the most likely tokens, what a prediction measure should see
     out: str | None = None  # write the table as JSON here
 
 
@@ -281,7 +283,7 @@ def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> dict:
 
     if not Path(cfg.model).is_dir():
         raise FileNotFoundError(f"model folder {cfg.model} does not exist")
-    generator = load_generator(cfg.model, cfg.tokenizers, cfg.batch_size)
+    generator = load_generator(cfg.model, cfg.tokenizers, cfg.batch_size, steps=cfg.steps, temperature=cfg.temperature)
     table = evaluate(generator, load_tokenizers(cfg.tokenizers), cfg.corpus, cfg.samples, cfg.seed, progress=progress)
     print(format_table(table))
     if cfg.out:
@@ -293,7 +295,35 @@ class GenerationUnavailable(ImportError):
     """fourm.generation's pipeline is not importable (issue 5 not landed)."""
 
 
-def load_generator(model: str | os.PathLike, tokenizers: str | os.PathLike, batch_size: int = 16) -> Generator:
-    """The model as a :class:`Generator` (through :mod:`fourm.generation`)."""
-    # SEAM (issue 5): fourm.generation's pipeline object is being written; this adapter binds it once it lands.
-    raise GenerationUnavailable("generation (fourm.generation's pipeline, issue 5) has not landed yet")
+class PipelineGenerator:
+    """A :class:`fourm.generation.Pipeline` as a :class:`Generator`: batches of ``batch_size`` samples.
+
+    ``defaults`` are Target settings for every target (``steps``, ``temperature``, ...).
+    """
+
+    def __init__(self, pipeline, batch_size: int = 16, **defaults):
+        self.pipeline, self.batch_size, self.defaults = pipeline, batch_size, defaults
+        self.modalities = list(pipeline.specs)
+
+    def generate(self, conditions: dict[str, list], targets: list[str], seed: int = 0) -> dict[str, list]:
+        count = {len(v) for v in conditions.values()}
+        if len(count) != 1:
+            raise ValueError(f"conditions hold different numbers of samples: {sorted(count)}")
+        n = count.pop()
+        out = {t: [] for t in targets}
+        for start in range(0, n, self.batch_size):
+            batch = [{k: v[i] for k, v in conditions.items()} for i in range(start, min(n, start + self.batch_size))]
+            made = self.pipeline.generate(batch, list(targets), seed=seed + start, **self.defaults)
+            for t in targets:
+                out[t] += list(made[t].values)
+        return out
+
+
+def load_generator(model: str | os.PathLike, tokenizers: str | os.PathLike, batch_size: int = 16,
+                   **defaults) -> Generator:
+    """The model as a :class:`Generator` (through :mod:`fourm.generation`'s pipeline)."""
+    try:
+        from fourm.generation.pipeline import Pipeline
+    except ImportError as e:
+        raise GenerationUnavailable(f"generation (fourm.generation.pipeline, issue 5) is not importable: {e}") from e
+    return PipelineGenerator(Pipeline.from_pretrained(model, tokenizers), batch_size, **defaults)

@@ -112,8 +112,10 @@ def recall_at_k(similarity: np.ndarray, k: int) -> float:
     if s.ndim != 2 or s.shape[0] > s.shape[1]:
         raise ValueError(f"similarity must be (queries, gallery) with queries <= gallery, not {s.shape}")
     own = s[np.arange(len(s)), np.arange(len(s))]
-    rank = (s > own[:, None]).sum(1)  # ties count in the query's favour
-    return float(np.mean(rank < k))
+    better = (s > own[:, None]).sum(1)
+    ties = (s == own[:, None]).sum(1) - 1
+    # ties broken at random, in expectation: a model that gives every item one score is at chance
+    return float(np.mean(np.clip((k - better) / (ties + 1), 0.0, 1.0)))
 
 
 # ----------------------------------------------------------------------------- objects and colours

@@ -101,19 +101,16 @@ def save_retrieval(generator, corpus: str | os.PathLike, out: str | os.PathLike,
     vectors = np.stack(generator.generate({"tok_rgb": [s["rgb"] for s in data]}, ["tok_caption_global"],
                                           seed=seed)["tok_caption_global"]).astype(np.float64)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
-    rows, titles, hits = [], [], []
+    rows, hits = [], []
     for i, s in enumerate(data[:queries]):
         q = np.asarray(s["caption_global"], np.float64)
         order = np.argsort(-(vectors @ (q / max(np.linalg.norm(q), 1e-9))))[:k]
-        tiles = []
+        tiles = [ImageOps.expand(_tile("caption", s["caption"]), 4, fill=(255, 255, 255))]
         for j in order:
             tile = _tile("tok_rgb", data[j]["rgb"])
             tiles.append(ImageOps.expand(tile, 4, fill=(0, 170, 0) if j == i else (255, 255, 255)))
         rows.append(tiles)
-        titles.append(s["caption"])
         hits.append(int(i in order))
     path = Path(out) / "retrieval.png"
-    grid = image_grid(rows, titles=[[t] + [None] * (k - 1) for t in titles],
-                      column_titles=[f"rank {r + 1}" for r in range(k)])
-    grid.save(path)
+    image_grid(rows, column_titles=["query", *[f"rank {r + 1}" for r in range(k)]]).save(path)
     return {"picture": str(path), "queries": len(rows), "found_in_top_k": sum(hits), "gallery": len(data)}

@@ -54,6 +54,9 @@ def test_recall_at_k_by_hand():
     assert metrics.recall_at_k(s, 1) == pytest.approx(1 / 3)
     assert metrics.recall_at_k(s, 2) == pytest.approx(2 / 3)
     assert metrics.recall_at_k(s, 3) == 1.0
+    flat = np.ones((4, 4))  # one score for everything: chance, not a perfect retrieval
+    assert metrics.recall_at_k(flat, 1) == pytest.approx(1 / 4)
+    assert metrics.recall_at_k(flat, 2) == pytest.approx(2 / 4)
 
 
 def test_parse_and_score_caption_objects():
