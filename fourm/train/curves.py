@@ -1,4 +1,5 @@
-"""Training metrics: one JSON line per log step, and a PNG of the curves a person looks at."""
+"""Training metrics: one JSON line per log step, a PNG of the curves a person looks at, and
+TensorBoard event files when the ``tensorboard`` package is installed (it is optional)."""
 
 from __future__ import annotations
 
@@ -7,25 +8,57 @@ from pathlib import Path
 
 
 class MetricsLog:
-    """Appends rows to ``metrics.jsonl``; on resume, drops rows past the checkpoint's step first."""
+    """Appends rows to ``metrics.jsonl``; on resume, drops rows past the checkpoint's step first.
 
-    def __init__(self, path: str | Path, keep_until: int = 0, enabled: bool = True):
-        self.path, self.enabled, self.last = Path(path), enabled, {}
+    With ``tensorboard`` (a folder) and the package installed, every numeric field of a row is also
+    a TensorBoard scalar at the row's step; a resumed run purges the events past its checkpoint
+    there too, so both logs show one curve.
+    """
+
+    def __init__(self, path: str | Path, keep_until: int = 0, enabled: bool = True,
+                 tensorboard: str | Path | None = None):
+        self.path, self.enabled, self.last, self.board = Path(path), enabled, {}, None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         rows = read_metrics(self.path) if keep_until else []
         kept = [r for r in rows if r.get("step", 0) <= keep_until]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        if tensorboard is not None:
+            self.board = tensorboard_writer(tensorboard, purge_step=keep_until + 1 if keep_until else None)
 
     def write(self, row: dict) -> None:
         self.last.update(row)
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.board is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.board.add_scalar(key, value, global_step=row.get("step"))
+
+    def flush(self) -> None:
+        """Push buffered TensorBoard events to disk (at checkpoints: a killed run loses none before them)."""
+        if self.board is not None:
+            self.board.flush()
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+            self.board = None
 
     def plot(self, png: str | Path) -> None:
         plot_metrics(read_metrics(self.path), png)
+
+
+def tensorboard_writer(folder: str | Path, purge_step: int | None = None):
+    """A ``SummaryWriter`` into ``folder``, or None when the ``tensorboard`` package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch's writer needs the tensorboard package, an optional install
+        return None
+    return SummaryWriter(str(folder), purge_step=purge_step)
 
 
 def read_metrics(path: str | Path) -> list[dict]:

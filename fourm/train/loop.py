@@ -40,6 +40,7 @@ class TrainConfig:
     save_every: int = 250
     keep_last: int = 2
     log_every: int = 10
+    tensorboard: bool = True  # also log to <out>/tensorboard when the tensorboard package is installed
     seed: int = 0
 
     def __post_init__(self):
@@ -57,7 +58,8 @@ class Task(Protocol):
     def train_batches(self, start_step: int, rank: int, world_size: int) -> Iterator[Any]:
         """Batches for micro-steps ``start_step * grad_accum`` on: the same every time (exact resume)."""
 
-    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
+        """-> (loss, logs); logged tensors (detached) are read only at log steps, saving host syncs."""
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Held-out metrics of the unwrapped model (run on the main process)."""
@@ -130,7 +132,8 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
         step = load_checkpoint(ckpt, model, optimizer, scheduler)
     model, optimizer = accelerator.prepare(model, optimizer)
     forward_model = torch.compile(model) if cfg.compile else model
-    metrics = MetricsLog(out / "metrics.jsonl", keep_until=step, enabled=accelerator.is_main_process)
+    metrics = MetricsLog(out / "metrics.jsonl", keep_until=step, enabled=accelerator.is_main_process,
+                         tensorboard=out / "tensorboard" if cfg.tensorboard else None)
 
     batches = task.train_batches(step, accelerator.process_index, accelerator.num_processes)
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress or not accelerator.is_main_process,
@@ -143,15 +146,16 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
                 loss, logs = task.loss(forward_model, next(batches))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.grad_clip > 0:
-                    logs["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+                    logs["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         step += 1
-        window.append({"loss": loss.item(), **logs})
+        # tensors stay on the device until a log step: one host sync per log_every steps, not per step
+        window.append({"loss": loss.detach(), **logs})
         if step % cfg.log_every == 0 or step == cfg.steps:
             now = time.perf_counter()
-            row = {k: sum(w.get(k, 0.0) for w in window) / len(window) for k in window[-1]}
+            row = {k: sum(float(w.get(k, 0.0)) for w in window) / len(window) for k in window[-1]}
             row.update(step=step, lr=scheduler.get_last_lr()[0], s_per_step=(now - tick) / len(window))
             metrics.write(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
@@ -165,6 +169,7 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
             metrics.write({"step": step, **{f"eval/{k}": v for k, v in scores.items()}})
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
         if (cfg.save_every and step % cfg.save_every == 0) or last:
+            metrics.flush()
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 save_checkpoint(out, step, accelerator.unwrap_model(model), optimizer, scheduler, cfg.keep_last)
@@ -175,4 +180,5 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
         final.save_pretrained(out / "model")
         metrics.plot(out / "curves.png")
         (out / "summary.json").write_text(json.dumps(metrics.last, indent=2) + "\n")
+    metrics.close()
     return final

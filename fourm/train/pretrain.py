@@ -103,7 +103,7 @@ class FourMTask:
     def loss(self, model, batch):
         device = next(model.parameters()).device
         out = model(batch.to(device))
-        return out.loss, {f"loss/{m}": float(v) for m, v in out.modality_losses.items()}
+        return out.loss, {f"loss/{m}": v for m, v in out.modality_losses.items()}  # detached tensors
 
     def evaluate(self, model) -> dict[str, float]:
         """Held-out cross-entropy per target modality, and its ratio to the unigram baseline."""

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fourm.pretrained import PretrainedMixin, register_pretrained
-from fourm.train.checkpoint import checkpoint_dirs
+from fourm.train.checkpoint import checkpoint_dirs, latest_checkpoint
 from fourm.train.curves import read_metrics
 from fourm.train.loop import TrainConfig, train
 
@@ -98,6 +98,40 @@ def test_resume_after_a_crash_equals_an_unbroken_run(tmp_path):
     curve = lambda run: [(r["step"], r["loss"]) for r in read_metrics(tmp_path / run / "metrics.jsonl")  # noqa: E731
                          if "loss" in r]
     assert curve("a") == curve("b")
+    # TensorBoard too: the steps the crashed run logged past its checkpoint are purged, not doubled
+    assert board(tmp_path / "b", "loss") == board(tmp_path / "a", "loss") == curve("a")
+
+
+def board(run, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of a TensorBoard scalar, as a reader that honours purges sees them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return [(e.step, pytest.approx(e.value, rel=1e-6)) for e in events.Scalars(tag)]
+
+
+def test_tensorboard_logs_every_numeric_field(tmp_path):
+    train(RegressionTask(), TrainConfig(**{**CFG, "steps": 10}, precision="fp32"), tmp_path, progress=False)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert board(tmp_path, "grad_norm") == [(r["step"], r["grad_norm"]) for r in rows if "grad_norm" in r]
+    assert board(tmp_path, "eval/mse") == [(r["step"], r["eval/mse"]) for r in rows if "eval/mse" in r]
+    train(RegressionTask(), TrainConfig(**{**CFG, "steps": 10}, tensorboard=False), tmp_path / "off", progress=False)
+    assert not (tmp_path / "off" / "tensorboard").exists()
+
+
+def test_an_unfinished_checkpoint_is_never_resumed_from(tmp_path):
+    cfg = TrainConfig(**{**CFG, "steps": 10, "keep_last": 3}, precision="fp32")
+    train(RegressionTask(), cfg, tmp_path, progress=False)
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-0000005", "step-0000010"]
+    # a kill inside save_checkpoint leaves a temporary folder, or (in a copy made by hand) a folder
+    # without its state.json, which is written last: neither counts as a checkpoint
+    (tmp_path / "checkpoints" / ".step-0000015.tmp-123" / "model").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step-0000020" / "model").mkdir(parents=True)
+    assert latest_checkpoint(tmp_path).name == "step-0000010"
+    more = TrainConfig(**{**CFG, "steps": 25, "keep_last": 3}, precision="fp32")
+    train(RegressionTask(), more, tmp_path, progress=False)
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-0000015", "step-0000020", "step-0000025"]
 
 
 def test_config_is_checked():

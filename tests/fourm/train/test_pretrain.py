@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,14 @@ def test_two_process_ddp_on_cpu(token_corpus, tmp_path):
     ranks = sorted(json.loads(line)["rank"] for line in result.stdout.splitlines() if line.startswith("{"))
     assert ranks == [0, 1], result.stdout
     assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()
+
+
+def test_fine_tuning_from_a_model_that_lacks_a_modality_is_refused(token_corpus, tmp_path):
+    from fourm.train.pretrain import FourMTask
+
+    task = FourMTask(config(token_corpus, tmp_path / "run"))
+    narrower = replace(task.model_config(), modalities=["tok_rgb", "caption"], vocab_sizes={}, max_tokens={},
+                       input_dims={})
+    FourM(narrower).save_pretrained(tmp_path / "narrow")
+    with pytest.raises(ValueError, match=r"narrow does not know tok_depth"):
+        FourMTask(config(token_corpus, tmp_path / "run", f"model.init={tmp_path / 'narrow'}")).build_model()
