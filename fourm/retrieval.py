@@ -431,17 +431,6 @@ def search_samples(index: EmbeddingIndex, queries: list[dict], k: int = 5, embed
     return index.hits(embed(queries, query_spec(index, embedder, **spec_args)), k, backend)
 
 
-def recall_at_k(positions: Tensor, targets: Tensor, ks: Iterable[int] = (1, 5, 10)) -> dict[int, float]:
-    """Share of queries whose target gallery position is among the first ``k`` of ``positions`` (Q, >=k)."""
-    found = positions == targets[:, None]
-    return {k: float(found[:, :k].any(1).float().mean()) for k in ks}
-
-
-def chance_recall(n: int, ks: Iterable[int] = (1, 5, 10)) -> dict[int, float]:
-    """Recall@k of a random ranking of ``n`` items with one relevant item each."""
-    return {k: min(k, n) / n for k in ks}
-
-
 def read_samples(corpus: str | os.PathLike, keys: list[str], modalities: list[str]) -> dict[str, dict]:
     """The samples of ``keys`` (series ``modalities``), reading only the shards that hold them."""
     from fourm.data.corpus import CorpusReader, finished_shards

@@ -19,14 +19,13 @@ from fourm.retrieval import (
     EmbedSpec,
     RetrievalError,
     build_index,
-    chance_recall,
     embed,
     load_index,
     parse_query,
-    recall_at_k,
     retrieve,
     search_samples,
 )
+from fourm.retrieval_eval import chance_recall, evaluate_retrieval, format_rows, perturb, recall_at_k
 from fourm.search import SEARCH_BACKENDS, TorchSearch, make_backend
 from fourm.tokenization.mlp_vqvae import VectorVQVAE, VectorVQVAEConfig
 from fourm.tokenization.text import SequenceTokenizer, TextConfig, build_vocabulary, new_tokenizer, reserved_tokens
@@ -63,7 +62,7 @@ def nano(seed: int):
     torch.manual_seed(seed)
     scale = ModalityScale(SIDE, PATCH, vocab_sizes={"caption": TEXT_VOCAB, "tok_caption_global": 16})
     return create_model("nano", "rgb,caption,tok_caption_global", scale,
-                        max_tokens={"caption": 24, "tok_caption_global": 4}).eval()
+                        max_tokens={"caption": 128, "tok_caption_global": 4}).eval()
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +100,30 @@ def test_hnsw_finds_most_exact_neighbours():
     assert found > 0.9
 
 
-def test_k_beyond_the_gallery_and_recall():
+def test_k_beyond_the_gallery():
     index = EmbeddingIndex(["a", "b", "c"], unit(3), {})
     scores, positions = index.search(unit(3), k=10)
-    assert positions.shape == (3, 3)
-    assert recall_at_k(torch.tensor([[2, 0], [1, 2]]), torch.tensor([0, 0]), (1, 2)) == {1: 0.0, 2: 0.5}
+    assert positions.shape == (3, 3) and torch.all(scores[:, :-1] >= scores[:, 1:])
+
+
+def test_recall_counts_ties_by_expectation():
+    e = torch.eye(3)
+    gallery = torch.stack([e[0], e[0], e[1], e[2]])  # items 0 and 1 are the same vector
+    queries = torch.stack([e[0], e[0], e[2], e[1]])
+    # queries 0 and 1 tie with each other's item at the top: 1/2 at k=1; queries 2 and 3 find theirs alone
+    r = recall_at_k(queries, gallery, torch.tensor([0, 1, 3, 2]), ks=(1, 2, 4))
+    assert r == {1: pytest.approx((0.5 + 0.5 + 1 + 1) / 4), 2: 1.0, 4: 1.0}
+    # now queries 2 and 3 score 0 on their items, below one item and tied with two others: 0, then 1/3
+    r = recall_at_k(queries, gallery, torch.tensor([0, 1, 2, 3]), ks=(1, 2))
+    assert r == {1: pytest.approx((0.5 + 0.5 + 0 + 0) / 4), 2: pytest.approx((1 + 1 + 1 / 3 + 1 / 3) / 4)}
     assert chance_recall(50, (1, 5)) == {1: 0.02, 5: 0.1}
+
+
+def test_perturb_keeps_the_scene():
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    out = perturb(image, np.random.default_rng(1))
+    assert out.shape == image.shape and out.dtype == np.uint8 and not np.array_equal(out, image)
+    assert np.abs(out.astype(int) - image.astype(int)).mean() < 128
 
 
 # ----------------------------------------------------------------------------- indexes
@@ -242,3 +259,17 @@ def test_the_installed_command_reports_errors_in_one_line(small):
 def test_not_an_index(tmp_path):
     with pytest.raises(FileNotFoundError, match="not an index"):
         load_index(tmp_path)
+
+
+def test_evaluation_rows(corpus, model, tokenizers):
+    rows = evaluate_retrieval(model, tokenizers, corpus, ks=(1, 5), batch_size=5)
+    assert [r["task"] for r in rows] == ["caption -> image"] * 2 + ["image -> image", "caption -> image bound"]
+    assert all(r["n"] == 10 and r["chance"] == {1: 0.1, 5: 0.5} for r in rows)
+    assert all(0 <= v <= 1 for r in rows for v in r["recall"].values())
+    assert all(r["recall"][5] >= r["recall"][1] for r in rows)
+    # the MiniLM caption row ranks the same gallery as the index built from the model's predictions
+    index = build_index(corpus, from_="model", inputs=["rgb"], model=model, tokenizers=tokenizers, progress=False)
+    truth = torch.nn.functional.normalize(torch.tensor(np.stack(
+        [s["caption_global"] for s in CorpusReader(corpus, "caption_global")]), dtype=torch.float32), dim=1)
+    assert rows[1]["recall"] == pytest.approx(recall_at_k(truth, index.vectors, ks=(1, 5)))
+    assert "R@5" in format_rows(rows)
