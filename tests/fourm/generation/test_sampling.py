@@ -1,0 +1,67 @@
+"""Step schedules and token draws: exact counts, filters that keep only allowed tokens, greedy, seeds."""
+
+import math
+
+import pytest
+import torch
+
+from fourm.generation.sampling import NUCLEUS_CANDIDATES, sample, temperature_at, tokens_per_step
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+@pytest.mark.parametrize("total,steps", [(196, 8), (16, 8), (5, 8), (1, 1), (0, 4), (64, 1), (100, 12)])
+def test_steps_decide_exactly_the_total_and_at_least_one_each_while_possible(schedule, total, steps):
+    counts = tokens_per_step(total, steps, schedule)
+    assert len(counts) == steps and sum(counts) == total and min(counts) >= 0
+    assert all(c >= 1 for c in counts[: min(total, steps)])
+
+
+def test_cosine_decides_few_tokens_first_and_many_last():
+    counts = tokens_per_step(196, 8, "cosine")
+    assert counts[0] < counts[-1] and counts == sorted(counts)
+    linear = tokens_per_step(196, 8, "linear")
+    assert max(linear) - min(linear) <= 1
+
+
+def test_unknown_schedule_is_an_error():
+    with pytest.raises(ValueError, match="unknown mask schedule 'square'"):
+        tokens_per_step(10, 2, "square")
+    with pytest.raises(ValueError, match="temperature schedule"):
+        temperature_at(0, 2, 1.0, "square")
+    assert temperature_at(4, 8, 2.0, "linear") == 1.0 and temperature_at(4, 8, 2.0, "constant") == 2.0
+
+
+def test_top_k_draws_only_the_k_best_and_greedy_takes_the_best():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 50, generator=g)
+    ids, logp = sample(logits, 1.0, top_k=3, generator=g)
+    best3 = logits.topk(3).indices
+    assert (best3 == ids[:, None]).any(1).all()
+    assert torch.allclose(logp.exp().clamp(max=1), logp.exp()) and (logp <= 0).all()
+    greedy, _ = sample(logits, 0.0)
+    assert torch.equal(greedy, logits.argmax(-1))
+
+
+@pytest.mark.parametrize("vocab", [50, 3 * NUCLEUS_CANDIDATES])
+def test_top_p_draws_only_from_the_nucleus_even_when_it_is_wider_than_the_candidates(vocab):
+    g = torch.Generator().manual_seed(1)
+    peaked = torch.randn(200, vocab, generator=g) * 4
+    flat = torch.randn(200, vocab, generator=g) * 0.01  # nucleus of ~90% of the vocabulary
+    logits = torch.cat([peaked, flat])
+    ids, _ = sample(logits, 1.0, top_p=0.9, generator=g)
+    probs = logits.softmax(-1)
+    sorted_p, order = probs.sort(-1, descending=True)
+    rank = order.argsort(-1).gather(1, ids[:, None]).squeeze(1)
+    mass_before = (sorted_p.cumsum(-1) - sorted_p).gather(1, rank[:, None]).squeeze(1)
+    assert (mass_before < 0.9 + 1e-5).all()
+    if vocab > NUCLEUS_CANDIDATES:  # the flat rows reached beyond the first candidates
+        assert (rank[200:] >= NUCLEUS_CANDIDATES).any()
+
+
+def test_same_generator_seed_draws_the_same_tokens():
+    logits = torch.randn(64, 100)
+    a = sample(logits, 1.0, top_p=0.8, generator=torch.Generator().manual_seed(3))[0]
+    b = sample(logits, 1.0, top_p=0.8, generator=torch.Generator().manual_seed(3))[0]
+    c = sample(logits, 1.0, top_p=0.8, generator=torch.Generator().manual_seed(4))[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert math.isfinite(float(sample(logits, 0.5, top_k=5, top_p=0.5)[1].sum()))
