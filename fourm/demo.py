@@ -140,7 +140,10 @@ def train_config(cfg: DemoConfig):
     from fourm.config import load_config
     from fourm.train.pretrain import FourMTrainConfig
 
-    return load_config(FourMTrainConfig, cfg.model.config, [
+    config = Path(cfg.model.config)
+    if not config.is_absolute() and not config.exists():  # relative paths in configs/demo.yaml: the repository's
+        config = DEFAULT_CONFIG.parent.parent / config
+    return load_config(FourMTrainConfig, config, [
         f"out={cfg.path('fourm')}", f"data.corpora=[{cfg.path('tokens')}]",
         f"data.tokenizers={cfg.path('tokenizers', 'caption')}", f"model.modalities=[{','.join(cfg.model.modalities)}]",
         *cfg.model.overrides])
@@ -174,8 +177,8 @@ def _generate(cfg: DemoConfig) -> dict:
 def _retrieve(cfg: DemoConfig) -> dict:
     from fourm.showcase import save_retrieval
 
-    return save_retrieval(_generator(cfg), cfg.path("heldout"), cfg.path("pictures"), queries=cfg.generate.samples,
-                          gallery=cfg.evaluate.samples, seed=cfg.generate.seed)
+    return save_retrieval(cfg.path("fourm", "model"), cfg.path("tokenizers"), cfg.path("heldout"),
+                          cfg.path("pictures"), queries=cfg.generate.samples, gallery=cfg.evaluate.samples)
 
 
 def _evaluate(cfg: DemoConfig) -> dict:
@@ -210,6 +213,7 @@ class Stage:
     run: Callable[[DemoConfig], dict]
     settings: Callable[[DemoConfig], object]
     outputs: tuple[str, ...] = ()
+    cached: bool = True  # False: cheap, always redone (the report gathers whatever the others left)
 
 
 STAGES: list[Stage] = [
@@ -219,9 +223,9 @@ STAGES: list[Stage] = [
     Stage("tokenize", _tokenize, lambda c: list(c.model.modalities), ("tokens",)),
     Stage("train", _train, lambda c: asdict(train_config(c)), ("fourm",)),
     Stage("generate", _generate, lambda c: asdict(c.generate)),
-    Stage("retrieve", _retrieve, lambda c: asdict(c.generate)),
+    Stage("retrieve", _retrieve, lambda c: [c.generate.samples, c.evaluate.samples]),
     Stage("evaluate", _evaluate, lambda c: asdict(c.evaluate)),
-    Stage("report", _report, lambda c: None),
+    Stage("report", _report, lambda c: None, cached=False),
 ]
 
 
@@ -243,7 +247,9 @@ def run_demo(cfg: DemoConfig, stages: list[str] | None = None) -> dict[str, dict
         if stamp and "skipped" in stamp:  # unavailable last time: not finished
             stamp = None
         head = f"[{i}/{len(STAGES)}] {stage.name}"
-        if stamp and stamp["fingerprint"] == fingerprint and stage.name != "report":
+        if not stage.cached:
+            stamp = None
+        if stamp and stamp["fingerprint"] == fingerprint:
             print(f"{head}: done before ({stamp['seconds']:.0f} s), reused")
             results[stage.name] = stamp
             continue

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from fourm.modalities import MODALITIES
 
 TILE = 128  # px per tile: the 64 px scenes, doubled so a person can see them
@@ -90,27 +88,31 @@ def save_chains(generator, corpus: str | os.PathLike, out: str | os.PathLike, sa
     return written
 
 
-def save_retrieval(generator, corpus: str | os.PathLike, out: str | os.PathLike, queries: int = 4,
-                   gallery: int = 64, k: int = 5, seed: int = 0) -> dict:
-    """For the first ``queries`` held-out captions, the ``k`` gallery images ranked best; the true one framed."""
+def save_retrieval(model: str | os.PathLike, tokenizers: str | os.PathLike, corpus: str | os.PathLike,
+                   out: str | os.PathLike, queries: int = 4, gallery: int = 64, k: int = 5) -> dict:
+    """Caption -> image with :mod:`fourm.retrieval`, 4M-21 style: the gallery is the model's prediction of
+    ``tok_caption_global`` from each held-out image, a caption query the model's prediction from the caption.
+    One row per query: the caption, then the ``k`` best images, the true one framed in green."""
     from PIL import ImageOps
 
     from fourm.render import image_grid
+    from fourm.retrieval import build_index, search_samples
 
+    index = build_index(corpus, "tok_caption_global", from_="model", inputs=["rgb"], model=model,
+                        tokenizers=tokenizers, limit=gallery, progress=False)
     data, _ = _heldout(corpus, gallery)
-    vectors = np.stack(generator.generate({"tok_rgb": [s["rgb"] for s in data]}, ["tok_caption_global"],
-                                          seed=seed)["tok_caption_global"]).astype(np.float64)
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
-    rows, hits = [], []
-    for i, s in enumerate(data[:queries]):
-        q = np.asarray(s["caption_global"], np.float64)
-        order = np.argsort(-(vectors @ (q / max(np.linalg.norm(q), 1e-9))))[:k]
+    by_key = {s["__key__"]: s for s in data}
+    asked = data[:queries]
+    hits = search_samples(index, [{"caption": s["caption"]} for s in asked], k=k)
+    rows, found = [], 0
+    for s, row in zip(asked, hits, strict=True):
         tiles = [ImageOps.expand(_tile("caption", s["caption"]), 4, fill=(255, 255, 255))]
-        for j in order:
-            tile = _tile("tok_rgb", data[j]["rgb"])
-            tiles.append(ImageOps.expand(tile, 4, fill=(0, 170, 0) if j == i else (255, 255, 255)))
+        for hit in row:
+            own = hit.key == s["__key__"]
+            found += own
+            tiles.append(ImageOps.expand(_tile("tok_rgb", by_key[hit.key]["rgb"]), 4,
+                                         fill=(0, 170, 0) if own else (255, 255, 255)))
         rows.append(tiles)
-        hits.append(int(i in order))
     path = Path(out) / "retrieval.png"
     image_grid(rows, column_titles=["query", *[f"rank {r + 1}" for r in range(k)]]).save(path)
-    return {"picture": str(path), "queries": len(rows), "found_in_top_k": sum(hits), "gallery": len(data)}
+    return {"picture": str(path), "queries": len(rows), "found_in_top_k": found, "gallery": len(index)}
