@@ -33,3 +33,46 @@ def test_quick_demo_writes_the_report_with_the_table(tmp_path):
     assert page.count("data:image/png;base64,") >= 6
     again = subprocess.run(cmd, check=True, timeout=300, capture_output=True, text=True).stdout
     assert again.count("reused") == len(STAGES) - 1  # everything but the report comes from the cache
+
+
+def test_finished_stages_are_reused_and_changed_ones_redone(tmp_path, monkeypatch):
+    from fourm import demo
+
+    calls = []
+
+    def stage(name):
+        def run(cfg):
+            calls.append(name)
+            (tmp_path / name).mkdir(exist_ok=True)
+            (tmp_path / name / "made").write_text(str(cfg.corpus.scenes))
+            return {"scenes": cfg.corpus.scenes}
+        return run
+
+    def unavailable(cfg):
+        calls.append("late")
+        raise demo.StageUnavailable("not landed")
+
+    monkeypatch.setattr(demo, "STAGES", [
+        demo.Stage("a", stage("a"), lambda c: c.corpus.scenes, ("a",)),
+        demo.Stage("b", stage("b"), lambda c: None, ("b",)),
+        demo.Stage("late", unavailable, lambda c: None),
+    ])
+    cfg = load_demo_config(out=str(tmp_path), overrides=["corpus.scenes=5"])
+    results = demo.run_demo(cfg)
+    assert calls == ["a", "b", "late"] and results["late"] == {"skipped": "not landed"}
+    demo.run_demo(cfg)
+    assert calls == ["a", "b", "late", "late"]  # finished stages reused, the unavailable one retried
+    demo.run_demo(load_demo_config(out=str(tmp_path), overrides=["corpus.scenes=6"]))
+    assert calls[4:] == ["a", "b", "late"]  # a changed setting redoes its stage and every one after it
+    assert (tmp_path / "b" / "made").read_text() == "6"
+
+
+def test_report_names_what_is_missing(tmp_path):
+    from fourm.report import write_report
+
+    (tmp_path / "evaluation.json").write_text(json.dumps({"samples": 3, "skipped": {}, "rows": [
+        {"task": "RGB -> depth", "metric": "abs rel", "model": 0.1, "baseline": 0.2, "upper": 0.05,
+         "higher_is_better": False, "baseline_is": "mean depth map", "beats_baseline": True}]}))
+    page = write_report(tmp_path).read_text()
+    assert "RGB -&gt; depth" in page and "0.100" in page and "class='good'" in page
+    assert "not produced (pictures/chain-caption.png)" in page
