@@ -32,6 +32,7 @@ class CorpusSettings:
     heldout_seed: int = 1  # training scenes use seed 0: a different seed gives scenes never trained on
     shard_size: int = 64
     image_size: int = 64
+    workers: int = 1  # labelling processes
 
 
 @dataclass
@@ -92,7 +93,8 @@ def _corpus(cfg: DemoConfig) -> dict:
     for name, count, seed in (("corpus", c.scenes, 0), ("heldout", c.heldout_scenes, c.heldout_seed)):
         print(f"  {name}: {count} scenes (seed {seed})")
         manifest = run_pipeline(PseudolabelConfig(source=f"scenes:{count}", out=str(cfg.path(name)), seed=seed,
-                                                  shard_size=c.shard_size, image_size=c.image_size))
+                                                  shard_size=c.shard_size, image_size=c.image_size,
+                                                  workers=c.workers))
         summary[name] = {"samples": manifest["num_samples"], "modalities": list(manifest["modalities"])}
     for i in range(4):
         save_sample_grid(cfg.path("corpus"), i, cfg.path("pictures", f"sample-{i}.png"))
@@ -217,7 +219,9 @@ class Stage:
 
 
 STAGES: list[Stage] = [
-    Stage("corpus", _corpus, lambda c: asdict(c.corpus), ("corpus", "heldout")),
+    # the number of workers changes how fast, not what: it is left out of the fingerprint
+    Stage("corpus", _corpus, lambda c: {k: v for k, v in asdict(c.corpus).items() if k != "workers"},
+          ("corpus", "heldout")),
     Stage("tokenizers", _tokenizers, lambda c: {n: tokenizer_overrides(c, n)[1] for n in c.tokenizers.configs},
           ("tokenizers",)),
     Stage("tokenize", _tokenize, lambda c: list(c.model.modalities), ("tokens",)),
