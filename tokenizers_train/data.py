@@ -7,6 +7,7 @@ memory, which keeps a CPU busy with the model instead of PNG decoding.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -44,3 +45,12 @@ def index_batches(n: int, batch_size: int, seed: int, start_step: int, rank: int
         start = offset * global_batch + rank * batch_size
         yield order[start:start + batch_size]
         step += 1
+
+
+def tokenizer_dir(out: str | Path, key: str) -> Path:
+    """Where the tokenizer ``key`` is saved in the tokenizers folder ``out``: ``out/<key>`` for a model
+    modality, ``out/parts/<key>`` for a part of a serializer (mask and pose coders), so that
+    ``load_tokenizers(out)`` only ever meets model modalities."""
+    from fourm.modalities import MODALITIES
+
+    return Path(out) / key if key in MODALITIES else Path(out) / "parts" / key

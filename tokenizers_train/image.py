@@ -9,7 +9,9 @@ codebook shows there first).
     fourm train-tokenizer --config configs/tokenizers/rgb.yaml --corpus CORPUS --out TOKENIZERS
 
 writes the run (checkpoints, metrics, curves) to ``TOKENIZERS/runs/<modality>`` and the tokenizer
-to ``TOKENIZERS/<modality>``.
+to ``TOKENIZERS/<modality>`` (``TOKENIZERS/parts/<key>`` for a part of a serializer that is no model
+modality: ``sam_instance_mask``, the mask VQ-VAE of the ``sam_instance`` serializer, which trains on
+every instance of the ``sam_instance`` id maps cropped to its box as the serializer crops it).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from fourm.modalities import MODALITIES
 from fourm.tokenization.pixels import PixelCodec, codec_class, get_codec
 from fourm.tokenization.vqvae import ImageVQConfig, ImageVQVAE
 from fourm.train.loop import TrainConfig, train
-from tokenizers_train.data import index_batches, load_series
+from tokenizers_train.data import index_batches, load_series, tokenizer_dir
 
 
 @dataclass
@@ -101,12 +103,28 @@ class ImageTokenizerTask:
         return {**self.codec.metrics(pred, self.eval_values), **usage_stats(ids, model.vocab_size)}
 
 
+def instance_crops(id_maps: list, side: int) -> list[np.ndarray]:
+    """Every instance of every ``sam_instance`` id map, cropped to its box and resized to ``side x side``
+    exactly as the serializer hands masks to its coder."""
+    from fourm.tokenization.serializers import instance_masks, resize_mask
+
+    return [resize_mask(mask, side, side) for ids in id_maps for _, mask in instance_masks(ids)]
+
+
+# corpus series a tokenizer sees through a transform rather than as stored: series -> (values, side) -> values
+SERIES_VIEWS = {"sam_instance": instance_crops}
+
+
 def prepare(cfg: Config) -> tuple[ImageTokenizerTask, dict]:
     """Load the corpus series and fill in what the data decides (class count, feature width)."""
     if cfg.corpus is None:
         raise ValueError("no corpus: pass --corpus or set corpus in the config")
     source = cfg.model.source
     train_values, eval_values, manifest = load_series(cfg.corpus, source, cfg.eval_samples, cfg.limit)
+    if source in SERIES_VIEWS:  # held out by corpus sample, so no scene is in both parts
+        train_values, eval_values = (SERIES_VIEWS[source](v, cfg.model.image_size) for v in (train_values, eval_values))
+        if not train_values or not eval_values:
+            raise ValueError(f"{cfg.corpus}/{source}: no instances to train on (or none held out)")
     class_names = (manifest.get("classes") or {}).get(source)
     changes = {}
     if codec_class(cfg.model.codec or source).name == "semseg" and cfg.model.num_classes is None:
@@ -126,13 +144,14 @@ def prepare(cfg: Config) -> tuple[ImageTokenizerTask, dict]:
 
 
 def run(cfg: Config, out: Path, progress: bool = True) -> ImageVQVAE:
-    """Train ``cfg`` into ``out/runs/<modality>`` and save the tokenizer to ``out/<modality>``."""
+    """Train ``cfg`` into ``out/runs/<modality>`` and save the tokenizer to ``out/<modality>`` (or
+    ``out/parts/<modality>``, see :func:`~tokenizers_train.data.tokenizer_dir`)."""
     from fourm.config import save_config
 
     task, _ = prepare(cfg)
     run_dir = Path(out) / "runs" / cfg.modality
     save_config(cfg, run_dir / "config.yaml")
     model = train(task, cfg.train, run_dir, progress=progress)
-    model.save_pretrained(Path(out) / cfg.modality)
+    model.save_pretrained(tokenizer_dir(out, cfg.modality))
     return model
 

@@ -6,8 +6,11 @@ the manifest and the labels found in ``det``, and the metadata field names (plus
 files), with every reserved token of :mod:`fourm.tokenization.text` given as a special token so it
 stays whole. One :class:`~fourm.tokenization.text.SequenceTokenizer` folder is written per sequence
 modality of the corpus (``out/caption``, ``out/det`` ...); all hold the same vocabulary and each
-loads on its own. A summary (token counts, truncation, encode speed, round-trip quality) goes to
-``out/wordpiece_stats.json``.
+loads on its own. The instance-mask and pose codes come from trained coders when the tokenizers
+folder has them (``out/parts/sam_instance_mask``, ``out/parts/pose_vqvae``: train those first) and
+``mask_coder`` / ``pose_coder`` say ``auto``, else from the grid fallbacks; a trained coder is stored
+inside the folder of the modality that uses it. A summary (token counts, truncation, encode speed,
+round-trip quality, the coders used) goes to ``out/wordpiece_stats.json``.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ class Config:
     min_frequency: int = 2  # pieces seen fewer times are not learned
     num_mask_codes: int = 1024  # code tokens reserved for the instance-mask tokenizer
     num_pose_codes: int = 1024  # ... and for the pose tokenizer
-    mask_coder: str = "grid"
-    pose_coder: str = "grid"
+    # a name in MASK_CODERS / POSE_CODERS (grid, vqvae: the trained one in out/parts), or auto: the
+    # trained coder when out/parts has it, the grid otherwise
+    mask_coder: str = "auto"
+    pose_coder: str = "auto"
     modalities: list[str] = field(default_factory=list)  # empty: every sequence modality of the corpus
     limit: int | None = None  # samples read from the corpus; None: all
     extra_text: list[str] = field(default_factory=list)  # text files (one document a line) to learn from too
@@ -80,6 +85,33 @@ def learn_pieces(texts: list[str], cfg: Config) -> list[str]:
     tok.train_from_iterator(texts, trainer, length=len(texts))
     kept = set(reserved)
     return [t for t, _ in sorted(tok.get_vocab().items(), key=lambda item: item[1]) if t not in kept]
+
+
+def resolve_coders(cfg: Config, out: Path) -> dict[str, tuple[str, object | None]]:
+    """``{"mask_coder": (name, coder or None), "pose_coder": ...}``: the trained coders loaded from
+    ``out/parts`` (None for the grid, which the tokenizer builds itself)."""
+    from fourm.tokenization.serializers import MASK_CODERS, POSE_CODERS
+    from tokenizers_train.data import tokenizer_dir
+
+    chosen = {}
+    for key, name, table in (("mask_coder", cfg.mask_coder, MASK_CODERS), ("pose_coder", cfg.pose_coder, POSE_CODERS)):
+        trained = [cls for cls in table.values() if hasattr(cls, "from_pretrained")]
+        if name == "auto":
+            found = [cls for cls in trained if (tokenizer_dir(out, cls.part) / "config.json").is_file()]
+            name = found[0].name if found else "grid"
+        if name not in table:
+            raise ValueError(f"unknown {key} {name!r}; known: auto, {', '.join(sorted(table))}")
+        cls = table[name]
+        if not hasattr(cls, "from_pretrained"):
+            chosen[key] = (name, None)
+            continue
+        folder = tokenizer_dir(out, cls.part)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{key} {name!r} needs the trained {cls.part} tokenizer in {folder}: train it "
+                                    f"first (configs/tokenizers/{cls.config_file}) or use grid")
+        chosen[key] = (name, cls.from_pretrained(folder))
+        log.info("%s: %s from %s", key, name, folder)
+    return chosen
 
 
 def load_values(corpus: str, modalities: list[str] | None, limit: int | None, progress: bool = True):
@@ -162,6 +194,7 @@ def instance_ious(ids: np.ndarray, decoded: np.ndarray) -> list[float]:
 def run(cfg: Config, out: Path, progress: bool = True) -> dict:
     """Learn the vocabulary from ``cfg.corpus`` and save one tokenizer per sequence modality under ``out``."""
     from fourm.io import write_json
+    from fourm.tokenization.serializers import SERIALIZERS
     from fourm.tokenization.text import SequenceTokenizer, TextConfig
 
     if cfg.corpus is None:
@@ -170,11 +203,17 @@ def run(cfg: Config, out: Path, progress: bool = True) -> dict:
     texts = training_text(values, manifest, cfg.extra_text)
     pieces = learn_pieces(texts, cfg)
     image_size = max(np.asarray(values["sam_instance"][0]).shape) if values.get("sam_instance") else 64
-    stats: dict = {"training_texts": len(texts), "learned_pieces": 0}
+    coders = resolve_coders(cfg, Path(out))
+    stats: dict = {"training_texts": len(texts), "learned_pieces": 0,
+                   **{key: name for key, (name, _) in coders.items()}}
     for modality, vals in values.items():
+        # a trained coder goes only where the serializer uses it; elsewhere the name stays grid
+        used = {key: coders[key] if key in SERIALIZERS[modality].__dataclass_fields__ else ("grid", None)
+                for key in coders}
         tok = SequenceTokenizer.from_vocabulary(
-            TextConfig(modality, cfg.vocab_size, cfg.num_mask_codes, cfg.num_pose_codes, cfg.mask_coder,
-                       cfg.pose_coder, image_size), pieces)
+            TextConfig(modality, cfg.vocab_size, cfg.num_mask_codes, cfg.num_pose_codes, used["mask_coder"][0],
+                       used["pose_coder"][0], image_size), pieces,
+            **{key: coder for key, (_, coder) in used.items() if coder is not None})
         tok.save_pretrained(Path(out) / modality)
         stats["vocab_size"] = tok.vocab_size
         stats["learned_pieces"] = sum(not tok.id_to_token(i).startswith("[unused")

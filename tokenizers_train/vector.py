@@ -28,7 +28,7 @@ import torch
 from fourm.modalities import MODALITIES
 from fourm.tokenization.mlp_vqvae import NUM_KEYPOINTS, VectorVQVAE, VectorVQVAEConfig, values_to_vectors
 from fourm.train.loop import TrainConfig
-from tokenizers_train.data import index_batches, load_series
+from tokenizers_train.data import index_batches, load_series, tokenizer_dir
 
 
 @dataclass
@@ -142,11 +142,6 @@ def load_vectors(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"{cfg.corpus}: only {len(people)} people in {m.source}, too few to train a pose tokenizer")
     x = values_to_vectors(people, m)
     return x[:-held_out], x[-held_out:]
-
-
-def tokenizer_dir(out: str | Path, key: str) -> Path:
-    """Where the tokenizer ``key`` is saved in the tokenizers folder ``out``."""
-    return Path(out) / key if key in MODALITIES else Path(out) / "parts" / key
 
 
 def run(cfg: Config, out: Path, progress: bool = True) -> VectorVQVAE:

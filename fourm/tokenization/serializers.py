@@ -23,9 +23,10 @@ human_poses    ``v0..v3`` box of the person + ``pose=k`` codes of its keypoints 
                from a :class:`PoseCoder`; largest people first
 =============  ===========================================================================================
 
-The mask and pose tokenizers of the reference are VQ-VAEs trained elsewhere; they plug in through
-the :class:`MaskCoder` / :class:`PoseCoder` protocols. :class:`GridMaskCoder` and
-:class:`GridPoseCoder` are exact-by-construction fallbacks so both modalities always round-trip.
+The mask and pose tokenizers plug in through the :class:`MaskCoder` / :class:`PoseCoder` protocols
+and the ``MASK_CODERS`` / ``POSE_CODERS`` registries: the trained VQ-VAEs of the reference
+(:mod:`fourm.tokenization.coders`, ``vqvae``), and :class:`GridMaskCoder` and :class:`GridPoseCoder`
+(``grid``), exact-by-construction fallbacks so both modalities always round-trip without training.
 """
 
 from __future__ import annotations
@@ -449,6 +450,24 @@ def resize_mask(mask: np.ndarray, height: int, width: int, decoding: bool = Fals
     return np.asarray(img) >= 0.5
 
 
+def instance_masks(ids: np.ndarray) -> list[tuple[list[float], np.ndarray]]:
+    """An instance id map (H, W) (0 = none) -> per instance its box ``[x0, y0, x1, y1]`` in [0, 1] and
+    its bool mask cropped to the box; largest instances first, equal areas by id."""
+    from scipy import ndimage
+
+    ids = np.asarray(ids)
+    if ids.ndim != 2:
+        raise ValueError(f"sam_instance: expected an id map (H, W), got shape {ids.shape}")
+    h, w = ids.shape
+    found = []
+    for label, spans in enumerate(ndimage.find_objects(ids.astype(np.int64)), start=1):
+        if spans is not None:
+            mask = ids[spans] == label
+            found.append((-int(mask.sum()), label, spans, mask))
+    found.sort(key=lambda f: f[:2])
+    return [([xs.start / w, ys.start / h, xs.stop / w, ys.stop / h], mask) for _, _, (ys, xs), mask in found]
+
+
 def _pixel_span(lo: float, hi: float, size: int) -> tuple[int, int]:
     a = min(max(int(round(lo * size)), 0), size - 1)
     return a, min(max(int(round(hi * size)), a + 1), size)
@@ -464,28 +483,12 @@ class SamInstanceSerializer(_Base):
     image_size: int = 64
 
     def to_units(self, ids: np.ndarray) -> list[list[str]]:
-        from scipy import ndimage
-
-        ids = np.asarray(ids)
-        if ids.ndim != 2:
-            raise ValueError(f"sam_instance: expected an id map (H, W), got shape {ids.shape}")
-        h, w = ids.shape
-        found = []
-        for label, spans in enumerate(ndimage.find_objects(ids.astype(np.int64)), start=1):
-            if spans is None:
-                continue
-            mask = ids[spans] == label
-            found.append((-int(mask.sum()), label, spans, mask))
+        found = instance_masks(ids)
         if not found:
             return []
-        found.sort(key=lambda f: f[:2])
         s = self.mask_coder.mask_size
-        codes = self.mask_coder.encode(np.stack([resize_mask(m, s, s) for *_, m in found]))
-        units = []
-        for (_, _, (ys, xs), _), row in zip(found, codes, strict=True):
-            box = [xs.start / w, ys.start / h, xs.stop / w, ys.stop / h]
-            units.append(box_tokens(box) + [f"mask={int(c)}" for c in row])
-        return units
+        codes = self.mask_coder.encode(np.stack([resize_mask(m, s, s) for _, m in found]))
+        return [box_tokens(box) + [f"mask={int(c)}" for c in row] for (box, _), row in zip(found, codes, strict=True)]
 
     def from_tokens(self, tokens: list[str]) -> np.ndarray:
         n, size = self.mask_coder.tokens_per_mask, self.image_size

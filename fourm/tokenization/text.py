@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from fourm.modalities import get_modality
 from fourm.pretrained import CONFIG_NAME, FORMAT_VERSION, read_config, register_pretrained, resolve_path
+from fourm.tokenization import coders as _coders  # noqa: F401  (registers the trained mask and pose coders)
 from fourm.tokenization.serializers import (
     MASK_CODERS,
     MAX_COLORS,
@@ -68,9 +69,11 @@ class TextConfig:
         modality: sequence modality key (caption, det, color_palette, metadata, sam_instance, human_poses).
         vocab_size: ids in the vocabulary (reserved + learned + ``[unused_k]`` padding): the embedding size.
         num_mask_codes / num_pose_codes: code tokens reserved for the mask and pose tokenizers.
-        mask_coder / pose_coder: names in ``MASK_CODERS`` / ``POSE_CODERS``, built with the number of codes.
-            A coder handed to :class:`SequenceTokenizer` replaces the named one; registered under its
-            ``name`` it is rebuilt on loading too.
+        mask_coder / pose_coder: names in ``MASK_CODERS`` / ``POSE_CODERS``: ``grid`` is built from the
+            number of codes; ``vqvae`` is a trained model (:mod:`fourm.tokenization.coders`) handed to
+            :class:`SequenceTokenizer` and saved with it in ``<folder>/mask_coder`` / ``pose_coder``.
+            A coder handed over replaces the named one; registered under its ``name`` it is rebuilt on
+            loading too.
         image_size: side of the id maps ``sam_instance`` decodes to.
     """
 
@@ -91,6 +94,13 @@ class TextConfig:
         floor = len(reserved_tokens(self.num_mask_codes, self.num_pose_codes)) + len(alphabet())
         if self.vocab_size < floor:
             raise ValueError(f"vocab_size {self.vocab_size} is below the {floor} reserved and alphabet tokens")
+
+
+def _untrained_coder(kind: str, cls: type, num_codes: int):
+    if hasattr(cls, "from_pretrained"):
+        raise ValueError(f"the {kind} coder {cls.name!r} is a trained model: pass {kind}_coder= (e.g. "
+                         f"{cls.__name__}.from_pretrained(<tokenizers>/parts/{cls.part})) or load a saved tokenizer")
+    return cls(num_codes)
 
 
 def reserved_tokens(num_mask_codes: int = 1024, num_pose_codes: int = 1024) -> list[str]:
@@ -179,8 +189,8 @@ class SequenceTokenizer:
             i for i, t in enumerate(self._tokens) if t.startswith("[unused")}
         # ids no word piece may extend: specials, sentinels, value and code tokens (field names are words)
         self._whole = set(range(len(reserved) - len(METADATA_FIELDS)))
-        self.mask_coder = mask_coder or MASK_CODERS[config.mask_coder](config.num_mask_codes)
-        self.pose_coder = pose_coder or POSE_CODERS[config.pose_coder](config.num_pose_codes)
+        self.mask_coder = mask_coder or _untrained_coder("mask", MASK_CODERS[config.mask_coder], config.num_mask_codes)
+        self.pose_coder = pose_coder or _untrained_coder("pose", POSE_CODERS[config.pose_coder], config.num_pose_codes)
         for coder, room in ((self.mask_coder, config.num_mask_codes), (self.pose_coder, config.num_pose_codes)):
             if coder.vocab_size > room:
                 raise ValueError(f"{type(coder).__name__} has {coder.vocab_size} codes, the vocabulary {room}")
@@ -297,6 +307,9 @@ class SequenceTokenizer:
         with atomic_dir(path) as tmp:
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
             self._vocab.save(str(tmp / TOKENIZER_NAME))
+            for kind, coder in (("mask", self.mask_coder), ("pose", self.pose_coder)):
+                if hasattr(coder, "save_pretrained"):  # trained coders travel with the tokenizer
+                    coder.save_pretrained(tmp / f"{kind}_coder")
         return Path(path)
 
     @classmethod
@@ -310,14 +323,24 @@ class SequenceTokenizer:
         saved = read_config(path)
         if saved["class"] != cls.pretrained_name:
             raise ValueError(f"{path} holds a {saved['class']}, not a {cls.pretrained_name}")
-        return cls(build_config(TextConfig, saved["config"]), Tokenizer.from_file(str(path / TOKENIZER_NAME)))
+        config = build_config(TextConfig, saved["config"])
+        trained = {}
+        for kind, name, table in (("mask", config.mask_coder, MASK_CODERS), ("pose", config.pose_coder, POSE_CODERS)):
+            if hasattr(table[name], "from_pretrained"):
+                if not (path / f"{kind}_coder").is_dir():
+                    raise FileNotFoundError(f"{path}: the config names the trained {kind} coder {name!r} "
+                                            f"but {kind}_coder/ is missing")
+                trained[f"{kind}_coder"] = table[name].from_pretrained(path / f"{kind}_coder")
+        return cls(config, Tokenizer.from_file(str(path / TOKENIZER_NAME)), **trained)
 
     @classmethod
-    def from_vocabulary(cls, config: TextConfig | str, learned: list[str]) -> SequenceTokenizer:
-        """A tokenizer from learned word pieces (most useful first): reserved + alphabet + ``learned`` + padding."""
+    def from_vocabulary(cls, config: TextConfig | str, learned: list[str], **coders) -> SequenceTokenizer:
+        """A tokenizer from learned word pieces (most useful first): reserved + alphabet + ``learned`` + padding;
+        ``coders``: ``mask_coder`` / ``pose_coder`` as for the constructor."""
         config = TextConfig(config) if isinstance(config, str) else config
         vocab = build_vocabulary(learned, config.vocab_size, config.num_mask_codes, config.num_pose_codes)
-        return cls(config, new_tokenizer(vocab, reserved_tokens(config.num_mask_codes, config.num_pose_codes)))
+        return cls(config, new_tokenizer(vocab, reserved_tokens(config.num_mask_codes, config.num_pose_codes)),
+                   **coders)
 
     def __repr__(self) -> str:
         return (f"SequenceTokenizer({self.modality!r}, vocab_size={self.vocab_size}, "

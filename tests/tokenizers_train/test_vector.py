@@ -101,3 +101,14 @@ def test_pose_tokenizer_round_trips_a_skeleton_after_a_short_run(tmp_path):
     height = person["box"][3] - person["box"][1]
     assert err.mean() < 0.12 * height, f"mean keypoint error {err.mean():.4f} for a person {height:.2f} tall"
     assert torch.equal(loaded.encode([person]), model.encode([person]))
+
+    # the wordpiece family finds it in parts/ and the human_poses tokenizer writes its codes
+    text = Path(__file__).parents[2] / "configs" / "tokenizers" / "text.yaml"
+    stats = train_tokenizer(text, corpus, out, ["min_frequency=1"], progress=False)
+    assert stats["pose_coder"] == "vqvae" and stats["mask_coder"] == "grid"
+    poses = load_tokenizers(out)["human_poses"]
+    (row,) = poses.encode([[person]])
+    assert len(row) == 4 + 8 + 1 and poses.id_to_token(row[4]).startswith("pose=")
+    (back,) = poses.decode([row])[0]
+    err = np.linalg.norm(np.array(back["keypoints"])[:, :2] - np.array(person["keypoints"])[:, :2], axis=1)
+    assert err.mean() < 0.12 * height
