@@ -31,22 +31,22 @@ def corpus_key(key: str) -> str:
     raise ValueError(f"unknown modality {key!r}; known: {', '.join(sorted({*CORPUS, *MODALITIES}))}")
 
 
-def read_input(spec: str) -> tuple[str, Any]:
+def read_input(spec: str, flag: str = "--input") -> tuple[str, Any]:
     """``key=value`` -> (key, raw value): a file (image, .json, .txt, .npy) read in the corpus'
-    units, or, for text modalities, the literal text."""
+    units, or, for text modalities, the literal text. ``flag`` names the option in errors."""
     from fourm.data.codecs import CorruptSampleError, decode
 
     key, sep, text = spec.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ValueError(f"--input {spec!r} is not of the form modality=value")
+        raise ValueError(f"{flag} {spec!r} is not of the form modality=value")
     source = corpus_key(key)
     storage = CORPUS[source].storage
     path = Path(text).expanduser()
     if not path.is_file():
         if storage.ext == "txt":
             return key, text
-        raise ValueError(f"--input {key}: {text!r} is not a readable file")
+        raise ValueError(f"{flag} {key}: {text!r} is not a readable file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
@@ -63,8 +63,8 @@ def read_input(spec: str) -> tuple[str, Any]:
             with Image.open(path) as image:
                 return key, np.asarray(image.convert("RGB" if storage.channels == 3 else "L"))
     except (OSError, ValueError, CorruptSampleError) as e:
-        raise ValueError(f"--input {key}: cannot read {path}: {str(e).splitlines()[0]}") from None
-    raise ValueError(f"--input {key}: {path} is not an image, .json, .txt or .npy file")
+        raise ValueError(f"{flag} {key}: cannot read {path}: {str(e).splitlines()[0]}") from None
+    raise ValueError(f"{flag} {key}: {path} is not an image, .json, .txt or .npy file")
 
 
 def parse_targets(pipe: Pipeline, targets: list[str], schedule: str | os.PathLike | None,
