@@ -446,52 +446,17 @@ def read_samples(corpus: str | os.PathLike, keys: list[str], modalities: list[st
 
 # ----------------------------------------------------------------------------- the `fourm retrieve` job
 def parse_query(items: list[str]) -> dict:
-    """``["caption=a red cube", "rgb=photo.png"]`` -> one query sample in corpus units: images are
-    read from files, JSON modalities parsed from a file or inline, text taken as it is."""
-    from fourm.modalities import CORPUS
+    """``["caption=a red cube", "rgb=photo.png"]`` -> one query sample in corpus units (files read as
+    ``fourm generate`` reads its ``--input``)."""
+    from fourm.generation.output import read_input
 
+    if not items:
+        raise ValueError("no query: give --query modality=value")
     sample = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not value:
-            raise ValueError(f"query {item!r} is not of the form modality=value (caption=\"...\", rgb=img.png)")
-        source = _corpus_key(key)
-        if source not in CORPUS:
-            raise LookupError(f"unknown query modality {key!r}; known: {', '.join(sorted({*CORPUS, *MODALITIES}))}")
-        sample[key] = _QUERY_READERS[CORPUS[source].storage.ext](value, CORPUS[source].storage)
-    if not sample:
-        raise ValueError("no query: give --query modality=value")
+        key, value = read_input(item, "--query")
+        sample[key] = value
     return sample
-
-
-def _read_png(value: str, storage) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        image = Image.open(value)
-        image.load()
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-        raise FileNotFoundError(f"cannot read image {value}: {type(e).__name__}") from None
-    array = np.asarray(image.convert("RGB" if storage.channels == 3 else "L"))
-    return array if storage.scale is None else array.astype(np.float32) / storage.scale - storage.offset
-
-
-def _read_json(value: str, storage):
-    text = Path(value).read_text() if Path(value).is_file() else value
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        raise ValueError(f"{value[:40]!r} is neither a JSON file nor inline JSON") from None
-
-
-def _read_npy(value: str, storage) -> np.ndarray:
-    if not Path(value).is_file():
-        raise FileNotFoundError(f"no such .npy file: {value}")
-    return np.load(value, allow_pickle=False)
-
-
-_QUERY_READERS: dict[str, Callable] = {"png": _read_png, "json": _read_json, "npy": _read_npy,
-                                       "txt": lambda value, storage: value}
 
 
 def hits_grid(index: EmbeddingIndex, query: dict, hits: list[Hit], size: int = 160):

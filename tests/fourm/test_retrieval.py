@@ -194,7 +194,7 @@ def test_spec_errors():
         EmbeddingIndex([], torch.zeros(0, 4), {}).search(unit(1, 4))
     with pytest.raises(ValueError, match="not of the form"):
         parse_query(["caption"])
-    with pytest.raises(FileNotFoundError, match="cannot read image"):
+    with pytest.raises(ValueError, match="--query rgb: '/nonexistent.png' is not a readable file"):
         parse_query(["rgb=/nonexistent.png"])
 
 
@@ -236,10 +236,10 @@ def small(corpus, model, tokenizers, tmp_path_factory):
     (["index", "--corpus", "{root}/empty"], "gallery would be empty"),
     (["index", "steps=x"], "steps"),
     (["index", "depth=3"], "unknown setting 'depth'"),
-    (["retrieve", "--query", "nope=1"], "unknown query modality 'nope'"),
+    (["retrieve", "--query", "nope=1"], "unknown modality 'nope'"),
     (["retrieve", "--query", "caption=a cube", "--backend", "annoy"], "unknown search backend 'annoy'"),
     (["retrieve", "--query", "caption=a cube", "--model", "{root}/other"], "another model"),
-    (["retrieve", "--query", "rgb={root}/missing.png"], "cannot read image"),
+    (["retrieve", "--query", "rgb={root}/missing.png"], "is not a readable file"),
     (["retrieve", "--index", "{root}", "--query", "caption=a cube"], "not an index"),
 ])
 def test_cli_one_line_errors(args, message, corpus, small, tmp_path, capsys):
