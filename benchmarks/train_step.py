@@ -152,7 +152,8 @@ class Runner:
         self.batches = [b.to(device) for b in batches]
         self.device = device
         self.optimizer = build_optimizer(self.model, TrainConfig())
-        self.forward = torch.compile(self.model) if compile else self.model
+        if compile:
+            self.model.compile()  # as the loop does: FourM compiles its blocks
         self.precision, self.compile = precision, compile
         self.flops = [model_flops(self.model, b) for b in self.batches]
         self.tokens = [int(b.enc_valid.sum() + b.dec_valid.sum()) for b in self.batches]
@@ -165,7 +166,7 @@ class Runner:
         i, self.i = self.i % len(self.batches), self.i + 1
         with Clock(self.device) as c:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                loss = self.forward(self.batches[i]).loss
+                loss = self.model(self.batches[i]).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.optimizer.step()

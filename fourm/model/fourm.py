@@ -186,6 +186,17 @@ class FourM(nn.Module, PretrainedMixin):
             raise ValueError(f"modality {name!r} is not one of this model's: {', '.join(self.names)}")
         return self.names.index(name)
 
+    def compile(self, **kwargs) -> None:
+        """``torch.compile`` each encoder and decoder block in place, not the whole model.
+
+        The embeddings, masks, checks and per-modality heads branch on the data (token counts per
+        modality, bad-input tests), which splits a whole-model graph into many pieces that each
+        compile; a block is one graph, and all blocks of a stack share it. Outside the blocks the
+        step is large matmuls (heads) and lookups, which compiling would not speed up.
+        """
+        for blk in [*self.encoder, *self.decoder]:
+            blk.compile(**kwargs)
+
     def num_params(self, trunk_only: bool = False) -> int:
         """Parameters; ``trunk_only`` counts the encoder and decoder blocks (the reference's sizes)."""
         modules = [self.encoder, self.decoder] if trunk_only else [self]

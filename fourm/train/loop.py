@@ -124,6 +124,8 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
     def autocast():
         return torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=use_bf16)
     model = task.build_model().to(accelerator.device)
+    if cfg.compile:  # in place, before DDP wraps it; a model may choose what to compile (FourM: its blocks)
+        model.compile()
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     step = 0
@@ -131,7 +133,6 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
     if ckpt is not None:
         step = load_checkpoint(ckpt, model, optimizer, scheduler)
     model, optimizer = accelerator.prepare(model, optimizer)
-    forward_model = torch.compile(model) if cfg.compile else model
     metrics = MetricsLog(out / "metrics.jsonl", keep_until=step, enabled=accelerator.is_main_process,
                          tensorboard=out / "tensorboard" if cfg.tensorboard else None)
 
@@ -143,7 +144,7 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
         model.train()
         for _ in range(cfg.grad_accum):
             with accelerator.accumulate(model), autocast():
-                loss, logs = task.loss(forward_model, next(batches))
+                loss, logs = task.loss(model, next(batches))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.grad_clip > 0:
                     logs["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)

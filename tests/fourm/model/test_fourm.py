@@ -314,3 +314,22 @@ def test_bad_inputs_have_clear_errors():
         model(replace(batch, dec_mod=batch.dec_mod[:, :5]))
     with pytest.raises(ValueError, match="not one of this model's"):
         model.modality_index("tok_normal")
+
+
+@pytest.mark.slow
+def test_compiled_blocks_give_the_eager_loss_and_gradients():
+    """``compile()`` (what ``train.compile=true`` calls) compiles the blocks in place: same numbers,
+    same parameter names (checkpoints are interchangeable), no graph per layer."""
+    from torch._dynamo.utils import counters
+
+    batch = random_batch(tiny_config())
+    eager, compiled = make_model(), make_model()
+    compiled.compile()
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    counters.clear()
+    for model in (eager, compiled):
+        model(batch).loss.backward()
+    torch.testing.assert_close(compiled(batch).loss, eager(batch).loss)
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert counters["stats"]["unique_graphs"] <= 2  # one encoder block, one decoder block
