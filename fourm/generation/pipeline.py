@@ -14,6 +14,7 @@ hold ``[MASK]`` where a span is to be filled.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -261,8 +262,11 @@ class Pipeline:
                 for t in schedule}
 
     def _target_entry(self, target: str | Target | dict):
+        """Model keys for a target's modality and for the conditions its guidance weighs."""
         if isinstance(target, str):
             return self.target_key(target)
-        if isinstance(target, dict):
-            return {**target, "modality": self.target_key(target["modality"])}
-        return target
+        entry = dataclasses.asdict(target) if isinstance(target, Target) else dict(target)
+        entry["modality"] = self.target_key(entry["modality"])
+        weights = entry.get("condition_weights") or {}
+        entry["condition_weights"] = {self.model_keys(k)[0]: w for k, w in weights.items()}
+        return entry

@@ -48,13 +48,14 @@ def guided_logits(model: FourM, state: GenerationState, name: str, guidance: Gui
 
     -> rows (n, 2) as (sample, query column) of the valid queries in row-major order, logits (n, K).
     """
-    enc = state.encoder_batch(guidance.variants, target=name)
+    device = model.embed.mask_token.device
+    enc = state.encoder_batch(guidance.variants, target=name).to(device)
     memory, memory_valid = model.encode(enc)
-    batch = with_queries(enc, model.modality_index(name), pos, valid)
+    batch = with_queries(enc, model.modality_index(name), pos.to(device), valid.to(device))
     hidden = model.decode(batch, memory, memory_valid)
     out = model.logits(hidden, batch.dec_mod, batch.dec_valid)[name]
-    logits = guidance.combine(out.logits)
-    index = out.index[: len(logits)]  # the first variant's rows: (b, q) of each valid query
+    logits = guidance.combine(out.logits).cpu()  # sampled on the CPU: one seeded generator for every device
+    index = out.index[: len(logits)].cpu()  # the first variant's rows: (b, q) of each valid query
     return torch.stack([index // pos.shape[1], index % pos.shape[1]], 1), logits
 
 
@@ -153,26 +154,27 @@ def autoregressive(model: FourM, state: GenerationState, target: Target, generat
     spec = state.specs[name]
     templates = _templates(state, name)
     state.seqs[name] = templates  # partial inputs (with sentinels) are read by the encoder
-    enc = state.encoder_batch(guidance.variants, target=name)
+    device = model.embed.mask_token.device
+    enc = state.encoder_batch(guidance.variants, target=name).to(device)
     memory, memory_valid = model.encode(enc)
     mod = model.modality_index(name)
     rows = enc.enc_ids.shape[0]
     length = target.max_tokens or spec.tokens
     cache = model.start_decoding(memory, memory_valid) if use_cache else None
-    prefix = torch.full((rows, 1), specials.sos, dtype=torch.long)
+    prefix = torch.full((rows, 1), specials.sos, dtype=torch.long, device=device)
     out = torch.zeros(state.batch_size, 0, dtype=torch.long)
     done = torch.zeros(state.batch_size, dtype=torch.bool)
     for t in range(length):
         if use_cache:
-            pos = torch.full((rows, 1), t, dtype=torch.long)
+            pos = torch.full((rows, 1), t, dtype=torch.long, device=device)
             logits = model.decode_step(cache, prefix[:, -1:], name, pos)[name].logits
         else:
-            pos = torch.arange(t + 1).expand(rows, -1)
             b = state.batch_size
-            batch = with_queries(enc, mod, pos[:b], torch.ones(b, t + 1, dtype=torch.bool), ids=prefix[:b])
+            pos = torch.arange(t + 1, device=device).expand(b, -1)
+            batch = with_queries(enc, mod, pos, torch.ones_like(pos, dtype=torch.bool), ids=prefix[:b])
             hidden = model.decode(batch, memory, memory_valid)[:, -1:]
             logits = model.logits(hidden, batch.dec_mod[:, -1:])[name].logits
-        logits = guidance.combine(logits)
+        logits = guidance.combine(logits).cpu()
         if t < target.min_tokens:
             logits[:, specials.eos] = -float("inf")
         temperature = temperature_at(t, length, target.temperature, target.temperature_schedule)
@@ -182,7 +184,7 @@ def autoregressive(model: FourM, state: GenerationState, target: Target, generat
         done |= token == specials.eos
         if done.all():
             break
-        prefix = torch.cat([prefix, token.repeat(len(guidance.variants))[:, None]], 1)
+        prefix = torch.cat([prefix, token.repeat(len(guidance.variants))[:, None].to(device)], 1)
     generated = [row[: row.index(specials.eos) + 1] if specials.eos in row else row for row in out.tolist()]
     state.seqs[name] = [merge_spans(tpl, gen, specials.sentinels, specials.eos, spec.tokens)
                         for tpl, gen in zip(templates, generated, strict=True)]

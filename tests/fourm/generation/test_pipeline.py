@@ -58,6 +58,9 @@ def test_partial_token_inputs_and_a_batch_of_different_samples(pipe):
     assert out["tok_rgb"].tokens[0, :5].tolist() == [1, 2, 3, 4, 5]
     assert out["caption"].tokens[0] == pipe.tokenizers["caption"].encode(["a cube"])[0]  # given whole: kept
     assert out["caption"].values[1].startswith("a ") and out["caption"].values[1].endswith("sphere")
+    weighed = pipe.generate({"rgb": np.zeros((32, 32, 3), np.uint8), "caption": "a cube"},
+                            [Target("depth", steps=2, condition_weights={"rgb": 1.5, "caption": 0.5})], seed=0)
+    assert weighed["tok_depth"].tokens.shape == (1, 16)
 
 
 def test_wrong_requests_get_one_clear_error(pipe):

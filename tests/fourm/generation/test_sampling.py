@@ -65,3 +65,12 @@ def test_same_generator_seed_draws_the_same_tokens():
     c = sample(logits, 1.0, top_p=0.8, generator=torch.Generator().manual_seed(4))[0]
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert math.isfinite(float(sample(logits, 0.5, top_k=5, top_p=0.5)[1].sum()))
+
+
+def test_draws_follow_the_distribution_and_never_pick_an_excluded_token():
+    probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    logits = probs.log().expand(40000, 4)
+    ids, logp = sample(logits, 1.0, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(ids, minlength=4).float() / len(ids)
+    assert freq[3] == 0 and torch.allclose(freq, probs, atol=0.01)
+    torch.testing.assert_close(logp, probs.log()[ids])

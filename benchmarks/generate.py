@@ -1,0 +1,123 @@
+"""Generation latency at the reference's tiny configuration (random weights: latency only).
+
+    python benchmarks/generate.py [--repeats 5] [--threads N] [--cases maskgit_b1,ar_32]
+
+FourM tiny (6+6 layers, width 384) over ``tok_rgb`` (196 tokens, vocabulary 16384) and ``caption``
+(vocabulary 30000). Cases: caption -> image tokens with MaskGIT 8 steps at batch 1 and 8, the same
+with classifier-free guidance 3.0, ROAR 8 steps, and an image -> caption left-to-right of 32 and 64
+tokens with the KV cache and without it (the decoder re-run over the whole prefix each token, as the
+public reference does). Rounds are interleaved (each round runs every case once) and the median over
+rounds is reported, so a load change on a shared machine hits every case alike; the 1-minute load
+average before and after is printed. Beside wall time, the process' CPU time: on a shared machine
+(here often 4-8 busy processes on 2 cores) a single-threaded run waits for the CPU much of its wall
+time, and its CPU time is what the same run takes on an idle core (up to memory-bandwidth
+contention). Reference figures (the public implementation on this machine) are printed beside ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from fourm.generation import GenerationState, Target, build_schedule, generate
+from fourm.modalities import ModalityScale
+from fourm.model.sizes import create_model
+
+CAPTION_TOKENS = 24  # a caption of ~20 words
+
+
+@dataclass
+class Case:
+    name: str
+    run: Callable[[], object]
+    per_token: int = 0  # > 0: report ms per token over this many tokens
+    reference: str = ""  # the public implementation, this machine
+
+
+def build_cases(model) -> list[Case]:
+    g = torch.Generator().manual_seed(0)
+    specs = model.specs
+
+    def caption_state(batch: int) -> GenerationState:
+        state = GenerationState(specs, batch)
+        ids = torch.randint(300, 30000, (batch, CAPTION_TOKENS - 1), generator=g)
+        state.set_sequence("caption", [[*row, 3] for row in ids.tolist()])
+        return state
+
+    def image_state() -> GenerationState:
+        state = GenerationState(specs, 1)
+        state.set_grid("tok_rgb", torch.randint(0, 16384, (1, 196), generator=g))
+        return state
+
+    def to_image(batch: int, **target) -> Callable[[], object]:
+        schedule = build_schedule([Target("tok_rgb", steps=8, **target)], specs, ["caption"])
+        return lambda: generate(model, caption_state(batch), schedule, seed=0)
+
+    def to_caption(length: int, use_cache: bool) -> Callable[[], object]:
+        from fourm.generation import sampler
+
+        target = build_schedule([Target("caption", max_tokens=length, min_tokens=length)], specs, ["tok_rgb"])[0]
+
+        def run():
+            with torch.no_grad():
+                sampler.autoregressive(model, image_state(), target, torch.Generator().manual_seed(0), use_cache)
+        return run
+
+    return [
+        Case("maskgit 8 steps, b1", to_image(1), reference="2.0 s"),
+        Case("maskgit 8 steps, b8", to_image(8), reference="18 s"),
+        Case("maskgit 8 steps, b1, guidance 3", to_image(1, guidance=3.0), reference="3.6 s"),
+        Case("roar 8 steps, b1", to_image(1, scheme="roar"), reference="0.72 s"),
+        Case("ar caption 32, cached", to_caption(32, True), per_token=32, reference="61-67 ms/token (no cache)"),
+        Case("ar caption 64, cached", to_caption(64, True), per_token=64, reference="61-67 ms/token (no cache)"),
+        Case("ar caption 32, uncached", to_caption(32, False), per_token=32, reference="61-67 ms/token"),
+        Case("ar caption 64, uncached", to_caption(64, False), per_token=64, reference="61-67 ms/token"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (after one warm-up round)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--cases", help="comma-separated substrings of case names to run")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = create_model("tiny", "tok_rgb,caption", ModalityScale(224, 16)).eval()
+    cases = build_cases(model)
+    if args.cases:
+        wanted = [c.strip() for c in args.cases.split(",")]
+        cases = [c for c in cases if any(w in c.name for w in wanted)]
+    load_before = os.getloadavg()[0]
+    times: dict[str, list[float]] = {c.name: [] for c in cases}
+    cpu: dict[str, list[float]] = {c.name: [] for c in cases}
+    for round_ in range(args.repeats + 1):
+        for case in cases:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            case.run()
+            if round_:  # round 0 warms up
+                times[case.name].append(time.perf_counter() - start)
+                cpu[case.name].append(time.process_time() - start_cpu)
+    load_after = os.getloadavg()[0]
+    print(f"FourM tiny ({model.num_params(trunk_only=True) / 1e6:.1f}M trunk), tok_rgb 196 x 16384, caption 30000; "
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} cpus, load {load_before:.1f} -> {load_after:.1f}; "
+          f"median of {args.repeats}")
+    print(f"{'case':34} {'wall median':>13} {'wall min':>13} {'CPU median':>13}   reference")
+    for case in cases:
+        figures = (statistics.median(times[case.name]), min(times[case.name]), statistics.median(cpu[case.name]))
+        if case.per_token:
+            shown = [f"{1000 * x / case.per_token:.1f} ms/tok" for x in figures]
+        else:
+            shown = [f"{x:.3f} s" for x in figures]
+        print(f"{case.name:34} {shown[0]:>13} {shown[1]:>13} {shown[2]:>13}   {case.reference}")
+
+
+if __name__ == "__main__":
+    main()
