@@ -53,7 +53,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -85,6 +85,8 @@ class EmbedSpec:
         temperature: 0 takes the argmax token (deterministic vectors); above 0 samples.
         batch_size: samples per forward pass.
         device: torch device of the model.
+        labeller: ``{"name", "settings"}`` of the ``labeller`` embedder (default: the series' default
+            labeller with default settings); an index records the one its corpus used.
     """
 
     modality: str = "tok_caption_global"
@@ -96,6 +98,7 @@ class EmbedSpec:
     temperature: float = 0.0
     batch_size: int = 32
     device: str = "cpu"
+    labeller: dict[str, Any] | None = None
 
     def __post_init__(self):
         m = get_modality(self.modality)  # unknown name: the registry's one-line error
@@ -171,27 +174,42 @@ def embed_corpus(samples: list[dict], spec: EmbedSpec) -> Tensor:
 @embedder("labeller")
 def embed_labeller(samples: list[dict], spec: EmbedSpec) -> Tensor:
     """Runs the labeller that makes the modality's series (MiniLM for ``caption_global``, DINOv2 for
-    ``dinov2_global``) on raw samples: the query's own vector, made as the corpus made the gallery's."""
-    from fourm.modalities import CORPUS
-
-    labeller = _labeller(CORPUS[spec.source].labeller, spec.source)
+    ``dinov2_global``) on raw samples, with the settings the gallery's corpus recorded (``spec.labeller``):
+    the query's own vector, made as the corpus made the gallery's."""
+    labeller = _labeller(spec.source, json.dumps(spec.labeller or {}, sort_keys=True))
     _missing(samples, labeller.needs, f"embedder 'labeller' ({labeller.name} for {spec.source})")
     return normalize(np.stack([np.asarray(out[spec.source], np.float32) for out in labeller.label(samples)]))
 
 
 @functools.cache
-def _labeller(name: str | None, source: str):
+def _labeller(source: str, described: str):
+    from fourm.modalities import CORPUS
     from pseudolabel.registry import lookup
 
+    described = json.loads(described)
+    name = described.get("name") or CORPUS[source].labeller
     if name is None:
         raise ValueError(f"no labeller makes {source}: embed queries with the model instead")
-    cls = lookup("labeller", name)
-    ok, why = cls.available()
+    labeller = lookup("labeller", name)(**described.get("settings", {}))
+    ok, why = labeller.available()
     if not ok:
-        raise ValueError(why)
-    labeller = cls()
-    labeller.setup({})
+        raise ValueError(f"labeller {name} for {source}: {why}")
+    try:
+        labeller.setup({})
+    except Exception as e:  # weights that do not load (moved, not downloaded): one line, not a traceback
+        raise ValueError(f"labeller {name} for {source} cannot start: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
     return labeller
+
+
+def corpus_labeller(corpus: str | os.PathLike, series: str) -> dict | None:
+    """``{"name", "settings"}`` of the labeller that made ``series`` in ``corpus`` (None: the source's own)."""
+    from fourm.data.corpus import read_manifest
+
+    manifest = read_manifest(corpus)
+    name = manifest["modalities"].get(series, {}).get("labeller")
+    entry = next((e for e in manifest.get("labellers", []) if e["name"] == name), None)
+    return None if entry is None else {"name": name, "settings": entry.get("settings", {})}
 
 
 @embedder("model")
@@ -381,7 +399,7 @@ def build_index(corpus: str | os.PathLike, modality: str = "tok_caption_global",
         raise ValueError("an index from the model's predictions needs --model and --tokenizers")
     inputs = list(inputs or (["rgb"] if from_ == "model" else []))
     spec = EmbedSpec(modality, from_, inputs if from_ == "model" else [], _absolute(model), _absolute(tokenizers),
-                     **settings)
+                     **settings, labeller=corpus_labeller(corpus, get_modality(modality).source))
     prints = _fingerprints(spec)
     series = [spec.source] if from_ == "corpus" else sorted({_corpus_key(m) for m in inputs})
     reader = CorpusReader(corpus, series)
@@ -410,7 +428,8 @@ def query_spec(index: EmbeddingIndex, embedder: str | None = None, inputs: list[
     model = _absolute(model) or saved["model"]
     tokenizers = _absolute(tokenizers) or saved["tokenizers"]
     spec = EmbedSpec(saved["modality"], embedder or index.info["query_embedder"], list(inputs or []), model,
-                     tokenizers, **{k: saved[k] for k in SETTINGS if k not in settings}, **settings)
+                     tokenizers, **{k: saved[k] for k in SETTINGS if k not in settings}, **settings,
+                     labeller=saved.get("labeller"))
     if spec.embedder == "model":
         if model is None or tokenizers is None:
             raise ValueError("this index records no model: pass --model and --tokenizers, or embed queries "

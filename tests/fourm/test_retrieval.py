@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from fourm.cli import main
-from fourm.data.corpus import CorpusReader, storage_entry, write_manifest
+from fourm.data.corpus import CorpusReader, storage_entry, write_manifest, write_shard
 from fourm.modalities import CORPUS, ModalityScale
 from fourm.model.sizes import create_model
 from fourm.retrieval import (
@@ -273,3 +273,42 @@ def test_evaluation_rows(corpus, model, tokenizers):
         [s["caption_global"] for s in CorpusReader(corpus, "caption_global")]), dtype=torch.float32), dim=1)
     assert rows[1]["recall"] == pytest.approx(recall_at_k(truth, index.vectors, ks=(1, 5)))
     assert "R@5" in format_rows(rows)
+
+
+# ----------------------------------------------------------------------------- DINOv2 globals
+@pytest.fixture(scope="module")
+def dinov2_setup(tmp_path_factory):
+    """A corpus whose dinov2_global vectors a (missing) DINOv2 checkpoint made, its tokenizer and a nano
+    model over rgb pixels: the tok_dinov2_global path without DINOv2 weights."""
+    root = tmp_path_factory.mktemp("dinov2")
+    rng = np.random.default_rng(0)
+    storages = {"rgb": CORPUS["rgb"].storage, "dinov2_global": CORPUS["dinov2_global"].storage}
+    samples = [{"__key__": f"d{i}", "rgb": rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8),
+                "dinov2_global": rng.normal(size=768).astype(np.float16)} for i in range(8)]
+    write_shard(root / "corpus", 0, samples, storages)
+    write_manifest(root / "corpus", {
+        "modalities": {"rgb": storage_entry(storages["rgb"]),
+                       "dinov2_global": storage_entry(storages["dinov2_global"], labeller="dinov2")},
+        "labellers": [{"name": "dinov2", "settings": {"model": str(root / "no-dinov2")}}]})
+    torch.manual_seed(0)
+    VectorVQVAE(VectorVQVAEConfig(**{**GLOBAL, "input_dim": 768}, modality="tok_dinov2_global",
+                                  source="dinov2_global")).save_pretrained(root / "tokenizers" / "tok_dinov2_global")
+    create_model("nano", "rgb,tok_dinov2_global", ModalityScale(SIDE, PATCH, vocab_sizes={"tok_dinov2_global": 16}),
+                 max_tokens={"tok_dinov2_global": 4}).save_pretrained(root / "model")
+    return root
+
+
+def test_dinov2_globals_without_dinov2_weights(dinov2_setup):
+    root = dinov2_setup
+    index = build_index(root / "corpus", "tok_dinov2_global", progress=False)
+    samples = list(CorpusReader(root / "corpus"))
+    assert [h[0].key for h in search_samples(index, samples, k=2, embedder="corpus")] == index.keys
+    # a raw image query needs DINOv2 itself, with the corpus' recorded checkpoint: a one-line refusal here
+    assert index.info["spec"]["labeller"]["settings"]["model"].endswith("no-dinov2")
+    with pytest.raises(ValueError, match="labeller dinov2 for dinov2_global cannot start"):
+        search_samples(index, [{"rgb": samples[0]["rgb"]}], embedder="labeller")
+    # the model route needs no DINOv2: rgb -> predicted tok_dinov2_global -> decoded 768-d vectors
+    index = build_index(root / "corpus", "tok_dinov2_global", "model", ["rgb"], root / "model", root / "tokenizers",
+                        progress=False)
+    assert index.vectors.shape == (8, 768)
+    assert search_samples(index, [{"rgb": samples[5]["rgb"]}], k=1)[0][0].score == pytest.approx(1.0, abs=1e-3)
