@@ -64,6 +64,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=256, help="held-out samples (gallery size)")
     p.add_argument("--modality", default="tok_caption_global")
     p.add_argument("--steps", type=int, default=1, help="MaskGIT steps of each prediction")
+    p.add_argument("--decode", default="argmax,expected", help="comma-separated: argmax (tokens) | expected (codes)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="write the rows here too")
@@ -72,14 +73,19 @@ def main() -> None:
     if args.model:
         from fourm.retrieval_eval import evaluate_retrieval, format_rows
 
-        start = time.perf_counter()
-        rows = evaluate_retrieval(args.model, args.tokenizers, args.corpus, args.limit, (1, 5, 10), args.modality,
-                                  progress=True, steps=args.steps, batch_size=args.batch_size, device=args.device)
-        print(f"model {args.model}, held-out {args.corpus}, {args.modality}, {args.steps} MaskGIT step(s), "
-              f"{time.perf_counter() - start:.0f} s")
-        print(format_rows(rows))
+        results = {}
+        for decode in [d for d in args.decode.split(",") if d]:
+            start = time.perf_counter()
+            rows = evaluate_retrieval(args.model, args.tokenizers, args.corpus, args.limit, (1, 5, 10), args.modality,
+                                      progress=True, steps=args.steps, batch_size=args.batch_size, device=args.device,
+                                      decode=decode)
+            print(f"model {args.model}, held-out {args.corpus}, {args.modality}, decode={decode}"
+                  f"{f' ({args.steps} MaskGIT step(s))' if decode == 'argmax' else ''}, "
+                  f"{time.perf_counter() - start:.0f} s")
+            print(format_rows(rows))
+            results[decode] = rows
         if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+            Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     if args.speed:
         search_speed(args.speed)
     if not args.model and not args.speed:

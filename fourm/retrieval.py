@@ -85,6 +85,8 @@ class EmbedSpec:
         temperature: 0 takes the argmax token (deterministic vectors); above 0 samples.
         batch_size: samples per forward pass.
         device: torch device of the model.
+        decode: ``argmax`` (tokens from MaskGIT, decoded) or ``expected`` (the decoded expectation of
+            each token's code under the predicted distribution; one forward pass).
         labeller: ``{"name", "settings"}`` of the ``labeller`` embedder (default: the series' default
             labeller with default settings); an index records the one its corpus used.
     """
@@ -98,6 +100,7 @@ class EmbedSpec:
     temperature: float = 0.0
     batch_size: int = 32
     device: str = "cpu"
+    decode: str = "argmax"
     labeller: dict[str, Any] | None = None
 
     def __post_init__(self):
@@ -106,6 +109,7 @@ class EmbedSpec:
             globals_ = ", ".join(k for k, v in MODALITIES.items() if v.kind is Kind.GLOBAL)
             raise ValueError(f"{self.modality} is not a global-embedding modality; retrieval uses one of: {globals_}")
         _lookup(EMBEDDERS, self.embedder, "embedder")
+        _lookup(DECODERS, self.decode, "decode")
         self.inputs = [_input_key(n) for n in self.inputs]
         if self.modality in self.inputs:
             raise ValueError(f"{self.modality} is the retrieval target: it cannot also be an input")
@@ -234,6 +238,11 @@ def _pipeline(model: str, tokenizers: str, device: str):
 
 def predict_vectors(pipeline, conditions: list[dict], spec: EmbedSpec) -> Tensor:
     """Raw conditions (one dict per sample) -> predicted, decoded vectors (B, C) of ``spec.modality``."""
+    return _lookup(DECODERS, spec.decode, "decode")(pipeline, conditions, spec)
+
+
+def _decode_tokens(pipeline, conditions: list[dict], spec: EmbedSpec) -> Tensor:
+    """MaskGIT picks tokens (argmax at temperature 0), the tokenizer decodes them."""
     from fourm.generation.schedule import Target
 
     target = Target(spec.modality, scheme="maskgit", steps=spec.steps, temperature=spec.temperature)
@@ -241,7 +250,36 @@ def predict_vectors(pipeline, conditions: list[dict], spec: EmbedSpec) -> Tensor
     return torch.as_tensor(np.stack([np.asarray(v, np.float32) for v in out[spec.modality].values]))
 
 
-SETTINGS = ("steps", "temperature", "batch_size", "device")  # what a caller may set beyond the paths
+@torch.no_grad()
+def _decode_expected(pipeline, conditions: list[dict], spec: EmbedSpec) -> Tensor:
+    """One forward pass gives every token's distribution; the tokenizer decodes the expected code
+    ``sum_v p(v) code(v)`` of each position. Unlike argmax tokens, near-certain and unsure predictions
+    differ, and two images rarely get the very same vector (no ties)."""
+    from einops import rearrange
+
+    from fourm.generation.sampler import guided_logits
+    from fourm.generation.schedule import Guidance
+
+    name, tokenizer = spec.modality, pipeline.tokenizers.get(spec.modality)
+    if not hasattr(tokenizer, "embed_ids") or not hasattr(tokenizer, "decode_latents"):
+        raise ValueError(f"decode=expected needs a code-space tokenizer for {name} (an MLP VQ-VAE)")
+    state = pipeline.state(conditions)
+    n = pipeline.specs[name].tokens
+    empty = torch.zeros(state.batch_size, n, dtype=torch.long)
+    state.set_grid(name, empty, torch.zeros_like(empty, dtype=torch.bool))
+    pos = torch.arange(n).expand(state.batch_size, n)
+    every = torch.ones_like(pos, dtype=torch.bool)
+    _, logits = guided_logits(pipeline.model, state, name, Guidance.plain(), pos, every)
+    # one codebook serves every token position: each id's code, read off position 0
+    codes = tokenizer.embed_ids(torch.arange(tokenizer.vocab_size)[:, None].expand(-1, n))[:, 0]  # (V, d)
+    probs = logits.float().softmax(-1).to(codes.device)  # (B * n, V), rows sample-major
+    return tokenizer.decode_latents(rearrange(probs @ codes, "(b n) d -> b n d", n=n)).float().cpu()
+
+
+DECODERS = {"argmax": _decode_tokens, "expected": _decode_expected}
+
+
+SETTINGS = ("steps", "temperature", "batch_size", "device", "decode")  # what a caller may set beyond the paths
 
 
 def parse_settings(overrides: list[str]) -> dict:

@@ -168,6 +168,23 @@ def test_model_index_holds_the_decoded_predictions(corpus, model, tokenizers):
     assert index.keys[3] in [h.key for h in hits if h.score > hits[0].score - 1e-4]
 
 
+def test_expected_decoding_of_a_certain_model_is_the_argmax_decoding(corpus, model, tokenizers, tmp_path):
+    certain = nano(0)
+    with torch.no_grad():  # logits x 1000: every distribution is (almost) one-hot at its argmax
+        certain.heads["tok_caption_global"].weight.mul_(1000)
+    certain.save_pretrained(tmp_path / "certain")
+    samples = [{"rgb": s["rgb"]} for s in CorpusReader(corpus, "rgb")]
+
+    def vectors(folder, decode):
+        return embed(samples, EmbedSpec(embedder="model", inputs=["rgb"], model=str(folder),
+                                        tokenizers=str(tokenizers), decode=decode))
+
+    assert torch.allclose(vectors(tmp_path / "certain", "argmax"), vectors(tmp_path / "certain", "expected"), atol=1e-3)
+    # the same weights unscaled (an unsure model): the expectation is not the argmax code
+    unsure = vectors(model, "expected")
+    assert unsure.shape == (10, 384) and not torch.allclose(unsure, vectors(model, "argmax"), atol=1e-2)
+
+
 def test_queries_refuse_another_model(corpus, model, tokenizers, tmp_path):
     index = build_index(corpus, from_="model", model=model, tokenizers=tokenizers, limit=4, progress=False)
     other = tmp_path / "other"
