@@ -466,7 +466,7 @@ def query_spec(index: EmbeddingIndex, embedder: str | None = None, inputs: list[
     model = _absolute(model) or saved["model"]
     tokenizers = _absolute(tokenizers) or saved["tokenizers"]
     spec = EmbedSpec(saved["modality"], embedder or index.info["query_embedder"], list(inputs or []), model,
-                     tokenizers, **{k: saved[k] for k in SETTINGS if k not in settings}, **settings,
+                     tokenizers, **{k: saved[k] for k in SETTINGS if k in saved and k not in settings}, **settings,
                      labeller=saved.get("labeller"))
     if spec.embedder == "model":
         if model is None or tokenizers is None:
