@@ -11,7 +11,11 @@ rounds is reported, so a load change on a shared machine hits every case alike; 
 average before and after is printed. Beside wall time, the process' CPU time: on a shared machine
 (here often 4-8 busy processes on 2 cores) a single-threaded run waits for the CPU much of its wall
 time, and its CPU time is what the same run takes on an idle core (up to memory-bandwidth
-contention). Reference figures (the public implementation on this machine) are printed beside ours.
+contention). Each case's model FLOPs (``torch.utils.flop_counter``) divided by its CPU time gives its
+rate, printed beside a large matmul's rate measured in the same rounds: a case near that rate is
+bound by its arithmetic, not by overhead. For autoregression, "marginal" is the cost of one more
+token, (t64 - t32) / 32: the per-token cost without the one encoder pass. Reference figures (the
+public implementation on this machine) are printed beside ours.
 """
 
 from __future__ import annotations
@@ -69,7 +73,9 @@ def build_cases(model) -> list[Case]:
                 sampler.autoregressive(model, image_state(), target, torch.Generator().manual_seed(0), use_cache)
         return run
 
+    a, w = torch.randn(196, 384), torch.randn(16384, 384)
     return [
+        Case("matmul 196x384x16384 (x10)", lambda: [torch.nn.functional.linear(a, w) for _ in range(10)]),
         Case("maskgit 8 steps, b1", to_image(1), reference="2.0 s"),
         Case("maskgit 8 steps, b8", to_image(8), reference="18 s"),
         Case("maskgit 8 steps, b1, guidance 3", to_image(1, guidance=3.0), reference="3.6 s"),
@@ -95,6 +101,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.cases:
         wanted = [c.strip() for c in args.cases.split(",")]
         cases = [c for c in cases if any(w in c.name for w in wanted)]
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops = {}
+    for case in cases:
+        with FlopCounterMode(display=False) as counter:
+            case.run()
+        flops[case.name] = counter.get_total_flops()
     load_before = os.getloadavg()[0]
     times: dict[str, list[float]] = {c.name: [] for c in cases}
     cpu: dict[str, list[float]] = {c.name: [] for c in cases}
@@ -109,14 +122,22 @@ def main(argv: list[str] | None = None) -> None:
     print(f"FourM tiny ({model.num_params(trunk_only=True) / 1e6:.1f}M trunk), tok_rgb 196 x 16384, caption 30000; "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cpus, load {load_before:.1f} -> {load_after:.1f}; "
           f"median of {args.repeats}")
-    print(f"{'case':34} {'wall median':>13} {'wall min':>13} {'CPU median':>13}   reference")
+    print(f"{'case':34} {'wall median':>13} {'wall min':>13} {'CPU median':>13} {'GFLOP':>7} {'GFLOP/s':>8}"
+          "   reference")
     for case in cases:
         figures = (statistics.median(times[case.name]), min(times[case.name]), statistics.median(cpu[case.name]))
         if case.per_token:
             shown = [f"{1000 * x / case.per_token:.1f} ms/tok" for x in figures]
         else:
             shown = [f"{x:.3f} s" for x in figures]
-        print(f"{case.name:34} {shown[0]:>13} {shown[1]:>13} {shown[2]:>13}   {case.reference}")
+        rate = flops[case.name] / 1e9 / figures[2]
+        print(f"{case.name:34} {shown[0]:>13} {shown[1]:>13} {shown[2]:>13} {flops[case.name] / 1e9:7.1f} "
+              f"{rate:8.1f}   {case.reference}")
+    for kind in ("cached", "uncached"):
+        short, long_ = f"ar caption 32, {kind}", f"ar caption 64, {kind}"
+        if short in times and long_ in times:
+            wall, cpu_ = ((statistics.median(d[long_]) - statistics.median(d[short])) / 32 * 1000 for d in (times, cpu))
+            print(f"{'ar marginal token, ' + kind:34} {wall:10.1f} ms {'':>13} {cpu_:10.1f} ms")
 
 
 if __name__ == "__main__":

@@ -237,29 +237,48 @@ class Pipeline:
         return state
 
     def generate(self, conditions: dict | list[dict], targets: list[str | Target | dict], seed: int | None = 0,
-                 num_samples: int = 1, **defaults) -> dict[str, Generated]:
+                 num_samples: int = 1, batch_size: int | None = None, **defaults) -> dict[str, Generated]:
         """Generate ``targets`` in order from ``conditions``; each finished target conditions the next.
 
         Args:
             conditions: ``{key: value}`` for one sample (repeated ``num_samples`` times), or a list
                 of such dicts (a batch). Values raw or tokens (module notes).
             targets: modality names, :class:`Target` s, or dicts of Target fields.
-            seed: the sampling seed (None: a fresh one).
+            seed: the sampling seed (None: a fresh one); with the same ``batch_size``, the same tokens.
+            batch_size: samples per forward pass (default: all at once); a progress bar shows the chunks.
             defaults: Target fields for targets that do not set them (``steps=12, temperature=0.7``).
 
         Returns ``{target: Generated(tokens, values)}`` in schedule order.
         """
-        state = self.state(conditions, num_samples)
-        entries = [self._target_entry(t) for t in targets]
-        given = [n for n in self.specs if state.has(n)]
-        schedule = build_schedule(entries, self.specs, given, **defaults)
-        for target in schedule:
-            if state.fully_known(target.modality):
-                raise ValueError(f"target {target.modality!r} is also fully given as an input: "
-                                 f"leave it out, or mask part of it")
-        run_schedule(self.model, state, schedule, seed)
-        return {t.modality: Generated(state.tokens(t.modality), self.decode(t.modality, state.tokens(t.modality)))
-                for t in schedule}
+        from tqdm import tqdm
+
+        samples = [conditions] * num_samples if isinstance(conditions, dict) else list(conditions)
+        if not samples:
+            raise ValueError("no samples to generate")
+        size = batch_size or len(samples)
+        generator = torch.Generator()
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        parts: list[dict[str, Generated]] = []
+        for start in tqdm(range(0, len(samples), size), desc="generate", unit="batch", disable=len(samples) <= size):
+            state = self.state(samples[start:start + size])
+            schedule = build_schedule([self._target_entry(t) for t in targets], self.specs,
+                                      [n for n in self.specs if state.has(n)], **defaults)
+            for target in schedule:
+                if state.fully_known(target.modality):
+                    raise ValueError(f"target {target.modality!r} is also fully given as an input: "
+                                     f"leave it out, or mask part of it")
+            run_schedule(self.model, state, schedule, generator=generator)
+            parts.append({t.modality: Generated(state.tokens(t.modality),
+                                                self.decode(t.modality, state.tokens(t.modality))) for t in schedule})
+        if len(parts) == 1:
+            return parts[0]
+        return {name: Generated(torch.cat([p[name].tokens for p in parts]) if isinstance(first.tokens, torch.Tensor)
+                                else [t for p in parts for t in p[name].tokens],
+                                None if first.values is None else [v for p in parts for v in p[name].values])
+                for name, first in parts[0].items()}
 
     def _target_entry(self, target: str | Target | dict):
         """Model keys for a target's modality and for the conditions its guidance weighs."""

@@ -48,6 +48,11 @@ def test_generate_returns_tokens_and_decoded_values_for_a_batch(pipe):
                           num_samples=3, steps=3)
     assert torch.equal(again["tok_rgb"].tokens, out["tok_rgb"].tokens)
     assert again["caption"].tokens == out["caption"].tokens
+    chunked = [pipe.generate({"rgb": rgb}, ["depth", Target("caption", max_tokens=6)], seed=0, num_samples=3,
+                             batch_size=2, steps=3) for _ in range(2)]
+    assert chunked[0]["tok_depth"].tokens.shape == (3, 16) and len(chunked[0]["caption"].values) == 3
+    assert torch.equal(chunked[0]["tok_depth"].tokens, chunked[1]["tok_depth"].tokens)
+    assert len(chunked[0]["tok_depth"].values) == 3 and chunked[0]["caption"].tokens == chunked[1]["caption"].tokens
 
 
 def test_partial_token_inputs_and_a_batch_of_different_samples(pipe):
