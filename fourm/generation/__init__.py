@@ -15,7 +15,7 @@ Example::
     out = pipe.generate(
         {"caption": "a large red cube to the left of a small blue sphere"},   # one sample's conditions
         ["tok_rgb", Target("tok_depth", steps=12, guidance=3.0), "det"],        # in order; each feeds the next
-        seed=0, num_samples=4, temperature=0.8)                                 # defaults for every target
+        seed=0, num_samples=4, temperature=0.8)         # defaults for the targets given by name
     out["tok_rgb"].tokens    # LongTensor (4, N)
     out["tok_rgb"].values    # 4 uint8 (H, W, 3) images, decoded by the tok_rgb tokenizer
     out["det"].values        # 4 lists of boxes, as the corpus stores them

@@ -246,7 +246,8 @@ class Pipeline:
             targets: modality names, :class:`Target` s, or dicts of Target fields.
             seed: the sampling seed (None: a fresh one); with the same ``batch_size``, the same tokens.
             batch_size: samples per forward pass (default: all at once); a progress bar shows the chunks.
-            defaults: Target fields for targets that do not set them (``steps=12, temperature=0.7``).
+            defaults: Target fields for the targets given by name or as dicts that do not set them
+                (``steps=12, temperature=0.7``); a :class:`Target` is taken as it is.
 
         Returns ``{target: Generated(tokens, values)}`` in schedule order.
         """
