@@ -155,7 +155,7 @@ def test_model_index_holds_the_decoded_predictions(corpus, model, tokenizers):
     from fourm.generation.schedule import Target
 
     index = build_index(corpus, from_="model", inputs=["rgb"], model=model, tokenizers=tokenizers, batch_size=4,
-                        progress=False)
+                        progress=False, decode="argmax")
     assert index.info["query_embedder"] == "model" and index.info["fingerprints"]["model"]
     rgbs = [s["rgb"] for s in CorpusReader(corpus, "rgb")]
     out = Pipeline.from_pretrained(model, tokenizers).generate(
