@@ -27,6 +27,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from fourm.modalities import MODALITIES
+from fourm.model.blocks import MLPS, EncoderBlock
 from fourm.model.embeddings import sincos_2d
 from fourm.pretrained import PretrainedMixin, register_pretrained
 from fourm.tokenization.pixels import PixelCodec, get_codec
@@ -50,6 +51,9 @@ class ImageVQConfig:
     decoder_depth: int = 4
     heads: int = 4
     mlp_ratio: float = 4.0
+    # the blocks' MLP, a key of fourm.model.blocks.MLPS: gelu (ViT's; the checkpoints before this setting) or
+    # swiglu (the model's). rgb.yaml sizes, 300 steps, one seed: swiglu +0.13 dB PSNR, ~4% slower per step
+    mlp: str = "gelu"
     quantizer: str = "vq"  # vq | fsq
     codebook_size: int = 1024  # vq
     codebook_dim: int = 32  # vq: width of the l2-normalised codes
@@ -72,6 +76,8 @@ class ImageVQConfig:
                              "and differ from it by an even count")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if self.mlp not in MLPS:
+            raise ValueError(f"mlp must be one of {', '.join(MLPS)}, not {self.mlp!r}")
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}, not {self.quantizer!r}")
         known = MODALITIES.get(self.modality)
@@ -84,34 +90,6 @@ class ImageVQConfig:
 
 
 # ----------------------------------------------------------------------------- transformer
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
-        super().__init__()
-        hidden = int(dim * mlp_ratio)
-        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
 class ViT(nn.Module):
     """Tokens (B, N, d_in) -> (B, N, d_out) through ``depth`` blocks of width ``dim`` with 2D positions.
 
@@ -121,20 +99,22 @@ class ViT(nn.Module):
     32-d code (or a flat image patch) projects to a vector several times shorter than the sincos
     position and the decoder would first learn to ignore it; and the residual branches start at
     zero, so at initialisation the path from input to output is a clean linear map.
+
+    The blocks are the model's pre-norm :class:`~fourm.model.blocks.EncoderBlock` (with biases, no
+    mask: every patch is valid); with ``mlp="gelu"`` their weights have the names and shapes the
+    tokenizer's own blocks had, so checkpoints saved before the switch still load.
     """
 
-    def __init__(self, d_in: int, d_out: int, dim: int, depth: int, heads: int, mlp_ratio: float, side: int):
+    def __init__(self, d_in: int, d_out: int, dim: int, depth: int, heads: int, mlp_ratio: float, side: int,
+                 mlp: str = "gelu"):
         super().__init__()
         self.proj_in = nn.Linear(d_in, dim)
         self.norm_in = nn.LayerNorm(dim)
         self.register_buffer("pos", sincos_2d(side, dim), persistent=False)  # a function of the config
-        self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.ModuleList([EncoderBlock(dim, heads, mlp_ratio, use_bias=True, mlp=mlp, zero_init=True)
+                                     for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.proj_out = nn.Linear(dim, d_out)
-        for block in self.blocks:
-            for last in (block.attn.proj, block.mlp[-1]):
-                nn.init.zeros_(last.weight)
-                nn.init.zeros_(last.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm_in(self.proj_in(x)) + self.pos
@@ -217,10 +197,10 @@ class ImageVQVAE(nn.Module, PretrainedMixin):
         p, side = config.patch_size, config.grid
         self.quantizer = QUANTIZERS[config.quantizer](config)
         self.encoder = ViT(self.codec.in_channels * p * p, self.quantizer.dim, config.dim, config.encoder_depth,
-                           config.heads, config.mlp_ratio, side)
+                           config.heads, config.mlp_ratio, side, config.mlp)
         self.window = config.decoder_window or p
         self.decoder = ViT(self.quantizer.dim, self.codec.out_channels * self.window**2, config.dim,
-                           config.decoder_depth, config.heads, config.mlp_ratio, side)
+                           config.decoder_depth, config.heads, config.mlp_ratio, side, config.mlp)
 
     def extra_state(self) -> dict:
         return {"class_names": self.class_names} if self.class_names else {}

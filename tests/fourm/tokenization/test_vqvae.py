@@ -1,9 +1,12 @@
 """The image VQ-VAE and its pixel codecs: units, shapes, quantizer properties, save/load, errors."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from fourm.model.blocks import EncoderBlock
 from fourm.pretrained import load_pretrained
 from fourm.tokenization.base import ModalityTokenizer
 from fourm.tokenization.pixels import CODECS, DepthCodec, get_codec
@@ -185,6 +188,29 @@ def test_save_and_load_give_identical_tokens_and_values(tmp_path, quantizer):
     ids = model.encode(values)
     assert torch.equal(loaded.encode(values), ids)
     np.testing.assert_array_equal(loaded.decode(ids), model.decode(ids))
+
+
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
+def test_vit_blocks_are_the_models_and_start_as_the_identity(mlp):
+    model = tiny(mlp=mlp)
+    vit = model.encoder
+    assert all(isinstance(b, EncoderBlock) for b in vit.blocks)
+    x = torch.randn(2, 16, vit.proj_in.in_features)
+    # zero-initialised residual branches: the blocks pass their input through untouched
+    torch.testing.assert_close(vit(x), vit.proj_out(vit.norm(vit.norm_in(vit.proj_in(x)) + vit.pos)))
+
+
+def test_checkpoints_from_before_the_mlp_setting_still_load(tmp_path):
+    model = tiny()
+    # the weight names of the tokenizer's former own blocks (Attention + Linear-GELU-Linear)
+    assert {k.split(".", 3)[-1] for k in model.state_dict() if ".blocks." in k} == {
+        f"{m}.{p}" for m in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.0", "mlp.2") for p in ("weight", "bias")}
+    model.save_pretrained(tmp_path / "tok")
+    config = json.loads((tmp_path / "tok" / "config.json").read_text())
+    del config["config"]["mlp"]  # as written before the setting existed
+    (tmp_path / "tok" / "config.json").write_text(json.dumps(config))
+    values = sample_values("rgb")
+    assert torch.equal(load_pretrained(tmp_path / "tok").encode(values), model.encode(values))
 
 
 def test_wrong_inputs_give_clear_errors():
