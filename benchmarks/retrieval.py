@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 
-def search_speed(n: int, queries: int = 100, k: int = 10, repeats: int = 3) -> None:
+def search_speed(n: int, queries: int = 100, k: int = 10, repeats: int = 5) -> None:
     import torch
 
     from fourm.search import SEARCH_BACKENDS, make_backend
@@ -38,21 +38,26 @@ def search_speed(n: int, queries: int = 100, k: int = 10, repeats: int = 3) -> N
 
     gallery, q = draw(n), draw(queries)
     _, exact = make_backend("torch", gallery).search(q, k)
-    print(f"search of {queries} queries, top-{k}, gallery {n} x 384 ({torch.get_num_threads()} threads)")
+    print(f"search of {queries} queries, top-{k}, gallery {n} x 384 ({torch.get_num_threads()} threads); "
+          f"median of {repeats} interleaved rounds")
+    backends, built = {}, {}
     for name, cls in SEARCH_BACKENDS.items():
         if not cls.available()[0]:
             print(f"  {name:11} not installed")
             continue
         start = time.perf_counter()
-        backend = make_backend(name, gallery)
-        built = time.perf_counter() - start
-        times = []
-        for _ in range(repeats):
+        backends[name] = make_backend(name, gallery)
+        built[name] = time.perf_counter() - start
+    times = {name: [] for name in backends}
+    for _ in range(repeats):  # rounds of every backend in turn: a load change hits all of them alike
+        for name, backend in backends.items():
             start = time.perf_counter()
             _, found = backend.search(q, k)
-            times.append(time.perf_counter() - start)
+            times[name].append(time.perf_counter() - start)
+    for name, backend in backends.items():
+        _, found = backend.search(q, k)
         overlap = sum(len(set(a) & set(b)) for a, b in zip(found.tolist(), exact.tolist(), strict=True)) / exact.numel()
-        print(f"  {name:11} build {built:7.3f} s  search {statistics.median(times) * 1e3:8.2f} ms  "
+        print(f"  {name:11} build {built[name]:7.3f} s  search {statistics.median(times[name]) * 1e3:8.2f} ms  "
               f"recall@{k} vs exact {overlap:.3f}")
 
 
