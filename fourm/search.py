@@ -84,7 +84,8 @@ class _Faiss(SearchBackend):
 
 @search_backend("faiss")
 class FaissFlat(_Faiss):
-    """Exact inner product (faiss ``IndexFlatIP``): the same ranking as ``torch``, on faiss' BLAS kernels."""
+    """Exact inner product (faiss ``IndexFlatIP``): the same ranking as ``torch``. On this AVX2 CPU it is
+    slower than torch (``benchmarks/retrieval.py --speed``); it is here for faiss-gpu and faiss tooling."""
 
     def build(self, x):
         import faiss
