@@ -53,6 +53,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -444,21 +445,26 @@ def build_index(corpus: str | os.PathLike, modality: str = "tok_caption_global",
     spec = EmbedSpec(modality, from_, inputs if from_ == "model" else [], _absolute(model), _absolute(tokenizers),
                      **settings, labeller=corpus_labeller(corpus, get_modality(modality).source))
     prints = _fingerprints(spec)
-    series = [spec.source] if from_ == "corpus" else sorted({_corpus_key(m) for m in inputs})
-    reader = CorpusReader(corpus, series)
-    samples = []
-    for sample in reader:
-        samples.append({"__key__": sample["__key__"],
-                        **({spec.source: sample[spec.source]} if from_ == "corpus" else
-                           {m: sample[_corpus_key(m)] for m in inputs})})
-        if limit is not None and len(samples) >= limit:
-            break
-    if not samples:
+    from tqdm.auto import tqdm
+
+    fields = {spec.source: spec.source} if from_ == "corpus" else {m: _corpus_key(m) for m in inputs}
+    reader = CorpusReader(corpus, sorted(set(fields.values())))
+    total = len(reader) if limit is None else min(limit, len(reader))
+    if total == 0:
+        raise RetrievalError(f"{corpus} holds no samples: the gallery would be empty")
+    samples = itertools.islice(reader, total)
+    keys, parts = [], []
+    # a batch at a time: the gallery's images never sit in memory all at once, only its vectors
+    with tqdm(total=total, desc=f"index {modality} ({from_})", unit="sample", disable=not progress) as bar:
+        while batch := list(itertools.islice(samples, spec.batch_size)):
+            parts.append(embed([{k: s[v] for k, v in fields.items()} for s in batch], spec))
+            keys += [s["__key__"] for s in batch]
+            bar.update(len(batch))
+    if not keys:
         raise RetrievalError(f"{corpus} has no readable samples: the gallery would be empty")
-    vectors = embed(samples, spec, progress=progress)
     info = {"spec": dataclasses.asdict(spec), "corpus": _absolute(corpus), "fingerprints": prints,
             "query_embedder": "model" if spec.model is not None else "labeller"}
-    return EmbeddingIndex([s["__key__"] for s in samples], vectors, info)
+    return EmbeddingIndex(keys, torch.cat(parts), info)
 
 
 # ----------------------------------------------------------------------------- queries
