@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -206,16 +207,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device, threads = torch.device(args.device), torch.get_num_threads()
     setup = Setup(size=args.size, batch=args.batch)
 
-    peaks = {prec: matmul_peak(DTYPES[prec], device) for prec in args.precision}
+    load = os.getloadavg()[0]
     runners = [Runner(setup, prec, c == "on", device) for prec in args.precision for c in args.compile]
     for r in runners:
         r.run(args.warmup, timed=False)
+    peaks = {prec: (0.0, 0.0) for prec in args.precision}
     for _ in range(args.repeats):
+        for prec in args.precision:  # in every round, beside the steps: a busy spell lowers both alike
+            peaks[prec] = tuple(map(max, peaks[prec], matmul_peak(DTYPES[prec], device)))
         for r in runners:
             r.run(args.steps)
 
     print(f"{setup.size}: {runners[0].model.num_params() / 1e6:.1f}M parameters, batch {setup.batch}, "
-          f"{setup.input_budget}+{setup.target_budget} tokens, {device}, {threads} threads")
+          f"{setup.input_budget}+{setup.target_budget} tokens, {device}, {threads} threads, "
+          f"1-minute load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
     for prec, (wall, cpu) in peaks.items():
         print(f"matmul peak {prec}: {wall / 1e9:.1f} GFLOP/s" + (f" (by CPU time: {cpu / 1e9:.1f})" * (
             device.type == "cpu")))
@@ -238,6 +243,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"{r.precision} compile={'on' if r.compile else 'off'}: {row['ms_per_step']:.0f} ms/step, "
               f"{row['tokens_per_s']:.0f} tokens/s, {row['gflop_per_step']:.1f} GFLOP/step, "
               f"{row['gflop_per_s']:.1f} GFLOP/s, MFU {100 * row['mfu']:.0f}% (median of {len(r.times)}){extra}")
+    if any(row["mfu"] > 1 for row in rows):
+        print("wall-clock MFU over 100%: the machine was busier during the peak's rounds than during the steps; "
+              "trust the CPU-time figures")
     # the CPU allocator keeps no statistics: the process's RSS high-water covers every configuration run
     print(f"peak memory (RSS high-water of the process, all configurations): {peak_rss_mib():.0f} MiB")
     if args.json:
