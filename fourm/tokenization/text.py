@@ -235,7 +235,8 @@ class SequenceTokenizer:
     # ----------------------------------------------------------------------------- encode / decode
     def encode(self, values: list[Any], truncate: bool = True) -> list[list[int]]:
         """A batch of corpus values -> one id list each, ending with [EOS] (and truncated, see the class notes)."""
-        units = [self.serializer.to_units(v) for v in values]
+        batched = getattr(self.serializer, "to_units_batch", None)  # serializers with a model behind them
+        units = batched(list(values)) if batched else [self.serializer.to_units(v) for v in values]
         pieces = self._pieces({w for sample in units for unit in sample for w in unit})
         budget = self.tokens_per_sample - 1 if truncate else None
         out = []

@@ -115,6 +115,13 @@ def test_a_saved_tokenizer_carries_its_trained_coder(tmp_path, modality):
         load_pretrained(tmp_path / modality)
 
 
+def test_a_batch_is_encoded_as_its_samples_one_by_one():
+    tok = SequenceTokenizer.from_vocabulary(TextConfig("sam_instance"), [], mask_coder=VQVAEMaskCoder(mask_model()))
+    maps = [instance_map(), np.zeros((64, 64), np.uint16), instance_map()[::-1].copy()]
+    assert tok.encode(maps) == [row for m in maps for row in tok.encode([m])]
+    assert tok.encode([np.zeros((64, 64), np.uint16)]) == [[tok.eos_id]]
+
+
 def test_a_trained_coder_named_but_not_given_is_a_clear_error():
     with pytest.raises(ValueError, match="trained model: pass mask_coder="):
         SequenceTokenizer.from_vocabulary(TextConfig("sam_instance", mask_coder="vqvae"), [])
