@@ -16,8 +16,9 @@ gallery by cosine similarity.
     predicted distribution, from one forward pass; ``decode="argmax"`` decodes the tokens MaskGIT
     picks (``steps``, ``temperature``), 4M-21's notebook route. On held-out scenes the expectation
     found the image of a perturbed copy 2-3x more often at rank 1 (benchmarks/retrieval.py: a nano
-    model at 500 and 1000 steps, R@1 0.15 / 0.12 against 0.05 / 0.04) and costs half the time: argmax
-    tokens of a few-token global collide, so distinct images share one vector and tie.
+    model at 500, 1000 and 1500 steps, R@1 0.15 / 0.12 / 0.09 against 0.05 / 0.04 / 0.04) and costs half
+    the time: the expectation moves smoothly with the input, while argmax vectors jump when a small
+    change flips one token (and, early in training, distinct images share tokens and tie).
 
 * An :class:`EmbeddingIndex` is a gallery: keys, unit vectors and how they were made (modality,
   embedder, inputs, corpus, model and tokenizer with fingerprints of their weights). It is saved as a
