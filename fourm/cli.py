@@ -234,35 +234,6 @@ def _generate(p: argparse.ArgumentParser):
     return run
 
 
-@command("generate", "chained any-to-any generation: raw inputs in, each target as a file plus a grid PNG")
-def _generate(p: argparse.ArgumentParser):
-    p.add_argument("--model", required=True, help="FourM folder (save_pretrained)")
-    p.add_argument("--tokenizers", required=True, help="folder with one tokenizer per modality")
-    p.add_argument("--input", action="append", default=[], help="modality=FILE or caption=TEXT (repeatable)")
-    p.add_argument("--target", default="", help="comma-separated targets, generated in this order")
-    p.add_argument("--schedule", help="YAML list of targets with their settings")
-    p.add_argument("--out", required=True)
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    for flag, kind in (("scheme", str), ("steps", int), ("temperature", float), ("guidance", float),
-                       ("top-k", int), ("top-p", float)):
-        p.add_argument(f"--{flag}", type=kind, help="default for every target that takes it")
-    p.add_argument("overrides", nargs="*", help="per-target settings, e.g. tok_depth.steps=12 caption.temperature=0.7")
-
-    def run(args):
-        from fourm.generation.output import run_generate
-
-        targets = [t.strip() for t in args.target.split(",") if t.strip()]
-        written = run_generate(args.model, args.tokenizers, args.input, targets, args.out, args.schedule,
-                               args.overrides, args.seed, args.num_samples, args.device, scheme=args.scheme,
-                               steps=args.steps, temperature=args.temperature, guidance=args.guidance,
-                               top_k=args.top_k, top_p=args.top_p)
-        print("\n".join(str(p) for p in written))
-
-    return run
-
-
 @command("demo", "the main job on the built-in scenes: corpus, tokenizers, training, generation, evaluation, report")
 def _demo(p: argparse.ArgumentParser):
     p.add_argument("--out", help="output folder (default runs/demo); finished stages in it are reused")
