@@ -1,5 +1,6 @@
 """`fourm demo --quick` end to end (slow: about three minutes), and the stage table's caching."""
 
+import html
 import json
 import subprocess
 import sys
@@ -29,7 +30,7 @@ def test_quick_demo_writes_the_report_with_the_table(tmp_path):
     table = json.loads((out / "evaluation.json").read_text())
     assert table["rows"] and not table["skipped"]
     for row in table["rows"]:
-        assert row["task"] in page and f"{row['model']:.3f}" in page
+        assert html.escape(row["task"]) in page and f"{row['model']:.3f}" in page
     assert page.count("data:image/png;base64,") >= 6
     again = subprocess.run(cmd, check=True, timeout=300, capture_output=True, text=True).stdout
     assert again.count("reused") == len(STAGES) - 1  # everything but the report comes from the cache
