@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fourm.modalities import MODALITIES, Kind, Modality
+from fourm.modalities import CORPUS, MODALITIES, Kind, Modality
 from fourm.model.batch import Batch
 
 IGNORE_INDEX = -100  # dec_target on padding: skipped by cross-entropy
@@ -261,11 +261,15 @@ class Masker:
         self.sentinels = np.asarray(specials.sentinels if specials else [], dtype=np.int64)
 
     def _alpha(self, alphas: dict[str, float], name: str) -> float:
+        """The alpha of model modality ``name``: given by its own key, else by its corpus series (``rgb``
+        covers both the pixels and ``tok_rgb``: a model that reads RGB only as tokens still gets the
+        RGB-to-all component), else by ``"*"``."""
         # registry names the model lacks are fine (the default mixture names rgb and caption)
-        unknown = sorted(set(alphas) - {"*"} - set(self.names) - set(MODALITIES))
+        unknown = sorted(set(alphas) - {"*"} - set(self.names) - set(MODALITIES) - set(CORPUS))
         if unknown:
             raise ValueError(f"Dirichlet alphas name unknown modalities {', '.join(unknown)}")
-        return float(alphas.get(name, alphas.get("*", 0.0)))
+        source = self.modalities[name].source
+        return float(alphas.get(name, alphas.get(source, alphas.get("*", 0.0))))
 
     def available(self, sample: dict) -> np.ndarray:
         """Tokens each modality offers in ``sample`` (0 where absent)."""

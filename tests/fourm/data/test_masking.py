@@ -225,6 +225,18 @@ def test_rgb_to_all_offers_only_rgb_inputs():
     assert (out["enc_mod"] == list(mods).index("rgb")).all() and len(out["enc_ids"]) == 16  # capped, not leaked
 
 
+def test_alphas_by_corpus_series_cover_its_tokens():
+    """{"rgb": 1} also selects tok_rgb: a model that reads RGB only as tokens keeps its RGB-to-all draws."""
+    scale = ModalityScale(image_size=16, patch_size=4, vocab_sizes={"tok_rgb": 32, "tok_depth": 32})
+    mods = scale.resolve_all(["tok_rgb", "tok_depth"])
+    cfg = MaskingConfig(input_budget=16, target_budget=8, mixture=[DirichletComponent(1.0, {"rgb": 1.0, "*": 0.0})])
+    masker, rng = Masker(mods, cfg, SPECIALS), np.random.default_rng(10)
+    sample = {name: rng.integers(0, 32, 16).astype(np.int16) for name in mods}
+    out = masker(sample, rng)
+    assert (out["enc_mod"] == 0).all() and len(out["enc_ids"]) == 16
+    assert (out["dec_mod"] == 1).all() and len(out["dec_target"]) == 8
+
+
 def test_bad_configs_are_refused():
     with pytest.raises(ValueError, match="input-only"):
         Masker(table(), MaskingConfig(targets=["rgb"]), SPECIALS)
