@@ -51,7 +51,7 @@ class EvaluateConfig:
     samples: int = 64
     seed: int = 0
     batch_size: int = 16
-    steps: int = 8  # MaskGIT steps per image / global target
+    steps: int = 1  # MaskGIT steps per image / global target; 1: each token's argmax in one pass (configs/demo.yaml)
     temperature: float = 0.0  # 0: the most likely tokens, what a prediction measure should see
     out: str | None = None  # write the table as JSON here
 
