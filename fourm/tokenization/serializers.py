@@ -166,13 +166,17 @@ def box_tokens(box) -> list[str]:
 
 
 def _parse_box(words: list[str]) -> list[float] | None:
-    """The four words ``v0=.. v1=.. v2=.. v3=..`` -> a box in [0, 1], or None."""
+    """The four words ``v0=.. v1=.. v2=.. v3=..`` -> a box ``[x0, y0, x1, y1]`` in [0, 1], or None.
+
+    A generated box may name its corners in either order: they are sorted, so every consumer
+    (drawing, IoU, mask crops) gets ``x0 <= x1`` and ``y0 <= y1``."""
     if len(words) < 4:
         return None
     parsed = [parse_token(w) for w in words[:4]]
     if any(p is None or p[0] != f"v{i}" or p[1] >= NUM_BINS for i, p in enumerate(parsed)):
         return None
-    return [round(from_bin(p[1]), 6) for p in parsed]
+    x0, y0, x1, y1 = (round(from_bin(p[1]), 6) for p in parsed)
+    return [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
 
 
 def _chunks(words: list[str], starts) -> list[list[str]]:

@@ -20,13 +20,7 @@ TINY = ["model.image_size=16", "model.patch_size=4", "model.dim=32", "model.enco
         "train.precision=fp32", "train.lr=3e-3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny ops on a shared CPU: a second thread mostly waits for a busy core (10x slower steps)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ TINY = ["model.dim=32", "model.depth=1", "model.mlp_ratio=2", "batch_size=32", "
         "train.precision=fp32", "train.lr=3e-3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_corpus(root: Path, series: dict[str, list]) -> str:

@@ -16,12 +16,9 @@ WORDS = ["a", "red", "blue", "cube", "sphere", "on", "the", "floor", "small", "l
 MODALITIES = "rgb,tok_rgb,tok_depth,caption"
 
 
-@pytest.fixture(autouse=True, scope="package")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Every generation test on one torch thread (tests/conftest.py says why)."""
 
 
 def text_tokenizer() -> SequenceTokenizer:

@@ -24,13 +24,7 @@ POSE = dict(TINY, modality="pose_vqvae", source="human_poses", input_dim=POSE_DI
 QUANTIZERS = ["vq", "fsq"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny ops on a shared CPU: a second thread mostly waits for a busy core
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def clustered(n: int, seed: int = 0, clusters: int = 8) -> torch.Tensor:

@@ -138,6 +138,14 @@ def test_det_round_trips_within_a_thousandth_most_confident_first():
         ["v0=0", "v1=0", "v2=999", "v3=999", "traffic", "light"]
 
 
+def test_generated_boxes_with_swapped_corners_decode_as_valid_boxes():
+    det = get_serializer("det")
+    back = det.from_tokens(["v0=800", "v1=100", "v2=200", "v3=900", "cube"])
+    assert back[0]["label"] == "cube"
+    x0, y0, x1, y1 = back[0]["box"]
+    assert x0 <= x1 and y0 <= y1 and (x0, y0) == pytest.approx((0.2002, 0.1001), abs=1e-3)
+
+
 def test_palette_is_exact_with_a_count_token():
     palette = get_serializer("color_palette")
     colours = [[255, 0, 17], [3, 128, 254], [0, 0, 0]]

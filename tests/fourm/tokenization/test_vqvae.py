@@ -19,13 +19,7 @@ MODALITY_OF = {"rgb": "tok_rgb", "depth": "tok_depth", "normal": "tok_normal", "
                "dinov2": "tok_dinov2", "imagebind": "tok_imagebind"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny ops on a shared CPU: a second thread mostly waits for a busy core (10x slower steps)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sample_values(name: str, n: int = 3, side: int = SIDE, seed: int = 0) -> np.ndarray:
