@@ -8,6 +8,7 @@ renamed into place, so a kill never leaves half a checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -18,6 +19,20 @@ from typing import Any, ClassVar
 FORMAT_VERSION = 1
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 _CLASSES: dict[str, type] = {}
+
+
+@contextlib.contextmanager
+def inference(module):
+    """``module`` in eval mode without gradients for the block, then back in the mode it was in."""
+    import torch
+
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        module.train(was_training)
 
 
 def register_pretrained(name: str):

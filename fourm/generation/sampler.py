@@ -29,6 +29,7 @@ from fourm.generation.sampling import sample, temperature_at, tokens_per_step
 from fourm.generation.schedule import Guidance, Target
 from fourm.generation.state import GenerationState, with_queries
 from fourm.model.fourm import FourM
+from fourm.pretrained import inference
 
 Scheme = Callable[[FourM, GenerationState, Target, torch.Generator], None]
 SCHEMES: dict[str, Scheme] = {}
@@ -200,12 +201,7 @@ def generate(model: FourM, state: GenerationState, schedule: list[Target], seed:
             generator.manual_seed(seed)
         else:
             generator.seed()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for target in schedule:
-                SCHEMES[target.scheme](model, state, target, generator)
-    finally:
-        model.train(was_training)
+    with inference(model):
+        for target in schedule:
+            SCHEMES[target.scheme](model, state, target, generator)
     return state

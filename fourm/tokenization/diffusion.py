@@ -31,7 +31,6 @@ Letters: B batch, C image channels, H W pixels, D latent (code) width, h w patch
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fourm.pretrained import PretrainedMixin, register_pretrained
+from fourm.pretrained import PretrainedMixin, inference, register_pretrained
 from fourm.tokenization.vqvae import ImageVQConfig, ImageVQVAE
 
 # Channels of each codec's network input that hold {0, 1} flags (and logits in its output). Codecs not
@@ -263,16 +262,6 @@ class DiffusionDecoderTokenizer(nn.Module, PretrainedMixin):
         return x
 
     # ------------------------------------------------------------------ corpus values
-    @contextlib.contextmanager
-    def _inference(self):
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            self.train(was_training)
-
     def encode(self, values, batch_size: int = 256) -> Tensor:
         """Corpus values -> ids, LongTensor (B, N): the VQ-VAE's own."""
         return self.vq.encode(values, batch_size)
@@ -291,7 +280,7 @@ class DiffusionDecoderTokenizer(nn.Module, PretrainedMixin):
         # all the noise at once: a sample's decode does not depend on batch_size
         noise = torch.randn((len(ids), self.codec.in_channels, side, side), generator=generator,
                             device=generator.device)
-        with self._inference():
+        with inference(self):
             return np.concatenate([
                 self.vq.from_output(self.sample(self.vq.embed_ids(ids[i:i + batch_size]),
                                                 noise[i:i + batch_size].to(self.device), steps))

@@ -16,7 +16,6 @@ D latent (code) width.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -29,7 +28,7 @@ from torch import Tensor, nn
 from fourm.modalities import MODALITIES
 from fourm.model.blocks import MLPS, EncoderBlock
 from fourm.model.embeddings import sincos_2d
-from fourm.pretrained import PretrainedMixin, register_pretrained
+from fourm.pretrained import PretrainedMixin, inference, register_pretrained
 from fourm.tokenization.pixels import PixelCodec, get_codec
 
 
@@ -281,19 +280,9 @@ class ImageVQVAE(nn.Module, PretrainedMixin):
         return self.decode_latents(z_q), ids, aux
 
     # ------------------------------------------------------------------ corpus values
-    @contextlib.contextmanager
-    def _inference(self):
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            self.train(was_training)
-
     def encode(self, values, batch_size: int = 256) -> Tensor:
         """Corpus values (list of arrays, or one (B, ...) array) -> ids, LongTensor (B, N)."""
-        with self._inference():
+        with inference(self):
             x = self.codec.to_input(values)
             return torch.cat([self.quantize(self._check_input(x[i:i + batch_size]).to(self.device))[1]
                               for i in range(0, len(x), batch_size)]).cpu()
@@ -301,6 +290,6 @@ class ImageVQVAE(nn.Module, PretrainedMixin):
     def decode(self, ids, batch_size: int = 256) -> np.ndarray:
         """ids (B, N) -> corpus values, stacked (B, ...) in corpus units and dtype."""
         ids = torch.as_tensor(ids).long()
-        with self._inference():
+        with inference(self):
             return np.concatenate([self.from_output(self.decode_latents(self.embed_ids(ids[i:i + batch_size])))
                                    for i in range(0, len(ids), batch_size)])
