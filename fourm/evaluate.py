@@ -177,20 +177,21 @@ def _retrieval(ctx: Context) -> list[Row]:
     model predicts as ``tok_caption_global`` from each image alone. Upper bound: the gallery of the
     tokenizer's round trip of the true vectors.
     """
-    queries = np.stack(ctx.truth("caption_global")).astype(np.float64)
-    gallery = np.stack(ctx.generate("tok_caption_global", "tok_rgb")).astype(np.float64)
-    upper = np.stack(ctx.round_trip("tok_caption_global", list(queries))).astype(np.float64)
-    rows = []
-    for k in (1, 5):
-        rows.append(Row("caption -> image retrieval", f"recall@{k}", metrics.recall_at_k(_cosine(queries, gallery), k),
-                        min(1.0, k / len(queries)), metrics.recall_at_k(_cosine(queries, upper), k), True, "chance"))
-    return rows
+    import torch
 
+    from fourm.retrieval import normalize
+    from fourm.retrieval_eval import chance_recall, recall_at_k
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-9)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-9)
-    return a @ b.T
+    def unit(vectors: list) -> torch.Tensor:
+        return normalize(torch.as_tensor(np.stack(vectors), dtype=torch.float32))
+
+    queries = unit(ctx.truth("caption_global"))
+    ks = (1, 5)
+    model = recall_at_k(queries, unit(ctx.generate("tok_caption_global", "tok_rgb")), ks=ks)
+    upper = recall_at_k(queries, unit(ctx.round_trip("tok_caption_global", list(queries.numpy()))), ks=ks)
+    chance = chance_recall(len(queries), ks)
+    return [Row("caption -> image retrieval", f"recall@{k}", model[k], chance[k], upper[k], True, "chance")
+            for k in ks]
 
 
 @task("caption -> RGB", "caption", "tok_rgb", "tok_semseg")

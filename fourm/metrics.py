@@ -106,18 +106,6 @@ def detection_scores(pred: Iterable[list[dict]], gt: Iterable[list[dict]], thres
 
 
 # ----------------------------------------------------------------------------- retrieval
-def recall_at_k(similarity: np.ndarray, k: int) -> float:
-    """Query ``i``'s own item is gallery item ``i``: the share of rows whose item is among the ``k`` highest."""
-    s = np.asarray(similarity, np.float64)
-    if s.ndim != 2 or s.shape[0] > s.shape[1]:
-        raise ValueError(f"similarity must be (queries, gallery) with queries <= gallery, not {s.shape}")
-    own = s[np.arange(len(s)), np.arange(len(s))]
-    better = (s > own[:, None]).sum(1)
-    ties = (s == own[:, None]).sum(1) - 1
-    # ties broken at random, in expectation: a model that gives every item one score is at chance
-    return float(np.mean(np.clip((k - better) / (ties + 1), 0.0, 1.0)))
-
-
 # ----------------------------------------------------------------------------- objects and colours
 def scene_vocabulary() -> tuple[dict[str, tuple[int, int, int]], list[str], list[str]]:
     """(colours by name, shapes, sizes) of the scene source: what captions and images are judged by."""

@@ -4,9 +4,11 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from fourm import metrics
 from fourm.evaluate import TASKS, evaluate, format_table
+from fourm.retrieval_eval import recall_at_k
 
 
 def test_depth_errors_by_hand():
@@ -51,12 +53,15 @@ def test_recall_at_k_by_hand():
     s = np.array([[0.9, 0.1, 0.0],   # own item first
                   [0.8, 0.5, 0.1],   # own item second
                   [0.3, 0.2, 0.1]])  # own item third
-    assert metrics.recall_at_k(s, 1) == pytest.approx(1 / 3)
-    assert metrics.recall_at_k(s, 2) == pytest.approx(2 / 3)
-    assert metrics.recall_at_k(s, 3) == 1.0
-    flat = np.ones((4, 4))  # one score for everything: chance, not a perfect retrieval
-    assert metrics.recall_at_k(flat, 1) == pytest.approx(1 / 4)
-    assert metrics.recall_at_k(flat, 2) == pytest.approx(2 / 4)
+    # scores = queries @ gallery.T: with the identity as gallery the queries are the score rows
+    recall = recall_at_k(torch.tensor(s), torch.eye(3), ks=(1, 2, 3))
+    assert recall[1] == pytest.approx(1 / 3)
+    assert recall[2] == pytest.approx(2 / 3)
+    assert recall[3] == 1.0
+    flat = torch.ones((4, 4))  # one score for everything: chance, not a perfect retrieval
+    flat_recall = recall_at_k(flat, torch.eye(4), ks=(1, 2))
+    assert flat_recall[1] == pytest.approx(1 / 4)
+    assert flat_recall[2] == pytest.approx(2 / 4)
 
 
 def test_parse_and_score_caption_objects():
