@@ -71,6 +71,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fourm.modalities import MODALITIES, Kind, get_modality
+from fourm.pretrained import CONFIG_NAME, WEIGHTS_NAME
 from fourm.search import SearchBackend, backend_class, make_backend
 
 FORMAT_VERSION = 1
@@ -323,9 +324,9 @@ def fingerprint(folder: str | os.PathLike | None) -> str | None:
     if folder is None:
         return None
     folder = Path(folder)
-    files = [folder / "config.json", folder / "model.safetensors"]
+    files = [folder / CONFIG_NAME, folder / WEIGHTS_NAME]
     if not all(f.is_file() for f in files):
-        raise FileNotFoundError(f"{folder} is not a pretrained folder (config.json, model.safetensors)")
+        raise FileNotFoundError(f"{folder} is not a pretrained folder ({CONFIG_NAME}, {WEIGHTS_NAME})")
     h = hashlib.sha256()
     for f in files:
         with open(f, "rb") as fh:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fourm.io import atomic_dir
+from fourm.pretrained import WEIGHTS_NAME
 
 _STEP = re.compile(r"^step-(\d{7})$")
 
@@ -60,7 +61,7 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> int:
     from safetensors.torch import load_file, load_model
 
     path = Path(path)
-    load_model(model, str(path / "model" / "model.safetensors"), strict=True)
+    load_model(model, str(path / "model" / WEIGHTS_NAME), strict=True)
     optim = torch.load(path / "optim.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(optim["optimizer"])
     scheduler.load_state_dict(optim["scheduler"])
