@@ -1,7 +1,8 @@
 """Sequence modalities <-> words of the shared WordPiece vocabulary, one serializer per modality.
 
 4M-21 (arXiv 2406.09406, section 3 and appendix on tokenization) writes every non-text sequence
-modality as text over one vocabulary: numbers become value tokens ``v0=k .. v3=k`` (1000 bins),
+modality as text over one vocabulary: numbers become value tokens ``v0=k .. v3=k`` (1000 bins;
+box corners use the first ``box_bins`` of them, default 1000),
 codes of small tokenizers become code tokens, and class or field names stay words. A serializer
 maps one corpus value (see :mod:`fourm.modalities`) to a list of *units* -- lists of words, the
 smallest pieces truncation may drop -- and parses words back into a value. Parsing never raises on
@@ -12,8 +13,9 @@ modality       words per unit
 =============  ===========================================================================================
 caption        the lower-cased words of the text (punctuation split off, as BERT does); a unit = one
                whitespace-separated word, so truncation never cuts a word in half
-det            ``v0=x0 v1=y0 v2=x1 v3=y1 label words`` per object, corners in [0, 1] binned to 1000
-               levels; objects most confident first, equal scores left to right (x0, then y0)
+det            ``v0=x0 v1=y0 v2=x1 v3=y1 label words`` per object, corners in [0, 1] binned to
+               ``box_bins`` levels (default 1000); objects most confident first, equal scores left to
+               right (x0, then y0)
 color_palette  ``color=n`` then ``v1=r v2=g v3=b`` per colour, the exact 0-255 values (not rebinned to
                1000: lossless, and value embeddings are per modality anyway); at most 7 colours
 metadata       ``<field> v1=bin`` per field of :data:`METADATA_FIELDS`, in the table's order
@@ -142,14 +144,14 @@ def normalize_text(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------- numbers
-def to_bin(x: float, lo: float = 0.0, hi: float = 1.0) -> int:
-    """``x`` clipped to [lo, hi] -> one of NUM_BINS levels; both ends are exact."""
+def to_bin(x: float, lo: float = 0.0, hi: float = 1.0, bins: int = NUM_BINS) -> int:
+    """``x`` clipped to [lo, hi] -> one of ``bins`` levels; both ends are exact."""
     x = min(max(float(x), lo), hi)
-    return int(round((x - lo) / (hi - lo) * (NUM_BINS - 1)))
+    return int(round((x - lo) / (hi - lo) * (bins - 1)))
 
 
-def from_bin(k: int, lo: float = 0.0, hi: float = 1.0) -> float:
-    return lo + min(max(int(k), 0), NUM_BINS - 1) * (hi - lo) / (NUM_BINS - 1)
+def from_bin(k: int, lo: float = 0.0, hi: float = 1.0, bins: int = NUM_BINS) -> float:
+    return lo + min(max(int(k), 0), bins - 1) * (hi - lo) / (bins - 1)
 
 
 _TOKEN = re.compile(r"^(v[0-3]|mask|pose|color)=(\d+)$")
@@ -161,21 +163,22 @@ def parse_token(word: str) -> tuple[str, int] | None:
     return (m.group(1), int(m.group(2))) if m else None
 
 
-def box_tokens(box) -> list[str]:
-    return [f"v{i}={to_bin(x)}" for i, x in enumerate(box)]
+def box_tokens(box, bins: int = NUM_BINS) -> list[str]:
+    return [f"v{i}={to_bin(x, bins=bins)}" for i, x in enumerate(box)]
 
 
-def _parse_box(words: list[str]) -> list[float] | None:
-    """The four words ``v0=.. v1=.. v2=.. v3=..`` -> a box ``[x0, y0, x1, y1]`` in [0, 1], or None.
+def _parse_box(words: list[str], bins: int = NUM_BINS) -> list[float] | None:
+    """The four words ``v0=.. v1=.. v2=.. v3=..`` (each below ``bins``) -> a box ``[x0, y0, x1, y1]`` in
+    [0, 1], or None.
 
     A generated box may name its corners in either order: they are sorted, so every consumer
     (drawing, IoU, mask crops) gets ``x0 <= x1`` and ``y0 <= y1``."""
     if len(words) < 4:
         return None
     parsed = [parse_token(w) for w in words[:4]]
-    if any(p is None or p[0] != f"v{i}" or p[1] >= NUM_BINS for i, p in enumerate(parsed)):
+    if any(p is None or p[0] != f"v{i}" or p[1] >= bins for i, p in enumerate(parsed)):
         return None
-    x0, y0, x1, y1 = (round(from_bin(p[1]), 6) for p in parsed)
+    x0, y0, x1, y1 = (round(from_bin(p[1], bins=bins), 6) for p in parsed)
     return [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
 
 
@@ -218,7 +221,8 @@ def serializer(modality: str):
 
 
 def get_serializer(modality: str, **settings) -> Serializer:
-    """The serializer of ``modality``; ``settings`` (mask_coder, pose_coder, image_size) go where they apply."""
+    """The serializer of ``modality``; ``settings`` (mask_coder, pose_coder, image_size, box_bins) go where
+    they apply."""
     if modality not in SERIALIZERS:
         raise LookupError(f"no serializer for {modality!r}; known: {', '.join(sorted(SERIALIZERS))}")
     cls = SERIALIZERS[modality]
@@ -246,18 +250,20 @@ class CaptionSerializer(_Base):
 @serializer("det")
 @dataclass
 class DetSerializer(_Base):
+    box_bins: int = NUM_BINS
+
     def to_units(self, objects: list[dict]) -> list[list[str]]:
         ordered = sorted(objects, key=lambda d: (-float(d.get("score", 1.0)), d["box"][0], d["box"][1]))
         units = []
         for d in ordered:
             label = [p for w in split_words(str(d["label"])) for p in w] or [UNK_WORD]
-            units.append(box_tokens(d["box"]) + label)
+            units.append(box_tokens(d["box"], self.box_bins) + label)
         return units
 
     def from_tokens(self, tokens: list[str]) -> list[dict]:
         objects = []
         for chunk in _chunks(tokens, _is_v0):
-            box, label = _parse_box(chunk), chunk[4:]
+            box, label = _parse_box(chunk, self.box_bins), chunk[4:]
             if box is None or not label or any(parse_token(w) for w in label):
                 continue
             objects.append({"box": box, "label": join_words(label), "score": 1.0})
@@ -485,6 +491,7 @@ class SamInstanceSerializer(_Base):
 
     mask_coder: MaskCoder = field(default_factory=GridMaskCoder)
     image_size: int = 64
+    box_bins: int = NUM_BINS
 
     def to_units(self, ids: np.ndarray) -> list[list[str]]:
         return self.to_units_batch([ids])[0]
@@ -496,14 +503,14 @@ class SamInstanceSerializer(_Base):
         s = self.mask_coder.mask_size
         masks = [resize_mask(m, s, s) for instances in found for _, m in instances]
         codes = iter(self.mask_coder.encode(np.stack(masks)) if masks else ())
-        return [[box_tokens(box) + [f"mask={int(c)}" for c in next(codes)] for box, _ in instances]
+        return [[box_tokens(box, self.box_bins) + [f"mask={int(c)}" for c in next(codes)] for box, _ in instances]
                 for instances in found]
 
     def from_tokens(self, tokens: list[str]) -> np.ndarray:
         n, size = self.mask_coder.tokens_per_mask, self.image_size
         boxes, codes = [], []
         for chunk in _chunks(tokens, _is_v0):
-            box, parsed = _parse_box(chunk), [parse_token(t) for t in chunk[4:]]
+            box, parsed = _parse_box(chunk, self.box_bins), [parse_token(t) for t in chunk[4:]]
             if box is None or len(parsed) != n or \
                     any(p is None or p[0] != "mask" or p[1] >= self.mask_coder.vocab_size for p in parsed):
                 continue
@@ -529,6 +536,7 @@ class PosesSerializer(_Base):
     """People ``[{"box", "keypoints": [[x, y, visibility] x K]}]`` in image units [0, 1]."""
 
     pose_coder: PoseCoder = field(default_factory=GridPoseCoder)
+    box_bins: int = NUM_BINS
 
     def to_units(self, people: list[dict]) -> list[list[str]]:
         if not people:
@@ -538,13 +546,14 @@ class PosesSerializer(_Base):
         order = sorted(range(len(people)), key=lambda i: (-areas[i], i))
         rel = np.stack([self._relative(people[i]["keypoints"], boxes[i]) for i in order])
         codes = self.pose_coder.encode(rel)
-        return [box_tokens(boxes[i]) + [f"pose={int(c)}" for c in row] for i, row in zip(order, codes, strict=True)]
+        return [box_tokens(boxes[i], self.box_bins) + [f"pose={int(c)}" for c in row]
+                for i, row in zip(order, codes, strict=True)]
 
     def from_tokens(self, tokens: list[str]) -> list[dict]:
         n = self.pose_coder.tokens_per_pose
         boxes, codes = [], []
         for chunk in _chunks(tokens, _is_v0):
-            box, parsed = _parse_box(chunk), [parse_token(t) for t in chunk[4:]]
+            box, parsed = _parse_box(chunk, self.box_bins), [parse_token(t) for t in chunk[4:]]
             if box is None or len(parsed) != n or \
                     any(p is None or p[0] != "pose" or p[1] >= self.pose_coder.vocab_size for p in parsed):
                 continue

@@ -75,6 +75,9 @@ class TextConfig:
             A coder handed over replaces the named one; registered under its ``name`` it is rebuilt on
             loading too.
         image_size: side of the id maps ``sam_instance`` decodes to.
+        box_bins: levels per box coordinate (det, sam_instance, human_poses), 2 .. 1000: the value
+            tokens ``v0=0 .. v3=box_bins-1`` of the (unchanged) vocabulary. Fewer levels are fewer
+            tokens for a small model to learn; palettes and metadata keep 1000.
     """
 
     modality: str
@@ -84,6 +87,7 @@ class TextConfig:
     mask_coder: str = "grid"
     pose_coder: str = "grid"
     image_size: int = 64
+    box_bins: int = NUM_BINS
 
     def __post_init__(self):
         if self.modality not in SERIALIZERS:
@@ -94,6 +98,8 @@ class TextConfig:
         floor = len(reserved_tokens(self.num_mask_codes, self.num_pose_codes)) + len(alphabet())
         if self.vocab_size < floor:
             raise ValueError(f"vocab_size {self.vocab_size} is below the {floor} reserved and alphabet tokens")
+        if not 2 <= self.box_bins <= NUM_BINS:
+            raise ValueError(f"box_bins must be in [2, {NUM_BINS}] (value tokens per coordinate), got {self.box_bins}")
 
 
 def _untrained_coder(kind: str, cls: type, num_codes: int):
@@ -195,7 +201,7 @@ class SequenceTokenizer:
             if coder.vocab_size > room:
                 raise ValueError(f"{type(coder).__name__} has {coder.vocab_size} codes, the vocabulary {room}")
         self.serializer = get_serializer(config.modality, mask_coder=self.mask_coder, pose_coder=self.pose_coder,
-                                         image_size=config.image_size)
+                                         image_size=config.image_size, box_bins=config.box_bins)
 
     # ----------------------------------------------------------------------------- ids the model needs
     @property

@@ -55,6 +55,13 @@ def test_stats_show_exact_round_trips(trained):
     assert stats["metadata"]["mean_tokens"] == 2 * 19 + 1  # every field of the labeller, plus [EOS]
 
 
+def test_box_bins_reach_the_saved_tokenizers(corpus, tmp_path):
+    stats = train_tokenizer(CONFIG, str(corpus), tmp_path, ["min_frequency=1", "box_bins=64", "modalities=[det]"],
+                            progress=False)
+    assert load_tokenizers(tmp_path)["det"].config.box_bins == 64
+    assert 1e-3 < stats["det"]["max_box_error"] <= 0.5 / 63 + 1e-6
+
+
 def test_learned_pieces_are_words_and_pieces_without_reserved_tokens():
     texts = ["a red cube", "a red cube", "a blue sphere", "Ein Würfel"] * 5
     pieces = learn_pieces(texts, Config(min_frequency=1))

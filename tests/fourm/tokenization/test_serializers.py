@@ -17,6 +17,7 @@ from fourm.tokenization.serializers import (
     get_serializer,
     join_words,
     normalize_text,
+    parse_token,
     split_words,
     to_bin,
 )
@@ -136,6 +137,25 @@ def test_det_round_trips_within_a_thousandth_most_confident_first():
     assert np.abs(np.array([d["box"] for d in back]) - [d["box"] for d in ordered]).max() <= 1e-3
     assert det.to_tokens([{"box": [0, 0, 1, 1], "label": "Traffic Light"}]) == \
         ["v0=0", "v1=0", "v2=999", "v3=999", "traffic", "light"]
+
+
+def test_box_bins_set_the_levels_of_box_coordinates_only():
+    det = get_serializer("det", box_bins=64)
+    objects = make_det(np.random.default_rng(0), 8)
+    tokens = det.to_tokens(objects)
+    assert max(p[1] for p in map(parse_token, tokens) if p) < 64
+    back = det.from_tokens(tokens)
+    ordered = sorted(objects, key=lambda d: -d["score"])
+    assert np.abs(np.array([d["box"] for d in back]) - [d["box"] for d in ordered]).max() <= 0.5 / 63 + 1e-6
+    assert det.to_tokens([{"box": [0, 0, 1, 1], "label": "cube"}])[:4] == ["v0=0", "v1=0", "v2=63", "v3=63"]
+    assert det.from_tokens(["v0=64", "v1=0", "v2=9", "v3=9", "cube"]) == []  # beyond the 64 levels
+    rng = np.random.default_rng(1)
+    sam, poses = get_serializer("sam_instance", box_bins=64), get_serializer("human_poses", box_bins=64)
+    sam_tokens, pose_tokens = sam.to_tokens(make_instances(rng)), poses.to_tokens([make_person(rng)])
+    assert max(p[1] for p in map(parse_token, sam_tokens + pose_tokens) if p and p[0].startswith("v")) < 64
+    assert sam.from_tokens(sam_tokens).any() and len(poses.from_tokens(pose_tokens)) == 1
+    # palettes keep their exact 0-255 values
+    assert get_serializer("color_palette", box_bins=64).from_tokens(["v1=255", "v2=0", "v3=99"]) == [[255, 0, 99]]
 
 
 def test_generated_boxes_with_swapped_corners_decode_as_valid_boxes():

@@ -9,7 +9,7 @@ import torch
 from fourm.modalities import ModalityScale, get_modality
 from fourm.pretrained import load_pretrained
 from fourm.tokenization.base import ModalityTokenizer, check_tokenizer, load_tokenizers
-from fourm.tokenization.serializers import METADATA_FIELDS, NUM_BINS, SERIALIZERS, split_words
+from fourm.tokenization.serializers import METADATA_FIELDS, NUM_BINS, SERIALIZERS, parse_token, split_words
 from fourm.tokenization.text import (
     NUM_SENTINELS,
     SequenceTokenizer,
@@ -232,11 +232,34 @@ def test_save_load_identical(toks, tmp_path):
     assert set(both) == {"caption", "sam_instance"}
 
 
+def test_box_bins_are_saved_and_older_folders_load_with_1000(hf_vocab, tmp_path):
+    tok = SequenceTokenizer(TextConfig("det", VOCAB, box_bins=64), hf_vocab)
+    tok.save_pretrained(tmp_path / "det")
+    loaded = load_pretrained(tmp_path / "det")
+    assert loaded.config.box_bins == 64
+    values = realistic("det", np.random.default_rng(4))
+    ids = loaded.encode(values)
+    assert ids == tok.encode(values)
+    assert max(p[1] for row in ids for p in map(parse_token, loaded.words(row)) if p) < 64
+    # a folder saved before the setting existed: its config has no box_bins
+    config_file = tmp_path / "det" / "config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["config"]["box_bins"]
+    config_file.write_text(json.dumps(saved))
+    old = load_pretrained(tmp_path / "det")
+    assert old.config.box_bins == NUM_BINS
+    assert old.words(old.encode([[{"box": [0, 0, 1, 1], "label": "cube"}]])[0])[:4] == \
+        ["v0=0", "v1=0", "v2=999", "v3=999"]
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="no sequence modality"):
         TextConfig("tok_rgb")
     with pytest.raises(ValueError, match="below"):
         TextConfig("caption", vocab_size=1000)
+    for bad in (0, 5000):
+        with pytest.raises(ValueError, match="box_bins"):
+            TextConfig("det", box_bins=bad)
     with pytest.raises(ValueError, match="tokens"):
         SequenceTokenizer(TextConfig("caption", VOCAB + 1),
                           new_tokenizer(build_vocabulary([], VOCAB), reserved_tokens()))
