@@ -86,13 +86,18 @@ def test_tiny_alpha_draws_are_finite_and_concentrated():
 
 @pytest.mark.parametrize("mixture", [None, [DirichletComponent(1.0, {"*": 1.0}, {"*": 1.0})]])
 def test_budgets_are_exact_when_tokens_suffice(mixture):
-    cfg = MaskingConfig(input_budget=12, target_budget=12, **({"mixture": mixture} if mixture else {}))
+    cfg = MaskingConfig(input_budget=12, target_budget=12, fill_inputs=True,
+                        **({"mixture": mixture} if mixture else {}))
     masker, rng = Masker(table(), cfg, SPECIALS), np.random.default_rng(0)
     outs = [masker(make_sample(rng), rng) for _ in range(80)]
     assert all(len(o["enc_ids"]) == 12 and len(o["dec_target"]) == 12 for o in outs)
     batch = masker.collate(outs[:8])
     batch.check()
     assert batch.enc_ids.shape == (8, 12) and batch.enc_valid.all() and batch.dec_valid.all()
+    # unfilled (the default), inputs are at most their budget; targets still exact
+    masker = Masker(table(), replace(cfg, fill_inputs=False), SPECIALS)
+    outs = [masker(make_sample(rng), rng) for _ in range(80)]
+    assert all(0 < len(o["enc_ids"]) <= 12 and len(o["dec_target"]) == 12 for o in outs)
 
 
 def test_short_samples_are_padded():
@@ -214,7 +219,7 @@ def test_missing_modalities_are_never_chosen():
         assert not np.isin(out["enc_mod"], absent).any() and not np.isin(out["dec_mod"], absent).any()
         # targets can only come from the image and global tokens (20) that the inputs left
         left = 20 - np.isin(out["enc_mod"], [0, 1]).sum()
-        assert len(out["enc_ids"]) == 12 and len(out["dec_target"]) == min(12, left)
+        assert 0 < len(out["enc_ids"]) <= 12 and len(out["dec_target"]) == min(12, left)
 
 
 def test_rgb_to_all_offers_only_rgb_inputs():
@@ -223,6 +228,29 @@ def test_rgb_to_all_offers_only_rgb_inputs():
     masker, rng = Masker(mods, cfg, SPECIALS), np.random.default_rng(9)
     out = masker(make_sample(rng), rng)
     assert (out["enc_mod"] == list(mods).index("rgb")).all() and len(out["enc_ids"]) == 16  # capped, not leaked
+
+
+def test_unfilled_inputs_keep_a_caption_draw_caption_only():
+    """fill_inputs=False: what a short caption cannot use of its share stays empty instead of going to
+    the image tokens, so caption-heavy draws train caption -> X; filled, the same draws hide it."""
+    mods = table()
+    mix = [DirichletComponent(1.0, {"caption": 50.0, "*": 0.01}, {"tok_depth": 1.0, "*": 0.0})]
+    caption = list(mods).index("caption")
+    for fill, most_caption_only in ((False, True), (True, False)):
+        cfg = MaskingConfig(input_budget=24, target_budget=8, mixture=mix, fill_inputs=fill)
+        masker, rng = Masker(mods, cfg, SPECIALS), np.random.default_rng(11)
+        outs = [masker(make_sample(rng, caption_len=6), rng) for _ in range(50)]
+        caption_only = np.mean([(o["enc_mod"] == caption).all() for o in outs])
+        assert (caption_only > 0.9) == most_caption_only, (fill, caption_only)
+        if not fill:
+            assert all(len(o["dec_target"]) == 8 for o in outs)  # the depth target keeps its budget
+
+
+def test_allocate_without_respread_gives_capped_shares():
+    np.testing.assert_array_equal(allocate(10, np.array([0.5, 0.5, 0.0]), np.array([2, 20, 5]), respread=False),
+                                  [2, 5, 0])
+    np.testing.assert_array_equal(allocate(9, np.array([1.0, 1.0, 1.0]), np.array([0, 4, 9]), respread=False),
+                                  [0, 4, 4])  # the token the cap cut is not given out
 
 
 def test_alphas_by_corpus_series_cover_its_tokens():
