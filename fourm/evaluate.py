@@ -40,7 +40,13 @@ class Generator(Protocol):
     ``{"caption": [str]}``); the result maps each target to one decoded value per sample.
     """
 
+    modalities: list[str]  # the model's modalities (tasks needing others are skipped)
+
     def generate(self, conditions: dict[str, list], targets: list[str], seed: int = 0) -> dict[str, list]: ...
+
+    def vectors(self, conditions: dict[str, list], target: str) -> np.ndarray:
+        """(B, C) vectors of the global modality ``target`` predicted from ``conditions``, made the way
+        ``fourm retrieve`` makes a model-built gallery (:func:`fourm.retrieval.predict_vectors`)."""
 
 
 @dataclass
@@ -96,14 +102,29 @@ class Context:
         with torch.no_grad():
             return list(tokenizer.decode(tokenizer.encode(values)))
 
-    def generate(self, target: str, given: str, values: list | None = None, tag: str = "") -> list:
-        """``target`` generated from the model modality ``given`` (default: its corpus truth), memoised by tag."""
+    def conditions(self, given: str, values: list | None = None) -> dict[str, list]:
+        """The model inputs for ``given`` (default value: its corpus truth): every model modality that
+        reads the same corpus series gets it, so a model reading RGB as pixels and as tokens sees both."""
         from fourm.modalities import MODALITIES
 
+        source = MODALITIES[given].source
+        values = self.truth(source) if values is None else values
+        readers = [m for m in getattr(self.generator, "modalities", ()) if MODALITIES[m].source == source]
+        return {m: values for m in readers or [given]}
+
+    def generate(self, target: str, given: str, values: list | None = None, tag: str = "") -> list:
+        """``target`` generated from the model modality ``given`` (default: its corpus truth), memoised by tag."""
         key = (target, given, tag)
         if key not in self._cache:
-            values = self.truth(MODALITIES[given].source) if values is None else values
-            self._cache[key] = list(self.generator.generate({given: values}, [target], seed=self.seed)[target])
+            made = self.generator.generate(self.conditions(given, values), [target], seed=self.seed)
+            self._cache[key] = list(made[target])
+        return self._cache[key]
+
+    def vectors(self, target: str, given: str) -> np.ndarray:
+        """Vectors of the global modality ``target`` predicted from the truth of ``given``, memoised."""
+        key = (target, given, "vectors")
+        if key not in self._cache:
+            self._cache[key] = np.asarray(self.generator.vectors(self.conditions(given), target))
         return self._cache[key]
 
 
@@ -174,8 +195,8 @@ def _retrieval(ctx: Context) -> list[Row]:
     """Rank the images by the cosine between the caption's vector and the vector the model predicts from each.
 
     Queries are the true caption vectors (MiniLM, the corpus' ``caption_global``); the gallery is what the
-    model predicts as ``tok_caption_global`` from each image alone. Upper bound: the gallery of the
-    tokenizer's round trip of the true vectors.
+    model predicts as ``tok_caption_global`` from each image alone, decoded as ``fourm retrieve`` does
+    (each token's expected code). Upper bound: the gallery of the tokenizer's round trip of the true vectors.
     """
     import torch
 
@@ -187,7 +208,7 @@ def _retrieval(ctx: Context) -> list[Row]:
 
     queries = unit(ctx.truth("caption_global"))
     ks = (1, 5)
-    model = recall_at_k(queries, unit(ctx.generate("tok_caption_global", "tok_rgb")), ks=ks)
+    model = recall_at_k(queries, unit(list(ctx.vectors("tok_caption_global", "tok_rgb"))), ks=ks)
     upper = recall_at_k(queries, unit(ctx.round_trip("tok_caption_global", list(queries.numpy()))), ks=ks)
     chance = chance_recall(len(queries), ks)
     return [Row("caption -> image retrieval", f"recall@{k}", model[k], chance[k], upper[k], True, "chance")
@@ -306,18 +327,30 @@ class PipelineGenerator:
         self.pipeline, self.batch_size, self.defaults = pipeline, batch_size, defaults
         self.modalities = list(pipeline.specs)
 
-    def generate(self, conditions: dict[str, list], targets: list[str], seed: int = 0) -> dict[str, list]:
+    def _batches(self, conditions: dict[str, list]):
+        """(first index, one dict per sample) for each batch of ``batch_size`` samples."""
         count = {len(v) for v in conditions.values()}
         if len(count) != 1:
             raise ValueError(f"conditions hold different numbers of samples: {sorted(count)}")
         n = count.pop()
-        out = {t: [] for t in targets}
         for start in range(0, n, self.batch_size):
-            batch = [{k: v[i] for k, v in conditions.items()} for i in range(start, min(n, start + self.batch_size))]
+            rows = range(start, min(n, start + self.batch_size))
+            yield start, [{k: v[i] for k, v in conditions.items()} for i in rows]
+
+    def generate(self, conditions: dict[str, list], targets: list[str], seed: int = 0) -> dict[str, list]:
+        out = {t: [] for t in targets}
+        for start, batch in self._batches(conditions):
             made = self.pipeline.generate(batch, list(targets), seed=seed + start, **self.defaults)
             for t in targets:
                 out[t] += list(made[t].values)
         return out
+
+    def vectors(self, conditions: dict[str, list], target: str) -> np.ndarray:
+        from fourm.retrieval import EmbedSpec, predict_vectors
+
+        spec = EmbedSpec(target, embedder="model", batch_size=self.batch_size)
+        return np.concatenate([predict_vectors(self.pipeline, batch, spec).numpy()
+                               for _, batch in self._batches(conditions)])
 
 
 def load_generator(model: str | os.PathLike, tokenizers: str | os.PathLike, batch_size: int = 16,

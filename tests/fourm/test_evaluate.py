@@ -120,6 +120,9 @@ class _Oracle:
             index = [(i + 1) % len(self.samples) for i in index]
         return {t: [self.samples[i][MODALITIES[t].source] for i in index] for t in targets}
 
+    def vectors(self, conditions, target):
+        return np.stack(self.generate(conditions, [target])[target])
+
 
 def _same(a, b) -> bool:
     return a == b if isinstance(a, str) else np.array_equal(np.asarray(a), np.asarray(b))
@@ -177,6 +180,23 @@ def test_perfect_model_meets_the_upper_bound_and_beats_the_baseline(scenes, monk
     assert worse[("RGB -> depth", "abs rel")]["model"] > 0
     assert worse[("caption -> image retrieval", "recall@1")]["model"] == 0.0
     assert not math.isnan(worse[("RGB -> caption", "colour + shape named right")]["model"])
+
+
+def test_rgb_goes_to_every_modality_that_reads_it(scenes):
+    """A model reading RGB as pixels and as tokens is given the scene's RGB both ways."""
+    seen = []
+
+    class TwoWays:
+        modalities = ["rgb", "tok_rgb", "tok_depth"]
+
+        def generate(self, conditions, targets, seed=0):
+            seen.append(sorted(conditions))
+            (values, *_) = conditions.values()
+            return {"tok_depth": [np.full((64, 64), 5.0)] * len(values)}
+
+    tokenizers = {"tok_rgb": _Identity(), "tok_depth": _Identity()}
+    evaluate(TwoWays(), tokenizers, scenes, samples=4, progress=False)
+    assert seen == [["rgb", "tok_rgb"]]
 
 
 def test_missing_modalities_skip_their_rows(scenes):

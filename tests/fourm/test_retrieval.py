@@ -292,6 +292,16 @@ def test_evaluation_rows(corpus, model, tokenizers):
     assert "R@5" in format_rows(rows)
 
 
+def test_evaluate_ranks_the_gallery_fourm_index_builds(corpus, model, tokenizers):
+    """`fourm evaluate`'s retrieval row predicts the very vectors of a model-built index (one code path)."""
+    from fourm.evaluate import load_generator
+
+    index = build_index(corpus, from_="model", inputs=["rgb"], model=model, tokenizers=tokenizers, progress=False)
+    rgbs = [s["rgb"] for s in CorpusReader(corpus, "rgb")]
+    vectors = load_generator(model, tokenizers, batch_size=4).vectors({"rgb": rgbs}, "tok_caption_global")
+    assert torch.allclose(torch.nn.functional.normalize(torch.as_tensor(vectors), dim=1), index.vectors, atol=1e-4)
+
+
 # ----------------------------------------------------------------------------- DINOv2 globals
 @pytest.fixture(scope="module")
 def dinov2_setup(tmp_path_factory):
