@@ -94,7 +94,7 @@ def test_budgets_are_exact_when_tokens_suffice(mixture):
     batch = masker.collate(outs[:8])
     batch.check()
     assert batch.enc_ids.shape == (8, 12) and batch.enc_valid.all() and batch.dec_valid.all()
-    # unfilled (the default), inputs are at most their budget; targets still exact
+    # unfilled, inputs are at most their budget; targets still exact
     masker = Masker(table(), replace(cfg, fill_inputs=False), SPECIALS)
     outs = [masker(make_sample(rng), rng) for _ in range(80)]
     assert all(0 < len(o["enc_ids"]) <= 12 and len(o["dec_target"]) == 12 for o in outs)
@@ -219,7 +219,7 @@ def test_missing_modalities_are_never_chosen():
         assert not np.isin(out["enc_mod"], absent).any() and not np.isin(out["dec_mod"], absent).any()
         # targets can only come from the image and global tokens (20) that the inputs left
         left = 20 - np.isin(out["enc_mod"], [0, 1]).sum()
-        assert 0 < len(out["enc_ids"]) <= 12 and len(out["dec_target"]) == min(12, left)
+        assert len(out["enc_ids"]) == 12 and len(out["dec_target"]) == min(12, left)
 
 
 def test_rgb_to_all_offers_only_rgb_inputs():

@@ -28,10 +28,7 @@ def config(corpus, out, *extra):
 
 
 def test_learns_below_the_unigram_baseline(token_corpus, tmp_path):
-    # filled inputs: every held-out sample shows 12 tokens, so the bounds below test learning, not
-    # how little a 4-token caption alone says about the image
-    cfg = config(token_corpus, tmp_path, "train.steps=200", "train.eval_every=200", "train.save_every=0",
-                 "masking.fill_inputs=true")
+    cfg = config(token_corpus, tmp_path, "train.steps=200", "train.eval_every=200", "train.save_every=0")
     model = run_training(cfg, progress=False)
     scores = read_metrics(tmp_path / "metrics.jsonl")[-1]
     ratios = {k: v for k, v in scores.items() if k.startswith("eval/vs_unigram/")}
