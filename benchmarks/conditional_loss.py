@@ -13,8 +13,13 @@ each target? Samples are the run's held-out split (the last ``--heldout`` of the
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
+
+# benchmarks/tokenizers.py would shadow Hugging Face's `tokenizers`: keep this folder off the import path
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 
 def conditional_ratios(model, task, given: list[str], batch_size: int = 32) -> dict[str, dict[str, float]]:
@@ -23,6 +28,11 @@ def conditional_ratios(model, task, given: list[str], batch_size: int = 32) -> d
     from fourm.data.masking import DirichletComponent, Masker, MaskingConfig
 
     names = list(model.config.modalities)
+
+    def size(name: str) -> int:
+        m = task.modalities[name]
+        return m.max_tokens or m.tokens
+
     out: dict[str, dict[str, float]] = {}
     for target in (n for n in names if n in task.baseline):
         out[target] = {}
@@ -30,9 +40,11 @@ def conditional_ratios(model, task, given: list[str], batch_size: int = 32) -> d
             if g == target:
                 continue
             inputs = [n for n in names if n != target] if g == "all" else [g]
-            # budgets above any sample's token count, every sequence shown whole: nothing is left out
-            cfg = MaskingConfig(input_budget=4096, target_budget=1024, mask_rate=[1.0, 1.0], mixture=[
-                DirichletComponent(1.0, {**{n: 1.0 for n in inputs}, "*": 0.0}, {target: 1.0, "*": 0.0})])
+            # budgets of every token the modalities can hold (a target sequence: + its [S_0]), sequences
+            # masked wholly or not at all: nothing is left out, and batches pad to no more than that
+            cfg = MaskingConfig(input_budget=sum(size(n) for n in inputs), target_budget=size(target) + 1,
+                                mask_rate=[1.0, 1.0], mixture=[DirichletComponent(
+                                    1.0, {**{n: 1.0 for n in inputs}, "*": 0.0}, {target: 1.0, "*": 0.0})])
             masker = Masker(task.modalities, cfg, task.masker.specials)
             total = count = 0.0
             with torch.no_grad():
