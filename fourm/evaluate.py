@@ -203,12 +203,12 @@ def _retrieval(ctx: Context) -> list[Row]:
     from fourm.retrieval import normalize
     from fourm.retrieval_eval import chance_recall, recall_at_k
 
-    def unit(vectors: list) -> torch.Tensor:
+    def unit(vectors) -> torch.Tensor:  # a list of vectors or a (N, C) array
         return normalize(torch.as_tensor(np.stack(vectors), dtype=torch.float32))
 
     queries = unit(ctx.truth("caption_global"))
     ks = (1, 5)
-    model = recall_at_k(queries, unit(list(ctx.vectors("tok_caption_global", "tok_rgb"))), ks=ks)
+    model = recall_at_k(queries, unit(ctx.vectors("tok_caption_global", "tok_rgb")), ks=ks)
     upper = recall_at_k(queries, unit(ctx.round_trip("tok_caption_global", list(queries.numpy()))), ks=ks)
     chance = chance_recall(len(queries), ks)
     return [Row("caption -> image retrieval", f"recall@{k}", model[k], chance[k], upper[k], True, "chance")

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fourm.tokenization.serializers import NUM_BINS
+
 log = logging.getLogger(__name__)
 
 
@@ -41,7 +43,7 @@ class Config:
     # levels per box coordinate (det, sam_instance, human_poses): 1000 as 4M-21 at 224 px; a small model
     # learns the value tokens from ~1000 scenes of 64 px only with far fewer: 65 (the pixel edges, boxes
     # exact) or 64 (one per pixel, within half a pixel)
-    box_bins: int = 1000
+    box_bins: int = NUM_BINS
     modalities: list[str] = field(default_factory=list)  # empty: every sequence modality of the corpus
     limit: int | None = None  # samples read from the corpus; None: all
     extra_text: list[str] = field(default_factory=list)  # text files (one document a line) to learn from too
