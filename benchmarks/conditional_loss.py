@@ -13,13 +13,8 @@ each target? Samples are the run's held-out split (the last ``--heldout`` of the
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
-
-# benchmarks/tokenizers.py would shadow Hugging Face's `tokenizers`: keep this folder off the import path
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 
 def conditional_ratios(model, task, given: list[str], batch_size: int = 32) -> dict[str, dict[str, float]]:

@@ -15,12 +15,7 @@ decode images/s (fp32, one timed pass after a warm-up).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-# This file is named like the package it measures: keep its folder off the import path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 
 def detail(codec, pred_values, true_values) -> float:

@@ -14,12 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
-
-# This file is named like the package module it measures: keep its folder off the import path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 
 def search_speed(n: int, queries: int = 100, k: int = 10, repeats: int = 5) -> None:

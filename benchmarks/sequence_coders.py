@@ -19,14 +19,10 @@ and the visible ones), mean absolute visibility error, tokens per person.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-# This file is named like the package it measures: keep its folder off the import path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -35,16 +35,12 @@ import json
 import os
 import resource
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-
-# keep this folder off the import path (benchmarks/tokenizers.py shadows the package's name)
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -1,6 +1,6 @@
 """Pseudo-labelling throughput: samples/s of the scene source and of each labeller.
 
-    python benchmarks/pseudolabel.py [--size 64] [--samples 128] [--threads 1] [--model NAME=PATH ...]
+    python benchmarks/labelling.py [--size 64] [--samples 128] [--threads 1] [--model NAME=PATH ...]
 
 Labellers that need weights run only when given a model (``--model depth=/path/to/dpt``).
 Each figure is the median of ``--repeats`` timed passes after one warm-up pass.
@@ -10,12 +10,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
-
-# This file is named like the package it measures: keep its folder off the import path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 
 def timed(fn, repeats: int) -> float:

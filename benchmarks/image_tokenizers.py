@@ -1,7 +1,7 @@
 """Tokenizer quality and speed on held-out data: one row per tokenizer (or per test set).
 
-    python benchmarks/tokenizers.py --tokenizers DIR [--eval-corpus DIR] [--samples 256]
-    python benchmarks/tokenizers.py --tokenizers DIR --train-corpus CORPUS   # trains what DIR lacks
+    python benchmarks/image_tokenizers.py --tokenizers DIR [--eval-corpus DIR] [--samples 256]
+    python benchmarks/image_tokenizers.py --tokenizers DIR --train-corpus CORPUS   # trains what DIR lacks
 
 Held-out scenes come from a corpus rendered with another seed than the training corpus (made on the
 first run: ``scenes:N`` with ``seed=1``), so no scene was seen in training. ``tok_rgb`` is also
@@ -19,16 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-# This file is named like the package it measures: keep its folder off the import path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "immunohistochemistry",
