@@ -109,7 +109,7 @@ class Context:
 
         source = MODALITIES[given].source
         values = self.truth(source) if values is None else values
-        readers = [m for m in getattr(self.generator, "modalities", ()) if MODALITIES[m].source == source]
+        readers = [m for m in self.generator.modalities if MODALITIES[m].source == source]
         return {m: values for m in readers or [given]}
 
     def generate(self, target: str, given: str, values: list | None = None, tag: str = "") -> list:
@@ -265,7 +265,7 @@ def evaluate(generator: Generator, tokenizers: dict, corpus: str | os.PathLike, 
     data = [reader.sample(i) for i in range(min(samples, len(reader)))]
     ctx = Context(data, reader.manifest.get("classes", {}), tokenizers, generator, seed)
     # a task needs its modalities in the model and a tokenizer for each (round trips, decoding)
-    available = set(tokenizers) & set(getattr(generator, "modalities", tokenizers))
+    available = set(tokenizers) & set(generator.modalities)
     rows, skipped = [], {}
     names = tasks or list(TASKS)
     for name in tqdm(names, desc="evaluate", unit="task", disable=not progress):
