@@ -13,6 +13,9 @@ import numpy as np
 
 from fourm.modalities import Storage
 
+# Suffixes of the image files we read with PIL: user inputs, photo folders and webdataset members
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
 
 class CorruptSampleError(ValueError):
     """A stored value that cannot be decoded (truncated PNG, broken JSON, wrong shape)."""

@@ -19,8 +19,6 @@ from fourm.generation.pipeline import Generated, Pipeline
 from fourm.generation.schedule import PARALLEL_SCHEMES, SEQUENCE_SCHEMES, Target
 from fourm.modalities import CORPUS, MODALITIES, Kind
 
-IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
 
 def corpus_key(key: str) -> str:
     """The corpus entry a condition or target key reads (``tok_depth`` -> ``depth``)."""
@@ -34,7 +32,7 @@ def corpus_key(key: str) -> str:
 def read_input(spec: str, flag: str = "--input") -> tuple[str, Any]:
     """``key=value`` -> (key, raw value): a file (image, .json, .txt, .npy) read in the corpus'
     units, or, for text modalities, the literal text. ``flag`` names the option in errors."""
-    from fourm.data.codecs import CorruptSampleError, decode
+    from fourm.data.codecs import IMAGE_SUFFIXES, CorruptSampleError, decode
 
     key, sep, text = spec.partition("=")
     key = key.strip()
@@ -55,7 +53,7 @@ def read_input(spec: str, flag: str = "--input") -> tuple[str, Any]:
             return key, json.loads(path.read_text())
         if suffix == ".txt":
             return key, path.read_text().strip()
-        if suffix in IMAGE_FILES:
+        if suffix in IMAGE_SUFFIXES:
             if storage.ext == "png" and suffix == ".png" and storage.channels == 1:
                 return key, decode(path.read_bytes(), storage)  # depth in mm, class ids: the corpus' own PNGs
             from PIL import Image

@@ -16,9 +16,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from fourm.data.codecs import IMAGE_SUFFIXES
 from pseudolabel.sources.base import Skipped, Source, source
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
 
 def load_image(data: bytes | str | Path, image_size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
@@ -51,9 +50,9 @@ class Folder(Source):
         root = Path(self.path)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {self.path!r} does not exist")
-        self._files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        self._files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not self._files:
-            raise ValueError(f"no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images below {self.path!r}")
+            raise ValueError(f"no {'/'.join(e[1:] for e in IMAGE_SUFFIXES)} images below {self.path!r}")
 
     @classmethod
     def from_arg(cls, arg: str, **options) -> Folder:
@@ -136,7 +135,7 @@ class WebDataset(Source):
         errors: list[str] = []
         for n, raw in enumerate(self._samples(url, errors)):
             key = raw["__key__"]
-            image_ext = next((e for e in raw if "." + e in IMAGE_EXTENSIONS), None)
+            image_ext = next((e for e in raw if "." + e in IMAGE_SUFFIXES), None)
             if image_ext is None:
                 yield Skipped(f"{url}:{key}", "no image member")
                 continue
