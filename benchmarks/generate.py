@@ -6,16 +6,17 @@ FourM tiny (6+6 layers, width 384) over ``tok_rgb`` (196 tokens, vocabulary 1638
 (vocabulary 30000). Cases: caption -> image tokens with MaskGIT 8 steps at batch 1 and 8, the same
 with classifier-free guidance 3.0, ROAR 8 steps, and an image -> caption left-to-right of 32 and 64
 tokens with the KV cache and without it (the decoder re-run over the whole prefix each token, as the
-public reference does). Rounds are interleaved (each round runs every case once) and the median over
-rounds is reported, so a load change on a shared machine hits every case alike; the 1-minute load
-average before and after is printed. Beside wall time, the process' CPU time: on a shared machine
-(here often 4-8 busy processes on 2 cores) a single-threaded run waits for the CPU much of its wall
-time, and its CPU time is what the same run takes on an idle core (up to memory-bandwidth
-contention). Each case's model FLOPs (``torch.utils.flop_counter``) divided by its CPU time gives its
-rate, printed beside a large matmul's rate measured in the same rounds: a case near that rate is
-bound by its arithmetic, not by overhead. For autoregression, "marginal" is the cost of one more
-token, (t64 - t32) / 32: the per-token cost without the one encoder pass. Reference figures (the
-public implementation on this machine) are printed beside ours.
+public reference does), beside the floor of a cached token: one batch-1 matmul per decoder weight
+and the caption head, bound by memory bandwidth. Rounds are interleaved (each round runs every case
+once) and the median over rounds is reported, so a load change on a shared machine hits every case
+alike; the 1-minute load average before and after is printed. Beside wall time, the process' CPU
+time: on a shared machine (here often 4-8 busy processes on 2 cores) a single-threaded run waits for
+the CPU much of its wall time, and its CPU time is what the same run takes on an idle core (up to
+memory-bandwidth contention). Each case's model FLOPs (``torch.utils.flop_counter``) divided by its
+CPU time gives its rate, printed beside a large matmul's rate measured in the same rounds: a case
+near that rate is bound by its arithmetic, not by overhead. For autoregression, "marginal" is the
+cost of one more token, (t64 - t32) / 32: the per-token cost without the one encoder pass. Reference
+figures (the public implementation on this machine) are printed beside ours.
 """
 
 from __future__ import annotations
@@ -73,9 +74,16 @@ def build_cases(model) -> list[Case]:
                 sampler.autoregressive(model, image_state(), target, torch.Generator().manual_seed(0), use_cache)
         return run
 
+    # A cached token multiplies one row by every decoder weight and the caption head: at batch 1 that
+    # reads ~96 MB of fp32 weights per token, far beyond the cache, so memory bandwidth sets the floor
+    read = [(torch.zeros(1, m.in_features), m.weight) for n, m in model.decoder.named_modules()
+            if isinstance(m, torch.nn.Linear) and not n.endswith("cross_attn.kv")]  # cross K/V: cached
+    read.append((torch.zeros(1, 384), model.heads["caption"].weight))
     a, w = torch.randn(196, 384), torch.randn(16384, 384)
     return [
         Case("matmul 196x384x16384 (x10)", lambda: [torch.nn.functional.linear(a, w) for _ in range(10)]),
+        Case("ar floor: token's weights, b1", lambda: [torch.nn.functional.linear(x, w) for x, w in read], per_token=1,
+             reference=f"{sum(w.numel() for _, w in read) * 4 / 1e6:.0f} MB read"),
         Case("maskgit 8 steps, b1", to_image(1), reference="2.0 s"),
         Case("maskgit 8 steps, b8", to_image(8), reference="18 s"),
         Case("maskgit 8 steps, b1, guidance 3", to_image(1, guidance=3.0), reference="3.6 s"),
