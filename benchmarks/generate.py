@@ -76,10 +76,11 @@ def build_cases(model) -> list[Case]:
 
     # A cached token multiplies one row by every decoder weight and the caption head: at batch 1 that
     # reads ~96 MB of fp32 weights per token, far beyond the cache, so memory bandwidth sets the floor
-    read = [(torch.zeros(1, m.in_features), m.weight) for n, m in model.decoder.named_modules()
+    device = model.embed.mask_token.device
+    read = [(torch.zeros(1, m.in_features, device=device), m.weight) for n, m in model.decoder.named_modules()
             if isinstance(m, torch.nn.Linear) and not n.endswith("cross_attn.kv")]  # cross K/V: cached
-    read.append((torch.zeros(1, 384), model.heads["caption"].weight))
-    a, w = torch.randn(196, 384), torch.randn(16384, 384)
+    read.append((torch.zeros(1, 384, device=device), model.heads["caption"].weight))
+    a, w = torch.randn(196, 384, device=device), torch.randn(16384, 384, device=device)
     return [
         Case("matmul 196x384x16384 (x10)", lambda: [torch.nn.functional.linear(a, w) for _ in range(10)]),
         Case("ar floor: token's weights, b1", lambda: [torch.nn.functional.linear(x, w) for x, w in read], per_token=1,
@@ -100,11 +101,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (after one warm-up round)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--cases", help="comma-separated substrings of case names to run")
+    p.add_argument("--device", default="cpu", help="where the model runs (cuda: wall times synchronise the device)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = create_model("tiny", "tok_rgb,caption", ModalityScale(224, 16)).eval()
+    model = create_model("tiny", "tok_rgb,caption", ModalityScale(224, 16)).eval().to(args.device)
+    sync = torch.cuda.synchronize if model.embed.mask_token.is_cuda else (lambda: None)
     cases = build_cases(model)
     if args.cases:
         wanted = [c.strip() for c in args.cases.split(",")]
@@ -121,8 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     cpu: dict[str, list[float]] = {c.name: [] for c in cases}
     for round_ in range(args.repeats + 1):
         for case in cases:
+            sync()
             start, start_cpu = time.perf_counter(), time.process_time()
             case.run()
+            sync()
             if round_:  # round 0 warms up
                 times[case.name].append(time.perf_counter() - start)
                 cpu[case.name].append(time.process_time() - start_cpu)

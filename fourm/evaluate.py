@@ -59,6 +59,7 @@ class EvaluateConfig:
     batch_size: int = 16
     steps: int = 1  # MaskGIT steps per image / global target; 1: each token's argmax in one pass (configs/demo.yaml)
     temperature: float = 0.0  # 0: the most likely tokens, what a prediction measure should see
+    device: str = "cpu"  # where the model runs ("cuda"); tokenizer round trips and metrics stay on the CPU
     out: str | None = None  # write the table as JSON here
 
 
@@ -305,7 +306,8 @@ def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> dict:
 
     if not Path(cfg.model).is_dir():
         raise FileNotFoundError(f"model folder {cfg.model} does not exist")
-    generator = load_generator(cfg.model, cfg.tokenizers, cfg.batch_size, steps=cfg.steps, temperature=cfg.temperature)
+    generator = load_generator(cfg.model, cfg.tokenizers, cfg.batch_size, cfg.device, steps=cfg.steps,
+                               temperature=cfg.temperature)
     table = evaluate(generator, load_tokenizers(cfg.tokenizers), cfg.corpus, cfg.samples, cfg.seed, progress=progress)
     print(format_table(table))
     if cfg.out:
@@ -354,10 +356,10 @@ class PipelineGenerator:
 
 
 def load_generator(model: str | os.PathLike, tokenizers: str | os.PathLike, batch_size: int = 16,
-                   **defaults) -> Generator:
+                   device: str = "cpu", **defaults) -> Generator:
     """The model as a :class:`Generator` (through :mod:`fourm.generation`'s pipeline)."""
     try:
         from fourm.generation.pipeline import Pipeline
     except ImportError as e:
         raise GenerationUnavailable(f"generation (fourm.generation.pipeline, issue 5) is not importable: {e}") from e
-    return PipelineGenerator(Pipeline.from_pretrained(model, tokenizers), batch_size, **defaults)
+    return PipelineGenerator(Pipeline.from_pretrained(model, tokenizers, device=device), batch_size, **defaults)
