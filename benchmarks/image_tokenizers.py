@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from timing import timed
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "immunohistochemistry",
@@ -48,15 +47,6 @@ class Row:
     config: str | None = None  # configs/tokenizers/<config>.yaml trains it when it is missing
     main: str = ""  # the figure the table leads with
 
-
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up: first calls pay for lazy imports and allocations
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def load_values(corpus: Path, name: str, samples: int) -> list:

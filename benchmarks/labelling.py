@@ -9,18 +9,8 @@ Each figure is the median of ``--repeats`` timed passes after one warm-up pass.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up: first calls pay for lazy imports and allocations
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import timed
 
 
 def main() -> None:

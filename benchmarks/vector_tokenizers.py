@@ -17,21 +17,13 @@ out) in batches of ``--batch``, median of 3 timed passes after a warm-up, at ``-
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
+from timing import timed
+
 REPO = Path(__file__).resolve().parents[1]
 
-
-def timed(fn, repeats: int = 3) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

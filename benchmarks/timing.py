@@ -1,0 +1,20 @@
+"""The timing helper the benchmark scripts share (run as ``python benchmarks/NAME.py``, this folder is
+on the import path)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def timed(fn: Callable[[], object], repeats: int = 3) -> float:
+    """Median wall seconds of ``repeats`` calls of ``fn`` after one untimed warm-up call (the first call
+    pays for lazy imports and allocations)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
