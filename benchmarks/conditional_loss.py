@@ -23,11 +23,7 @@ def conditional_ratios(model, task, given: list[str], batch_size: int = 32) -> d
     from fourm.data.masking import DirichletComponent, Masker, MaskingConfig
 
     names = list(model.config.modalities)
-
-    def size(name: str) -> int:
-        m = task.modalities[name]
-        return m.max_tokens or m.tokens
-
+    size = {n: task.modalities[n].tokens for n in names}  # grid size, or a sequence's maximum length
     out: dict[str, dict[str, float]] = {}
     for target in (n for n in names if n in task.baseline):
         out[target] = {}
@@ -37,7 +33,7 @@ def conditional_ratios(model, task, given: list[str], batch_size: int = 32) -> d
             inputs = [n for n in names if n != target] if g == "all" else [g]
             # budgets of every token the modalities can hold (a target sequence: + its [S_0]), sequences
             # masked wholly or not at all: nothing is left out, and batches pad to no more than that
-            cfg = MaskingConfig(input_budget=sum(size(n) for n in inputs), target_budget=size(target) + 1,
+            cfg = MaskingConfig(input_budget=sum(size[n] for n in inputs), target_budget=size[target] + 1,
                                 mask_rate=[1.0, 1.0], mixture=[DirichletComponent(
                                     1.0, {**{n: 1.0 for n in inputs}, "*": 0.0}, {target: 1.0, "*": 0.0})])
             masker = Masker(task.modalities, cfg, task.masker.specials)

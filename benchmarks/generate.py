@@ -77,14 +77,15 @@ def build_cases(model) -> list[Case]:
     # A cached token multiplies one row by every decoder weight and the caption head: at batch 1 that
     # reads ~96 MB of fp32 weights per token, far beyond the cache, so memory bandwidth sets the floor
     device = model.embed.mask_token.device
-    read = [(torch.zeros(1, m.in_features, device=device), m.weight) for n, m in model.decoder.named_modules()
-            if isinstance(m, torch.nn.Linear) and not n.endswith("cross_attn.kv")]  # cross K/V: cached
-    read.append((torch.zeros(1, 384, device=device), model.heads["caption"].weight))
+    layers = [m for n, m in model.decoder.named_modules()
+              if isinstance(m, torch.nn.Linear) and not n.endswith("cross_attn.kv")]  # cross K/V: cached
+    read = [(torch.zeros(1, m.in_features, device=device), m.weight) for m in [*layers, model.heads["caption"]]]
+    read_mb = sum(w.numel() * w.element_size() for _, w in read) / 1e6
     a, w = torch.randn(196, 384, device=device), torch.randn(16384, 384, device=device)
     return [
         Case("matmul 196x384x16384 (x10)", lambda: [torch.nn.functional.linear(a, w) for _ in range(10)]),
         Case("ar floor: token's weights, b1", lambda: [torch.nn.functional.linear(x, w) for x, w in read], per_token=1,
-             reference=f"{sum(w.numel() for _, w in read) * 4 / 1e6:.0f} MB read"),
+             reference=f"{read_mb:.0f} MB read"),
         Case("maskgit 8 steps, b1", to_image(1), reference="2.0 s"),
         Case("maskgit 8 steps, b8", to_image(8), reference="18 s"),
         Case("maskgit 8 steps, b1, guidance 3", to_image(1, guidance=3.0), reference="3.6 s"),
