@@ -64,7 +64,7 @@ class DemoConfig:
     tokenizers: TokenizerSettings = field(default_factory=TokenizerSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     generate: SampleSettings = field(default_factory=SampleSettings)
-    evaluate: SampleSettings = field(default_factory=lambda: SampleSettings(samples=64))
+    evaluate: SampleSettings = field(default_factory=lambda: SampleSettings(samples=128))
     quick: list[str] = field(default_factory=list)  # the --quick overrides
 
     def path(self, *parts: str) -> Path:

@@ -16,6 +16,10 @@ as shown when enough pixels of that shape's class take the named colour
 (:func:`fourm.metrics.objects_in_image`). The same judge scores the round-tripped true image
 (upper bound) and another scene's image (baseline).
 
+RGB -> caption scores the objects a caption names, so its captions are *sampled* from the model
+(``draws`` per scene, :meth:`Context.sample`) and compared with as many other scenes' captions; the
+other rows take each token's most likely value.
+
 Rows are a registry (``TASKS``); each task asks the model for what it needs through a
 :class:`Generator`, whose answers are cached so that chained rows reuse them.
 """
@@ -42,7 +46,9 @@ class Generator(Protocol):
 
     modalities: list[str]  # the model's modalities (tasks needing others are skipped)
 
-    def generate(self, conditions: dict[str, list], targets: list[str], seed: int = 0) -> dict[str, list]: ...
+    def generate(self, conditions: dict[str, list], targets: list[str], seed: int = 0,
+                 **settings) -> dict[str, list]:
+        """``settings``: Target fields for this call (``temperature=1.0``) over the generator's defaults."""
 
     def vectors(self, conditions: dict[str, list], target: str) -> np.ndarray:
         """(B, C) vectors of the global modality ``target`` predicted from ``conditions``, made the way
@@ -54,11 +60,12 @@ class EvaluateConfig:
     model: str = "runs/demo/fourm/model"
     tokenizers: str = "runs/demo/tokenizers"
     corpus: str = "runs/demo/heldout"
-    samples: int = 64
+    samples: int = 128  # the demo's held-out corpus holds 128 scenes: all of them
     seed: int = 0
     batch_size: int = 16
     steps: int = 1  # MaskGIT steps per image / global target; 1: each token's argmax in one pass (configs/demo.yaml)
     temperature: float = 0.0  # 0: the most likely tokens, what a prediction measure should see
+    draws: int = 4  # samples per scene for the rows that score a sampled caption (RGB -> caption)
     device: str = "cpu"  # where the model runs ("cuda"); tokenizer round trips and metrics stay on the CPU
     out: str | None = None  # write the table as JSON here
 
@@ -83,18 +90,22 @@ class Row:
 class Context:
     """The held-out samples, the tokenizers, and memoised generations shared by the tasks."""
 
-    def __init__(self, samples: list[dict], classes: dict, tokenizers: dict, generator: Generator, seed: int):
+    def __init__(self, samples: list[dict], classes: dict, tokenizers: dict, generator: Generator, seed: int,
+                 draws: int = 4):
+        if draws < 1:
+            raise ValueError(f"evaluate: draws must be at least 1, not {draws}")
         self.samples, self.classes, self.tokenizers = samples, classes, tokenizers
-        self.generator, self.seed = generator, seed
+        self.generator, self.seed, self.draws = generator, seed, draws
         self._cache: dict[tuple, list] = {}
 
     def truth(self, key: str) -> list:
         return [s[key] for s in self.samples]
 
-    def shuffled(self, key: str) -> list:
-        """Another scene's value for each scene (the next one): an answer that ignores the input."""
+    def shuffled(self, key: str, shift: int = 1) -> list:
+        """Another scene's value for each scene (the one ``shift`` later): an answer that ignores the input."""
         values = self.truth(key)
-        return values[1:] + values[:1]
+        shift %= len(values)
+        return values[shift:] + values[:shift]
 
     def round_trip(self, modality: str, values: list) -> list:
         import torch
@@ -119,6 +130,21 @@ class Context:
         if key not in self._cache:
             made = self.generator.generate(self.conditions(given, values), [target], seed=self.seed)
             self._cache[key] = list(made[target])
+        return self._cache[key]
+
+    def sample(self, target: str, given: str) -> list[list]:
+        """``draws`` samples of ``target`` per scene from the model's own distribution (temperature 1), memoised.
+
+        For measures that score what a sample *says*, such as the objects a caption names. Greedy decoding
+        of an unsure model repeats its likeliest words ("a small orange cylinder to the right of a small
+        orange cylinder, and ..."), so it measures the decoding, not what the model knows.
+        """
+        key = (target, given, "sampled")
+        if key not in self._cache:
+            conditions, n = self.conditions(given), len(self.samples)
+            # seeds seed + d * n + batch start: no two batches of any two draws share one
+            self._cache[key] = [list(self.generator.generate(conditions, [target], seed=self.seed + d * n,
+                                                             temperature=1.0)[target]) for d in range(self.draws)]
         return self._cache[key]
 
     def vectors(self, target: str, given: str) -> np.ndarray:
@@ -237,9 +263,15 @@ def _caption_to_rgb(ctx: Context) -> list[Row]:
 
 @task("RGB -> caption", "tok_rgb", "caption")
 def _caption(ctx: Context) -> list[Row]:
+    """Captions sampled ``ctx.draws`` times per scene (:meth:`Context.sample`), against as many other scenes'."""
     gt = ctx.truth("caption")
-    model = metrics.caption_object_scores(ctx.generate("caption", "tok_rgb"), gt)
-    base = metrics.caption_object_scores(ctx.shuffled("caption"), gt)
+
+    def mean(scores: list[dict]) -> dict:
+        return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+
+    model = mean([metrics.caption_object_scores(d, gt) for d in ctx.sample("caption", "tok_rgb")])
+    others = [ctx.shuffled("caption", 1 + k % (len(gt) - 1)) for k in range(ctx.draws)]  # never the scene's own
+    base = mean([metrics.caption_object_scores(o, gt) for o in others])
     upper = metrics.caption_object_scores(ctx.round_trip("caption", gt), gt)
     labels = {"shape": "shapes named right", "colour_shape": "colour + shape named right",
               "recall": "scene objects named"}
@@ -249,7 +281,7 @@ def _caption(ctx: Context) -> list[Row]:
 
 # ----------------------------------------------------------------------------- running and printing
 def evaluate(generator: Generator, tokenizers: dict, corpus: str | os.PathLike, samples: int = 64, seed: int = 0,
-             tasks: list[str] | None = None, progress: bool = True) -> dict:
+             tasks: list[str] | None = None, progress: bool = True, draws: int = 4) -> dict:
     """The evaluation table over the first ``samples`` scenes of ``corpus``: ``{"rows": [...], "samples": N}``.
 
     Tasks whose modalities the model or the tokenizers lack are listed under ``"skipped"`` with the reason.
@@ -264,7 +296,7 @@ def evaluate(generator: Generator, tokenizers: dict, corpus: str | os.PathLike, 
     if samples < 2:
         raise ValueError(f"evaluate: samples must be at least 2, not {samples}")
     data = [reader.sample(i) for i in range(min(samples, len(reader)))]
-    ctx = Context(data, reader.manifest.get("classes", {}), tokenizers, generator, seed)
+    ctx = Context(data, reader.manifest.get("classes", {}), tokenizers, generator, seed, draws)
     # a task needs its modalities in the model and a tokenizer for each (round trips, decoding)
     available = set(tokenizers) & set(generator.modalities)
     rows, skipped = [], {}
@@ -308,7 +340,8 @@ def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> dict:
         raise FileNotFoundError(f"model folder {cfg.model} does not exist")
     generator = load_generator(cfg.model, cfg.tokenizers, cfg.batch_size, cfg.device, steps=cfg.steps,
                                temperature=cfg.temperature)
-    table = evaluate(generator, load_tokenizers(cfg.tokenizers), cfg.corpus, cfg.samples, cfg.seed, progress=progress)
+    table = evaluate(generator, load_tokenizers(cfg.tokenizers), cfg.corpus, cfg.samples, cfg.seed, progress=progress,
+                     draws=cfg.draws)
     print(format_table(table))
     if cfg.out:
         write_json(cfg.out, table)
@@ -339,10 +372,11 @@ class PipelineGenerator:
             rows = range(start, min(n, start + self.batch_size))
             yield start, [{k: v[i] for k, v in conditions.items()} for i in rows]
 
-    def generate(self, conditions: dict[str, list], targets: list[str], seed: int = 0) -> dict[str, list]:
+    def generate(self, conditions: dict[str, list], targets: list[str], seed: int = 0,
+                 **settings) -> dict[str, list]:
         out = {t: [] for t in targets}
         for start, batch in self._batches(conditions):
-            made = self.pipeline.generate(batch, list(targets), seed=seed + start, **self.defaults)
+            made = self.pipeline.generate(batch, list(targets), seed=seed + start, **{**self.defaults, **settings})
             for t in targets:
                 out[t] += list(made[t].values)
         return out

@@ -107,7 +107,7 @@ class _Oracle:
         self.samples, self.shuffle = samples, shuffle
         self.modalities = MODEL_MODALITIES
 
-    def generate(self, conditions, targets, seed=0):
+    def generate(self, conditions, targets, seed=0, **settings):
         from fourm.modalities import MODALITIES
 
         (given, values), = conditions.items()
@@ -189,7 +189,7 @@ def test_rgb_goes_to_every_modality_that_reads_it(scenes):
     class TwoWays:
         modalities = ["rgb", "tok_rgb", "tok_depth"]
 
-        def generate(self, conditions, targets, seed=0):
+        def generate(self, conditions, targets, seed=0, **settings):
             seen.append(sorted(conditions))
             (values, *_) = conditions.values()
             return {"tok_depth": [np.full((64, 64), 5.0)] * len(values)}
@@ -205,10 +205,40 @@ def test_missing_modalities_skip_their_rows(scenes):
     class Depth:
         modalities = ["tok_rgb", "tok_depth"]
 
-        def generate(self, conditions, targets, seed=0):
+        def generate(self, conditions, targets, seed=0, **settings):
             (_, values), = conditions.items()
             return {"tok_depth": [np.full((64, 64), 5.0)] * len(values)}
 
     table = evaluate(Depth(), tokenizers, scenes, samples=4, progress=False)
     assert [r["task"] for r in table["rows"]] == ["RGB -> depth", "RGB -> depth"]
     assert "RGB -> caption" in table["skipped"]
+
+
+def test_captions_are_sampled_draws_times_against_other_scenes(scenes):
+    """RGB -> caption samples at temperature 1, once per draw with its own seeds; the baseline never uses
+    the scene's own caption, even when the draws outnumber the other scenes."""
+    from fourm.data.corpus import CorpusReader
+
+    reader = CorpusReader(scenes)
+    truth = [reader.sample(i)["caption"] for i in range(2)]
+    calls = []
+
+    class Sampler:
+        modalities = ["tok_rgb", "caption"]
+
+        def generate(self, conditions, targets, seed=0, **settings):
+            calls.append((seed, settings))
+            (_, values), = conditions.items()
+            # right only when sampled: a greedy decoder of this model would name nothing
+            return {"caption": truth if settings.get("temperature") == 1.0 else ["nothing."] * len(values)}
+
+    table = evaluate(Sampler(), {"tok_rgb": _Identity(), "caption": _Identity()}, scenes, samples=2,
+                     tasks=["RGB -> caption"], progress=False, draws=3)
+    assert len(calls) == 3 and len({seed for seed, _ in calls}) == 3
+    shape = next(r for r in table["rows"] if r["metric"] == "shapes named right")
+    assert shape["model"] == 1.0
+    other = metrics.caption_object_scores(truth[::-1], truth)["shape"]  # each scene scored with the other's
+    assert shape["baseline"] == pytest.approx(other) and other < 1.0
+    with pytest.raises(ValueError, match="draws"):
+        evaluate(Sampler(), {"tok_rgb": _Identity(), "caption": _Identity()}, scenes, samples=2,
+                 tasks=["RGB -> caption"], progress=False, draws=0)
