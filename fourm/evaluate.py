@@ -280,7 +280,7 @@ def _caption(ctx: Context) -> list[Row]:
 
 
 # ----------------------------------------------------------------------------- running and printing
-def evaluate(generator: Generator, tokenizers: dict, corpus: str | os.PathLike, samples: int = 64, seed: int = 0,
+def evaluate(generator: Generator, tokenizers: dict, corpus: str | os.PathLike, samples: int = 128, seed: int = 0,
              tasks: list[str] | None = None, progress: bool = True, draws: int = 4) -> dict:
     """The evaluation table over the first ``samples`` scenes of ``corpus``: ``{"rows": [...], "samples": N}``.
 
@@ -309,8 +309,8 @@ def evaluate(generator: Generator, tokenizers: dict, corpus: str | os.PathLike, 
             skipped[name] = f"no {', '.join(missing)}"
             continue
         rows.extend(TASKS[name](ctx))
-    return {"samples": len(data), "corpus": str(corpus), "rows": [{**asdict(r), "beats_baseline": r.beats_baseline}
-                                                                   for r in rows], "skipped": skipped}
+    return {"samples": len(data), "draws": draws, "corpus": str(corpus),
+            "rows": [{**asdict(r), "beats_baseline": r.beats_baseline} for r in rows], "skipped": skipped}
 
 
 def format_table(table: dict) -> str:

@@ -53,7 +53,9 @@ def _table(evaluation: dict) -> str:
     for name, why in evaluation.get("skipped", {}).items():
         rows.append(f"<tr><td>{html.escape(name)}</td><td colspan='5'>skipped: {html.escape(why)}</td></tr>")
     note = (f"<p>{evaluation['samples']} held-out scenes (rendered with a seed never trained on). Upper bound: the "
-            "tokenizer round trip of the truth. Green: the model beats the baseline; red: it does not.</p>")
+            "tokenizer round trip of the truth. Green: the model beats the baseline; red: it does not. "
+            f"Captions are sampled {evaluation.get('draws', 1)} times per scene (greedy decoding would repeat "
+            "the likeliest object); the other rows take each token's most likely value.</p>")
     return note + f"<table>{head}{''.join(rows)}</table>"
 
 

@@ -71,9 +71,10 @@ def test_finished_stages_are_reused_and_changed_ones_redone(tmp_path, monkeypatc
 def test_report_names_what_is_missing(tmp_path):
     from fourm.report import write_report
 
-    (tmp_path / "evaluation.json").write_text(json.dumps({"samples": 3, "skipped": {}, "rows": [
+    (tmp_path / "evaluation.json").write_text(json.dumps({"samples": 3, "draws": 4, "skipped": {}, "rows": [
         {"task": "RGB -> depth", "metric": "abs rel", "model": 0.1, "baseline": 0.2, "upper": 0.05,
          "higher_is_better": False, "baseline_is": "mean depth map", "beats_baseline": True}]}))
     page = write_report(tmp_path).read_text()
     assert "RGB -&gt; depth" in page and "0.100" in page and "class='good'" in page
+    assert "sampled 4 times per scene" in page
     assert "not produced (pictures/chain-caption.png)" in page
