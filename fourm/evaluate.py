@@ -105,6 +105,8 @@ class Context:
         """Another scene's value for each scene (the one ``shift`` later): an answer that ignores the input."""
         values = self.truth(key)
         shift %= len(values)
+        if shift == 0:
+            raise ValueError(f"shuffled: a shift that is a multiple of {len(values)} gives each scene its own {key}")
         return values[shift:] + values[:shift]
 
     def round_trip(self, modality: str, values: list) -> list:
