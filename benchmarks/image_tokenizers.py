@@ -48,7 +48,6 @@ class Row:
     main: str = ""  # the figure the table leads with
 
 
-
 def load_values(corpus: Path, name: str, samples: int) -> list:
     from fourm.data.corpus import CorpusReader
 

@@ -25,7 +25,6 @@ from timing import timed
 REPO = Path(__file__).resolve().parents[1]
 
 
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", required=True, help="training corpus with caption_global (e.g. scenes:2000)")

@@ -91,7 +91,7 @@ class Context:
     """The held-out samples, the tokenizers, and memoised generations shared by the tasks."""
 
     def __init__(self, samples: list[dict], classes: dict, tokenizers: dict, generator: Generator, seed: int,
-                 draws: int = 4):
+                 draws: int):
         if draws < 1:
             raise ValueError(f"evaluate: draws must be at least 1, not {draws}")
         self.samples, self.classes, self.tokenizers = samples, classes, tokenizers
