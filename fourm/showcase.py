@@ -66,6 +66,7 @@ def save_chains(generator, corpus: str | os.PathLike, out: str | os.PathLike, sa
     from fourm.render import image_grid
 
     data, classes = _heldout(corpus, samples)
+    Path(out).mkdir(parents=True, exist_ok=True)
     written = {}
     for name, (given, targets) in CHAINS.items():
         missing = [m for m in [given, *targets] if m not in generator.modalities]
@@ -114,5 +115,6 @@ def save_retrieval(model: str | os.PathLike, tokenizers: str | os.PathLike, corp
                                          fill=(0, 170, 0) if own else (255, 255, 255)))
         rows.append(tiles)
     path = Path(out) / "retrieval.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(rows, column_titles=["query", *[f"rank {r + 1}" for r in range(k)]]).save(path)
     return {"picture": str(path), "queries": len(rows), "found_in_top_k": found, "gallery": len(index)}
