@@ -297,7 +297,7 @@ def evaluate(generator: Generator, tokenizers: dict, corpus: str | os.PathLike, 
     reader = CorpusReader(corpus)
     if samples < 2:
         raise ValueError(f"evaluate: samples must be at least 2, not {samples}")
-    data = [reader.sample(i) for i in range(min(samples, len(reader)))]
+    data = reader.head(samples)
     ctx = Context(data, reader.manifest.get("classes", {}), tokenizers, generator, seed, draws)
     # a task needs its modalities in the model and a tokenizer for each (round trips, decoding)
     available = set(tokenizers) & set(generator.modalities)

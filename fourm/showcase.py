@@ -23,7 +23,7 @@ def _heldout(corpus: str | os.PathLike, samples: int) -> tuple[list[dict], dict]
     from fourm.data.corpus import CorpusReader
 
     reader = CorpusReader(corpus)
-    return [reader.sample(i) for i in range(min(samples, len(reader)))], reader.manifest.get("classes", {})
+    return reader.head(samples), reader.manifest.get("classes", {})
 
 
 def _tile(modality: str, value, rgb=None, classes=None):

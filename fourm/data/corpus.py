@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -255,8 +256,16 @@ class CorpusReader:
                     f"{len(reference)}; first difference at position {first}")
         return reference
 
+    def head(self, n: int) -> list[dict]:
+        """The first ``n`` samples in corpus order, damaged ones skipped (and counted in :attr:`skipped`).
+
+        One pass over the shards they lie in: asking :meth:`sample` for each reads a whole shard per
+        sample (128 held-out scenes: 14 s instead of 0.4 s).
+        """
+        return list(itertools.islice(self, n))
+
     def sample(self, position: int) -> dict:
-        """The sample at ``position`` (0-based, over all shards, in corpus order)."""
+        """The sample at ``position`` (0-based, over all shards, in corpus order); reads its whole shard."""
         if not 0 <= position < len(self):
             raise IndexError(f"sample {position} is out of range: the corpus holds {len(self)}")
         for index, count in enumerate(self.manifest["shard_samples"]):

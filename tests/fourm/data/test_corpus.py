@@ -68,6 +68,15 @@ def test_subset_and_random_access(tmp_path):
         CorpusReader(tmp_path, ["normal"])
 
 
+def test_head_is_the_first_samples_in_corpus_order(tmp_path):
+    written = make_corpus(tmp_path, ["rgb", "caption"])
+    reader = CorpusReader(tmp_path)
+    first = reader.head(4)  # crosses a shard boundary
+    assert [s["__key__"] for s in first] == [s["__key__"] for s in written[:4]]
+    assert first[3]["caption"] == reader.sample(3)["caption"]
+    assert len(reader.head(100)) == len(written)
+
+
 def test_writing_is_deterministic(tmp_path):
     batch = [{"__key__": "a", "rgb": value_for("rgb"), "metadata": {"b": 1, "a": 2}}]
     write_shard(tmp_path / "x", 0, batch, storages(["rgb", "metadata"]))
