@@ -141,7 +141,7 @@ def _evaluate(p: argparse.ArgumentParser):
     p.add_argument("--model", required=True, help="a FourM folder (a run's model/)")
     p.add_argument("--tokenizers", required=True, help="folder with one tokenizer per modality")
     p.add_argument("--corpus", required=True, help="held-out scenes, e.g. fourm pseudolabel --source scenes:128 seed=1")
-    p.add_argument("--samples", type=int, help="how many held-out scenes (default 128)")
+    p.add_argument("--samples", type=int, help="how many held-out scenes (default: all)")
     p.add_argument("--out", help="also write the table as JSON here")
     p.add_argument("overrides", nargs="*", help="key=value settings, e.g. batch_size=8 seed=1 draws=8 device=cuda")
 

@@ -51,7 +51,7 @@ class ModelSettings:
 
 @dataclass
 class SampleSettings:
-    samples: int = 4
+    samples: int | None = 4  # held-out scenes from the corpus' start; None: all of them
     seed: int = 0
     steps: int = 8  # MaskGIT steps per image / global target
     temperature: float = 0.0  # 0: most likely tokens
@@ -64,7 +64,7 @@ class DemoConfig:
     tokenizers: TokenizerSettings = field(default_factory=TokenizerSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     generate: SampleSettings = field(default_factory=SampleSettings)
-    evaluate: SampleSettings = field(default_factory=lambda: SampleSettings(samples=128))
+    evaluate: SampleSettings = field(default_factory=lambda: SampleSettings(samples=None))
     quick: list[str] = field(default_factory=list)  # the --quick overrides
 
     def path(self, *parts: str) -> Path:

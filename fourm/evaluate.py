@@ -60,7 +60,7 @@ class EvaluateConfig:
     model: str = "runs/demo/fourm/model"
     tokenizers: str = "runs/demo/tokenizers"
     corpus: str = "runs/demo/heldout"
-    samples: int = 128  # the demo's held-out corpus holds 128 scenes: all of them
+    samples: int | None = None  # held-out scenes from the corpus' start; None: all of them
     seed: int = 0
     batch_size: int = 16
     steps: int = 1  # MaskGIT steps per image / global target; 1: each token's argmax in one pass (configs/demo.yaml)
@@ -282,9 +282,10 @@ def _caption(ctx: Context) -> list[Row]:
 
 
 # ----------------------------------------------------------------------------- running and printing
-def evaluate(generator: Generator, tokenizers: dict, corpus: str | os.PathLike, samples: int = 128, seed: int = 0,
-             tasks: list[str] | None = None, progress: bool = True, draws: int = 4) -> dict:
-    """The evaluation table over the first ``samples`` scenes of ``corpus``: ``{"rows": [...], "samples": N}``.
+def evaluate(generator: Generator, tokenizers: dict, corpus: str | os.PathLike, samples: int | None = None,
+             seed: int = 0, tasks: list[str] | None = None, progress: bool = True, draws: int = 4) -> dict:
+    """The evaluation table over the first ``samples`` scenes of ``corpus`` (None: all of them):
+    ``{"rows": [...], "samples": N}``.
 
     Tasks whose modalities the model or the tokenizers lack are listed under ``"skipped"`` with the reason.
     """
@@ -295,9 +296,11 @@ def evaluate(generator: Generator, tokenizers: dict, corpus: str | os.PathLike, 
     from fourm.data.corpus import CorpusReader
 
     reader = CorpusReader(corpus)
-    if samples < 2:
+    if samples is not None and samples < 2:
         raise ValueError(f"evaluate: samples must be at least 2, not {samples}")
     data = reader.head(samples)
+    if len(data) < 2:  # every baseline is another scene's answer
+        raise ValueError(f"evaluate: {corpus} holds {len(data)} readable scene(s); the table needs at least 2")
     ctx = Context(data, reader.manifest.get("classes", {}), tokenizers, generator, seed, draws)
     # a task needs its modalities in the model and a tokenizer for each (round trips, decoding)
     available = set(tokenizers) & set(generator.modalities)

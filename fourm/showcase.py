@@ -19,7 +19,7 @@ CHAINS: dict[str, tuple[str, list[str]]] = {  # picture name -> (given modality,
 }
 
 
-def _heldout(corpus: str | os.PathLike, samples: int) -> tuple[list[dict], dict]:
+def _heldout(corpus: str | os.PathLike, samples: int | None) -> tuple[list[dict], dict]:
     from fourm.data.corpus import CorpusReader
 
     reader = CorpusReader(corpus)
@@ -90,7 +90,7 @@ def save_chains(generator, corpus: str | os.PathLike, out: str | os.PathLike, sa
 
 
 def save_retrieval(model: str | os.PathLike, tokenizers: str | os.PathLike, corpus: str | os.PathLike,
-                   out: str | os.PathLike, queries: int = 4, gallery: int = 64, k: int = 5) -> dict:
+                   out: str | os.PathLike, queries: int = 4, gallery: int | None = 64, k: int = 5) -> dict:
     """Caption -> image with :mod:`fourm.retrieval`, 4M-21 style: the gallery is the model's prediction of
     ``tok_caption_global`` from each held-out image, a caption query the model's prediction from the caption.
     One row per query: the caption, then the ``k`` best images, the true one framed in green."""

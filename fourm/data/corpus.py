@@ -256,8 +256,9 @@ class CorpusReader:
                     f"{len(reference)}; first difference at position {first}")
         return reference
 
-    def head(self, n: int) -> list[dict]:
-        """The first ``n`` samples in corpus order, damaged ones skipped (and counted in :attr:`skipped`).
+    def head(self, n: int | None) -> list[dict]:
+        """The first ``n`` samples in corpus order (None: all of them); damaged ones are skipped and
+        counted in :attr:`skipped`.
 
         One pass over the shards they lie in: asking :meth:`sample` for each reads a whole shard per
         sample (128 held-out scenes: 14 s instead of 0.4 s).

@@ -17,7 +17,8 @@ def test_stages_run_in_the_documented_order():
 
 def test_quick_is_overrides_of_the_same_config():
     full, quick = load_demo_config(), load_demo_config(quick=True)
-    assert quick.corpus.scenes < full.corpus.scenes and quick.evaluate.samples < full.evaluate.samples
+    assert quick.corpus.scenes < full.corpus.scenes and full.evaluate.samples is None  # all held-out scenes
+    assert quick.evaluate.samples < full.corpus.heldout_scenes
     assert load_demo_config(overrides=["corpus.scenes=7"], quick=True).corpus.scenes == 7  # the user has the last word
 
 

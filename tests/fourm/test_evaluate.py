@@ -212,6 +212,7 @@ def test_missing_modalities_skip_their_rows(scenes):
     table = evaluate(Depth(), tokenizers, scenes, samples=4, progress=False)
     assert [r["task"] for r in table["rows"]] == ["RGB -> depth", "RGB -> depth"]
     assert "RGB -> caption" in table["skipped"]
+    assert evaluate(Depth(), tokenizers, scenes, progress=False)["samples"] == 8  # by default every scene
 
 
 def test_captions_are_sampled_draws_times_against_other_scenes(scenes):

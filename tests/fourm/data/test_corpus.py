@@ -74,7 +74,7 @@ def test_head_is_the_first_samples_in_corpus_order(tmp_path):
     first = reader.head(4)  # crosses a shard boundary
     assert [s["__key__"] for s in first] == [s["__key__"] for s in written[:4]]
     assert first[3]["caption"] == reader.sample(3)["caption"]
-    assert len(reader.head(100)) == len(written)
+    assert len(reader.head(100)) == len(reader.head(None)) == len(written)
 
 
 def test_writing_is_deterministic(tmp_path):
