@@ -156,11 +156,12 @@ def _run_in_worker(index: int) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- the whole run
 def _plan(cfg: PseudolabelConfig, source: Source, labellers: list[Labeller], modalities: list[str]) -> dict:
+    made_by = {m: lab for lab in reversed(labellers) for m in lab.produces}  # the first producer wins
     return {
         "source": source.describe(),
         "labellers": [lab.describe() for lab in labellers],
-        "modalities": {m: storage_entry(CORPUS[m].storage,
-                                        labeller=next((lab.name for lab in labellers if m in lab.produces), "source"))
+        "modalities": {m: storage_entry(CORPUS[m].storage, labeller=made_by[m].name if m in made_by else "source",
+                                        exact=made_by[m].exact if m in made_by else True)
                        for m in modalities},
         "shard_size": cfg.shard_size,
         "image_size": cfg.image_size,

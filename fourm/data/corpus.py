@@ -278,3 +278,56 @@ class CorpusReader:
                 return found
             position -= count
         raise IndexError(position)
+
+
+# ----------------------------------------------------------------------------- reproducibility
+# How far a neural labeller's outputs may move between runs that differ in thread count, worker count
+# or batch shape: two half-precision steps (float16 keeps 11 significant bits), plus one storage step
+# for quantised series. Float kernels (oneDNN, MKL) block and sum by thread count and batch shape, so
+# the last bits of a network's output are a property of the run, not of the input.
+MODEL_RTOL = 2.0**-9
+MODEL_ATOL = 1e-5
+
+
+def compare_corpora(a: str | os.PathLike, b: str | os.PathLike) -> list[str]:
+    """What keeps corpus ``b`` from being corpus ``a``, as fourm promises it: empty when they are the same.
+
+    Every file must match byte for byte, except the shards of series whose manifest entry says
+    ``exact: false`` (made by a neural network): those must hold the same keys, and values equal
+    within ``MODEL_RTOL`` relative plus one storage step (discrete outputs, text and ids, exactly).
+    """
+    a, b = Path(a), Path(b)
+    files = {root: {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".tmp" not in p.name}
+             for root in (a, b)}
+    problems = [f"only in {root}: {name}" for root, other in ((a, b), (b, a))
+                for name in sorted(files[root] - files[other])]
+    series = read_manifest(a)["modalities"]
+    for name in sorted(files[a] & files[b]):
+        if (a / name).read_bytes() == (b / name).read_bytes():
+            continue
+        modality = name.split("/")[0]
+        if modality not in series or series[modality].get("exact", True):
+            problems.append(f"{name} differs (an exact series: its bytes must match)")
+        else:
+            problems += _compare_model_shard(a / name, b / name, Storage(**series[modality]["storage"]))
+    return problems
+
+
+def _compare_model_shard(a: Path, b: Path, storage: Storage) -> list[str]:
+    import numpy as np
+
+    (left, _), (right, _) = _read_tar(a), _read_tar(b)
+    if [k for k, _ in left] != [k for k, _ in right]:
+        return [f"{b} holds other keys than {a}"]
+    atol = MODEL_ATOL + (1 / storage.scale if storage.scale else 0.0)
+    problems = []
+    for (key, x), (_, y) in zip(left, right, strict=True):
+        x, y = decode(x, storage), decode(y, storage)
+        if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating):
+            x, y = x.astype(np.float64), np.asarray(y, np.float64)
+            same = x.shape == y.shape and np.allclose(y, x, rtol=MODEL_RTOL, atol=atol)
+        else:
+            same = np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y
+        if not same:
+            problems.append(f"{b}: {key} differs beyond the model tolerance")
+    return problems

@@ -23,6 +23,9 @@ class Labeller:
     version: ClassVar[str] = "1"
     # False for labellers that need weights or optional packages: they run only when asked for.
     default: ClassVar[bool] = True
+    # False for neural networks: their float kernels block and sum by thread count and batch shape,
+    # so their outputs are bit-stable only for the same threads and batches (see compare_corpora).
+    exact: ClassVar[bool] = True
 
     def setup(self, classes: dict[str, list[str]]) -> None:
         """Load models; called once per worker before the first batch.
@@ -49,7 +52,7 @@ class Labeller:
 
     def describe(self) -> dict:
         return {"name": self.name, "version": self.version, "needs": list(self.needs),
-                "produces": list(self.produces), "settings": self.settings()}
+                "produces": list(self.produces), "exact": self.exact, "settings": self.settings()}
 
 
 def labeller(cls):

@@ -54,6 +54,8 @@ class HFLabeller(Labeller):
     the checkpoint's config is used) and implement :meth:`label_batch`.
     """
 
+    exact = False
+
     model: str | None = None
     device: str = "cpu"
     batch_size: int = 8

@@ -47,6 +47,7 @@ class PoseLabeller(Labeller):
     needs = ("rgb",)
     produces = ("human_poses",)
     default = False  # optional package in a separate environment
+    exact = False
 
     model_complexity: int = 1
     min_detection_confidence: float = 0.5

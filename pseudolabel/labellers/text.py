@@ -62,6 +62,7 @@ class TextEmbedding(Labeller):
     name = "text_embedding"
     needs = ("caption",)
     produces = ("t5_caption", "caption_global")
+    exact = False
 
     max_tokens: int = 77
     device: str = "cpu"

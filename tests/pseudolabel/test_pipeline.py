@@ -1,15 +1,18 @@
 """The pipeline end to end on the scene source: alignment, resume after a kill, workers, refusal."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from fourm.data.corpus import CorpusReader, record_path
+from fourm.data.corpus import MODEL_RTOL, CorpusReader, compare_corpora, read_manifest, record_path, write_shard
+from fourm.modalities import Storage
 from pseudolabel.pipeline import PseudolabelConfig, plan_labellers, run_pipeline
 
 
@@ -66,15 +69,50 @@ def test_killed_run_resumes_to_the_same_corpus(reference, tmp_path):
     # also leave a shard half-written: its tar is there, its record is not
     record_path(out, 2).unlink(missing_ok=True)
     assert subprocess.run(cmd, capture_output=True).returncode == 0
-    assert corpus_bytes(out) == corpus_bytes(Path(cfg.out))
+    assert compare_corpora(cfg.out, out) == []
 
 
-def test_workers_write_the_same_corpus(reference, tmp_path):
+@pytest.mark.parametrize("change", [{"workers": 2}, {"batch_size": 3}])
+def test_workers_and_batches_write_the_same_corpus(reference, tmp_path, change):
+    """Exact series byte for byte; MiniLM's vectors within the model tolerance, since workers change the
+    thread count and batches the padding, and both move a network's last bits on some CPUs."""
     cfg, _ = reference
     out = tmp_path / "corpus"
-    run_pipeline(PseudolabelConfig(source="scenes:24", out=str(out), shard_size=4, batch_size=4, workers=2),
+    run_pipeline(PseudolabelConfig(**{**dict(source="scenes:24", out=str(out), shard_size=4, batch_size=4), **change}),
                  progress=False)
-    assert corpus_bytes(out) == corpus_bytes(Path(cfg.out))
+    assert compare_corpora(cfg.out, out) == []
+    series = read_manifest(out)["modalities"]
+    assert {m for m, e in series.items() if not e["exact"]} == {"t5_caption", "caption_global"}
+    ours, theirs = corpus_bytes(out), corpus_bytes(Path(cfg.out))
+    assert all(ours[p] == theirs[p] for p in ours if series.get(p.split("/")[0], {}).get("exact", True))
+
+
+def _rewrite_first_value(root: Path, modality: str, change) -> None:
+    """Shard 0 of ``modality`` again, with its first value replaced by ``change(value)``."""
+    storage = Storage(**read_manifest(root)["modalities"][modality]["storage"])
+    samples = [{"__key__": s["__key__"], modality: s[modality]} for s in CorpusReader(root, modality).shard(0)]
+    samples[0][modality] = change(samples[0][modality])
+    record = record_path(root, 0).read_bytes()
+    write_shard(root, 0, samples, {modality: storage})
+    record_path(root, 0).write_bytes(record)  # the record as it was: only the tar changed
+
+
+def test_compare_corpora_holds_models_to_the_tolerance_and_the_rest_to_the_bit(reference, tmp_path):
+    cfg, _ = reference
+    copy = lambda name: shutil.copytree(cfg.out, tmp_path / name)  # noqa: E731
+    one_step = copy("one_step")  # one half-precision step on one value: within the tolerance
+    _rewrite_first_value(one_step, "caption_global",
+                         lambda v: np.nextafter(v, np.float16(1), dtype=np.float16))
+    assert compare_corpora(cfg.out, one_step) == []
+    moved = copy("moved")  # a model value 1% off: beyond it
+    _rewrite_first_value(moved, "caption_global", lambda v: (v.astype(np.float32) * (1 + 5 * MODEL_RTOL)))
+    assert [p.split(": ")[-1] for p in compare_corpora(cfg.out, moved)] == \
+        ["scene-00000000 differs beyond the model tolerance"]
+    pixel = copy("pixel")  # one pixel of an exact series: a difference
+    _rewrite_first_value(pixel, "rgb", lambda v: np.where(np.arange(v.size).reshape(v.shape) == 0, v ^ 1, v))
+    assert compare_corpora(cfg.out, pixel) == ["rgb/shard-000000.tar differs (an exact series: its bytes must match)"]
+    (pixel / "depth" / "shard-000001.tar").unlink()
+    assert f"only in {cfg.out}: depth/shard-000001.tar" in compare_corpora(cfg.out, pixel)
 
 
 def test_ranks_take_disjoint_shards(tmp_path):

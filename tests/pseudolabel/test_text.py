@@ -7,6 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from fourm.data.corpus import MODEL_ATOL, MODEL_RTOL  # noqa: E402
 from pseudolabel.labellers import text  # noqa: E402
 from pseudolabel.registry import lookup  # noqa: E402
 
@@ -58,10 +59,9 @@ def test_similar_captions_are_closer(labelled):
 def test_deterministic_and_batch_independent(labelled):
     lab, out = labelled
     alone = lab.label([{"caption": CAPTIONS[1]}])[0]
-    np.testing.assert_allclose(alone["caption_global"].astype(np.float32),
-                               out[1]["caption_global"].astype(np.float32), atol=2e-3)
-    np.testing.assert_allclose(alone["t5_caption"].astype(np.float32),
-                               out[1]["t5_caption"].astype(np.float32), atol=2e-3)
+    for key in ("caption_global", "t5_caption"):  # padding moves the last bits: the corpus' model tolerance
+        np.testing.assert_allclose(alone[key].astype(np.float32), out[1][key].astype(np.float32),
+                                   rtol=MODEL_RTOL, atol=MODEL_ATOL)
     again = lab.label([{"caption": c} for c in CAPTIONS])  # same batch: same bits
     for a, o in zip(again, out, strict=True):
         np.testing.assert_array_equal(a["caption_global"], o["caption_global"])
