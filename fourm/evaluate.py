@@ -10,11 +10,10 @@ ground truth. For each row of the table (issue 6, after 4M-21's out-of-the-box r
 * **upper bound**: the tokenizer round trip ``decode(encode(truth))``, the best any model predicting
   these tokens can do.
 
-Caption -> RGB has no true image to compare with; the generated image is *judged*: the model
-predicts its segmentation (RGB -> semseg, the row above), and each object the caption names counts
-as shown when enough pixels of that shape's class take the named colour
-(:func:`fourm.metrics.objects_in_image`). The same judge scores the round-tripped true image
-(upper bound) and another scene's image (baseline).
+Caption -> RGB has no true image to compare with; the generated image is *judged*, by a judge that is not
+the model: which of the caption's colours it shows, and which colours it shows that the caption did not
+name (:func:`fourm.metrics.colour_hits`, pixel hues; white is not judged, the ground being grey). The same
+judge scores the round-tripped true image (upper bound) and another scene's image (baseline).
 
 RGB -> caption scores the objects a caption names, so its captions are *sampled* from the model
 (``draws`` per scene, :meth:`Context.sample`) and compared with as many other scenes' captions; the
@@ -117,14 +116,16 @@ class Context:
             return list(tokenizer.decode(tokenizer.encode(values)))
 
     def conditions(self, given: str, values: list | None = None) -> dict[str, list]:
-        """The model inputs for ``given`` (default value: its corpus truth): every model modality that
-        reads the same corpus series gets it, so a model reading RGB as pixels and as tokens sees both."""
-        from fourm.modalities import MODALITIES
+        """The model inputs for ``given`` (default value: its corpus truth): the model modalities that read
+        the same corpus series, and of those only the pixels where the model reads pixels (as the
+        generation pipeline feeds a raw image, and as training's RGB-to-all draws show it)."""
+        from fourm.modalities import MODALITIES, Kind
 
         source = MODALITIES[given].source
         values = self.truth(source) if values is None else values
         readers = [m for m in self.generator.modalities if MODALITIES[m].source == source]
-        return {m: values for m in readers or [given]}
+        pixels = [m for m in readers if MODALITIES[m].kind == Kind.PIXELS]
+        return {m: values for m in pixels or readers or [given]}
 
     def generate(self, target: str, given: str, values: list | None = None, tag: str = "") -> list:
         """``target`` generated from the model modality ``given`` (default: its corpus truth), memoised by tag."""
@@ -244,23 +245,18 @@ def _retrieval(ctx: Context) -> list[Row]:
             for k in ks]
 
 
-@task("caption -> RGB", "caption", "tok_rgb", "tok_semseg")
+@task("caption -> RGB", "caption", "tok_rgb")
 def _caption_to_rgb(ctx: Context) -> list[Row]:
+    """Judged without the model (:func:`fourm.metrics.colour_hits`): which named colours the image shows, and
+    how many of the colours it shows the caption did not name."""
     captions = ctx.truth("caption")
-    names = ctx.classes["semseg"]
-
-    def shown(images: list, semseg: list) -> float:
-        judged = [metrics.objects_in_image(im, s, metrics.parse_objects(c), names)
-                  for im, s, c in zip(images, semseg, captions, strict=True)]
-        flat = [x for j in judged for x in j]
-        return float(np.mean(flat)) if flat else 0.0
-
-    generated = ctx.generate("tok_rgb", "caption")
-    seen = ctx.generate("tok_semseg", "tok_rgb", generated, "generated")
-    real = ctx.generate("tok_semseg", "tok_rgb")  # the RGB -> semseg row's predictions
-    upper = shown(ctx.round_trip("tok_rgb", ctx.truth("rgb")), real)
-    return [Row("caption -> RGB", "named objects shown", shown(generated, seen),
-                shown(ctx.shuffled("rgb"), real[1:] + real[:1]), upper, True, "another scene's image")]
+    model = metrics.colour_hits(ctx.generate("tok_rgb", "caption"), captions)
+    base = metrics.colour_hits(ctx.shuffled("rgb"), captions)
+    upper = metrics.colour_hits(ctx.round_trip("tok_rgb", ctx.truth("rgb")), captions)
+    return [Row("caption -> RGB", "named colours shown", model["named"], base["named"], upper["named"], True,
+                "another scene's image"),
+            Row("caption -> RGB", "colours shown not named", model["false_alarms"], base["false_alarms"],
+                upper["false_alarms"], False, "another scene's image")]
 
 
 @task("RGB -> caption", "tok_rgb", "caption")
