@@ -131,10 +131,14 @@ def _tokenizers(cfg: DemoConfig) -> dict:
 
 def _tokenize(cfg: DemoConfig) -> dict:
     from fourm.data.tokenize import TokenizeConfig, tokenize_corpus
+    from fourm.modalities import get_modality
 
+    # raw model inputs (rgb pixels, t5_caption vectors) have no tokenizer: they are copied
+    raw = [m for m in cfg.model.modalities if get_modality(m).tokenizer is None]
     manifest = tokenize_corpus(TokenizeConfig(corpus=str(cfg.path("corpus")), tokenizers=str(cfg.path("tokenizers")),
-                                              out=str(cfg.path("tokens")), modalities=list(cfg.model.modalities),
-                                              passthrough=[]))
+                                              out=str(cfg.path("tokens")),
+                                              modalities=[m for m in cfg.model.modalities if m not in raw],
+                                              passthrough=raw))
     return {"samples": manifest["num_samples"], "series": list(manifest["modalities"])}
 
 

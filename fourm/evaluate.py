@@ -116,16 +116,14 @@ class Context:
             return list(tokenizer.decode(tokenizer.encode(values)))
 
     def conditions(self, given: str, values: list | None = None) -> dict[str, list]:
-        """The model inputs for ``given`` (default value: its corpus truth): the model modalities that read
-        the same corpus series, and of those only the pixels where the model reads pixels (as the
-        generation pipeline feeds a raw image, and as training's RGB-to-all draws show it)."""
-        from fourm.modalities import MODALITIES, Kind
+        """The model inputs for ``given`` (default value: its corpus truth): every model modality that
+        reads the same corpus series gets it, so a model reading RGB as pixels and as tokens sees both."""
+        from fourm.modalities import MODALITIES
 
         source = MODALITIES[given].source
         values = self.truth(source) if values is None else values
         readers = [m for m in self.generator.modalities if MODALITIES[m].source == source]
-        pixels = [m for m in readers if MODALITIES[m].kind == Kind.PIXELS]
-        return {m: values for m in pixels or readers or [given]}
+        return {m: values for m in readers or [given]}
 
     def generate(self, target: str, given: str, values: list | None = None, tag: str = "") -> list:
         """``target`` generated from the model modality ``given`` (default: its corpus truth), memoised by tag."""

@@ -183,9 +183,8 @@ def test_perfect_model_meets_the_upper_bound_and_beats_the_baseline(scenes, monk
     assert not math.isnan(worse[("RGB -> caption", "colour + shape named right")]["model"])
 
 
-def test_rgb_goes_to_the_pixels_of_a_model_that_reads_them(scenes):
-    """A model reading RGB as pixels and as tokens is given the scene's pixels, as generation and the
-    RGB-to-all draws of training give them."""
+def test_rgb_goes_to_every_modality_that_reads_it(scenes):
+    """A model reading RGB as pixels and as tokens is given the scene's RGB both ways."""
     seen = []
 
     class TwoWays:
@@ -198,7 +197,7 @@ def test_rgb_goes_to_the_pixels_of_a_model_that_reads_them(scenes):
 
     tokenizers = {"tok_rgb": _Identity(), "tok_depth": _Identity()}
     evaluate(TwoWays(), tokenizers, scenes, samples=4, progress=False)
-    assert seen == [["rgb"]]
+    assert seen == [["rgb", "tok_rgb"]]
 
 
 def test_missing_modalities_skip_their_rows(scenes):
