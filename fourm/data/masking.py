@@ -56,11 +56,12 @@ class TextSpecials:
     sentinels: list[int] = field(default_factory=lambda: list(range(4, 204)))
 
 
-def specials_from_tokenizer(path: str | os.PathLike) -> TextSpecials:
-    """The special ids of a saved sequence tokenizer (any object with pad/sos/eos/sentinel ids)."""
+def specials_from_tokenizer(path: str | os.PathLike | object) -> TextSpecials:
+    """The special ids of a sequence tokenizer (any object with pad/sos/eos/sentinel ids), or of the one saved
+    at ``path``."""
     from fourm.tokenization.base import load_tokenizer
 
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_tokenizer(path) if isinstance(path, (str, os.PathLike)) else path
     missing = [a for a in ("pad_id", "sos_id", "eos_id", "sentinel_ids") if not hasattr(tokenizer, a)]
     if missing:
         raise ValueError(f"{path}: {type(tokenizer).__name__} has no {', '.join(missing)}: not a sequence tokenizer")

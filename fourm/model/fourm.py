@@ -6,7 +6,8 @@ token (IMAGE / GLOBAL targets) or the previous token (SEQUENCE targets, teacher 
 position and modality. A decoder token attends to the tokens of its own target group (one group
 per target modality of a sample), causally inside a sequence, and to all valid encoder tokens.
 Each modality has its own output head; the loss is cross-entropy per target token, averaged per
-modality and then across modalities (or over all tokens, ``loss_weighting="token"``).
+modality and then across modalities (or over all tokens, ``loss_weighting="token"``), each modality
+weighted by ``loss_weights`` (default 1).
 
 For generation, :meth:`FourM.start_decoding` caches the encoder output's cross-attention keys and
 values once, and :meth:`FourM.decode_step` runs only the new tokens, appending their self-attention
@@ -64,6 +65,10 @@ class FourMConfig:
     dropout: float = 0.0
     tie_heads: bool = False  # output head of a modality = its input token table
     loss_weighting: str = "modality"  # modality: mean per modality, then across; token: mean over tokens
+    # relative weight of a target modality in the loss (default 1): where a few tokens carry what the
+    # model must learn from another modality (a caption's object words, given RGB), a weight gives them
+    # the share of the gradient that a per-modality mean over eight targets does not
+    loss_weights: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         self.modalities = parse_modalities(self.modalities, MODALITIES)  # unknown name: error listing known
@@ -75,7 +80,9 @@ class FourMConfig:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {self.norm!r}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, not {self.loss_weighting!r}")
-        for table in ("patch_sizes", "vocab_sizes", "max_tokens", "input_dims"):
+        if any(w < 0 for w in self.loss_weights.values()):
+            raise ValueError(f"loss_weights must not be negative: {self.loss_weights}")
+        for table in ("patch_sizes", "vocab_sizes", "max_tokens", "input_dims", "loss_weights"):
             setattr(self, table, dict(getattr(self, table)))  # filled in below: never the caller's dict
             stray = set(getattr(self, table)) - set(self.modalities)
             if stray:
@@ -300,11 +307,12 @@ class FourM(nn.Module, PretrainedMixin):
             sums[name] = F.cross_entropy(logits.float(), flat_target[idx], reduction="sum")
             counts[name] = idx.numel()
         means = {name: sums[name] / counts[name] for name in sums}
+        weight = {name: self.config.loss_weights.get(name, 1.0) for name in sums}
         if not sums:  # nothing to predict: a zero that backward() accepts
             loss = hidden.sum() * 0.0
         elif self.config.loss_weighting == "modality":
-            loss = torch.stack(list(means.values())).mean()
+            loss = sum(weight[n] * means[n] for n in means) / max(sum(weight.values()), 1e-12)
         else:
-            loss = torch.stack(list(sums.values())).sum() / sum(counts.values())
+            loss = sum(weight[n] * sums[n] for n in sums) / max(sum(weight[n] * counts[n] for n in sums), 1e-12)
         return FourMOutput(loss, {n: v.detach() for n, v in means.items()}, per_mod)
 

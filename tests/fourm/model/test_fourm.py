@@ -137,6 +137,18 @@ def test_loss_weighting():
     mean = sum(by_mod.modality_losses.values()) / len(counts)
     weighted = sum(by_mod.modality_losses[n] * c for n, c in counts.items()) / sum(counts.values())
     assert torch.allclose(by_mod.loss, mean) and torch.allclose(by_token.loss, weighted)
+    # a weight per modality: caption counts three times, det not at all
+    weights = {"caption": 3.0, "det": 0.0}
+    w = {n: weights.get(n, 1.0) for n in counts}
+    by_mod = make_model(loss_weights=weights)(batch)
+    by_token = make_model(loss_weighting="token", loss_weights=weights)(batch)
+    mean = sum(by_mod.modality_losses[n] * w[n] for n in counts) / sum(w.values())
+    weighted = sum(by_mod.modality_losses[n] * counts[n] * w[n] for n in counts) / sum(counts[n] * w[n] for n in counts)
+    assert torch.allclose(by_mod.loss, mean) and torch.allclose(by_token.loss, weighted)
+    with pytest.raises(ValueError, match="loss_weights names modalities the model does not have"):
+        make_model(loss_weights={"tok_normal": 2.0})
+    with pytest.raises(ValueError, match="negative"):
+        make_model(loss_weights={"caption": -1.0})
 
 
 def pad(batch, extra_enc, extra_dec, seed=1) -> Batch:
