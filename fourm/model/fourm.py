@@ -82,7 +82,10 @@ class FourMConfig:
             raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, not {self.loss_weighting!r}")
         if any(w < 0 for w in self.loss_weights.values()):
             raise ValueError(f"loss_weights must not be negative: {self.loss_weights}")
-        for table in ("patch_sizes", "vocab_sizes", "max_tokens", "input_dims", "loss_weights"):
+        # as a masking mixture's alphas: one config serves models of fewer modalities, typos still fail
+        parse_modalities(list(self.loss_weights), MODALITIES)
+        self.loss_weights = {n: float(w) for n, w in self.loss_weights.items() if n in self.modalities}
+        for table in ("patch_sizes", "vocab_sizes", "max_tokens", "input_dims"):
             setattr(self, table, dict(getattr(self, table)))  # filled in below: never the caller's dict
             stray = set(getattr(self, table)) - set(self.modalities)
             if stray:
