@@ -11,9 +11,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-pytest.importorskip("transformers")
-
 import torch  # noqa: E402
 
 from pseudolabel.labellers import hf, hf_sam  # noqa: E402

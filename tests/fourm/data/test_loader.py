@@ -143,7 +143,6 @@ def test_mixture_weights_and_missing_series(masker):
 
 # ----------------------------------------------------------------------------- corpus, baseline
 def test_from_corpus_reads_a_token_corpus(tmp_path):
-    pytest.importorskip("webdataset")
     from fourm.data.corpus import storage_entry, write_manifest, write_shard
 
     raw = samples(6, drop_every=0)
