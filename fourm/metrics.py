@@ -9,7 +9,7 @@ ids, boxes in [0, 1]), each summed over a whole evaluation set so one number des
 * semantic segmentation: mean intersection-over-union over the classes present in truth or prediction;
 * boxes: precision and recall at IoU 0.5, a box matching at most one true box of the same label;
 * retrieval: recall@k, the share of queries whose own item ranks in the top k;
-* objects named in text or seen in an image: the scene source's vocabulary of colours and shapes.
+* objects named in text, colours shown in an image: the scene source's vocabulary of colours and shapes.
 """
 
 from __future__ import annotations
@@ -204,15 +204,17 @@ def colours_shown(rgb: np.ndarray, min_pixels: int = 8) -> set[str]:
     threshold = max(1, round(min_pixels * pixels.shape[0] * pixels.shape[1] / 64**2))
     names = list(scene_vocabulary()[0])
     counts = np.bincount(classify_colours(pixels).ravel() + 1, minlength=len(names) + 1)[1:]
-    return {n for n, c in zip(names, counts, strict=True) if c >= threshold and n not in achromatic_colours()}
+    grey = achromatic_colours()
+    return {n for n, c in zip(names, counts, strict=True) if c >= threshold and n not in grey}
 
 
 def colour_hits(images: list[np.ndarray], captions: list[str]) -> dict[str, float]:
     """Caption -> image, judged by colour: ``named`` = the share of the captions' chromatic colours the images
     show, ``false_alarms`` = the share of the colours the images show that their captions did not name."""
     named = shown = hits = 0
+    grey = achromatic_colours()
     for image, caption in zip(images, captions, strict=True):
-        want = {c for c, _ in parse_objects(caption) if c and c not in achromatic_colours()}
+        want = {c for c, _ in parse_objects(caption) if c and c not in grey}
         seen = colours_shown(image)
         named, shown, hits = named + len(want), shown + len(seen), hits + len(want & seen)
     return {"named": hits / named if named else 1.0, "false_alarms": (shown - hits) / shown if shown else 0.0}
