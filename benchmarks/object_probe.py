@@ -129,11 +129,14 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.model and args.tokenizers and args.corpus):
         parser.error("give --run, or --model, --tokenizers and --corpus")
     torch.manual_seed(0)
-    model = FourM.from_pretrained(args.model).eval()
-    names = ["caption"] + (["tok_rgb"] if "tok_rgb" in model.specs else [])
-    tokenizers = load_tokenizers(args.tokenizers, names)
-    scenes = CorpusReader(args.corpus, ["rgb", "caption"]).head(args.samples)
-    rows = probe(model, tokenizers, scenes)
+    try:
+        model = FourM.from_pretrained(args.model).eval()
+        names = ["caption"] + (["tok_rgb"] if "tok_rgb" in model.specs else [])
+        tokenizers = load_tokenizers(args.tokenizers, names)
+        scenes = CorpusReader(args.corpus, ["rgb", "caption"]).head(args.samples)
+        rows = probe(model, tokenizers, scenes)
+    except (OSError, ValueError, LookupError) as e:  # a wrong path or a model without a caption: one line
+        parser.error(str(e))
     print(f"caption word nll on {len(scenes)} held-out scenes (nats; lower is better)")
     print(f"{'words':8}{'given rgb':>11}{'nothing':>9}{'chance':>8}{'oracle':>8}{'count':>7}")
     for kind, r in rows.items():
