@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pseudolabel.sources.scenes import COLOURS, SHAPES, SIZES
+from fourm.metrics import scene_vocabulary
+from fourm.modalities import Kind
 
-KINDS = {"colour": list(COLOURS), "shape": SHAPES, "size": list(SIZES)}
+COLOURS, SHAPES, SIZES = scene_vocabulary()
+KINDS = {"colour": list(COLOURS), "shape": SHAPES, "size": SIZES}
 
 
 def caption_batch(model, captions: list[list[int]], rgb: dict, specials):
@@ -43,7 +46,8 @@ def caption_batch(model, captions: list[list[int]], rgb: dict, specials):
         enc = {"enc_ids": [], "enc_pos": [], "enc_mod": []}
         for name, values in rgb.items():
             n = model.specs[name].tokens
-            enc["enc_ids"].append(values[i] if name == "tok_rgb" else np.arange(n))  # pixels: id = patch index
+            pixels = model.specs[name].kind == Kind.PIXELS
+            enc["enc_ids"].append(np.arange(n) if pixels else values[i])  # pixels: the id is the patch index
             enc["enc_pos"].append(np.arange(n))
             enc["enc_mod"].append(np.full(n, model.modality_index(name)))
         s.update({k: np.concatenate(v) if v else np.zeros(0) for k, v in enc.items()})
@@ -88,7 +92,7 @@ def probe(model, tokenizers: dict, scenes: list[dict], batch_size: int = 32) -> 
         _, nothing = word_nll(model, caption_batch(model, captions, {}, specials))
         lengths = [len([t for t in c if t != specials.eos]) + 2 for c in captions]
         for scene, (lo, hi) in zip(chunk, _spans(lengths), strict=True):
-            words = scene["caption"].replace(".", " ").replace(",", " ").split()
+            words = re.findall(r"[a-z]+", scene["caption"].lower())  # as fourm.metrics.parse_objects reads them
             for kind, ids in word_ids.items():
                 hits = np.isin(targets[lo:hi], list(ids))
                 present = {w for w in words if w in ids.values()}
@@ -128,7 +132,6 @@ def main(argv: list[str] | None = None) -> None:
         args.corpus = args.corpus or run / "heldout"
     if not (args.model and args.tokenizers and args.corpus):
         parser.error("give --run, or --model, --tokenizers and --corpus")
-    torch.manual_seed(0)
     try:
         model = FourM.from_pretrained(args.model).eval()
         names = ["caption"] + (["tok_rgb"] if "tok_rgb" in model.specs else [])
