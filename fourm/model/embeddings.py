@@ -3,7 +3,8 @@
 Each token's embedding is two parts kept apart, as 4M's ``x`` and ``emb`` (arXiv 2303.06516):
 
 * content -- what the token says: a row of its modality's token table (IMAGE, SEQUENCE, GLOBAL),
-  a linear projection of an rgb patch (PIXELS) or of a text-encoder vector (EMBEDDING_SEQUENCE);
+  a pixel stem's embedding of an rgb patch (PIXELS: ``fourm.model.stems``) or a linear projection of
+  a text-encoder vector (EMBEDDING_SEQUENCE);
 * where it is -- a fixed sine-cosine position (2D for image kinds, 1D for sequences and globals)
   plus one learned embedding of its modality.
 
@@ -25,6 +26,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from fourm.modalities import Kind, Modality
+from fourm.model.stems import PIXEL_STEMS
 
 _NO_LIMIT = 2**62  # decoder input ids of IMAGE / GLOBAL targets are ignored, so never out of range
 
@@ -65,7 +67,7 @@ class ModalityEmbeddings(nn.Module):
     """Content and position+modality embeddings of the modalities ``specs`` (resolved entries, in
     the model's modality order: index ``m`` in ``enc_mod`` / ``dec_mod`` is ``list(specs)[m]``)."""
 
-    def __init__(self, specs: dict[str, Modality], dim: int, image_size: int):
+    def __init__(self, specs: dict[str, Modality], dim: int, image_size: int, pixel_stem: str = "linear"):
         super().__init__()
         self.specs, self.names, self.dim, self.image_size = specs, list(specs), dim, image_size
         self.tables = nn.ModuleDict({n: nn.Embedding(s.vocab_size, dim) for n, s in specs.items()
@@ -73,7 +75,7 @@ class ModalityEmbeddings(nn.Module):
         self.projections = nn.ModuleDict()
         for name, spec in specs.items():
             if spec.kind == Kind.PIXELS:
-                self.projections[name] = nn.Linear(3 * self.patch_size(name) ** 2, dim)
+                self.projections[name] = PIXEL_STEMS[pixel_stem](self.patch_size(name), dim)
             elif spec.kind == Kind.EMBEDDING_SEQUENCE:
                 self.projections[name] = nn.Linear(spec.dim, dim)
         self.modality = nn.Parameter(torch.zeros(len(specs), dim))
@@ -124,15 +126,24 @@ class ModalityEmbeddings(nn.Module):
         flat_ids = ids.flatten()
         for m, idx in groups.items():
             name, kind = self.names[m], self.specs[self.names[m]].kind
-            if kind == Kind.PIXELS:
-                patches = rearrange(continuous[name], "b c (h p1) (w p2) -> b (h w) (c p1 p2)",
-                                    p1=self.patch_size(name), p2=self.patch_size(name))
-                x[idx] = self.projections[name](patches[idx // n, flat_ids[idx]]).to(x.dtype)
+            if kind == Kind.PIXELS:  # every patch through the stem, then the ones in the batch picked
+                image, stem = continuous[name], self.projections[name]
+                if not stem.local:  # blank the patches that are not inputs: the stem would see into them
+                    image = image * self._given_patches(name, idx // n, flat_ids[idx], b).to(image.dtype)
+                x[idx] = stem(image)[idx // n, flat_ids[idx]].to(x.dtype)
             elif kind == Kind.EMBEDDING_SEQUENCE:
                 x[idx] = self.projections[name](continuous[name][idx // n, flat_ids[idx]]).to(x.dtype)
             else:
                 x[idx] = self.tables[name](flat_ids[idx]).to(x.dtype)
         return rearrange(x, "(b n) d -> b n d", b=b)
+
+    def _given_patches(self, name: str, samples: Tensor, patches: Tensor, batch_size: int) -> Tensor:
+        """(B, 1, H, W) 1 on the pixels of the given ``patches`` of each sample, 0 elsewhere."""
+        side, p = math.isqrt(self.specs[name].tokens), self.patch_size(name)
+        given = torch.zeros(batch_size, side * side, device=patches.device)
+        given[samples, patches] = 1.0
+        grid = rearrange(given, "b (h w) -> b 1 h w", h=side)
+        return grid.repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)
 
     def decoder_content(self, ids: Tensor, mod: Tensor, pos: Tensor, valid: Tensor) -> Tensor:
         """(B, Nd) tags -> (B, Nd, D): the mask token for IMAGE / GLOBAL targets, the embedded

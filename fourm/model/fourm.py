@@ -30,6 +30,7 @@ from fourm.model.attention import AttentionMask, KVCache, attention_mask
 from fourm.model.batch import Batch
 from fourm.model.blocks import NORMS, DecoderBlock, EncoderBlock, make_norm
 from fourm.model.embeddings import ModalityEmbeddings, split_by_modality
+from fourm.model.stems import PIXEL_STEMS
 from fourm.pretrained import PretrainedMixin, register_pretrained
 
 LOSS_WEIGHTINGS = ("modality", "token")
@@ -69,6 +70,7 @@ class FourMConfig:
     # model must learn from another modality (a caption's object words, given RGB), a weight gives them
     # the share of the gradient that a per-modality mean over eight targets does not
     loss_weights: dict[str, float] = field(default_factory=dict)
+    pixel_stem: str = "linear"  # how rgb pixels become tokens: a key of fourm.model.stems.PIXEL_STEMS
 
     def __post_init__(self):
         self.modalities = parse_modalities(self.modalities, MODALITIES)  # unknown name: error listing known
@@ -80,6 +82,8 @@ class FourMConfig:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {self.norm!r}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, not {self.loss_weighting!r}")
+        if self.pixel_stem not in PIXEL_STEMS:
+            raise ValueError(f"pixel_stem must be one of {', '.join(PIXEL_STEMS)}, not {self.pixel_stem!r}")
         if any(w < 0 for w in self.loss_weights.values()):
             raise ValueError(f"loss_weights must not be negative: {self.loss_weights}")
         # as a masking mixture's alphas: one config serves models of fewer modalities, typos still fail
@@ -162,7 +166,7 @@ class FourM(nn.Module, PretrainedMixin):
         self.config = config
         self.specs = config.specs()
         self.names = list(self.specs)
-        self.embed = ModalityEmbeddings(self.specs, config.dim, config.image_size)
+        self.embed = ModalityEmbeddings(self.specs, config.dim, config.image_size, config.pixel_stem)
         block = dict(dim=config.dim, heads=config.heads, mlp_ratio=config.mlp_ratio, use_bias=config.use_bias,
                      norm=config.norm, use_qk_norm=config.use_qk_norm, dropout=config.dropout)
         self.encoder = nn.ModuleList(EncoderBlock(**block) for _ in range(config.encoder_depth))

@@ -112,6 +112,7 @@ def same(a, b):
     {},
     {"norm": "rmsnorm", "use_qk_norm": True, "tie_heads": True},
     {"use_bias": True, "loss_weighting": "token", "dropout": 0.1},
+    {"pixel_stem": "conv"},
 ])
 def test_forward_backward(overrides):
     model = make_model(**overrides).train()
@@ -123,7 +124,8 @@ def test_forward_backward(overrides):
     out.loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert all(g is None or torch.isfinite(g).all() for g in grads.values())
-    for name in ("embed.projections.rgb.weight", "embed.projections.t5_caption.weight", "embed.tables.tok_rgb.weight",
+    stem = [n for n in grads if n.startswith("embed.projections.rgb.")]
+    for name in (*stem, "embed.projections.t5_caption.weight", "embed.tables.tok_rgb.weight",
                  "embed.tables.caption.weight", "embed.mask_token", "encoder.0.attn.qkv.weight",
                  "decoder.1.cross_attn.kv.weight"):
         assert grads[name] is not None and grads[name].abs().sum() > 0, name
@@ -274,8 +276,8 @@ def test_kv_cached_decoding_equals_full_decode():
 
 
 def test_save_load_roundtrip(tmp_path):
-    for tie in (False, True):
-        model, batch = make_model(tie_heads=tie), random_batch(tiny_config())
+    for tie, stem in ((False, "linear"), (True, "conv")):
+        model, batch = make_model(tie_heads=tie, pixel_stem=stem), random_batch(tiny_config())
         model.save_pretrained(tmp_path / f"m{tie}")
         loaded = FourM.from_pretrained(tmp_path / f"m{tie}")
         assert loaded.config == model.config

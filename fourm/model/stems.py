@@ -1,0 +1,68 @@
+"""Pixel stems: an image (B, 3, H, W) in, one embedding per patch (B, (H/p) (W/p), D) out.
+
+``linear`` is ViT's and 4M's patch embedding: each patch flattened and projected, blind to its
+neighbours. ``conv`` is the convolutional stem of Xiao et al. 2021 ("Early convolutions help
+transformers see better", arXiv 2106.14881): stride-2 convolutions halve the image until one
+position is one patch, then a 1x1 convolution gives the model width. A shape's outline is then read
+by overlapping windows that straddle patch borders, and the paper found such stems train faster
+and more stably at equal FLOPs; its cost here is a few percent of the trunk's.
+"""
+
+from __future__ import annotations
+
+import math
+
+from einops import rearrange
+from torch import Tensor, nn
+
+
+class LinearStem(nn.Linear):
+    """Flatten each ``patch`` x ``patch`` patch and project it (an ``nn.Linear``: older weights load)."""
+
+    local = True  # a patch's embedding reads that patch's pixels only
+
+    def __init__(self, patch: int, dim: int):
+        super().__init__(3 * patch * patch, dim)
+        self.patch = patch
+
+    def forward(self, image: Tensor) -> Tensor:
+        patches = rearrange(image, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=self.patch, p2=self.patch)
+        return super().forward(patches)
+
+
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each position of a (B, C, H, W) map: a patch's embedding must
+    not depend on the statistics of the whole image (GroupNorm's), only on its own neighbourhood."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvStem(nn.Module):
+    """log2(patch) stride-2 convolutions (channel LayerNorm, GELU), widths doubling up to dim / 2, then
+    a 1x1 to the width. Its windows reach almost a patch into the neighbours: the caller blanks
+    the pixels of patches that are not inputs (``local`` is False), or masking would leak them."""
+
+    local = False
+
+    def __init__(self, patch: int, dim: int):
+        super().__init__()
+        steps = int(math.log2(patch))
+        if 2**steps != patch or steps < 1:
+            raise ValueError(f"the conv pixel stem needs a power-of-two patch size, not {patch}")
+        widths = [max(8, dim // 2 ** (steps - i)) for i in range(steps)]  # dim 128, patch 8: 16, 32, 64
+        layers, channels = [], 3
+        for width in widths:
+            # 4x4 windows at stride 2 (padding 1) are centred on the pixel pair they halve: a patch
+            # then sees 7 px into both neighbours (3x3 windows see 7 px left and none right)
+            layers += [nn.Conv2d(channels, width, 4, stride=2, padding=1, bias=False), ChannelNorm(width),
+                       nn.GELU()]
+            channels = width
+        layers.append(nn.Conv2d(channels, dim, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, image: Tensor) -> Tensor:
+        return rearrange(self.net(image), "b d h w -> b (h w) d")
+
+
+PIXEL_STEMS = {"linear": LinearStem, "conv": ConvStem}
