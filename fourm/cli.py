@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 
 COMMANDS = {}
 
@@ -64,6 +65,8 @@ def _pseudolabel(p: argparse.ArgumentParser):
         print(f"{cfg.out}: {manifest['num_samples']} samples in {manifest['num_shards']} shards, "
               f"{len(manifest['modalities'])} modalities ({', '.join(manifest['modalities'])}); "
               f"{manifest['skipped']['count']} skipped {manifest['skipped']['by_reason'] or ''}".rstrip())
+        if manifest.get("not_run"):
+            print(f"default labellers not run: {', '.join(manifest['not_run'])} (reasons in the manifest's not_run)")
 
     return run
 
@@ -209,7 +212,8 @@ def _retrieve(p: argparse.ArgumentParser):
 def _generate(p: argparse.ArgumentParser):
     p.add_argument("--model", required=True, help="FourM folder (save_pretrained)")
     p.add_argument("--tokenizers", required=True, help="folder with one tokenizer per modality")
-    p.add_argument("--input", action="append", default=[], help="modality=FILE or caption=TEXT (repeatable)")
+    p.add_argument("--input", action="append", default=[],
+                   help="modality=FILE, caption=TEXT or caption=@FILE (repeatable)")
     p.add_argument("--target", default="", help="comma-separated targets, generated in this order")
     p.add_argument("--schedule", help="YAML list of targets with their settings")
     p.add_argument("--out", required=True)
@@ -259,11 +263,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         runners[args.command](args)
-    except (ValueError, LookupError, FileNotFoundError) as e:
-        # bad input: one line that names the problem, not a traceback
-        print(f"fourm {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, LookupError, OSError) as e:
+        # bad input (a wrong value, a missing or damaged file): one line that names the problem; the
+        # traceback only under -v, for a bug report
+        if args.verbose:
+            traceback.print_exc()
+        print(f"fourm {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line; OSErrors without a path-naming message get their type's name."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+        text = f"{text}: {e.filename}"
+    return text
 
 
 if __name__ == "__main__":

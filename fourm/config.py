@@ -34,9 +34,7 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     try:
         cfg = OmegaConf.structured(cls)
         if path is not None:
-            if not Path(path).is_file():
-                raise ConfigError(f"config file {path} does not exist")
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            cfg = OmegaConf.merge(cfg, read_yaml_mapping(path))
         explicit = {k: v for k, v in values.items() if v is not None}
         if explicit:
             cfg = OmegaConf.merge(cfg, explicit)
@@ -46,6 +44,26 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         raise ConfigError(f"config{f' key {key!r}' if key else ''}: {str(e).splitlines()[0]}") from None
+
+
+def read_yaml_mapping(path: str | os.PathLike) -> dict:
+    """The mapping at the top of a YAML file (safe loader); anything else is a ConfigError naming the file."""
+    import yaml
+
+    if not Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings (key: value), "
+                          f"not a {type(data).__name__}")
+    return data
 
 
 def config_to_yaml(cfg) -> str:

@@ -103,12 +103,12 @@ def _corpus(cfg: DemoConfig) -> dict:
 
 def tokenizer_overrides(cfg: DemoConfig, name: str) -> tuple[Path, list[str]]:
     """The YAML of tokenizer config ``name`` and the demo's overrides for it (its family's, then its own)."""
-    import yaml
+    from fourm.config import read_yaml_mapping
 
     path = TOKENIZER_CONFIGS / f"{name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"demo tokenizer {name!r}: {path} does not exist")
-    family = (yaml.safe_load(path.read_text()) or {}).get("family")
+    family = read_yaml_mapping(path).get("family")
     t = cfg.tokenizers
     return path, [*t.by_family.get(family, []), *t.by_name.get(name, [])]
 

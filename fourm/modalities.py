@@ -221,6 +221,10 @@ class ModalityScale:
     def __post_init__(self):
         for key in [*self.patch_sizes, *self.vocab_sizes]:
             get_modality(key)
+        sizes = {"image_size": self.image_size, "patch_size": self.patch_size, **self.patch_sizes, **self.vocab_sizes}
+        bad = [f"{k} {v}" for k, v in sizes.items() if not isinstance(v, int) or v < 1]
+        if bad:
+            raise ValueError(f"sizes must be positive integers: {', '.join(bad)}")
         for key, patch in {"*": self.patch_size, **self.patch_sizes}.items():
             if self.image_size % patch:
                 raise ValueError(f"image_size {self.image_size} is not a multiple of patch size {patch} ({key})")

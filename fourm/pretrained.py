@@ -62,11 +62,13 @@ def resolve_path(path_or_id: str | os.PathLike) -> Path:
 
 
 def read_config(path_or_id: str | os.PathLike) -> dict:
+    from fourm.io import read_json
+
     path = resolve_path(path_or_id)
     file = path / CONFIG_NAME
     if not file.is_file():
         raise FileNotFoundError(f"{path} has no {CONFIG_NAME}: not a fourm pretrained folder")
-    config = json.loads(file.read_text())
+    config = read_json(file, {"format_version": int, "class": str, "config": dict})
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{file}: format_version {config.get('format_version')} is not {FORMAT_VERSION}")
     return config
@@ -109,7 +111,7 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, device: str = "cpu"):
-        from safetensors.torch import load_model
+        from fourm.io import load_weights
 
         path = resolve_path(path_or_id)
         saved = read_config(path)
@@ -120,7 +122,7 @@ class PretrainedMixin:
             cls = target
         extra = {k: v for k, v in saved.items() if k not in ("format_version", "class", "config")}
         model = cls(build_config(cls.config_class, saved["config"]), **extra)
-        load_model(model, str(path / WEIGHTS_NAME), strict=True)
+        load_weights(model, path / WEIGHTS_NAME)
         return model.to(device).eval()
 
 

@@ -208,7 +208,7 @@ def _labeller(source: str, described: str):
     labeller = lookup("labeller", name)(**described.get("settings", {}))
     ok, why = labeller.available()
     if not ok:
-        raise ValueError(f"labeller {name} for {source}: {why}")
+        raise ValueError(f"labeller {name} for {source} cannot start: {why}")
     try:
         labeller.setup({})
     except Exception as e:  # weights that do not load (moved, not downloaded): one line, not a traceback
@@ -414,19 +414,22 @@ class EmbeddingIndex:
 
 
 def load_index(path: str | os.PathLike) -> EmbeddingIndex:
-    from safetensors.torch import load_file
+    from fourm.io import load_tensors, read_json
 
     path = Path(path)
     if not (path / INFO_NAME).is_file() or not (path / VECTORS_NAME).is_file():
         raise FileNotFoundError(f"{path} is not an index (no {INFO_NAME} and {VECTORS_NAME}); make one with "
                                 "`fourm index`")
-    info = json.loads((path / INFO_NAME).read_text())
+    info = read_json(path / INFO_NAME, {"format_version": int, "keys": list, "count": int})
     if info.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: index format_version {info.get('format_version')} is not {FORMAT_VERSION}")
     keys = info.pop("keys")
     for name in ("format_version", "count"):
         info.pop(name)
-    return EmbeddingIndex(keys, load_file(str(path / VECTORS_NAME))["vectors"], info)
+    tensors = load_tensors(path / VECTORS_NAME)
+    if "vectors" not in tensors or tensors["vectors"].ndim != 2 or len(tensors["vectors"]) != len(keys):
+        raise ValueError(f"{path / VECTORS_NAME} is damaged: no (count, dim) 'vectors' for the {len(keys)} keys")
+    return EmbeddingIndex(keys, tensors["vectors"], info)
 
 
 def build_index(corpus: str | os.PathLike, modality: str = "tok_caption_global", from_: str = "corpus",

@@ -12,15 +12,17 @@ Shards are the unit of work. Each is produced from the source, labelled in batch
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from fourm.data.corpus import check_plan, finished_shards, storage_entry, write_manifest, write_shard
+from fourm.data.corpus import finished_shards, planned, storage_entry, write_manifest, write_shard
 from fourm.modalities import CORPUS
 from pseudolabel.labellers.base import Labeller
 from pseudolabel.registry import lookup, table
@@ -44,8 +46,14 @@ class PseudolabelConfig:
     world_size: int = int(os.environ.get("WORLD_SIZE", 1))
 
     def __post_init__(self):
-        if self.shard_size < 1 or self.workers < 1 or self.batch_size < 1:
-            raise ValueError("shard_size, workers and batch_size must be at least 1")
+        # checked here, before anything is planned or written: a bad value otherwise surfaces as an
+        # empty corpus or an error deep in a labeller, after plan.json has pinned the bad settings
+        for key in ("shard_size", "workers", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be at least 1, not {getattr(self, key)}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"image_size must be at least 1 (or None to keep folder images' sizes), "
+                             f"not {self.image_size}")
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
 
@@ -56,12 +64,14 @@ def build_source(cfg: PseudolabelConfig) -> Source:
 
 
 def plan_labellers(provides: tuple[str, ...], names: list[str] | None,
-                   options: dict[str, dict]) -> list[Labeller]:
+                   options: dict[str, dict], not_run: dict[str, str] | None = None) -> list[Labeller]:
     """The labellers to run, in dependency order.
 
-    Asked-for labellers must be available and have their inputs; default ones are dropped when the
-    source or an asked-for labeller already makes their outputs (ground truth beats a model) or when
-    their inputs cannot be had.
+    Asked-for labellers must be available and have their inputs. Default ones are left out when the
+    source already makes their outputs (ground truth beats a model), and when they cannot run (a
+    missing package, an input that nothing makes): those go into ``not_run`` (name -> reason), for
+    the caller to report. Missing optional inputs (``uses``) do not stop a labeller: on a folder of
+    photos, metadata leaves out the fields of depth, normals, captions and the like, and computes the rest.
     """
     unknown = [n for n in options if n not in table("labeller")]
     if unknown:
@@ -70,33 +80,50 @@ def plan_labellers(provides: tuple[str, ...], names: list[str] | None,
     if explicit:
         classes = [lookup("labeller", n) for n in names]
     else:
-        classes = [c for c in table("labeller").values() if c.default and c.available()[0]]
-    chosen = [cls(**options.get(cls.name, {})) for cls in classes]
+        classes = [c for c in table("labeller").values() if c.default and not set(c.produces) <= set(provides)]
+    chosen = [_build_labeller(cls, options.get(cls.name, {})) for cls in classes]
+    dropped: dict[str, str] = {}
     for lab in chosen:
-        ok, why = lab.available() if explicit else (True, "")
+        ok, why = lab.available()
         if not ok:
-            raise ValueError(f"labeller {lab.name!r} cannot run: {why}")
-    if not explicit:
-        chosen = [lab for lab in chosen if not set(lab.produces) <= set(provides)]
+            if explicit:
+                raise ValueError(f"labeller {lab.name!r} cannot run: {why}")
+            dropped[lab.name] = why or "unavailable"
+    runnable = _reachable(set(provides), [lab for lab in chosen if lab.name not in dropped])
+    made = set(provides) | {m for lab in runnable for m in lab.produces}
+    for lab in chosen:
+        if lab.name not in dropped and lab not in runnable:
+            why = (f"needs {', '.join(sorted(set(lab.needs) - made))}, "
+                   "which neither the source nor another labeller makes")
+            if explicit:
+                raise ValueError(f"labeller {lab.name!r} {why}")
+            dropped[lab.name] = why
+    if not_run is not None:
+        not_run.update(dropped)
 
-    have, ordered, pending = set(provides), [], list(chosen)
+    have, ordered, pending = set(provides), [], list(runnable)
     while pending:
-        # a labeller is ready when its needs are met and no pending labeller still makes what it uses
+        # a labeller is ready when its needs are met and no pending labeller still makes what it
+        # uses; every pending one can run, so one whose needs are met always exists, and only a
+        # cycle of optional inputs (none today) makes one run without the other's output
         makes_later = {m for lab in pending for m in lab.produces}
-        ready = [lab for lab in pending if set(lab.needs) <= have
-                 and not (set(lab.uses) & makes_later - set(lab.produces))]
-        if not ready:
-            break
+        met = [lab for lab in pending if set(lab.needs) <= have]
+        ready = [lab for lab in met if not (set(lab.uses) & makes_later - set(lab.produces))] or met[:1]
         for lab in ready:
             ordered.append(lab)
             have |= set(lab.produces)
             pending.remove(lab)
-    for lab in pending:
-        if explicit:
-            raise ValueError(f"labeller {lab.name!r} needs {', '.join(sorted(set(lab.needs) - have))}, "
-                             f"which neither the source nor another labeller makes")
-        log.info("default labeller %s dropped: no %s", lab.name, ", ".join(sorted(set(lab.needs) - have)))
     return ordered
+
+
+def _reachable(have: set[str], labellers: list[Labeller]) -> list[Labeller]:
+    """Those of ``labellers`` whose needs ``have`` or, in turn, the outputs of the others meet."""
+    have, reached, rest = set(have), [], list(labellers)
+    while ready := [lab for lab in rest if set(lab.needs) <= have]:
+        reached += ready
+        rest = [lab for lab in rest if lab not in ready]
+        have |= {m for lab in ready for m in lab.produces}
+    return reached
 
 
 def corpus_modalities(provides: tuple[str, ...], labellers: list[Labeller]) -> list[str]:
@@ -190,20 +217,24 @@ def run_pipeline(cfg: PseudolabelConfig, progress: bool = True) -> dict:
     """Write (or finish) the corpus ``cfg.out``; return its manifest."""
     from tqdm import tqdm
 
+    _check_out(cfg.out)
     source = build_source(cfg)
-    labellers = plan_labellers(source.provides, cfg.labellers, cfg.options)  # planned, not yet loaded
+    not_run: dict[str, str] = {}
+    labellers = plan_labellers(source.provides, cfg.labellers, cfg.options, not_run)  # planned, not yet loaded
     plan = _plan(cfg, source, labellers, corpus_modalities(source.provides, labellers))
-    check_plan(cfg.out, plan)
+    for name, why in not_run.items():  # here, not in every worker: once per run
+        log.warning("default labeller %s not run: %s", name, why)
 
-    done = finished_shards(cfg.out)
-    todo = [i for i in range(plan["num_shards_planned"]) if i % cfg.world_size == cfg.rank and i not in done]
-    start, written = time.perf_counter(), 0
-    with tqdm(total=source.num_samples(), unit="sample", disable=not progress or not todo,
-              desc="pseudolabel") as bar:
-        bar.update(sum(r["num_samples"] + len(r.get("skipped", [])) for r in done.values()))
-        for samples, skipped in _results(cfg, todo):
-            written += samples
-            bar.update(samples + skipped)
+    with planned(cfg.out, plan):
+        done = finished_shards(cfg.out)
+        todo = [i for i in range(plan["num_shards_planned"]) if i % cfg.world_size == cfg.rank and i not in done]
+        start, written = time.perf_counter(), 0
+        with tqdm(total=source.num_samples(), unit="sample", disable=not progress or not todo,
+                  desc="pseudolabel") as bar:
+            bar.update(sum(r["num_samples"] + len(r.get("skipped", [])) for r in done.values()))
+            for samples, skipped in _results(cfg, todo):
+                written += samples
+                bar.update(samples + skipped)
     if todo:
         elapsed = time.perf_counter() - start
         log.info("labelled %d samples in %.1f s (%.1f samples/s)", written, elapsed, written / max(elapsed, 1e-9))
@@ -212,4 +243,29 @@ def run_pipeline(cfg: PseudolabelConfig, progress: bool = True) -> dict:
         **plan,
         "classes": next((r["classes"] for r in records.values() if "classes" in r), {}),
         "complete": len(records) == plan["num_shards_planned"],
+        # beside the plan, not in it: the plan's labellers already imply it, and older plans lack it
+        "not_run": not_run,
     })
+
+
+def _build_labeller(cls: type[Labeller], options) -> Labeller:
+    """``cls(**options)``, with unknown or ill-typed settings named (``options.NAME.KEY=...``)."""
+    if not isinstance(options, dict):
+        raise ValueError(f"options.{cls.name} must be a mapping of settings, not {options!r}")
+    known = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else None
+    unknown = [k for k in options if known is not None and k not in known]
+    if unknown:
+        raise ValueError(f"labeller {cls.name!r} has no setting {unknown[0]!r}; "
+                         f"its settings: {', '.join(known) or 'none'}")
+    try:
+        return cls(**options)
+    except TypeError as e:
+        raise ValueError(f"labeller {cls.name!r}: {e}") from None
+
+
+def _check_out(out: str) -> None:
+    """Refuse an ``out`` that is, or lies below, an existing file, before anything is written there."""
+    path = Path(out)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"out {out!r} cannot be a corpus folder: {str(existing)!r} is an existing file")

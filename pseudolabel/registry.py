@@ -32,9 +32,16 @@ def register(kind: str):
 
 
 def table(kind: str) -> dict[str, type]:
-    for module in _MODULES[kind]:
-        importlib.import_module(module)
-    return _TABLES[kind]
+    """Name -> class, in the order of ``_MODULES`` and of definition in each module.
+
+    Not in registration order: that follows whichever module was imported first (a test, a caller
+    that imports one labeller), and the order of the labellers is part of a corpus' plan, which a
+    resumed run must match.
+    """
+    modules = [importlib.import_module(m) for m in _MODULES[kind]]
+    defined = [v for m in modules for v in vars(m).values() if isinstance(v, type) and v.__module__ == m.__name__]
+    rank = {cls: i for i, cls in enumerate(defined)}
+    return dict(sorted(_TABLES[kind].items(), key=lambda item: rank.get(item[1], len(rank))))
 
 
 def lookup(kind: str, name: str) -> type:

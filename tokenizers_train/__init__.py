@@ -27,18 +27,17 @@ def family_module(name: str):
 def train_tokenizer(config: str | os.PathLike, corpus: str | None, out: str | os.PathLike,
                     overrides: list[str] | tuple = (), progress: bool = True):
     """Train the tokenizer a YAML config describes (its ``family`` key picks the trainer) into ``out``."""
-    import yaml
-
-    from fourm.config import load_config, save_config
+    from fourm.config import load_config, read_yaml_mapping, save_config
 
     path = Path(config)
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer config {config} does not exist")
-    family = (yaml.safe_load(path.read_text()) or {}).get("family")
+    family = read_yaml_mapping(path).get("family")
     if family is None:
         raise ValueError(f"{config} names no tokenizer family (family: {' | '.join(FAMILIES)})")
     module = family_module(family)
     cfg = load_config(module.Config, path, overrides, corpus=corpus)
     Path(out).mkdir(parents=True, exist_ok=True)
+    model = module.run(cfg, Path(out), progress=progress)  # checks a resumed run before recording it
     save_config(cfg, Path(out) / "config.yaml")
-    return module.run(cfg, Path(out), progress=progress)
+    return model

@@ -137,12 +137,9 @@ def prepare(cfg: Config) -> DiffusionDecoderTask:
 
 def run(cfg: Config, out: Path, progress: bool = True) -> DiffusionDecoderTokenizer:
     """Train into ``out/runs/<modality>_diffusion``; save the tokenizer to ``out/diffusion/<modality>``."""
-    from fourm.config import save_config
-
     task = prepare(cfg)
     modality = task.base.modality
     run_dir = Path(out) / "runs" / f"{modality}_diffusion"
-    save_config(cfg, run_dir / "config.yaml")
-    model = train(task, cfg.train, run_dir, progress=progress)
+    model = train(task, cfg.train, run_dir, progress=progress, record=cfg)
     model.save_pretrained(Path(out) / "diffusion" / modality)
     return model

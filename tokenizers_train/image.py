@@ -146,12 +146,9 @@ def prepare(cfg: Config) -> tuple[ImageTokenizerTask, dict]:
 def run(cfg: Config, out: Path, progress: bool = True) -> ImageVQVAE:
     """Train ``cfg`` into ``out/runs/<modality>`` and save the tokenizer to ``out/<modality>`` (or
     ``out/parts/<modality>``, see :func:`~tokenizers_train.data.tokenizer_dir`)."""
-    from fourm.config import save_config
-
     task, _ = prepare(cfg)
     run_dir = Path(out) / "runs" / cfg.modality
-    save_config(cfg, run_dir / "config.yaml")
-    model = train(task, cfg.train, run_dir, progress=progress)
+    model = train(task, cfg.train, run_dir, progress=progress, record=cfg)
     model.save_pretrained(tokenizer_dir(out, cfg.modality))
     return model
 

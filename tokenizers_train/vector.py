@@ -147,14 +147,12 @@ def load_vectors(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
 def run(cfg: Config, out: Path, progress: bool = True) -> VectorVQVAE:
     """Train ``cfg.model`` on ``cfg.corpus``; the run goes to ``out/runs/<modality>``, the tokenizer to
     :func:`tokenizer_dir`. Returns the trained tokenizer (eval mode)."""
-    from fourm.config import save_config
     from fourm.train.loop import train
 
     train_x, eval_x = load_vectors(cfg)
     run_dir = Path(out) / "runs" / cfg.model.modality
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    model = train(VectorTask(cfg, train_x, eval_x), cfg.train, run_dir, progress=progress).eval()
+    model = train(VectorTask(cfg, train_x, eval_x), cfg.train, run_dir, progress=progress, record=cfg).eval()
     model.save_pretrained(tokenizer_dir(out, cfg.model.modality))
     return model
 

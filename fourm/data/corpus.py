@@ -17,6 +17,7 @@ not a damaged file.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fourm.data.codecs import CorruptSampleError, decode, encode
-from fourm.io import atomic_path, read_json, write_json
+from fourm.io import atomic_path, check_schema, read_json, write_json
 from fourm.modalities import CORPUS, MODALITIES, Storage
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,8 @@ def storage_entry(storage: Storage, **extra) -> dict:
     return {"storage": dataclasses.asdict(storage), **extra}
 
 
-def check_plan(root: str | os.PathLike, plan: dict) -> None:
-    """Refuse to mix two different corpora in one folder; record the plan in a fresh one.
+def check_plan(root: str | os.PathLike, plan: dict) -> bool:
+    """Refuse to mix two different corpora in one folder; record the plan in a fresh one (-> True).
 
     ``plan`` is everything that decides the corpus' content (source, labellers or tokenizers and
     their settings, shard size): a resumed run must have the same, or its shards would not fit.
@@ -118,22 +119,51 @@ def check_plan(root: str | os.PathLike, plan: dict) -> None:
     plan = json.loads(json.dumps(plan))  # as it reads back from plan.json (tuples become lists)
     path = Path(root) / ".shards" / "plan.json"
     if path.is_file():
-        old = read_json(path)
+        old = read_json(path, {})
         if old != plan:
             changed = sorted(k for k in {*plan, *old} if old.get(k) != plan.get(k))
             raise ValueError(f"{root} holds a corpus made with other settings ({', '.join(changed)} differ); "
                              "use another --out or delete it")
-    else:
-        write_json(path, plan)
+        return False
+    write_json(path, plan)
+    return True
+
+
+@contextlib.contextmanager
+def planned(root: str | os.PathLike, plan: dict):
+    """:func:`check_plan` around the work that fills ``root``. If this run wrote the plan and fails
+    before any shard is finished (a model path that does not load, a labeller that cannot start), the
+    plan is taken back: it recorded settings that never made a shard, and it would refuse the
+    corrected re-run as "a corpus made with other settings"."""
+    fresh = check_plan(root, plan)
+    try:
+        yield
+    except BaseException:
+        if fresh and not finished_shards(root):
+            (Path(root) / ".shards" / "plan.json").unlink(missing_ok=True)
+        raise
+
+
+# what every reader of a manifest relies on (write_manifest writes more)
+_MANIFEST_SCHEMA = {"format_version": int, "modalities": dict, "num_samples": int, "num_shards": int,
+                    "shard_samples": list}
 
 
 def read_manifest(root: str | os.PathLike) -> dict:
     path = Path(root) / MANIFEST
     if not path.is_file():
         raise CorpusError(f"{root} is not a corpus: {MANIFEST} is missing (run `fourm pseudolabel` first)")
-    manifest = read_json(path)
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CorpusError(f"{path}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
+    manifest = read_json(path, {"format_version": int})
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise CorpusError(f"{path}: format_version {manifest['format_version']} is not {FORMAT_VERSION}")
+    check_schema(manifest, _MANIFEST_SCHEMA, path)
+    bad = [k for k, v in manifest["modalities"].items()
+           if not isinstance(v, dict) or not isinstance(v.get("storage"), dict)]
+    if bad:
+        raise CorpusError(f"{path} is damaged: modality {bad[0]!r} has no storage description")
+    if len(manifest["shard_samples"]) != manifest["num_shards"]:
+        raise CorpusError(f"{path} is damaged: {len(manifest['shard_samples'])} shard sizes for "
+                          f"{manifest['num_shards']} shards")
     return manifest
 
 

@@ -305,6 +305,18 @@ class _Builder:
         return TokenDataset(self.modalities, arrays, present, np.array(self.keys))
 
 
+def read_token_manifest(root: str | os.PathLike) -> dict:
+    """The manifest of a token corpus; a raw corpus (what ``fourm pseudolabel`` writes) is refused
+    with the command that turns it into one."""
+    from fourm.data.corpus import CorpusError, read_manifest
+
+    manifest = read_manifest(root)
+    if not any("tokens_per_sample" in entry for entry in manifest["modalities"].values()):
+        raise CorpusError(f"{root} is a raw corpus, not a token corpus: make one with `fourm tokenize "
+                          f"--corpus {root} --tokenizers TOKENIZERS --out TOKENS` and train on TOKENS")
+    return manifest
+
+
 def modalities_from_manifest(manifest: dict, names: list[str] | None = None,
                              scale: ModalityScale | None = None) -> dict[str, Modality]:
     """The model modalities of a token corpus, resolved with ``scale`` or from its manifest.

@@ -17,8 +17,8 @@ import numpy as np
 
 from fourm.data.corpus import (
     CorpusReader,
-    check_plan,
     finished_shards,
+    planned,
     read_manifest,
     storage_entry,
     write_manifest,
@@ -90,29 +90,28 @@ def tokenize_corpus(cfg: TokenizeConfig, progress: bool = True) -> dict:
                            "tokens_per_sample": t.tokens_per_sample} for m, t in tokenizers.items()},
         "passthrough": copied,
     }
-    check_plan(cfg.out, plan)
-
-    sources = sorted({MODALITIES[m].source for m in [*tokenizers, *copied]})
-    reader = CorpusReader(cfg.corpus, sources)
-    done = finished_shards(cfg.out)
-    todo = [i for i in range(reader.num_shards) if i not in done]
-    with tqdm(total=len(reader), initial=sum(r["num_samples"] for r in done.values()), unit="sample",
-              desc="tokenize", disable=not progress or not todo) as bar:
-        for index in todo:
-            before = len(reader.skipped.items)
-            raw = list(reader.shard(index))
-            samples = [{"__key__": s["__key__"]} for s in raw]
-            for start in range(0, len(raw), cfg.batch_size):
-                batch, out = raw[start:start + cfg.batch_size], samples[start:start + cfg.batch_size]
-                for m, tokenizer in tokenizers.items():
-                    values = [s[MODALITIES[m].source] for s in batch]
-                    for sample, ids in zip(out, _tokens(tokenizer, values), strict=True):
-                        sample[m] = ids
-                for m in copied:
-                    for sample, s in zip(out, batch, strict=True):
-                        sample[m] = s[MODALITIES[m].source]
-            write_shard(cfg.out, index, samples, storages, {"skipped": reader.skipped.items[before:]})
-            bar.update(len(samples))
+    with planned(cfg.out, plan):
+        sources = sorted({MODALITIES[m].source for m in [*tokenizers, *copied]})
+        reader = CorpusReader(cfg.corpus, sources)
+        done = finished_shards(cfg.out)
+        todo = [i for i in range(reader.num_shards) if i not in done]
+        with tqdm(total=len(reader), initial=sum(r["num_samples"] for r in done.values()), unit="sample",
+                  desc="tokenize", disable=not progress or not todo) as bar:
+            for index in todo:
+                before = len(reader.skipped.items)
+                raw = list(reader.shard(index))
+                samples = [{"__key__": s["__key__"]} for s in raw]
+                for start in range(0, len(raw), cfg.batch_size):
+                    batch, out = raw[start:start + cfg.batch_size], samples[start:start + cfg.batch_size]
+                    for m, tokenizer in tokenizers.items():
+                        values = [s[MODALITIES[m].source] for s in batch]
+                        for sample, ids in zip(out, _tokens(tokenizer, values), strict=True):
+                            sample[m] = ids
+                    for m in copied:
+                        for sample, s in zip(out, batch, strict=True):
+                            sample[m] = s[MODALITIES[m].source]
+                write_shard(cfg.out, index, samples, storages, {"skipped": reader.skipped.items[before:]})
+                bar.update(len(samples))
     records = finished_shards(cfg.out)
     return write_manifest(cfg.out, {
         **plan,

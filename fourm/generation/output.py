@@ -30,8 +30,13 @@ def corpus_key(key: str) -> str:
 
 
 def read_input(spec: str, flag: str = "--input") -> tuple[str, Any]:
-    """``key=value`` -> (key, raw value): a file (image, .json, .txt, .npy) read in the corpus'
-    units, or, for text modalities, the literal text. ``flag`` names the option in errors."""
+    """``key=value`` -> (key, raw value), read in the corpus' units. ``flag`` names the option in errors.
+
+    For text modalities the value is the text itself, always: ``caption=@notes.txt`` reads a file.
+    (Trying the value as a path first made a caption that happened to name a file read that file,
+    and a long caption fail as a too-long file name.) Other modalities take a file (image, .json,
+    .npy), with or without the ``@``.
+    """
     from fourm.data.codecs import IMAGE_SUFFIXES, CorruptSampleError, decode
 
     key, sep, text = spec.partition("=")
@@ -40,19 +45,24 @@ def read_input(spec: str, flag: str = "--input") -> tuple[str, Any]:
         raise ValueError(f"{flag} {spec!r} is not of the form modality=value")
     source = corpus_key(key)
     storage = CORPUS[source].storage
-    path = Path(text).expanduser()
+    if storage.ext == "txt" and not text.startswith("@"):  # text is literal: a caption never names a file
+        if not text.strip():
+            raise ValueError(f"{flag} {key}: the text is empty; give words, or @FILE to read them from a file")
+        return key, text
+    path = Path(text.removeprefix("@")).expanduser()
     if not path.is_file():
-        if storage.ext == "txt":
-            return key, text
-        raise ValueError(f"{flag} {key}: {text!r} is not a readable file")
+        raise ValueError(f"{flag} {key}: {_short(text)!r} is not a readable file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
             return key, np.load(path, allow_pickle=False)
         if suffix == ".json":
             return key, json.loads(path.read_text())
-        if suffix == ".txt":
-            return key, path.read_text().strip()
+        if storage.ext == "txt":
+            words = path.read_text().strip()
+            if not words:
+                raise ValueError(f"{flag} {key}: {path} holds no text")
+            return key, words
         if suffix in IMAGE_SUFFIXES:
             if storage.ext == "png" and suffix == ".png" and storage.channels == 1:
                 return key, decode(path.read_bytes(), storage)  # depth in mm, class ids: the corpus' own PNGs
@@ -62,7 +72,11 @@ def read_input(spec: str, flag: str = "--input") -> tuple[str, Any]:
                 return key, np.asarray(image.convert("RGB" if storage.channels == 3 else "L"))
     except (OSError, ValueError, CorruptSampleError) as e:
         raise ValueError(f"{flag} {key}: cannot read {path}: {str(e).splitlines()[0]}") from None
-    raise ValueError(f"{flag} {key}: {path} is not an image, .json, .txt or .npy file")
+    raise ValueError(f"{flag} {key}: {path} is not an image, .json or .npy file")
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def parse_targets(pipe: Pipeline, targets: list[str], schedule: str | os.PathLike | None,
@@ -78,7 +92,10 @@ def parse_targets(pipe: Pipeline, targets: list[str], schedule: str | os.PathLik
 
         if not Path(schedule).is_file():
             raise FileNotFoundError(f"schedule file {schedule} does not exist")
-        data = yaml.safe_load(Path(schedule).read_text()) or {}
+        try:
+            data = yaml.safe_load(Path(schedule).read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ValueError(f"schedule file {schedule} is not valid YAML: {' '.join(str(e).split())}") from None
         listed = data.get("targets") if isinstance(data, dict) else data
         if not isinstance(listed, list):
             raise ValueError(f"{schedule}: expected a list of targets (or a 'targets:' list)")
@@ -145,7 +162,15 @@ def write_outputs(pipe: Pipeline, inputs: dict[str, Any], result: dict[str, Gene
 def run_generate(model: str, tokenizers: str, inputs: list[str], targets: list[str], out: str | os.PathLike,
                  schedule: str | None = None, overrides: list[str] = (), seed: int = 0, num_samples: int = 1,
                  device: str = "cpu", **defaults) -> list[Path]:
-    """What ``fourm generate`` does: read inputs, generate the targets in order, write files and a grid."""
+    """What ``fourm generate`` does: read inputs, generate the targets in order, write files and a grid.
+
+    Everything is checked (inputs, model, tokenizers, targets, the out folder) before any work, and
+    nothing is written before the generation succeeds.
+    """
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    if num_samples < 1:
+        raise ValueError(f"--num-samples must be at least 1, not {num_samples}")
     raw: dict[str, Any] = {}
     for spec in inputs:
         key, value = read_input(spec)

@@ -82,9 +82,18 @@ class Pipeline:
     """
 
     def __init__(self, model: FourM, tokenizers: dict | None = None, specials: TextSpecials | None = None):
+        from fourm.tokenization.base import TokenizerMismatchError, check_tokenizer
+
         self.model = model.eval()
         self.tokenizers = dict(tokenizers or {})
         self.specs = model.specs
+        for name, tokenizer in self.tokenizers.items():  # a swapped tokenizer fails here, not after generating
+            if name not in self.specs:
+                raise TokenizerMismatchError(f"tokenizer {name!r} is for a modality the model does not know")
+            try:  # a caption's length is checked when it is given (GenerationState.set_sequence)
+                check_tokenizer(tokenizer, self.specs[name], sequence_limit=False)
+            except TokenizerMismatchError as e:
+                raise TokenizerMismatchError(f"the {name} tokenizer does not fit the model: {e}") from None
         if specials is None:
             seq = next((t for t in self.tokenizers.values() if hasattr(t, "sentinel_ids")), None)
             specials = TextSpecials() if seq is None else \

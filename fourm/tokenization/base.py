@@ -36,8 +36,12 @@ class TokenizerMismatchError(ValueError):
     """A tokenizer that does not fit the modality (vocabulary or token count) it is used for."""
 
 
-def check_tokenizer(tokenizer: ModalityTokenizer, expected: Modality) -> None:
-    """Refuse a tokenizer whose vocabulary or token count disagrees with the resolved modality."""
+def check_tokenizer(tokenizer: ModalityTokenizer, expected: Modality, sequence_limit: bool = True) -> None:
+    """Refuse a tokenizer whose vocabulary or token count disagrees with the resolved modality.
+
+    ``sequence_limit=False`` lets a sequence tokenizer allow longer sequences than the modality's
+    maximum, for callers that check each sequence's length as it comes (generation does).
+    """
     if tokenizer.modality != expected.key:
         raise TokenizerMismatchError(f"tokenizer is for {tokenizer.modality!r}, not {expected.key!r}")
     if expected.vocab_size is not None and tokenizer.vocab_size != expected.vocab_size:
@@ -48,7 +52,7 @@ def check_tokenizer(tokenizer: ModalityTokenizer, expected: Modality) -> None:
         if tokenizer.tokens_per_sample != want:
             raise TokenizerMismatchError(f"{expected.key}: tokenizer makes {tokenizer.tokens_per_sample} tokens "
                                          f"per sample, the config expects {want}")
-    elif tokenizer.tokens_per_sample > expected.tokens:
+    elif sequence_limit and tokenizer.tokens_per_sample > expected.tokens:
         raise TokenizerMismatchError(f"{expected.key}: tokenizer allows {tokenizer.tokens_per_sample} tokens, "
                                      f"more than the modality's maximum {expected.tokens}")
 

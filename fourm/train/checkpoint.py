@@ -58,19 +58,64 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> int:
     """Restore everything saved by :func:`save_checkpoint` into the given objects; return the step."""
     import ast
 
-    from safetensors.torch import load_file, load_model
+    from fourm.io import load_tensors, load_weights, read_json
 
     path = Path(path)
-    load_model(model, str(path / "model" / WEIGHTS_NAME), strict=True)
+    load_weights(model, path / "model" / WEIGHTS_NAME)
     optim = torch.load(path / "optim.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(optim["optimizer"])
     scheduler.load_state_dict(optim["scheduler"])
-    rng = load_file(str(path / "rng.safetensors"))
+    rng = load_tensors(path / "rng.safetensors")
     torch.set_rng_state(rng["torch"])
     if torch.cuda.is_available() and "cuda0" in rng:
         torch.cuda.set_rng_state_all([rng[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in rng])
-    state = json.loads((path / "state.json").read_text())
+    state = read_json(path / "state.json", {"step": int, "python_rng": str, "numpy_rng": list})
     random.setstate(ast.literal_eval(state["python_rng"]))
     kind, keys, *rest = state["numpy_rng"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
     return state["step"]
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint of another model than the one being trained."""
+
+
+def check_fits(path: str | Path, model) -> None:
+    """Refuse a checkpoint whose saved model config differs from ``model``'s, naming the fields."""
+    import dataclasses
+
+    from fourm.pretrained import read_config
+
+    saved = read_config(Path(path) / "model")
+    ours = json.loads(json.dumps(dataclasses.asdict(model.config)))  # tuples as JSON gives them back
+    changed = sorted(k for k in {*saved["config"], *ours} if saved["config"].get(k) != ours.get(k))
+    if saved["class"] != model.pretrained_name or changed:
+        what = ", ".join(f"{k} {saved['config'].get(k)!r} -> {ours.get(k)!r}" for k in changed[:4])
+        raise CheckpointMismatch(f"{Path(path).parent.parent} holds checkpoints of another model "
+                         f"({what or saved['class']}{' ...' if len(changed) > 4 else ''}): "
+                         "resume with its settings, or train into another out folder")
+
+
+def resume_checkpoint(out: str | Path, model, optimizer, scheduler) -> int:
+    """Restore the newest loadable checkpoint in ``out``; return its step (0 when there is none).
+
+    A checkpoint of another model is an error, raised before anything is loaded. A damaged one (a cut or
+    emptied file) is reported and the one before it tried: keeping ``keep_last`` checkpoints is what
+    lets a run survive a bad disk write.
+    """
+    import logging
+    import pickle
+
+    dirs = checkpoint_dirs(out)
+    for path in reversed(dirs):
+        try:
+            check_fits(path, model)  # before anything is loaded
+            return load_checkpoint(path, model, optimizer, scheduler)
+        except CheckpointMismatch:
+            raise
+        except (ValueError, OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as e:
+            logging.getLogger(__name__).warning("checkpoint %s is damaged (%s); trying the one before it",
+                                                path, " ".join(str(e).split())[:200])
+    if dirs:
+        raise ValueError(f"every checkpoint in {Path(out) / 'checkpoints'} is damaged: delete them to start over")
+    return 0

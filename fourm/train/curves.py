@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fourm.io import atomic_path
+
 
 class MetricsLog:
     """Appends rows to ``metrics.jsonl``; on resume, drops rows past the checkpoint's step first.
@@ -20,10 +22,10 @@ class MetricsLog:
         self.path, self.enabled, self.last, self.board = Path(path), enabled, {}, None
         if not enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         rows = read_metrics(self.path) if keep_until else []
         kept = [r for r in rows if r.get("step", 0) <= keep_until]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        with atomic_path(self.path) as tmp:  # a kill here keeps the old history, not half of it
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         if tensorboard is not None:
             self.board = tensorboard_writer(tensorboard, purge_step=keep_until + 1 if keep_until else None)
 
@@ -62,10 +64,26 @@ def tensorboard_writer(folder: str | Path, purge_step: int | None = None):
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a metrics log. Rows are appended as a run goes, so a kill can leave the last one
+    half written: that one is dropped. A damaged row anywhere else is an error naming the line."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text(errors="replace").splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path} is damaged at line {i + 1}: not a JSON row")
+        rows.append(row)
+    return rows
 
 
 def plot_metrics(rows: list[dict], png: str | Path, title: str = "") -> None:

@@ -105,12 +105,18 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = True,
-          progress: bool = True) -> nn.Module:
-    """Train ``task`` for ``cfg.steps`` optimizer steps into ``out``; return the unwrapped model."""
+          progress: bool = True, record: Any = None) -> nn.Module:
+    """Train ``task`` for ``cfg.steps`` optimizer steps into ``out``; return the unwrapped model.
+
+    ``record`` (the run's whole config, a dataclass) is written to ``out/config.yaml``, but only once
+    the checkpoint to resume from is known to fit the model: a run's record never describes a model
+    its checkpoints do not hold.
+    """
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from tqdm import tqdm
 
-    from fourm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from fourm.config import save_config
+    from fourm.train.checkpoint import resume_checkpoint, save_checkpoint
     from fourm.train.curves import MetricsLog
 
     out = Path(out)
@@ -128,10 +134,9 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
         model.compile()
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    step = 0
-    ckpt = latest_checkpoint(out) if resume else None
-    if ckpt is not None:
-        step = load_checkpoint(ckpt, model, optimizer, scheduler)
+    step = resume_checkpoint(out, model, optimizer, scheduler) if resume else 0
+    if record is not None and accelerator.is_main_process:
+        save_config(record, out / "config.yaml")
     model, optimizer = accelerator.prepare(model, optimizer)
     metrics = MetricsLog(out / "metrics.jsonl", keep_until=step, enabled=accelerator.is_main_process,
                          tensorboard=out / "tensorboard" if cfg.tensorboard else None)

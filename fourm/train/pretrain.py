@@ -52,12 +52,18 @@ class FourMTask:
     """Token corpora -> masked batches -> FourM; evaluation against the unigram baseline."""
 
     def __init__(self, cfg: FourMTrainConfig):
-        from fourm.data.corpus import read_manifest
-        from fourm.data.loader import load_token_datasets, modalities_from_manifest, unigram_baseline
+        from fourm.data.loader import (
+            load_token_datasets,
+            modalities_from_manifest,
+            read_token_manifest,
+            unigram_baseline,
+        )
         from fourm.data.masking import Masker, TextSpecials, specials_from_tokenizer
 
         self.cfg = cfg
-        self.manifest = read_manifest(cfg.data.corpora[0])
+        if not cfg.data.corpora:
+            raise ValueError("data.corpora is empty: name at least one token corpus")
+        self.manifest = [read_token_manifest(c) for c in cfg.data.corpora][0]
         self.modalities = modalities_from_manifest(self.manifest, cfg.model.modalities)
         dataset = load_token_datasets(cfg.data.corpora, self.modalities, cfg.data.weights)
         self.train_set, self.heldout = dataset.split(cfg.data.heldout)
@@ -132,10 +138,8 @@ class FourMTask:
 
 def run_training(cfg: FourMTrainConfig, progress: bool = True):
     """Train FourM as ``cfg`` says into ``cfg.out`` (resuming from its last checkpoint)."""
-    from fourm.config import save_config
     from fourm.train.loop import train
 
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    save_config(cfg, Path(cfg.out) / "config.yaml")
     task = FourMTask(cfg)
-    return train(task, cfg.train, cfg.out, progress=progress)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    return train(task, cfg.train, cfg.out, progress=progress, record=cfg)

@@ -14,6 +14,7 @@ families works here. ImageBind has no ``transformers`` port, so there is no Imag
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import ClassVar
 
 import numpy as np
@@ -72,6 +73,11 @@ class HFLabeller(Labeller):
             return False, "the transformers package is not installed"
         if self.model is None:
             return False, f"{self.name} needs model=<hub id or folder> (no default checkpoint)"
+        model = str(self.model)
+        # a hub id is NAME or ORG/NAME; anything else is a folder, which must be there (checked while
+        # planning, so a typo costs no plan and no model download)
+        if (model.startswith(("/", ".", "~")) or model.count("/") > 1) and not os.path.isdir(os.path.expanduser(model)):
+            return False, f"model {model}: no such folder"
         return True, ""
 
     def setup(self, classes: dict[str, list[str]]) -> None:
@@ -80,8 +86,11 @@ class HFLabeller(Labeller):
         ok, why = self.available()
         if not ok:
             raise RuntimeError(why)
-        self._processor = transformers.AutoProcessor.from_pretrained(self.model)
-        self._model = self._load_model(transformers).to(self.device).eval()
+        try:
+            self._processor = transformers.AutoProcessor.from_pretrained(self.model)
+            self._model = self._load_model(transformers).to(self.device).eval()
+        except OSError as e:  # not on the hub, not cached offline, or a folder without its files
+            raise ValueError(f"{self.name}: cannot load model {self.model!r}: {str(e).splitlines()[0]}") from None
 
     def _load_model(self, transformers):
         config = transformers.AutoConfig.from_pretrained(self.model)

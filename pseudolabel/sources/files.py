@@ -2,8 +2,10 @@
 
 Images are centre-cropped to a square and resized to ``image_size`` (``None`` keeps them as they
 are; the corpus then holds images of mixed sizes, which tokenizers cannot batch). The original size
-travels along as ``__size__`` for the metadata labeller. An unreadable or empty file is skipped
-and reported, never fatal.
+travels along as ``__size__`` for the metadata labeller. High-bit-depth grey (16-bit, float) is
+scaled to 8 bits by its range (see :func:`_to_rgb`). An unreadable or empty file is skipped and
+reported, never fatal; so is the rest of a damaged webdataset shard, after the samples before the
+damage.
 """
 
 from __future__ import annotations
@@ -26,11 +28,71 @@ def load_image(data: bytes | str | Path, image_size: int | None) -> tuple[np.nda
 
     with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
         image.load()  # decode now: a truncated file fails here, not later in a labeller
-        image = ImageOps.exif_transpose(image).convert("RGB")
+        image = _to_rgb(ImageOps.exif_transpose(image))
     size = image.size
     if image_size is not None:
         image = ImageOps.fit(image, (image_size, image_size), Image.Resampling.BICUBIC)
     return np.asarray(image), size
+
+
+def _to_rgb(image):
+    """``image`` (a PIL image) as 8-bit RGB, with high-bit-depth grey scaled by its range.
+
+    Pillow's ``convert("RGB")`` clips 16-bit and float grey at 255 instead of scaling it, which turns
+    a 16-bit photo almost white. Integer grey (``I;16``, ``I;16B``..., and ``I``, Pillow's mode for
+    16-bit PGM and some 16-bit TIFF and PNG data) is read as 16-bit: divided by 257 (65535 -> 255),
+    anything outside 0..65535 clipped. Float grey (``F``, 32-bit TIFF) in [0, 1] is multiplied by 255;
+    floats beyond it have no standard range (metres, radiance), so they are stretched from their
+    minimum to their maximum (a constant image becomes black), NaN is 0 and infinities clip. 16-bit
+    RGB(A) needs none of this: Pillow decodes it to 8 bits itself.
+    """
+    from PIL import Image
+
+    if image.mode.startswith("I"):
+        values = np.asarray(image, np.float64) / 257
+    elif image.mode == "F":
+        values = np.asarray(image, np.float64)
+        finite = values[np.isfinite(values)]
+        lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+        if lo < 0 or hi > 1:
+            values = (values - lo) / ((hi - lo) or 1.0)
+        values = np.nan_to_num(values * 255, nan=0.0)
+    else:
+        return image.convert("RGB")
+    return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8)).convert("RGB")
+
+
+def _tar_files(f, url: str, damage: list[str]) -> Iterator[dict]:
+    """The files of the tar stream ``f``, as webdataset's ``{"fname", "data", "__url__"}`` dicts.
+
+    Damage ends the stream and adds a line to ``damage``: a read error (a file cut inside a member),
+    and also a stream that stops without the end-of-archive block (all zeros) every tar writer puts
+    last, which Python's tarfile takes for a normal end (a file cut on a 512-byte block boundary,
+    a garbled header): the samples after the cut would otherwise vanish without a record.
+    """
+    import tarfile
+
+    last = [b""]  # the last header block read
+
+    class Header(tarfile.TarInfo):
+        @classmethod
+        def frombuf(cls, buf, encoding, errors):
+            last[0] = buf
+            return super().frombuf(buf, encoding, errors)
+
+    after = "the start"
+    try:
+        with tarfile.open(fileobj=f, mode="r|*", tarinfo=Header) as stream:
+            for info in stream:
+                if info.isreg() and not re.match(r"__[^/]*__($|/)", info.name):  # webdataset's meta files
+                    yield {"fname": info.name, "data": stream.extractfile(info).read(), "__url__": url}
+                after = info.name
+                stream.members = []  # stream mode otherwise keeps every header of the shard
+    except Exception as e:  # ReadError, EOFError, zlib.error...: a damaged shard is never fatal
+        damage.append(f"{type(e).__name__}: {e} after {after}")
+        return
+    if last[0] != bytes(tarfile.BLOCKSIZE):
+        damage.append(f"no end-of-archive block after {after} (cut short, or a header is garbled)")
 
 
 def _safe_key(prefix: str, name: str) -> str:
@@ -102,7 +164,9 @@ class WebDataset(Source):
         self._urls = [u for u in urls if Path(u).is_file()]
         if not self._urls:
             raise FileNotFoundError(f"no webdataset shards match {self.pattern!r}")
-        first = next(self._samples(self._urls[0]), {})
+        # the first sample that can be read tells whether there are captions; a damaged shard is
+        # reported when its turn comes, not here
+        first = next((sample for url in self._urls for sample in self._samples(url, [])), {})
         self._captions = "txt" in first
 
     @property
@@ -117,18 +181,16 @@ class WebDataset(Source):
         return len(self._urls)
 
     @staticmethod
-    def _samples(url: str, errors: list | None = None) -> Iterator[dict]:
-        from webdataset.tariterators import group_by_keys, tar_file_iterator
+    def _samples(url: str, errors: list[str]) -> Iterator[dict]:
+        """The samples of shard ``url``; damage ends the shard early and adds a line to ``errors``."""
+        from webdataset.tariterators import group_by_keys
 
         def handler(exn):
-            if errors is None:
-                raise exn
             errors.append(f"{type(exn).__name__}: {exn}")
             return False  # a damaged tar stream cannot be resynchronised: stop this shard
 
         with open(url, "rb") as f:
-            members = ({**m, "__url__": url} for m in tar_file_iterator(f, handler=handler))
-            yield from group_by_keys(members, handler=handler)
+            yield from group_by_keys(_tar_files(f, url, errors), handler=handler)
 
     def shard(self, index: int, shard_size: int) -> Iterator[dict | Skipped]:
         url = self._urls[index]

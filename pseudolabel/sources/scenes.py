@@ -458,9 +458,23 @@ class Scenes(Source):
     image_size: int = 64
     seed: int = 0
 
+    def __post_init__(self):
+        # here, before a plan is written: a count of 0 made an empty corpus and exit 0, a size of 0
+        # a ZeroDivisionError deep in the renderer
+        if self.count < 1:
+            raise ValueError(f"scenes:{self.count}: the number of scenes must be at least 1")
+        if self.image_size is None or self.image_size < 1:
+            raise ValueError(f"scenes: image_size must be at least 1, not {self.image_size}")
+        if self.seed < 0:
+            raise ValueError(f"scenes: seed must be 0 or more, not {self.seed}")
+
     @classmethod
     def from_arg(cls, arg: str, **options) -> Scenes:
-        return cls(count=int(arg), **options)
+        try:
+            count = int(arg)
+        except ValueError:
+            raise ValueError(f"scenes:{arg!r}: give the number of scenes, e.g. scenes:64") from None
+        return cls(count=count, **options)
 
     def num_shards(self, shard_size: int) -> int:
         return math.ceil(self.count / shard_size)

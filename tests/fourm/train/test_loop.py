@@ -138,3 +138,51 @@ def test_an_unfinished_checkpoint_is_never_resumed_from(tmp_path):
 def test_config_is_checked():
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="fp16")
+
+
+@pytest.mark.parametrize("damage", ["empty weights", "cut optimizer", "state not JSON"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, damage, caplog):
+    cfg = TrainConfig(**{**CFG, "steps": 10}, precision="fp32")
+    unbroken = train(RegressionTask(), cfg, tmp_path / "a", progress=False)
+    train(RegressionTask(), cfg, tmp_path / "b", progress=False)
+    newest = checkpoint_dirs(tmp_path / "b")[-1]
+    assert newest.name == "step-0000010"
+    file = {"empty weights": "model/model.safetensors", "cut optimizer": "optim.pt",
+            "state not JSON": "state.json"}[damage]
+    data = (newest / file).read_bytes()
+    (newest / file).write_bytes(b"" if damage == "empty weights" else data[: len(data) // 2])
+    resumed = train(RegressionTask(), cfg, tmp_path / "b", progress=False)  # from step 5, again to 10
+    assert "step-0000010 is damaged" in caplog.text
+    for a, b in zip(unbroken.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_resuming_another_model_is_refused_before_the_record_changes(tmp_path):
+    from fourm.train.checkpoint import CheckpointMismatch
+
+    @dataclass
+    class Record:
+        note: str
+
+    cfg = TrainConfig(**{**CFG, "steps": 5}, precision="fp32")
+    train(RegressionTask(), cfg, tmp_path, progress=False, record=Record("first"))
+    record = (tmp_path / "config.yaml").read_text()
+    wider = RegressionTask()
+    wider.build_model = lambda: TinyMLP(TinyConfig(dim=16))
+    with pytest.raises(CheckpointMismatch, match="dim 8 -> 16"):
+        train(wider, TrainConfig(**{**CFG, "steps": 10}, precision="fp32"), tmp_path, progress=False,
+              record=Record("second"))
+    assert (tmp_path / "config.yaml").read_text() == record and "first" in record
+
+
+def test_metrics_survive_a_half_written_row_and_name_a_damaged_one(tmp_path):
+    from fourm.train.curves import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')  # killed mid-row
+    assert read_metrics(path) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    MetricsLog(path, keep_until=2).write({"step": 3, "loss": 1.0})  # a resume from step 2 appends after it
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3]
+    path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl is damaged at line 2"):
+        read_metrics(path)
