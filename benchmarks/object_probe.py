@@ -6,12 +6,11 @@
 Each held-out scene's true caption is a whole target, teacher-forced, given the whole RGB (as the
 model reads it: ``rgb`` pixels, ``tok_rgb`` tokens, or both) and given nothing. The mean nll of the tokens
 that name an object's colour, shape or size is printed beside two references that need no model:
-chance (uniform over the 8 colours / 4 shapes / 2 sizes) and a set oracle that knows which colours
-(shapes, sizes) the scene holds but not which object the caption names next (uniform over that set).
-A model that reads objects from RGB is below chance given RGB and near chance given nothing. The
-scenes' captions name objects left to right, so a model that also reads where each object is can
-go below the set oracle, towards 0. Words are scored rather than whole captions because the wording
-around them (openings, relations) is partly random.
+chance (uniform over the 8 colours / 4 shapes / 2 sizes) and an oracle that knows which colours
+(shapes, sizes) the scene holds but not in which order the caption names them (uniform over that
+set). A model that reads objects from RGB is below chance given RGB and near chance given nothing;
+the gap to the oracle is what it has not learnt. The caption alone cannot tell (order is random):
+that is why the probe scores words, not whole captions.
 """
 
 from __future__ import annotations
