@@ -11,7 +11,6 @@ A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl``, ``c
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -116,6 +115,7 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
     from tqdm import tqdm
 
     from fourm.config import save_config
+    from fourm.io import write_json
     from fourm.train.checkpoint import resume_checkpoint, save_checkpoint
     from fourm.train.curves import MetricsLog
 
@@ -185,6 +185,6 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
     if accelerator.is_main_process:
         final.save_pretrained(out / "model")
         metrics.plot(out / "curves.png")
-        (out / "summary.json").write_text(json.dumps(metrics.last, indent=2) + "\n")
+        write_json(out / "summary.json", metrics.last)
     metrics.close()
     return final
