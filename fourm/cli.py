@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(e: BaseException) -> str:
-    """The message of ``e`` on one line; OSErrors without a path-naming message get their type's name."""
+    """The message of ``e`` on one line (its type's name if it has none), with the file an OSError
+    names when the message does not."""
     text = " ".join(str(e).split()) or type(e).__name__
     if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
         text = f"{text}: {e.filename}"
