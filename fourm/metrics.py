@@ -109,7 +109,7 @@ def detection_scores(pred: Iterable[list[dict]], gt: Iterable[list[dict]], thres
 # ----------------------------------------------------------------------------- objects and colours
 def scene_vocabulary() -> tuple[dict[str, tuple[int, int, int]], list[str], list[str]]:
     """(colours by name, shapes, sizes) of the scene source: what captions and images are judged by."""
-    from pseudolabel.sources.scenes import COLOURS, SHAPES, SIZES
+    from fourm.data.scenes import COLOURS, SHAPES, SIZES
 
     return dict(COLOURS), list(SHAPES), list(SIZES)
 

@@ -25,21 +25,8 @@ from typing import ClassVar
 import numpy as np
 from einops import rearrange
 
+from fourm.data.scenes import CLASSES, COLOURS, SHAPES, SIZES  # the scenes' words, shared with the evaluation
 from pseudolabel.sources.base import Source, source
-
-CLASSES = ["background", "ground", "sphere", "cube", "cylinder", "cone"]
-SHAPES = CLASSES[2:]
-COLOURS = {  # sRGB, saturated so they read apart from the neutral ground and from each other
-    "red": (200, 40, 40),
-    "green": (40, 160, 60),
-    "blue": (40, 80, 220),
-    "yellow": (235, 205, 40),
-    "purple": (130, 50, 190),
-    "orange": (240, 125, 30),
-    "cyan": (40, 195, 200),
-    "white": (235, 235, 235),
-}
-SIZES = {"small": 0.35, "large": 0.65}  # characteristic radius in metres (CLEVR's 0.35 / 0.7)
 
 _EPS = 1e-4  # smallest t accepted: keeps shadow rays from hitting the surface they leave
 _GROUND_RADIUS = 25.0  # a finite ground keeps depth under 65 m, what millimetre uint16 PNGs hold
