@@ -126,24 +126,13 @@ class ModalityEmbeddings(nn.Module):
         flat_ids = ids.flatten()
         for m, idx in groups.items():
             name, kind = self.names[m], self.specs[self.names[m]].kind
-            if kind == Kind.PIXELS:  # every patch through the stem, then the ones in the batch picked
-                image, stem = continuous[name], self.projections[name]
-                if not stem.local:  # blank the patches that are not inputs: the stem would see into them
-                    image = image * self._given_patches(name, idx // n, flat_ids[idx], b).to(image.dtype)
-                x[idx] = stem(image)[idx // n, flat_ids[idx]].to(x.dtype)
+            if kind == Kind.PIXELS:
+                x[idx] = self.projections[name].embed(continuous[name], idx // n, flat_ids[idx]).to(x.dtype)
             elif kind == Kind.EMBEDDING_SEQUENCE:
                 x[idx] = self.projections[name](continuous[name][idx // n, flat_ids[idx]]).to(x.dtype)
             else:
                 x[idx] = self.tables[name](flat_ids[idx]).to(x.dtype)
         return rearrange(x, "(b n) d -> b n d", b=b)
-
-    def _given_patches(self, name: str, samples: Tensor, patches: Tensor, batch_size: int) -> Tensor:
-        """(B, 1, H, W) 1 on the pixels of the given ``patches`` of each sample, 0 elsewhere."""
-        side, p = math.isqrt(self.specs[name].tokens), self.patch_size(name)
-        given = torch.zeros(batch_size, side * side, device=patches.device)
-        given[samples, patches] = 1.0
-        grid = rearrange(given, "b (h w) -> b 1 h w", h=side)
-        return grid.repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)
 
     def decoder_content(self, ids: Tensor, mod: Tensor, pos: Tensor, valid: Tensor) -> Tensor:
         """(B, Nd) tags -> (B, Nd, D): the mask token for IMAGE / GLOBAL targets, the embedded

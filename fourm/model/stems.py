@@ -1,5 +1,9 @@
 """Pixel stems: an image (B, 3, H, W) in, one embedding per patch (B, (H/p) (W/p), D) out.
 
+``stem(image)`` embeds every patch; ``stem.embed(image, samples, patches)`` only the given patches
+(patch ``patches[i]`` of sample ``samples[i]``), as the model's encoder needs them, each stem in
+its cheapest way and seeing nothing of the patches that are not given.
+
 ``linear`` is ViT's and 4M's patch embedding: each patch flattened and projected, blind to its
 neighbours. ``conv`` is the convolutional stem of Xiao et al. 2021 ("Early convolutions help
 transformers see better", arXiv 2106.14881): stride-2 convolutions halve the image until one
@@ -19,15 +23,19 @@ from torch import Tensor, nn
 class LinearStem(nn.Linear):
     """Flatten each ``patch`` x ``patch`` patch and project it (an ``nn.Linear``: older weights load)."""
 
-    local = True  # a patch's embedding reads that patch's pixels only
-
     def __init__(self, patch: int, dim: int):
         super().__init__(3 * patch * patch, dim)
         self.patch = patch
 
+    def _patches(self, image: Tensor) -> Tensor:
+        return rearrange(image, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=self.patch, p2=self.patch)
+
     def forward(self, image: Tensor) -> Tensor:
-        patches = rearrange(image, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=self.patch, p2=self.patch)
-        return super().forward(patches)
+        return super().forward(self._patches(image))
+
+    def embed(self, image: Tensor, samples: Tensor, patches: Tensor) -> Tensor:
+        # a patch reads only its own pixels: project the given ones, not the whole grid
+        return super().forward(self._patches(image)[samples, patches])
 
 
 class ChannelNorm(nn.LayerNorm):
@@ -40,13 +48,12 @@ class ChannelNorm(nn.LayerNorm):
 
 class ConvStem(nn.Module):
     """log2(patch) stride-2 convolutions (channel LayerNorm, GELU), widths doubling up to dim / 2, then
-    a 1x1 to the width. Its windows reach almost a patch into the neighbours: the caller blanks
-    the pixels of patches that are not inputs (``local`` is False), or masking would leak them."""
-
-    local = False
+    a 1x1 to the width. Its windows reach almost a patch into the neighbours, so :meth:`embed` blanks
+    the pixels of the patches that are not given first: masking would leak them otherwise."""
 
     def __init__(self, patch: int, dim: int):
         super().__init__()
+        self.patch = patch
         steps = int(math.log2(patch))
         if 2**steps != patch or steps < 1:
             raise ValueError(f"the conv pixel stem needs a power-of-two patch size, not {patch}")
@@ -63,6 +70,14 @@ class ConvStem(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         return rearrange(self.net(image), "b d h w -> b (h w) d")
+
+    def embed(self, image: Tensor, samples: Tensor, patches: Tensor) -> Tensor:
+        b, _, h, w = image.shape
+        given = image.new_zeros(b, (h // self.patch) * (w // self.patch))
+        given[samples, patches] = 1.0
+        grid = rearrange(given, "b (h w) -> b 1 h w", h=h // self.patch)
+        keep = grid.repeat_interleave(self.patch, dim=2).repeat_interleave(self.patch, dim=3)
+        return self(image * keep)[samples, patches]
 
 
 PIXEL_STEMS = {"linear": LinearStem, "conv": ConvStem}

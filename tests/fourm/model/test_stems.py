@@ -18,8 +18,12 @@ def test_one_embedding_per_patch_row_major(name):
     changed[:, :, 8:16, 40:48] += 1.0  # patch (row 1, column 5): index 1 * 8 + 5
     moved = (stem(changed) - out).abs().sum(-1)[0] > 1e-6
     assert moved[13]
+    samples, patches = torch.tensor([0, 1, 1]), torch.tensor([13, 0, 31])
+    picked = stem.embed(image, samples, patches)
+    assert picked.shape == (3, 32)
     if name == "linear":
         assert moved.sum() == 1  # a patch alone
+        torch.testing.assert_close(picked, out[samples, patches])  # the given patches, projected alone
     else:
         assert moved[[12, 14]].all() and not moved[[0, 31]].any()  # neighbours, not the far corners
 
