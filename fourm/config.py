@@ -47,22 +47,28 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
 
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict:
-    """The mapping at the top of a YAML file (safe loader); anything else is a ConfigError naming the file."""
+    """The mapping at the top of a YAML file; anything else is a ConfigError naming the file.
+
+    Read by OmegaConf's loader (PyYAML's safe loader, with ``1e-3`` read as a number, not a string).
+    """
     import yaml
+    from omegaconf import OmegaConf
 
     if not Path(path).is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = OmegaConf.to_container(OmegaConf.load(path)) if Path(path).read_text().strip() else None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
         raise ConfigError(f"config file {path} is not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+    except OSError:  # OmegaConf refuses a top-level scalar (with an OSError)
+        data = "scalar"
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of settings (key: value), "
-                          f"not a {type(data).__name__}")
+                          f"not a {'list' if isinstance(data, list) else 'single value'}")
     return data
 
 

@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from fourm.config import ConfigError, load_config, save_config
+from fourm.config import ConfigError, load_config, read_yaml_mapping, save_config
 
 
 @dataclass
@@ -46,3 +46,27 @@ def test_bad_keys_and_values_are_one_line_errors(override, match):
 def test_missing_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(Outer, "/nonexistent.yaml")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("steps: [1\n", "not valid YAML at line 2"),
+    ("- 1\n- 2\n", "not a list"),
+    ("5\n", "not a single value"),
+    ("steps: !!python/object:os.system x\n", "not valid YAML"),
+])
+def test_bad_yaml_files_are_named(tmp_path, text, match):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match) as e:
+        load_config(Outer, path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_yaml_numbers_read_as_numbers_in_untyped_fields(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 3\n")
+    assert read_yaml_mapping(path) == {"steps": 3}
+    path.write_text("extra: {w: 1e-3}\n")  # PyYAML alone reads 1e-3 as a string; OmegaConf's loader a float
+    assert read_yaml_mapping(path) == {"extra": {"w": 0.001}}
+    path.write_text("")
+    assert read_yaml_mapping(path) == {}
