@@ -29,6 +29,7 @@ txt                ``str``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -74,7 +75,7 @@ class Modality:
     """One modality as the 4M model sees it (full-scale defaults)."""
 
     key: str
-    kind: Kind
+    kind: Kind | str  # a Kind, or the name of a kind registered with fourm.kinds.register_kind
     source: str  # the CORPUS entry holding its data
     tokenizer: str | None  # tokenizer family; None for PIXELS / EMBEDDING_SEQUENCE
     vocab_size: int | None  # None where the input is continuous
@@ -82,10 +83,18 @@ class Modality:
     input_only: bool = False
     dim: int | None = None  # width of continuous inputs (EMBEDDING_SEQUENCE)
     num_tokens: int | None = None  # filled in by ModalityScale.resolve for image kinds
+    patch_size: int | None = None  # image kinds: pixels per patch side, filled in by ModalityScale.resolve
+
+    @property
+    def kind_name(self) -> str:
+        return self.kind.value if isinstance(self.kind, Kind) else self.kind
 
     @property
     def is_image(self) -> bool:
-        return self.kind in (Kind.IMAGE, Kind.PIXELS)
+        """Tokens on a square patch grid, counted by the scale: its kind handler's ``grid``."""
+        from fourm.kinds import handler  # in here: fourm.kinds builds on this module
+
+        return handler(self).grid
 
     @property
     def token_dtype(self) -> str:
@@ -204,6 +213,12 @@ def parse_modalities(spec: str | list[str], table: dict | None = None) -> list[s
     return [_lookup(table, n, what).key for n in names if n]
 
 
+# Named scales, beside the registry so that no other module writes sizes as literals: the
+# reference's (224 px in 16 px patches, 196 tokens per image) and this project's CPU scale (64 px in
+# 8 px patches, 64 tokens: the demo and the tests' tiny models).
+SCALE_PRESETS: dict[str, dict] = {"full": dict(image_size=224, patch_size=16), "cpu": dict(image_size=64, patch_size=8)}
+
+
 @dataclass
 class ModalityScale:
     """Image size, patch size and vocabularies of one configuration (defaults: full scale).
@@ -213,8 +228,8 @@ class ModalityScale:
     ``vocab_sizes`` overrides vocabularies by modality key.
     """
 
-    image_size: int = 224
-    patch_size: int = 16
+    image_size: int = SCALE_PRESETS["full"]["image_size"]
+    patch_size: int = SCALE_PRESETS["full"]["patch_size"]
     patch_sizes: dict[str, int] = field(default_factory=dict)
     vocab_sizes: dict[str, int] = field(default_factory=dict)
 
@@ -229,16 +244,35 @@ class ModalityScale:
             if self.image_size % patch:
                 raise ValueError(f"image_size {self.image_size} is not a multiple of patch size {patch} ({key})")
 
+    @classmethod
+    def from_grids(cls, image_size: int, tokens: dict[str, int]) -> ModalityScale:
+        """The scale at which ``image_size`` px images give ``tokens[name]`` tokens in modality
+        ``name``: the most common patch is the default, the others per modality."""
+        patches = {n: image_size // math.isqrt(t) for n, t in tokens.items()}
+        counts = list(patches.values())
+        common = max(sorted(set(counts)), key=counts.count)
+        return cls(image_size, common, {n: p for n, p in patches.items() if p != common})
+
+    def record(self) -> dict:
+        """Image size and patches as a token corpus manifest keeps them (vocabularies are per tokenizer)."""
+        return {"image_size": self.image_size, "patch_size": self.patch_size, "patch_sizes": dict(self.patch_sizes)}
+
     def resolve(self, name: str) -> Modality:
-        """The modality ``name`` at this scale, with ``num_tokens`` filled in for image kinds."""
+        """The modality ``name`` at this scale, with ``num_tokens`` and ``patch_size`` filled in for
+        image kinds."""
         m = get_modality(name)
         changes = {}
         if name in self.vocab_sizes:
             changes["vocab_size"] = self.vocab_sizes[name]
         if m.is_image:
-            side = self.image_size // self.patch_sizes.get(name, self.patch_size)
-            changes["num_tokens"] = side * side
+            patch = self.patch_sizes.get(name, self.patch_size)
+            changes["num_tokens"], changes["patch_size"] = (self.image_size // patch) ** 2, patch
         return replace(m, **changes)
 
     def resolve_all(self, names: list[str] | None = None) -> dict[str, Modality]:
         return {n: self.resolve(n) for n in (names if names is not None else MODALITIES)}
+
+
+def named_scale(name: str, **changes) -> ModalityScale:
+    """A fresh copy of the scale preset ``name`` (``full``, ``cpu``) with ``changes``."""
+    return ModalityScale(**{**_lookup(SCALE_PRESETS, name, "scale"), **changes})

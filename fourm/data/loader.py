@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from fourm.data.masking import Masker
-from fourm.modalities import MODALITIES, Kind, Modality, ModalityScale
+from fourm.kinds import handler
+from fourm.modalities import MODALITIES, Modality, ModalityScale
 from fourm.model.batch import Batch
 
 # first words of the seed sequences, so index order and masking never share a random stream
@@ -103,13 +104,11 @@ class TokenDataset:
         for i, (name, m) in enumerate(self.modalities.items()):
             if not self.present[row, i]:
                 continue
-            a = self.arrays[name]
-            if m.kind in (Kind.SEQUENCE, Kind.EMBEDDING_SEQUENCE):
-                sample[name] = a["values"][a["offsets"][row]: a["offsets"][row + 1]]
-            elif m.kind == Kind.PIXELS:
-                sample[name] = a["pixels"][row]
+            a, kind = self.arrays[name], handler(m)
+            if kind.ragged:
+                sample[name] = a[kind.array_key][a["offsets"][row]: a["offsets"][row + 1]]
             else:
-                sample[name] = a["ids"][row]
+                sample[name] = a[kind.array_key][row]
         return sample
 
     def take(self, positions: np.ndarray | slice) -> TokenDataset:
@@ -135,28 +134,23 @@ class TokenDataset:
         """Per-sample shape of each raw input the batch carries (fixed: t5 vectors padded to max_tokens)."""
         shapes = {}
         for name, m in self.modalities.items():
-            if name not in self.arrays:
-                continue
-            if m.kind == Kind.PIXELS:
-                shapes[name] = self.arrays[name]["pixels"].shape[1:]
-            elif m.kind == Kind.EMBEDDING_SEQUENCE:
-                a = self.arrays[name]
-                shapes[name] = (m.max_tokens or int(np.diff(a["offsets"]).max()), a["values"].shape[1])
+            if name in self.arrays and handler(m).continuous:
+                shapes[name] = handler(m).continuous_shape(m, self.arrays[name])
         return shapes
 
     def token_counts(self, name: str) -> np.ndarray | None:
         """Histogram of ``name``'s token ids over this view (None for continuous or absent modalities)."""
-        m = self.modalities[name]
-        if m.kind not in (Kind.IMAGE, Kind.GLOBAL, Kind.SEQUENCE) or name not in self.arrays:
+        m, kind = self.modalities[name], handler(self.modalities[name])
+        if not kind.discrete or name not in self.arrays:
             return None
         rows = self.rows[self.present[self.rows, self.names.index(name)]]
         a = self.arrays[name]
-        if m.kind == Kind.SEQUENCE:
+        if kind.ragged:
             starts, lengths = a["offsets"][rows], np.diff(a["offsets"])[rows]
             index = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-            ids = a["values"][index]
+            ids = a[kind.array_key][index]
         else:
-            ids = a["ids"][rows].ravel()
+            ids = a[kind.array_key][rows].ravel()
         return np.bincount(ids.astype(np.int64), minlength=m.vocab_size or 0)
 
 
@@ -232,8 +226,7 @@ class _Builder:
     def __init__(self, modalities: dict[str, Modality], size: int | None):
         self.modalities, self.size = modalities, size
         self.fixed: dict[str, list | np.ndarray] = {}
-        self.seqs: dict[str, list] = {n: [] for n, m in modalities.items()
-                                      if m.kind in (Kind.SEQUENCE, Kind.EMBEDDING_SEQUENCE)}
+        self.seqs: dict[str, list] = {n: [] for n, m in modalities.items() if handler(m).ragged}
         self.index = {n: i for i, n in enumerate(modalities)}
         self.present: list[np.ndarray] = []
         self.keys: list[str] = []
@@ -258,18 +251,11 @@ class _Builder:
             if value is None:
                 continue
             present[i] = True
-            value = np.asarray(value)
-            if m.kind == Kind.SEQUENCE:
-                self.seqs[name].append(value[: m.max_tokens].astype(np.int32))
-            elif m.kind == Kind.EMBEDDING_SEQUENCE:
-                self.seqs[name].append(value[: m.max_tokens].astype(np.float16))
-            elif m.kind == Kind.PIXELS:
-                self._slot(name, value.shape, np.uint8, row)[...] = value
+            value = handler(m).store(m, np.asarray(value), self.keys[-1])
+            if name in self.seqs:
+                self.seqs[name].append(value)
             else:
-                if value.shape != (m.tokens,):
-                    raise ValueError(f"{name} of {self.keys[-1]} has shape {value.shape}, "
-                                     f"the modality {m.tokens} tokens")
-                self._slot(name, value.shape, m.token_dtype, row)[...] = value
+                self._slot(name, value.shape, value.dtype, row)[...] = value
         for name in self.seqs:  # keep sequences aligned with rows: absent ones are empty
             if not present[self.index[name]]:
                 self.seqs[name].append(None)
@@ -289,19 +275,19 @@ class _Builder:
         for i, (name, m) in enumerate(self.modalities.items()):
             if not present[:, i].any():
                 continue
-            if m.kind in (Kind.SEQUENCE, Kind.EMBEDDING_SEQUENCE):
+            kind = handler(m)
+            if kind.ragged:
                 seqs = self.seqs[name]
                 first = next(s for s in seqs if s is not None)  # the column has a present sample
                 seqs = [first[:0] if s is None else s for s in seqs]
-                arrays[name] = {"values": np.concatenate(seqs),
+                arrays[name] = {kind.array_key: np.concatenate(seqs),
                                 "offsets": np.cumsum([0, *(len(s) for s in seqs)]).astype(np.int64)}
-            elif m.kind == Kind.PIXELS:
-                arrays[name] = {"pixels": column(name)}
             else:
-                ids = column(name)
-                if m.vocab_size is not None and ids.size and (ids.min() < 0 or ids.max() >= m.vocab_size):
+                values = column(name)
+                if kind.discrete and m.vocab_size is not None and values.size and (
+                        values.min() < 0 or values.max() >= m.vocab_size):
                     raise ValueError(f"{name} holds ids outside [0, {m.vocab_size})")
-                arrays[name] = {"ids": ids}
+                arrays[name] = {kind.array_key: values}
         return TokenDataset(self.modalities, arrays, present, np.array(self.keys))
 
 
@@ -317,12 +303,27 @@ def read_token_manifest(root: str | os.PathLike) -> dict:
     return manifest
 
 
+def manifest_scale(manifest: dict) -> ModalityScale | None:
+    """The scale a token corpus was made at (None: it has no image modality, or no image size). Corpora
+    written before the manifest recorded its ``scale`` get it from their image tokenizers' token counts."""
+    recorded = manifest.get("scale")
+    if recorded is None:
+        entries = manifest["modalities"]
+        tokens = {n: e["tokens_per_sample"] for n, e in entries.items()
+                  if n in MODALITIES and MODALITIES[n].is_image and "tokens_per_sample" in e}
+        if not tokens or manifest.get("image_size") is None:
+            return None
+        return ModalityScale.from_grids(manifest["image_size"], tokens)
+    patch_sizes = {n: p for n, p in recorded.get("patch_sizes", {}).items() if n in MODALITIES}
+    return ModalityScale(recorded["image_size"], recorded["patch_size"], patch_sizes)
+
+
 def modalities_from_manifest(manifest: dict, names: list[str] | None = None,
                              scale: ModalityScale | None = None) -> dict[str, Modality]:
     """The model modalities of a token corpus, resolved with ``scale`` or from its manifest.
 
-    Without a scale: vocabularies and token counts come from the tokenizers recorded in the
-    manifest; rgb patches get the grid of the corpus' image tokenizers (its patch size follows).
+    Without a scale: image sizes and patches are the corpus' (``manifest_scale``), vocabularies and
+    sequence lengths those of the tokenizers it records; raw rgb patches take tok_rgb's grid.
     """
     from dataclasses import replace
 
@@ -330,23 +331,27 @@ def modalities_from_manifest(manifest: dict, names: list[str] | None = None,
     names = [n for n in MODALITIES if n in entries] if names is None else list(names)  # registry order
     if scale is not None:
         return scale.resolve_all(names)
-    out, grids = {}, []
+    scale = manifest_scale(manifest)
+    grids = [e["tokens_per_sample"] for n, e in entries.items()
+             if n in MODALITIES and MODALITIES[n].is_image and "tokens_per_sample" in e]
+    out = {}
     for name in names:
         m, entry = MODALITIES[name], entries.get(name, {})
+        if m.is_image and scale is None:  # no image size: the grid is known, the patch is not
+            if not grids:
+                raise ValueError(f"cannot tell the patch grid of {name} from the manifest: pass a ModalityScale")
+            m = replace(m, num_tokens=entry.get("tokens_per_sample", grids[0]))
+        elif m.is_image:
+            source = next((n for n, e in MODALITIES.items() if e.source == m.source and n in scale.patch_sizes), None)
+            if name not in scale.patch_sizes and source is not None:  # raw pixels: their tokens' patches
+                scale = replace(scale, patch_sizes={**scale.patch_sizes, name: scale.patch_sizes[source]})
+            m = scale.resolve(name)
         changes = {}
         if "vocab_size" in entry:
             changes["vocab_size"] = entry["vocab_size"]
-        if "tokens_per_sample" in entry:
-            count = entry["tokens_per_sample"]
-            changes["num_tokens" if m.is_image else "max_tokens"] = count
-            if m.kind == Kind.IMAGE:
-                grids.append(count)
+        if "tokens_per_sample" in entry and not m.is_image:
+            changes["max_tokens"] = entry["tokens_per_sample"]
         out[name] = replace(m, **changes)
-    for name, m in out.items():
-        if m.kind == Kind.PIXELS:
-            if not grids:
-                raise ValueError(f"cannot tell the patch grid of {name} from the manifest: pass a ModalityScale")
-            out[name] = replace(m, num_tokens=grids[0])
     return out
 
 
@@ -356,7 +361,7 @@ def _check_manifest(root, manifest: dict, table: dict[str, Modality]) -> None:
         if entry.get("vocab_size") and m.vocab_size and entry["vocab_size"] > m.vocab_size:
             raise ValueError(f"{root}: {name} was tokenized with {entry['vocab_size']} codes, "
                              f"the model's modality has {m.vocab_size}")
-        if m.kind == Kind.IMAGE and entry.get("tokens_per_sample", m.tokens) != m.tokens:
+        if handler(m).grid and handler(m).discrete and entry.get("tokens_per_sample", m.tokens) != m.tokens:
             raise ValueError(f"{root}: {name} has {entry['tokens_per_sample']} tokens per sample, "
                              f"the model's modality {m.tokens}")
 
@@ -365,19 +370,8 @@ def _check_manifest(root, manifest: dict, table: dict[str, Modality]) -> None:
 def continuous_inputs(raw: list[dict], modalities: dict[str, Modality],
                       shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     """The raw inputs of a batch: rgb (B, 3, H, W) in [-1, 1], t5_caption (B, L, C) zero-padded."""
-    out = {}
-    for name, shape in shapes.items():
-        kind = modalities[name].kind
-        stack = np.zeros((len(raw), *shape), dtype=np.uint8 if kind == Kind.PIXELS else np.float32)
-        for row, sample in enumerate(raw):
-            if name in sample:
-                value = sample[name]
-                stack[row, : len(value)] = value[: shape[0]]
-        tensor = torch.from_numpy(stack)
-        if kind == Kind.PIXELS:
-            tensor = tensor.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # (B, 3, H, W)
-        out[name] = tensor
-    return out
+    return {name: handler(modalities[name]).batch_input(modalities[name], [s.get(name) for s in raw], shape)
+            for name, shape in shapes.items()}
 
 
 def make_batch(dataset: Dataset, masker: Masker, positions: np.ndarray, seeds: list[list[int]]) -> Batch:

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fourm.modalities import CORPUS, MODALITIES, Kind, Modality
+from fourm.kinds import handler
+from fourm.modalities import CORPUS, MODALITIES, Modality
 from fourm.model.batch import Batch
 
 IGNORE_INDEX = -100  # dec_target on padding: skipped by cross-entropy
@@ -266,7 +267,8 @@ class Masker:
         only_in = [n for n in cfg.targets or () if modalities[n].input_only]
         if only_in:
             raise ValueError(f"{', '.join(only_in)} are input-only and cannot be targets")
-        self.is_seq = np.array([m.kind == Kind.SEQUENCE for m in mods])
+        self.kinds = [handler(m) for m in mods]
+        self.is_seq = np.array([kind.autoregressive for kind in self.kinds])  # span-masked, teacher-forced
         self.can_input = np.array([cfg.inputs is None or n in cfg.inputs for n in self.names])
         self.can_target = np.array([not m.input_only and (cfg.targets is None or n in cfg.targets)
                                     for n, m in modalities.items()])
@@ -276,7 +278,6 @@ class Masker:
         if self.is_seq.any() and (specials is None or not specials.sentinels):
             raise ValueError("sequence modalities need the text specials (pad, sos, eos, sentinels)")
         self._offers_in, self._offers_tgt = self.input_alphas > 0, self.target_alphas > 0
-        self._kinds = [m.kind for m in mods]
         self.specials = specials
         self.sentinels = np.asarray(specials.sentinels if specials else [], dtype=np.int64)
 
@@ -296,16 +297,8 @@ class Masker:
         counts = np.zeros(len(self.names), dtype=np.int64)
         for i, (name, m) in enumerate(self.modalities.items()):
             value = sample.get(name)
-            if value is None:
-                continue
-            if m.kind == Kind.PIXELS:
-                counts[i] = m.tokens
-            elif m.kind in (Kind.SEQUENCE, Kind.EMBEDDING_SEQUENCE):
-                counts[i] = min(len(value), m.max_tokens or len(value))
-            else:
-                if len(value) != m.tokens:
-                    raise ValueError(f"{name} has {len(value)} tokens, the modality {m.tokens}")
-                counts[i] = len(value)
+            if value is not None:
+                counts[i] = self.kinds[i].available(m, value)
         return counts
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -334,8 +327,8 @@ class Masker:
 
         parts: dict[str, list] = {k: [] for k in ("enc_ids", "enc_pos", "dec_ids", "dec_target", "dec_pos")}
         for i in np.flatnonzero((n_in > 0) | (n_tgt > 0)):
-            kind = self._kinds[i]
-            if kind == Kind.SEQUENCE:
+            kind = self.kinds[i]
+            if kind.autoregressive:
                 inputs, targets = seq_parts[i]
                 enc_ids, enc_pos = inputs, np.arange(len(inputs))
                 dec_target, dec_pos = targets, np.arange(len(targets))
@@ -343,8 +336,8 @@ class Masker:
             else:
                 order = rng.permutation(n[i])
                 enc_pos, dec_pos = np.sort(order[: n_in[i]]), np.sort(order[n_in[i]: n_in[i] + n_tgt[i]])
-                if kind in (Kind.PIXELS, Kind.EMBEDDING_SEQUENCE):
-                    enc_ids, dec_target = enc_pos, dec_pos  # continuous: the id is the patch / vector index
+                if kind.continuous:
+                    enc_ids, dec_target = enc_pos, dec_pos  # the id is the patch / vector index
                 else:
                     values = np.asarray(sample[self.names[i]])
                     enc_ids, dec_target = values[enc_pos], values[dec_pos]

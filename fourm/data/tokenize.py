@@ -24,7 +24,8 @@ from fourm.data.corpus import (
     write_manifest,
     write_shard,
 )
-from fourm.modalities import CORPUS, MODALITIES, Kind, Storage, get_modality
+from fourm.kinds import handler
+from fourm.modalities import CORPUS, MODALITIES, ModalityScale, Storage, get_modality
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def _passthrough(cfg: TokenizeConfig, corpus_series: list[str]) -> list[str]:
             raise ValueError(f"{', '.join(bad)} have tokenizers: tokenize them instead of copying")
         return names
     return [m.key for m in MODALITIES.values()
-            if m.kind in (Kind.PIXELS, Kind.EMBEDDING_SEQUENCE) and m.source in corpus_series]
+            if handler(m).continuous and m.source in corpus_series]  # raw inputs: copied as they are
 
 
 def _tokens(tokenizer, values: list) -> list[np.ndarray]:
@@ -113,12 +114,16 @@ def tokenize_corpus(cfg: TokenizeConfig, progress: bool = True) -> dict:
                 write_shard(cfg.out, index, samples, storages, {"skipped": reader.skipped.items[before:]})
                 bar.update(len(samples))
     records = finished_shards(cfg.out)
+    grids = {m: t.tokens_per_sample for m, t in tokenizers.items() if MODALITIES[m].is_image}
     return write_manifest(cfg.out, {
         **plan,
         "modalities": {m: storage_entry(s, **plan["tokenizers"].get(m, {"copied_from": MODALITIES[m].source}))
                        for m, s in storages.items()},
         "classes": corpus.get("classes", {}),
         "image_size": corpus.get("image_size"),
+        # the scale the model must train at: image size and patches (read by fourm.data.loader.manifest_scale)
+        **({"scale": ModalityScale.from_grids(corpus["image_size"], grids).record()}
+           if grids and corpus.get("image_size") else {}),
         "complete": len(records) == reader.num_shards,
         "corpus_path": str(Path(cfg.corpus).resolve()) if os.path.isdir(cfg.corpus) else cfg.corpus,
     })

@@ -17,7 +17,8 @@ import numpy as np
 
 from fourm.generation.pipeline import Generated, Pipeline
 from fourm.generation.schedule import PARALLEL_SCHEMES, SEQUENCE_SCHEMES, Target
-from fourm.modalities import CORPUS, MODALITIES, Kind
+from fourm.kinds import handler
+from fourm.modalities import CORPUS, MODALITIES
 
 
 def corpus_key(key: str) -> str:
@@ -112,7 +113,7 @@ def parse_targets(pipe: Pipeline, targets: list[str], schedule: str | os.PathLik
     out = []
     for entry in entries:
         name = pipe.target_key(str(entry.pop("modality")))
-        kind_schemes = SEQUENCE_SCHEMES if pipe.specs[name].kind == Kind.SEQUENCE else PARALLEL_SCHEMES
+        kind_schemes = SEQUENCE_SCHEMES if handler(pipe.specs[name]).autoregressive else PARALLEL_SCHEMES
         flags = {k: v for k, v in defaults.items() if v is not None and (k != "scheme" or v in kind_schemes)}
         out.append(load_config(Target, None, per_target.pop(name, []), **{**flags, **entry, "modality": name}))
     if per_target:

@@ -26,7 +26,8 @@ from fourm.data.masking import TextSpecials
 from fourm.generation.sampler import generate as run_schedule
 from fourm.generation.schedule import Target, build_schedule
 from fourm.generation.state import GenerationState
-from fourm.modalities import CORPUS, Kind
+from fourm.kinds import handler, resize
+from fourm.modalities import CORPUS
 from fourm.model.fourm import FourM
 
 MASK = "[MASK]"  # in a caption: a span for the model to fill
@@ -49,26 +50,6 @@ def _is_tokens(value) -> bool:
     if isinstance(value, np.ndarray):
         return value.ndim == 1 and value.dtype.kind in "iu"
     return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, (int, np.integer)) for v in value)
-
-
-def resize(value: np.ndarray, corpus_key: str, size: int) -> np.ndarray:
-    """An image-like corpus value resized to ``size`` x ``size``: smooth for colours and measures,
-    nearest for ids and edges (a blend of class 3 and 5 is no class 4)."""
-    from PIL import Image
-
-    value = np.asarray(value)
-    if value.shape[:2] == (size, size):
-        return value
-    storage = CORPUS[corpus_key].storage
-    ids = storage.scale is None and storage.channels == 1
-    if value.dtype == np.uint8 and value.ndim == 3:
-        return np.asarray(Image.fromarray(value).resize((size, size), Image.BILINEAR))
-    tensor = torch.as_tensor(value.astype(np.float32))
-    tensor = tensor[None, None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)[None]
-    mode = "nearest" if ids else "bilinear"
-    out = torch.nn.functional.interpolate(tensor, (size, size), mode=mode, **({} if ids else {"align_corners": False}))
-    out = out[0, 0] if value.ndim == 2 else out[0].permute(1, 2, 0)
-    return out.numpy().astype(value.dtype)
 
 
 class Pipeline:
@@ -131,8 +112,8 @@ class Pipeline:
                 known = sorted({*CORPUS, *MODALITIES})
                 raise ValueError(f"unknown modality {key!r}; known: {', '.join(known)}")
             raise ValueError(f"the model does not know modality {key!r}; it has: {', '.join(self.specs)}")
-        pixels = [n for n in fed if self.specs[n].kind == Kind.PIXELS]
-        return pixels or fed
+        raw = [n for n in fed if handler(self.specs[n]).continuous]  # rgb: the pixels where the model reads them
+        return raw or fed
 
     def target_key(self, key: str) -> str:
         """The model modality a target name means (``depth`` -> ``tok_depth``, ``rgb`` -> ``tok_rgb``)."""
@@ -165,30 +146,26 @@ class Pipeline:
 
     def _tokenize(self, name: str, key: str, values: list) -> list:
         spec, size = self.specs[name], self.model.config.image_size
+        kind = handler(spec)
         out: list = [None] * len(values)
         raw = [i for i, v in enumerate(values) if v is not None and not _is_tokens(v)]
         for i, v in enumerate(values):
             if v is not None and _is_tokens(v):
-                if spec.kind in (Kind.PIXELS, Kind.EMBEDDING_SEQUENCE):
+                if kind.continuous:
                     raise ValueError(f"{key}: {name} takes raw values, not token ids")
-                out[i] = np.asarray(v, dtype=np.int64) if spec.kind != Kind.SEQUENCE else [int(t) for t in v]
+                out[i] = [int(t) for t in v] if kind.autoregressive else np.asarray(v, dtype=np.int64)
         if not raw:
             return out
-        if spec.kind == Kind.PIXELS:
+        if kind.continuous:
             for i in raw:
-                image = resize(np.asarray(values[i], dtype=np.uint8), spec.source, size)
-                out[i] = torch.tensor(image).permute(2, 0, 1).float().div(127.5).sub(1.0)
-            return out
-        if spec.kind == Kind.EMBEDDING_SEQUENCE:
-            for i in raw:
-                out[i] = torch.as_tensor(np.asarray(values[i], dtype=np.float32))[: spec.tokens]
+                out[i] = kind.model_input(spec, values[i], size)
             return out
         tokenizer = self._tokenizer(name)
-        if spec.kind == Kind.SEQUENCE:
+        if kind.autoregressive:
             for i in raw:
                 out[i] = self._encode_sequence(tokenizer, values[i])
             return out
-        batch = [resize(values[i], spec.source, size) if spec.is_image else values[i] for i in raw]
+        batch = [resize(values[i], spec.source, size) if kind.grid else values[i] for i in raw]
         ids = tokenizer.encode(batch)
         for i, row in zip(raw, ids, strict=True):
             out[i] = np.asarray(row, dtype=np.int64)
@@ -225,9 +202,10 @@ class Pipeline:
         state = GenerationState(self.specs, len(samples), self.specials)
         for name, values in self.tokenize(samples).items():
             spec, present = self.specs[name], [v is not None for v in values]
-            if spec.kind == Kind.SEQUENCE:
+            kind = handler(spec)
+            if kind.state_slot == "sequence":
                 state.set_sequence(name, values)
-            elif spec.kind in (Kind.IMAGE, Kind.GLOBAL):
+            elif kind.state_slot == "grid":
                 ids = torch.full((len(values), spec.tokens), -1, dtype=torch.long)
                 for i, v in enumerate(values):
                     if v is not None:
@@ -237,7 +215,7 @@ class Pipeline:
                 state.set_grid(name, ids)
             else:
                 first = next(v for v in values if v is not None)
-                shape = (spec.tokens, *first.shape[1:]) if spec.kind == Kind.EMBEDDING_SEQUENCE else first.shape
+                shape = (spec.tokens, *first.shape[1:]) if kind.ragged else first.shape  # ragged: padded
                 stack = torch.zeros(len(values), *shape)
                 for i, v in enumerate(values):
                     if v is not None:

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from fourm.generation.sampling import MASK_SCHEDULES, TEMPERATURE_SCHEDULES
-from fourm.modalities import Kind, Modality
+from fourm.kinds import handler
+from fourm.modalities import Modality
 
 PARALLEL_SCHEMES = ("maskgit", "roar")  # image and global targets
 SEQUENCE_SCHEMES = ("ar",)  # left to right, stopping at [EOS]
@@ -126,11 +127,11 @@ def build_schedule(targets: list[str | Target | dict], specs: dict[str, Modality
             raise ValueError(f"target {name!r} is input-only: the model cannot generate it")
         if any(t.modality == name for t in out):
             raise ValueError(f"target {name!r} is listed twice")
-        sequence = spec.kind == Kind.SEQUENCE
+        sequence = handler(spec).autoregressive
         scheme = target.scheme or ("ar" if sequence else "maskgit")
         allowed = SEQUENCE_SCHEMES if sequence else PARALLEL_SCHEMES
         if scheme not in allowed:
-            raise ValueError(f"target {name!r} ({spec.kind.value}) takes scheme {' or '.join(allowed)}, not {scheme!r}")
+            raise ValueError(f"target {name!r} ({spec.kind_name}) takes scheme {' or '.join(allowed)}, not {scheme!r}")
         known = [*given, *(t.modality for t in out)]
         stray = [m for m in target.condition_weights if m not in known]
         if stray:

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from fourm.data.masking import TextSpecials, collate
-from fourm.modalities import Kind, Modality
+from fourm.kinds import handler
+from fourm.modalities import Modality
 from fourm.model.batch import Batch
 
 # a guidance variant: the modalities kept as conditions (None: all); the target is always kept
@@ -54,7 +55,7 @@ class GenerationState:
     # ------------------------------------------------------------------------------ filling
     def set_grid(self, name: str, ids: Tensor, known: Tensor | None = None) -> None:
         """Image / global tokens (B, N); ``known`` (default: ids >= 0) marks the given ones."""
-        spec = self._spec(name, (Kind.IMAGE, Kind.GLOBAL))
+        spec = self._spec(name, "grid")
         ids = torch.as_tensor(ids).long()
         if ids.shape != (self.batch_size, spec.tokens):
             raise ValueError(f"{name}: expected token ids ({self.batch_size}, {spec.tokens}), got {tuple(ids.shape)}")
@@ -66,7 +67,7 @@ class GenerationState:
 
     def set_sequence(self, name: str, seqs: list[list[int] | None]) -> None:
         """Per sample the encoder form (ids ending with [EOS], sentinels for spans to generate) or None."""
-        spec = self._spec(name, (Kind.SEQUENCE,))
+        spec = self._spec(name, "sequence")
         if len(seqs) != self.batch_size:
             raise ValueError(f"{name}: {len(seqs)} sequences for {self.batch_size} samples")
         out = []
@@ -85,19 +86,20 @@ class GenerationState:
         self.seqs[name] = out
 
     def set_continuous(self, name: str, values: Tensor, present: Tensor | None = None) -> None:
-        self._spec(name, (Kind.PIXELS, Kind.EMBEDDING_SEQUENCE))
+        self._spec(name, "continuous")
         values = torch.as_tensor(values).float()
         if values.shape[0] != self.batch_size:
             raise ValueError(f"{name}: {values.shape[0]} values for {self.batch_size} samples")
         present = torch.ones(self.batch_size, dtype=torch.bool) if present is None else torch.as_tensor(present)
         self.continuous[name] = (values, present.bool())
 
-    def _spec(self, name: str, kinds: tuple[Kind, ...]) -> Modality:
+    def _spec(self, name: str, slot: str) -> Modality:
+        """The model's modality ``name``, which must be held in ``slot`` (its kind's ``state_slot``)."""
         if name not in self.specs:
             raise ValueError(f"modality {name!r} is not one of the model's: {', '.join(self.names)}")
         spec = self.specs[name]
-        if spec.kind not in kinds:
-            raise ValueError(f"{name} is a {spec.kind.value} modality")
+        if handler(spec).state_slot != slot:
+            raise ValueError(f"{name} is a {spec.kind_name} modality")
         return spec
 
     # ------------------------------------------------------------------------------ queries
@@ -135,8 +137,7 @@ class GenerationState:
                     continue  # wholly masked: a sequence target with nothing given has no encoder tokens
                 pos = np.arange(len(values))
             elif name in self.continuous and bool(self.continuous[name][1][b]):
-                length = self.specs[name].tokens if self.specs[name].kind == Kind.PIXELS else \
-                    int(self.continuous[name][0].shape[1])
+                length = handler(self.specs[name]).continuous_length(self.specs[name], self.continuous[name][0])
                 pos = values = np.arange(length)  # continuous: the id is the patch / vector index
             else:
                 continue

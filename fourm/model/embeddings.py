@@ -2,15 +2,16 @@
 
 Each token's embedding is two parts kept apart, as 4M's ``x`` and ``emb`` (arXiv 2303.06516):
 
-* content -- what the token says: a row of its modality's token table (IMAGE, SEQUENCE, GLOBAL),
-  a pixel stem's embedding of an rgb patch (PIXELS: ``fourm.model.stems``) or a linear projection of
-  a text-encoder vector (EMBEDDING_SEQUENCE);
-* where it is -- a fixed sine-cosine position (2D for image kinds, 1D for sequences and globals)
-  plus one learned embedding of its modality.
+* content -- what the token says: a row of its modality's token table (discrete kinds: IMAGE,
+  SEQUENCE, GLOBAL), or the kind's projection of a raw value (continuous kinds: a pixel stem's
+  embedding of an rgb patch, ``fourm.model.stems``; a linear map of a text-encoder vector);
+* where it is -- the kind's fixed sine-cosine positions (2D over a patch grid, 1D otherwise) plus
+  one learned embedding of its modality.
 
-Encoder tokens are content + position; decoder queries of IMAGE / GLOBAL targets are a learned
-mask token + position (no content: that is what they predict), those of SEQUENCE targets embed
-the previous token (teacher forcing) with the modality's input table.
+What each kind means here is its handler's (``fourm.kinds``): this module asks, never tests a kind.
+Encoder tokens are content + position; decoder queries of parallel targets (IMAGE / GLOBAL) are a
+learned mask token + position (no content: that is what they predict), those of autoregressive
+targets (SEQUENCE) embed the previous token (teacher forcing) with the modality's input table.
 
 Tokens arrive packed (``fourm.model.batch``): a (B, N) list with modality and position tags.
 Lookups are vectorised per modality: tokens are grouped by modality with one sort, each
@@ -25,29 +26,10 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from fourm.modalities import Kind, Modality
-from fourm.model.stems import PIXEL_STEMS
+from fourm.kinds import handler
+from fourm.modalities import Modality
 
 _NO_LIMIT = 2**62  # decoder input ids of IMAGE / GLOBAL targets are ignored, so never out of range
-
-
-def sincos_1d(length: int, dim: int) -> Tensor:
-    """(length, dim): the Transformer's fixed positions (Vaswani et al. 2017), sin half then cos."""
-    if dim % 2:
-        raise ValueError(f"sine-cosine positions need an even width, not {dim}")
-    freqs = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim // 2))
-    angles = torch.arange(length, dtype=torch.float64)[:, None] * freqs[None, :]
-    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
-
-
-def sincos_2d(side: int, dim: int) -> Tensor:
-    """(side * side, dim), row-major like the patch order ``(h w)``: half the width encodes the row,
-    half the column (MAE, arXiv 2111.06377)."""
-    if dim % 4:
-        raise ValueError(f"2D sine-cosine positions need a width divisible by 4, not {dim}")
-    rows = sincos_1d(side, dim // 2)[:, None, :].expand(side, side, dim // 2)
-    cols = sincos_1d(side, dim // 2)[None, :, :].expand(side, side, dim // 2)
-    return rearrange(torch.cat([rows, cols], dim=-1), "h w d -> (h w) d")
 
 
 def split_by_modality(mod: Tensor, num_modalities: int, valid: Tensor | None = None) -> dict[int, Tensor]:
@@ -70,20 +52,19 @@ class ModalityEmbeddings(nn.Module):
     def __init__(self, specs: dict[str, Modality], dim: int, image_size: int, pixel_stem: str = "linear"):
         super().__init__()
         self.specs, self.names, self.dim, self.image_size = specs, list(specs), dim, image_size
+        self.kinds = {n: handler(s) for n, s in specs.items()}
         self.tables = nn.ModuleDict({n: nn.Embedding(s.vocab_size, dim) for n, s in specs.items()
-                                     if s.kind in (Kind.IMAGE, Kind.SEQUENCE, Kind.GLOBAL)})
-        self.projections = nn.ModuleDict()
+                                     if self.kinds[n].discrete})
+        self.projections = nn.ModuleDict()  # continuous kinds: a pixel stem, a linear map of vectors...
         for name, spec in specs.items():
-            if spec.kind == Kind.PIXELS:
-                self.projections[name] = PIXEL_STEMS[pixel_stem](self.patch_size(name), dim)
-            elif spec.kind == Kind.EMBEDDING_SEQUENCE:
-                self.projections[name] = nn.Linear(spec.dim, dim)
+            projection = self.kinds[name].input_projection(spec, dim, image_size, pixel_stem)
+            if projection is not None:
+                self.projections[name] = projection
         self.modality = nn.Parameter(torch.zeros(len(specs), dim))
         self.mask_token = nn.Parameter(torch.zeros(dim))
 
         # every modality's fixed positions in one table, so a token's position is one gather
-        tables = [sincos_2d(math.isqrt(s.tokens), dim) if s.is_image else sincos_1d(s.tokens, dim)
-                  for s in specs.values()]
+        tables = [self.kinds[n].positions(s, dim) for n, s in specs.items()]
         counts = torch.tensor([len(t) for t in tables])
         # Scaled to the token tables' init (std 0.02, as nanoGPT's wte/wpe): raw sine-cosine entries
         # (RMS 0.7) would be ~35x longer than a token's content, and the trunk would first learn to
@@ -94,11 +75,9 @@ class ModalityEmbeddings(nn.Module):
         self.register_buffer("pos_count", counts, persistent=False)
         vocab = torch.tensor([s.vocab_size or 0 for s in specs.values()])
         self.register_buffer("vocab", vocab, persistent=False)
-        self.register_buffer("is_sequence", torch.tensor([s.kind == Kind.SEQUENCE for s in specs.values()]),
+        # decoder inputs of autoregressive targets are the previous tokens (teacher forcing)
+        self.register_buffer("is_sequence", torch.tensor([self.kinds[n].autoregressive for n in specs]),
                              persistent=False)
-
-    def patch_size(self, name: str) -> int:
-        return self.image_size // math.isqrt(self.specs[name].tokens)
 
     # ------------------------------------------------------------------------------ position
     def position(self, mod: Tensor, pos: Tensor, valid: Tensor) -> Tensor:
@@ -114,22 +93,19 @@ class ModalityEmbeddings(nn.Module):
         groups = self._split_checked("encoder", mod, valid)
         limits = self.vocab.clone()  # ids of continuous modalities index their patches / vectors
         for m in groups:
-            name, spec = self.names[m], self.specs[self.names[m]]
-            if spec.kind == Kind.PIXELS:
-                self._check_continuous(name, continuous, b)
-                limits[m] = spec.tokens
-            elif spec.kind == Kind.EMBEDDING_SEQUENCE:
-                limits[m] = self._check_continuous(name, continuous, b).shape[1]
+            name = self.names[m]
+            if self.kinds[name].continuous:
+                value = self._check_continuous(name, continuous, b)
+                limits[m] = self.kinds[name].input_limit(self.specs[name], value)
         self.check_tokens("encoder", ids, mod, pos, valid, limits)
 
         x = self.mask_token.new_zeros(b * n, self.dim)
         flat_ids = ids.flatten()
         for m, idx in groups.items():
-            name, kind = self.names[m], self.specs[self.names[m]].kind
-            if kind == Kind.PIXELS:
-                x[idx] = self.projections[name].embed(continuous[name], idx // n, flat_ids[idx]).to(x.dtype)
-            elif kind == Kind.EMBEDDING_SEQUENCE:
-                x[idx] = self.projections[name](continuous[name][idx // n, flat_ids[idx]]).to(x.dtype)
+            name = self.names[m]
+            if name in self.projections:
+                embedded = self.kinds[name].embed(self.projections[name], continuous[name], idx // n, flat_ids[idx])
+                x[idx] = embedded.to(x.dtype)
             else:
                 x[idx] = self.tables[name](flat_ids[idx]).to(x.dtype)
         return rearrange(x, "(b n) d -> b n d", b=b)
@@ -145,7 +121,7 @@ class ModalityEmbeddings(nn.Module):
         flat_ids = ids.flatten()
         for m, idx in groups.items():
             name = self.names[m]
-            if self.specs[name].kind == Kind.SEQUENCE:
+            if self.kinds[name].autoregressive:
                 x[idx] = self.tables[name](flat_ids[idx]).to(x.dtype)
             else:
                 x[idx] = self.mask_token.to(x.dtype)
@@ -183,16 +159,10 @@ class ModalityEmbeddings(nn.Module):
                          f"range [0, {self.pos_count[m[b, n]].item()}){hint}")
 
     def _check_continuous(self, name: str, continuous: dict[str, Tensor], batch_size: int) -> Tensor:
-        spec = self.specs[name]
         if name not in continuous:
             raise ValueError(f"the batch has {name!r} tokens but no batch.continuous[{name!r}]")
         value = continuous[name]
-        if spec.kind == Kind.PIXELS:
-            side = self.image_size
-            expected, ok = f"({batch_size}, 3, {side}, {side})", tuple(value.shape) == (batch_size, 3, side, side)
-        else:
-            expected = f"({batch_size}, L, {spec.dim})"
-            ok = value.dim() == 3 and value.shape[0] == batch_size and value.shape[2] == spec.dim
-        if not ok:
+        expected = self.kinds[name].check_continuous(self.specs[name], value, batch_size, self.image_size)
+        if expected is not None:
             raise ValueError(f"batch.continuous[{name!r}] has shape {tuple(value.shape)}, expected {expected}")
         return value

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from fourm.modalities import MODALITIES, Modality, ModalityScale, get_modality, parse_modalities
+from fourm.modalities import MODALITIES, SCALE_PRESETS, Modality, ModalityScale, get_modality, parse_modalities
 from fourm.model.attention import AttentionMask, KVCache, attention_mask
 from fourm.model.batch import Batch
 from fourm.model.blocks import NORMS, DecoderBlock, EncoderBlock, make_norm
@@ -49,8 +49,8 @@ class FourMConfig:
     """
 
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
-    image_size: int = 224
-    patch_size: int = 16
+    image_size: int = SCALE_PRESETS["full"]["image_size"]
+    patch_size: int = SCALE_PRESETS["full"]["patch_size"]
     patch_sizes: dict[str, int] = field(default_factory=dict)
     vocab_sizes: dict[str, int] = field(default_factory=dict)
     max_tokens: dict[str, int] = field(default_factory=dict)
@@ -97,7 +97,7 @@ class FourMConfig:
         continuous = [n for n in self.vocab_sizes if get_modality(n).vocab_size is None]
         if continuous:
             raise ValueError(f"vocab_sizes: {', '.join(continuous)} take continuous inputs, not tokens")
-        scale = ModalityScale(self.image_size, self.patch_size, self.patch_sizes, self.vocab_sizes)
+        scale = self.scale
         for name in self.modalities:
             m = scale.resolve(name)
             if m.vocab_size is not None:
@@ -106,14 +106,19 @@ class FourMConfig:
                 self.input_dims.setdefault(name, m.dim)
             if m.is_image and self.max_tokens.setdefault(name, m.tokens) != m.tokens:
                 raise ValueError(f"max_tokens[{name!r}] = {self.max_tokens[name]}, but {self.image_size} px images "
-                                 f"in patches of {self.image_size // math.isqrt(m.tokens)} give {m.tokens}")
+                                 f"in patches of {m.patch_size} give {m.tokens}")
             self.max_tokens.setdefault(name, m.tokens)
 
+    @property
+    def scale(self) -> ModalityScale:
+        """The config's sizes as the one object the registry resolves modalities with."""
+        return ModalityScale(self.image_size, self.patch_size, self.patch_sizes, self.vocab_sizes)
+
     def specs(self) -> dict[str, Modality]:
-        """The registry entries of ``modalities`` with this config's numbers, in model order."""
-        out = {}
+        """The registry entries of ``modalities`` at this config's scale and numbers, in model order."""
+        out, scale = {}, self.scale
         for name in self.modalities:
-            m = get_modality(name)
+            m = scale.resolve(name)
             tokens = self.max_tokens[name]
             out[name] = replace(m, vocab_size=self.vocab_sizes.get(name), dim=self.input_dims.get(name),
                                 **({"num_tokens": tokens} if m.is_image else {"max_tokens": tokens}))

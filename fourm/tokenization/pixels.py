@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from fourm.kinds import rgb_to_model
+
 CODECS: dict[str, type[PixelCodec]] = {}
 
 
@@ -127,8 +129,7 @@ class RGBCodec(PixelCodec):
         rgb = _stack(values, 4, "rgb")
         if rgb.shape[-1] != 3:
             raise ValueError(f"rgb: expected (H, W, 3) images, got {rgb.shape[1:]}")
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).float() / 127.5 - 1.0
-        return rearrange(x, "b h w c -> b c h w")
+        return rgb_to_model(rgb)
 
     def from_output(self, pred: Tensor) -> np.ndarray:
         rgb = ((pred.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

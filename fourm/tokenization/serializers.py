@@ -42,6 +42,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from fourm.modalities import SCALE_PRESETS
+
 log = logging.getLogger(__name__)
 
 NUM_BINS = 1000  # levels of each value token family v0..v3
@@ -490,7 +492,7 @@ class SamInstanceSerializer(_Base):
     ids 1..N in token order, later (smaller) instances drawn over earlier ones."""
 
     mask_coder: MaskCoder = field(default_factory=GridMaskCoder)
-    image_size: int = 64
+    image_size: int = SCALE_PRESETS["cpu"]["image_size"]
     box_bins: int = NUM_BINS
 
     def to_units(self, ids: np.ndarray) -> list[list[str]]:

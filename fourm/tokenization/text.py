@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fourm.modalities import get_modality
+from fourm.modalities import SCALE_PRESETS, get_modality
 from fourm.pretrained import CONFIG_NAME, FORMAT_VERSION, read_config, register_pretrained, resolve_path
 from fourm.tokenization import coders as _coders  # noqa: F401  (registers the trained mask and pose coders)
 from fourm.tokenization.serializers import (
@@ -86,7 +86,7 @@ class TextConfig:
     num_pose_codes: int = 1024
     mask_coder: str = "grid"
     pose_coder: str = "grid"
-    image_size: int = 64
+    image_size: int = SCALE_PRESETS["cpu"]["image_size"]
     box_bins: int = NUM_BINS
 
     def __post_init__(self):

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from fourm.modalities import MODALITIES
+from fourm.modalities import MODALITIES, SCALE_PRESETS
 from fourm.model.blocks import MLPS, EncoderBlock
-from fourm.model.embeddings import sincos_2d
+from fourm.model.positions import sincos_2d
 from fourm.pretrained import PretrainedMixin, inference, register_pretrained
 from fourm.tokenization.pixels import PixelCodec, get_codec
 
@@ -37,7 +37,7 @@ class ImageVQConfig:
     modality: str = "tok_rgb"  # model modality key
     source: str = "rgb"  # corpus modality the values come from
     codec: str | None = None  # pixel codec (default: the source's; "features" for feature maps)
-    image_size: int = 64  # side of the (square) image or feature map
+    image_size: int = SCALE_PRESETS["cpu"]["image_size"]  # side of the (square) image or feature map
     patch_size: int = 8
     # side of the pixel window each decoder token paints: patch_size tiles the image; a larger
     # window overlaps the neighbours' and the windows are summed (overlap-add), which hides the

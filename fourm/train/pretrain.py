@@ -8,7 +8,6 @@ built for ids its data does not hold.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,17 +72,19 @@ class FourMTask:
         self._eval = None
 
     def model_config(self):
-        from fourm.modalities import Kind, ModalityScale
+        from fourm.data.loader import manifest_scale
+        from fourm.modalities import ModalityScale
         from fourm.model.sizes import model_config
 
-        grids = [m.tokens for m in self.modalities.values() if m.is_image]
-        image_size = self.manifest.get("image_size")
-        if grids and image_size is None:
+        # the corpus' scale (its patches per modality), this run's modalities' vocabularies and lengths
+        scale = manifest_scale(self.manifest)
+        if scale is None and any(m.is_image for m in self.modalities.values()):
             raise ValueError("the token corpus manifest has no image_size: re-run `fourm tokenize`")
-        patch = image_size // math.isqrt(grids[0]) if grids else 16
-        scale = ModalityScale(image_size or 224, patch, vocab_sizes={
+        scale = scale or ModalityScale()
+        patches = {n: m.patch_size for n, m in self.modalities.items() if m.patch_size not in (None, scale.patch_size)}
+        scale = ModalityScale(scale.image_size, scale.patch_size, patches, vocab_sizes={
             n: m.vocab_size for n, m in self.modalities.items() if m.vocab_size is not None})
-        max_tokens = {n: m.tokens for n, m in self.modalities.items() if m.kind != Kind.PIXELS}
+        max_tokens = {n: m.tokens for n, m in self.modalities.items()}
         return model_config(self.cfg.model.size, list(self.modalities), scale, max_tokens=max_tokens,
                             **self.cfg.model.overrides)
 

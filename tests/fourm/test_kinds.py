@@ -1,0 +1,142 @@
+"""Modality kinds: every kind has one handler, and a new kind is one handler plus a registry entry.
+
+The toy kind below is defined in this test alone (nothing in ``fourm`` knows it): a multichannel
+time series (T, C) of floats, cut into patches of 4 steps that a linear map embeds, 1D positions,
+input only. A modality of that kind goes through the whole training path (token corpus in memory,
+masking, batches, embeddings) and a tiny FourM learns to read from it which of 8 classes it
+holds (the channels' levels encode it). If the loader, masking or embeddings still tested kinds
+themselves, this kind would fail there.
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fourm.data.loader import TokenDataset, make_batch
+from fourm.data.masking import Masker, MaskingConfig
+from fourm.kinds import KINDS, ContinuousKind, handler, register_kind, rgb_to_model
+from fourm.modalities import CORPUS, MODALITIES, CorpusModality, Kind, Modality, ModalityScale, Storage, named_scale
+from fourm.model.sizes import create_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+STEPS, CHANNELS, PATCH = 32, 3, 4  # 8 tokens per series
+CLASSES = 2**CHANNELS  # 8
+
+
+class SeriesKind(ContinuousKind):
+    """A (T, C) float series, one token per ``PATCH`` steps."""
+
+    kind = "toy_series"
+    array_key = "values"
+
+    def store(self, m, value, key):
+        if value.shape != (STEPS, CHANNELS):
+            raise ValueError(f"{m.key} of {key} has shape {value.shape}")
+        return value.astype(np.float32)
+
+    def continuous_shape(self, m, arrays):
+        return arrays["values"].shape[1:]
+
+    def available(self, m, value):
+        return m.tokens
+
+    def input_projection(self, m, dim, image_size, pixel_stem):
+        return nn.Linear(PATCH * CHANNELS, dim)
+
+    def check_continuous(self, m, value, batch_size, image_size):
+        return None if tuple(value.shape) == (batch_size, STEPS, CHANNELS) else f"({batch_size}, {STEPS}, {CHANNELS})"
+
+    def embed(self, projection, value, samples, ids):
+        patches = value.reshape(value.shape[0], STEPS // PATCH, PATCH * CHANNELS)
+        return projection(patches[samples, ids])
+
+
+@pytest.fixture
+def toy_series(monkeypatch):
+    """The toy kind's handler and a modality of it, registered for this test only."""
+    monkeypatch.setitem(KINDS, SeriesKind.kind, SeriesKind())
+    monkeypatch.setitem(CORPUS, "series", CorpusModality("series", Storage("npy", "float32"), "vector", None,
+                                                         "a toy multichannel time series (T, C)"))
+    monkeypatch.setitem(MODALITIES, "series", Modality("series", "toy_series", "series", None, None,
+                                                       max_tokens=STEPS // PATCH, input_only=True, dim=CHANNELS))
+    return "series"
+
+
+def series_samples(n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
+    """Series of one of 8 classes (bit c of the class sets channel c's level, +-1, under a wave of
+    random frequency and phase and noise) and the class as two global tokens."""
+    label = rng.integers(CLASSES, size=n)
+    level = 2.0 * ((label[:, None] >> np.arange(CHANNELS)) & 1) - 1.0  # (n, C)
+    t = np.arange(STEPS)[None, :, None]
+    wave = np.sin(2 * np.pi * rng.integers(1, 5, (n, 1, 1)) * t / STEPS + rng.uniform(0, 2 * np.pi, (n, 1, CHANNELS)))
+    series = level[:, None, :] + 0.5 * wave + rng.normal(0, 0.3, (n, STEPS, CHANNELS))
+    return label, [{"__key__": str(i), "series": s, "tok_caption_global": np.array([k, k])}
+                   for i, (s, k) in enumerate(zip(series, label, strict=True))]
+
+
+def test_every_kind_has_one_handler():
+    assert {handler(k).kind for k in Kind} == set(Kind)
+    assert handler(Kind.IMAGE) is handler("image") is handler(MODALITIES["tok_rgb"])
+    traits = {k: (handler(k).discrete, handler(k).continuous, handler(k).autoregressive, handler(k).grid) for k in Kind}
+    assert traits[Kind.PIXELS] == (False, True, False, True)
+    assert traits[Kind.SEQUENCE] == (True, False, True, False)
+    with pytest.raises(ValueError, match="no handler for modality kind 'hologram'; known: "):
+        handler("hologram")
+    with pytest.raises(ValueError, match="kind 'image' already has a handler"):
+        register_kind(type("Again", (ContinuousKind,), {"kind": Kind.IMAGE}))
+
+
+def test_rgb_scaling_is_one_function():
+    image = np.array([[[0, 127, 255]]], dtype=np.uint8)
+    image.setflags(write=False)  # arrays read from a corpus may be read-only
+    x = rgb_to_model(image)
+    assert x.shape == (3, 1, 1)
+    assert torch.allclose(x.flatten(), torch.tensor([-1.0, 127 / 127.5 - 1, 1.0]))
+
+
+def test_named_scales_resolve_patches_and_token_counts():
+    cpu = named_scale("cpu", patch_sizes={"tok_dinov2": 16})
+    assert cpu.resolve("tok_rgb").num_tokens == 64 and cpu.resolve("tok_rgb").patch_size == 8
+    assert cpu.resolve("tok_dinov2").num_tokens == 16 and cpu.resolve("tok_dinov2").patch_size == 16
+    assert named_scale("full").resolve("rgb").num_tokens == 196
+    assert cpu.resolve("caption").patch_size is None  # sequences have no patches
+    assert ModalityScale.from_grids(64, {"tok_rgb": 64, "tok_depth": 64, "tok_dinov2": 16}) == cpu
+    with pytest.raises(LookupError, match="unknown scale 'huge'; known: cpu, full"):
+        named_scale("huge")
+
+
+def test_a_new_kind_trains_with_no_other_code(toy_series):
+    rng = np.random.default_rng(0)
+    scale = ModalityScale(32, 8, vocab_sizes={"tok_caption_global": CLASSES})
+    model = create_model("nano", [toy_series, "tok_caption_global"], scale, max_tokens={"tok_caption_global": 2})
+    specs = model.specs
+    assert specs["series"].tokens == STEPS // PATCH and isinstance(model.embed.projections["series"], nn.Linear)
+
+    # the data path: a token dataset in memory, masking, batches with the raw series in batch.continuous
+    _, samples = series_samples(512, rng)
+    data = TokenDataset.from_samples(specs, samples)
+    assert data.continuous_shapes == {"series": (STEPS, CHANNELS)}
+    masker = Masker(specs, MaskingConfig(input_budget=8, target_budget=2, inputs=["series"],
+                                         targets=["tok_caption_global"]))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    model.train()
+    for step in range(150):
+        positions = rng.integers(len(data), size=32)
+        batch = make_batch(data, masker, positions, [[step, j] for j in range(32)])
+        assert batch.continuous["series"].shape == (32, STEPS, CHANNELS)
+        loss = model(batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    model.eval()
+    label, heldout = series_samples(256, np.random.default_rng(1))
+    test = TokenDataset.from_samples(specs, heldout)
+    batch = make_batch(test, masker, np.arange(256), [[9, j] for j in range(256)])
+    with torch.no_grad():
+        index, logits = model(batch).logits["tok_caption_global"]
+    predicted = logits.argmax(-1).reshape(256, 2)[:, 0].numpy()
+    accuracy = float((predicted == label).mean())
+    assert accuracy > 0.9, f"the class was read from the toy series in {accuracy:.2f} of the cases"
