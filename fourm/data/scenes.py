@@ -18,4 +18,8 @@ COLOURS = {  # sRGB, saturated so they read apart from the neutral ground and fr
     "cyan": (40, 195, 200),
     "white": (235, 235, 235),
 }
-SIZES = {"small": 0.35, "large": 0.65}  # characteristic radius in metres (CLEVR's 0.35 / 0.7)
+# Characteristic radius in metres. CLEVR's 0.35 / 0.7 made objects 12 px across and 9% of a 64 px
+# image; at 0.56 / 1.04 they are 20 px and 23% (2.3 visible objects a scene instead of 2.5). On RGB ->
+# object words (a nano FourM, 1500 steps of fresh scenes) the colour words' held-out nll fell from
+# 0.97 to 0.66 and the sizes' from 0.80 to 0.70: the larger objects give a patch something to carry.
+SIZES = {"small": 0.56, "large": 1.04}
