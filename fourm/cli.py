@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import traceback
+
+from fourm.errors import run_command
+from fourm.train import command as train_command
 
 COMMANDS = {}
 
@@ -124,19 +125,10 @@ def _tokenize(p: argparse.ArgumentParser):
     return run
 
 
-@command("train", "train FourM on token corpora (resumes from the last checkpoint in its out folder)")
+@command("train", train_command.HELP)
 def _train(p: argparse.ArgumentParser):
-    p.add_argument("--config", help="YAML config, e.g. configs/fourm/demo.yaml")
-    p.add_argument("--out", help="run folder (overrides the config's)")
-    p.add_argument("overrides", nargs="*", help="key=value settings, e.g. train.steps=200 model.size=nano")
-
-    def run(args):
-        from fourm.config import load_config
-        from fourm.train.pretrain import FourMTrainConfig, run_training
-
-        run_training(load_config(FourMTrainConfig, args.config, args.overrides, out=args.out))
-
-    return run
+    train_command.add_arguments(p)  # shared with `python -m fourm.train`
+    return train_command.run
 
 
 @command("evaluate", "measure a trained FourM on held-out scenes, beside a trivial baseline and the tokenizer bound")
@@ -260,26 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     runners = {name: build(sub.add_parser(name, help=help, description=help))
                for name, (help, build) in COMMANDS.items()}
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        runners[args.command](args)
-    except (ValueError, LookupError, OSError) as e:
-        # bad input (a wrong value, a missing or damaged file): one line that names the problem; the
-        # traceback only under -v, for a bug report
-        if args.verbose:
-            traceback.print_exc()
-        print(f"fourm {args.command}: error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _one_line(e: BaseException) -> str:
-    """The message of ``e`` on one line (its type's name if it has none), with the file an OSError
-    names when the message does not."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
-        text = f"{text}: {e.filename}"
-    return text
+    # bad input (a wrong value, a missing or damaged file): one line that names the problem
+    return run_command(f"fourm {args.command}", lambda: runners[args.command](args), args.verbose)
 
 
 if __name__ == "__main__":
