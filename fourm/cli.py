@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fourm.config import load_config
 from fourm.errors import run_command
+from fourm.modalities import CORPUS, ModalityScale
 from fourm.train import command as train_command
+from tokenizers_train import train_tokenizer
 
 COMMANDS = {}
 
@@ -27,8 +30,6 @@ def _modalities(p: argparse.ArgumentParser):
     p.add_argument("--patch-size", type=int, default=16)
 
     def run(args):
-        from fourm.modalities import CORPUS, ModalityScale
-
         scale = ModalityScale(image_size=args.image_size, patch_size=args.patch_size)
 
         print(f"{'corpus':18} {'storage':14} {'render':10} {'labeller':16} description")
@@ -55,7 +56,6 @@ def _pseudolabel(p: argparse.ArgumentParser):
     p.add_argument("overrides", nargs="*", help="key=value settings, e.g. options.depth.model=PATH")
 
     def run(args):
-        from fourm.config import load_config
         from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
 
         labellers = [s for s in args.labellers.split(",") if s] if args.labellers else None
@@ -80,7 +80,7 @@ def _show(p: argparse.ArgumentParser):
     p.add_argument("--modalities", help="comma-separated subset (default: all)")
 
     def run(args):
-        from fourm.show import save_sample_grid
+        from fourm.viz.show import save_sample_grid
 
         path = save_sample_grid(args.corpus, args.index, args.out, args.modalities)
         print(path)
@@ -96,8 +96,6 @@ def _train_tokenizer(p: argparse.ArgumentParser):
     p.add_argument("overrides", nargs="*", help="key=value settings, e.g. train.steps=200")
 
     def run(args):
-        from tokenizers_train import train_tokenizer
-
         train_tokenizer(args.config, args.corpus, args.out, args.overrides)
 
     return run
@@ -113,7 +111,6 @@ def _tokenize(p: argparse.ArgumentParser):
     p.add_argument("overrides", nargs="*", help="key=value settings")
 
     def run(args):
-        from fourm.config import load_config
         from fourm.data.tokenize import TokenizeConfig, tokenize_corpus
 
         modalities = [m for m in args.modalities.split(",") if m] if args.modalities else None
@@ -141,8 +138,7 @@ def _evaluate(p: argparse.ArgumentParser):
     p.add_argument("overrides", nargs="*", help="key=value settings, e.g. batch_size=8 seed=1 draws=8 device=cuda")
 
     def run(args):
-        from fourm.config import load_config
-        from fourm.evaluate import EvaluateConfig, run_evaluation
+        from fourm.eval.evaluate import EvaluateConfig, run_evaluation
 
         run_evaluation(load_config(EvaluateConfig, None, args.overrides, model=args.model, tokenizers=args.tokenizers,
                                    corpus=args.corpus, samples=args.samples, out=args.out))
@@ -164,7 +160,8 @@ def _index(p: argparse.ArgumentParser):
     p.add_argument("overrides", nargs="*", help="EmbedSpec settings, e.g. steps=2 batch_size=64 device=cuda")
 
     def run(args):
-        from fourm.retrieval import build_index, parse_settings
+        from fourm.retrieval.embed import parse_settings
+        from fourm.retrieval.index import build_index
 
         index = build_index(args.corpus, args.modality, args.from_, [s for s in args.inputs.split(",") if s],
                             args.model, args.tokenizers, args.limit, **parse_settings(args.overrides))
@@ -188,7 +185,7 @@ def _retrieve(p: argparse.ArgumentParser):
     p.add_argument("--tokenizers", help="tokenizers folder (default: the index's)")
 
     def run(args):
-        from fourm.retrieval import retrieve
+        from fourm.retrieval.index import retrieve
 
         hits = retrieve(args.index, args.query, args.k, args.out, args.embed, args.backend, model=args.model,
                         tokenizers=args.tokenizers)
@@ -238,7 +235,7 @@ def _demo(p: argparse.ArgumentParser):
     p.add_argument("overrides", nargs="*", help="key=value settings, e.g. corpus.scenes=256")
 
     def run(args):
-        from fourm.demo import load_demo_config, run_demo
+        from fourm.demo.stages import load_demo_config, run_demo
 
         run_demo(load_demo_config(args.config, args.overrides, quick=args.quick, out=args.out))
 

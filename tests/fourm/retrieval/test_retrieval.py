@@ -12,21 +12,20 @@ from PIL import Image
 
 from fourm.cli import main
 from fourm.data.corpus import CorpusReader, storage_entry, write_manifest, write_shard
+from fourm.eval.retrieval import chance_recall, evaluate_retrieval, format_rows, perturb, recall_at_k
 from fourm.modalities import CORPUS, ModalityScale
 from fourm.model.sizes import create_model
-from fourm.retrieval import (
+from fourm.retrieval.embed import EmbedSpec, embed
+from fourm.retrieval.index import (
     EmbeddingIndex,
-    EmbedSpec,
     RetrievalError,
     build_index,
-    embed,
     load_index,
     parse_query,
     retrieve,
     search_samples,
 )
-from fourm.retrieval_eval import chance_recall, evaluate_retrieval, format_rows, perturb, recall_at_k
-from fourm.search import SEARCH_BACKENDS, TorchSearch, make_backend
+from fourm.retrieval.search import SEARCH_BACKENDS, TorchSearch, make_backend
 from fourm.tokenization.mlp_vqvae import VectorVQVAE, VectorVQVAEConfig
 from fourm.tokenization.text import SequenceTokenizer, TextConfig, build_vocabulary, new_tokenizer, reserved_tokens
 from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
@@ -296,7 +295,7 @@ def test_evaluation_rows(corpus, model, tokenizers):
 
 def test_evaluate_ranks_the_gallery_fourm_index_builds(corpus, model, tokenizers):
     """`fourm evaluate`'s retrieval row predicts the very vectors of a model-built index (one code path)."""
-    from fourm.evaluate import load_generator
+    from fourm.eval.evaluate import load_generator
 
     index = build_index(corpus, from_="model", inputs=["rgb"], model=model, tokenizers=tokenizers, progress=False)
     rgbs = [s["rgb"] for s in CorpusReader(corpus, "rgb")]

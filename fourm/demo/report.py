@@ -1,6 +1,6 @@
 """The demo's report: one self-contained HTML page (pictures embedded as base64 PNG) from a demo folder.
 
-It only gathers what the stages wrote (``fourm/demo.py``): the corpus sample grids, tokenizer
+It only gathers what the stages wrote (:mod:`fourm.demo.stages`): the corpus sample grids, tokenizer
 reconstructions, training curves, generation and retrieval grids under ``pictures/``, the
 evaluation table ``evaluation.json`` and the stage stamps (timings). A missing part is named on the
 page with the reason its stage gave, so a partial demo still reports honestly.
@@ -13,6 +13,8 @@ import html
 import json
 import os
 from pathlib import Path
+
+from fourm.io import atomic_path
 
 # (file under the demo folder, heading, what a reader should see in it)
 SECTIONS: list[tuple[str, str, str]] = [
@@ -63,7 +65,7 @@ def _stages(root: Path) -> tuple[str, dict]:
     stamps = {}
     for path in sorted((root / "stages").glob("*.json")):
         stamps[path.stem] = json.loads(path.read_text())
-    from fourm.demo import STAGES
+    from fourm.demo.stages import STAGES
 
     cells, skipped = [], {}
     for stage in STAGES:
@@ -86,8 +88,6 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}td.good{background:#
 
 def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write ``root/report.html`` (or ``out``) from what the demo stages left in ``root``."""
-    from fourm.io import atomic_path
-
     root = Path(root)
     stages, skipped = _stages(root)
     parts = ["<h1>fourm demo</h1>",

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fourm.demo import STAGES, load_demo_config
+from fourm.demo.stages import STAGES, load_demo_config
 
 
 def test_stages_run_in_the_documented_order():
@@ -38,7 +38,7 @@ def test_quick_demo_writes_the_report_with_the_table(tmp_path):
 
 
 def test_finished_stages_are_reused_and_changed_ones_redone(tmp_path, monkeypatch):
-    from fourm import demo
+    from fourm.demo import stages as demo
 
     calls = []
 
@@ -70,7 +70,7 @@ def test_finished_stages_are_reused_and_changed_ones_redone(tmp_path, monkeypatc
 
 
 def test_report_names_what_is_missing(tmp_path):
-    from fourm.report import write_report
+    from fourm.demo.report import write_report
 
     (tmp_path / "evaluation.json").write_text(json.dumps({"samples": 3, "draws": 4, "skipped": {}, "rows": [
         {"task": "RGB -> depth", "metric": "abs rel", "model": 0.1, "baseline": 0.2, "upper": 0.05,
