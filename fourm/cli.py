@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 from fourm.config import load_config
 from fourm.errors import run_command
 from fourm.modalities import CORPUS, ModalityScale
 from fourm.train import command as train_command
+from pseudolabel.registry import lookup
 from tokenizers_train import train_tokenizer
 
 COMMANDS = {}
@@ -185,8 +187,10 @@ def _retrieve(p: argparse.ArgumentParser):
     p.add_argument("--tokenizers", help="tokenizers folder (default: the index's)")
 
     def run(args):
+        from fourm.retrieval.embed import use_labellers
         from fourm.retrieval.index import retrieve
 
+        use_labellers(functools.partial(lookup, "labeller"))  # queries embedded by the labeller run pseudolabel's
         hits = retrieve(args.index, args.query, args.k, args.out, args.embed, args.backend, model=args.model,
                         tokenizers=args.tokenizers)
         for hit in hits:

@@ -6,7 +6,9 @@ vector. An :class:`EmbedSpec` says how samples (``{modality: value}`` as the cor
 vectors of that space; the embedders (``EMBEDDERS``) are:
 
 - ``corpus`` reads the vector the corpus already stores (``caption_global`` of each scene);
-- ``labeller`` runs the labeller that makes that series on a raw query (MiniLM on a caption string);
+- ``labeller`` runs the labeller that makes that series on a raw query (MiniLM on a caption string).
+  Labellers belong to ``pseudolabel``, a wing built on this core, so the caller lends them with
+  :func:`use_labellers` (``fourm retrieve`` lends pseudolabel's registry);
 - ``model`` predicts the modality's tokens with FourM from any subset of inputs and decodes them
   with the modality's tokenizer. This is 4M-21's way: one model maps every input modality to the
   space. ``decode="expected"`` (default) decodes the expectation of each token's code under the
@@ -139,15 +141,30 @@ def embed_labeller(samples: list[dict], spec: EmbedSpec) -> Tensor:
     return normalize(np.stack([np.asarray(out[spec.source], np.float32) for out in labeller.label(samples)]))
 
 
+LabellerLookup = Callable[[str], type]  # a labeller's name -> its class (pseudolabel's registry)
+_labellers: LabellerLookup | None = None
+
+
+def use_labellers(lookup: LabellerLookup | None) -> None:
+    """Lend the ``labeller`` embedder a table of labellers: ``lookup(name)`` gives the class of labeller
+    ``name`` (``functools.partial(pseudolabel.registry.lookup, "labeller")``). The labellers live in
+    ``pseudolabel``, which builds on this core, so the core takes them from its caller instead of
+    importing them."""
+    global _labellers
+    _labellers = lookup
+    _labeller.cache_clear()
+
+
 @functools.cache
 def _labeller(source: str, described: str):
-    from pseudolabel.registry import lookup
-
     described = json.loads(described)
     name = described.get("name") or CORPUS[source].labeller
     if name is None:
         raise ValueError(f"no labeller makes {source}: embed queries with the model instead")
-    labeller = lookup("labeller", name)(**described.get("settings", {}))
+    if _labellers is None:
+        raise ValueError(f"embedder 'labeller' ({name} for {source}) has no labellers to run: lend it "
+                         "pseudolabel's with fourm.retrieval.embed.use_labellers, or embed queries with the model")
+    labeller = _labellers(name)(**described.get("settings", {}))
     ok, why = labeller.available()
     if not ok:
         raise ValueError(f"labeller {name} for {source} cannot start: {why}")
