@@ -23,6 +23,7 @@ from pathlib import Path
 
 from fourm.config import load_config, read_yaml_mapping
 from fourm.data.tokenize import TokenizeConfig, tokenize_corpus
+from fourm.demo.report import write_report
 from fourm.demo.showcase import save_chains, save_reconstructions, save_retrieval
 from fourm.eval.evaluate import EvaluateConfig, GenerationUnavailable, load_generator, run_evaluation
 from fourm.io import read_json, write_json
@@ -187,9 +188,7 @@ def _evaluate(cfg: DemoConfig) -> dict:
 
 
 def _report(cfg: DemoConfig) -> dict:
-    from fourm.demo.report import write_report
-
-    return {"report": str(write_report(cfg.out))}
+    return {"report": str(write_report(cfg.out, stages=[s.name for s in STAGES]))}
 
 
 class StageUnavailable(RuntimeError):

@@ -79,3 +79,12 @@ def test_report_names_what_is_missing(tmp_path):
     assert "RGB -&gt; depth" in page and "0.100" in page and "class='good'" in page
     assert "sampled 4 times per scene" in page
     assert "not produced (pictures/chain-caption.png)" in page
+
+
+def test_report_lists_the_stages_it_is_given(tmp_path):
+    from fourm.demo.report import write_report
+
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "corpus.json").write_text(json.dumps({"fingerprint": "f", "seconds": 12.0, "summary": {}}))
+    page = write_report(tmp_path, stages=[s.name for s in STAGES]).read_text()
+    assert "<td>corpus</td><td>12 s</td>" in page and page.count("<td>not run</td>") == len(STAGES) - 1
