@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import os
 import typing
 from pathlib import Path
 from typing import Any, ClassVar
+
+from fourm.io import atomic_dir, load_weights, read_json
 
 FORMAT_VERSION = 1
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
@@ -62,8 +65,6 @@ def resolve_path(path_or_id: str | os.PathLike) -> Path:
 
 
 def read_config(path_or_id: str | os.PathLike) -> dict:
-    from fourm.io import read_json
-
     path = resolve_path(path_or_id)
     file = path / CONFIG_NAME
     if not file.is_file():
@@ -98,9 +99,7 @@ class PretrainedMixin:
         return {}
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        from safetensors.torch import save_model
-
-        from fourm.io import atomic_dir
+        from safetensors.torch import save_model  # torch: this module itself stays torch-free
 
         config = {"format_version": FORMAT_VERSION, "class": self.pretrained_name,
                   "config": dataclasses.asdict(self.config), **self.extra_state()}
@@ -111,8 +110,6 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, device: str = "cpu"):
-        from fourm.io import load_weights
-
         path = resolve_path(path_or_id)
         saved = read_config(path)
         if saved["class"] != cls.pretrained_name and saved["class"] in _CLASSES:
@@ -137,8 +134,6 @@ def load_pretrained(path_or_id: str | os.PathLike, device: str = "cpu"):
 
 
 def _import_known_classes() -> None:
-    import importlib
-
     for module in ("fourm.model.fourm", "fourm.tokenization.vqvae", "fourm.tokenization.mlp_vqvae",
                    "fourm.tokenization.diffusion", "fourm.tokenization.text"):
         try:

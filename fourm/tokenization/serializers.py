@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from einops import rearrange
 
 log = logging.getLogger(__name__)
 
@@ -387,8 +388,6 @@ class GridMaskCoder:
         self._weights = 2 ** np.arange(self.block ** 2, dtype=np.int64)
 
     def encode(self, masks: np.ndarray) -> np.ndarray:
-        from einops import rearrange
-
         masks = np.asarray(masks, bool)
         if masks.ndim != 3 or masks.shape[1:] != (self.mask_size, self.mask_size):
             raise ValueError(f"expected masks (B, {self.mask_size}, {self.mask_size}), got {masks.shape}")
@@ -396,8 +395,6 @@ class GridMaskCoder:
         return bits.astype(np.int64) @ self._weights  # (B, tokens_per_mask)
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
-        from einops import rearrange
-
         ids = np.asarray(ids, np.int64)
         bits = (ids[..., None] & self._weights) > 0  # (B, tokens_per_mask, b*b)
         return rearrange(bits, "b (h w) (p q) -> b (h p) (w q)", h=self.blocks, p=self.block)

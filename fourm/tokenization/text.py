@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fourm.io import atomic_dir
 from fourm.modalities import get_modality
-from fourm.pretrained import CONFIG_NAME, FORMAT_VERSION, read_config, register_pretrained, resolve_path
+from fourm.pretrained import CONFIG_NAME, FORMAT_VERSION, build_config, read_config, register_pretrained, resolve_path
 from fourm.tokenization import coders as _coders  # noqa: F401  (registers the trained mask and pose coders)
 from fourm.tokenization.serializers import (
     MASK_CODERS,
@@ -302,8 +303,6 @@ class SequenceTokenizer:
 
     # ----------------------------------------------------------------------------- save / load
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        from fourm.io import atomic_dir
-
         for coder, name, table in ((self.mask_coder, self.config.mask_coder, MASK_CODERS),
                                    (self.pose_coder, self.config.pose_coder, POSE_CODERS)):
             if type(coder) is not table[name]:
@@ -323,8 +322,6 @@ class SequenceTokenizer:
     def from_pretrained(cls, path_or_id: str | os.PathLike, device: str = "cpu") -> SequenceTokenizer:
         """``device`` is accepted for :func:`fourm.pretrained.load_pretrained` and unused."""
         from tokenizers import Tokenizer
-
-        from fourm.pretrained import build_config
 
         path = resolve_path(path_or_id)
         saved = read_config(path)
