@@ -10,6 +10,8 @@ import importlib
 import os
 from pathlib import Path
 
+from fourm.config import load_config, read_yaml_mapping, save_config
+
 FAMILIES = {
     "vqvae_image": "tokenizers_train.image",
     "vqvae_mlp": "tokenizers_train.vector",
@@ -27,8 +29,6 @@ def family_module(name: str):
 def train_tokenizer(config: str | os.PathLike, corpus: str | None, out: str | os.PathLike,
                     overrides: list[str] | tuple = (), progress: bool = True):
     """Train the tokenizer a YAML config describes (its ``family`` key picks the trainer) into ``out``."""
-    from fourm.config import load_config, read_yaml_mapping, save_config
-
     path = Path(config)
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer config {config} does not exist")

@@ -26,6 +26,7 @@ import torch
 
 from fourm.modalities import MODALITIES
 from fourm.tokenization.pixels import PixelCodec, codec_class, get_codec
+from fourm.tokenization.serializers import instance_masks, resize_mask
 from fourm.tokenization.vqvae import ImageVQConfig, ImageVQVAE
 from fourm.train.loop import TrainConfig, train
 from tokenizers_train.data import index_batches, load_series, tokenizer_dir
@@ -106,8 +107,6 @@ class ImageTokenizerTask:
 def instance_crops(id_maps: list, side: int) -> list[np.ndarray]:
     """Every instance of every ``sam_instance`` id map, cropped to its box and resized to ``side x side``
     exactly as the serializer hands masks to its coder."""
-    from fourm.tokenization.serializers import instance_masks, resize_mask
-
     return [resize_mask(mask, side, side) for ids in id_maps for _, mask in instance_masks(ids)]
 
 
@@ -151,4 +150,3 @@ def run(cfg: Config, out: Path, progress: bool = True) -> ImageVQVAE:
     model = train(task, cfg.train, run_dir, progress=progress, record=cfg)
     model.save_pretrained(tokenizer_dir(out, cfg.modality))
     return model
-

@@ -27,7 +27,7 @@ import torch
 
 from fourm.modalities import MODALITIES
 from fourm.tokenization.mlp_vqvae import NUM_KEYPOINTS, VectorVQVAE, VectorVQVAEConfig, values_to_vectors
-from fourm.train.loop import TrainConfig
+from fourm.train.loop import TrainConfig, train
 from tokenizers_train.data import index_batches, load_series, tokenizer_dir
 
 
@@ -147,8 +147,6 @@ def load_vectors(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
 def run(cfg: Config, out: Path, progress: bool = True) -> VectorVQVAE:
     """Train ``cfg.model`` on ``cfg.corpus``; the run goes to ``out/runs/<modality>``, the tokenizer to
     :func:`tokenizer_dir`. Returns the trained tokenizer (eval mode)."""
-    from fourm.train.loop import train
-
     train_x, eval_x = load_vectors(cfg)
     run_dir = Path(out) / "runs" / cfg.model.modality
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -233,9 +231,6 @@ def synthetic_people(n: int, seed: int = 0, occlusion: float = 0.1) -> list[dict
 def fit_tokenizer(cfg: Config, train_x: torch.Tensor, eval_x: torch.Tensor, out: Path,
                   progress: bool = False) -> tuple[VectorVQVAE, dict[str, float]]:
     """Train on given vectors (no corpus) into ``out``; return the model and its held-out metrics."""
-    from fourm.train.loop import train
-
     task = VectorTask(cfg, train_x, eval_x)
     model = train(task, cfg.train, out, progress=progress).eval()
     return model, evaluate_vectors(model, eval_x)
-
