@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from fourm.io import atomic_dir, load_weights, read_json
+from fourm.registry import Registry
 
 FORMAT_VERSION = 1
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
-_CLASSES: dict[str, type] = {}
+_CLASSES: Registry[type] = Registry("pretrained class", sort=True)  # the "class" of config.json -> the class
 
 
 @contextlib.contextmanager
@@ -128,8 +129,7 @@ def load_pretrained(path_or_id: str | os.PathLike, device: str = "cpu"):
     name = read_config(path_or_id)["class"]
     if name not in _CLASSES:
         _import_known_classes()
-    if name not in _CLASSES:
-        raise ValueError(f"{path_or_id} holds an unknown class {name!r}; known: {', '.join(sorted(_CLASSES))}")
+    _CLASSES.check(name, context=str(path_or_id))  # "<folder>: unknown pretrained class 'x'; known: ..."
     return _CLASSES[name].from_pretrained(path_or_id, device)
 
 

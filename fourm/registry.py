@@ -26,11 +26,14 @@ class Registry(dict[str, T]):
         what: what an entry is, for the error ("search backend").
         entries: initial entries, a mapping or (name, entry) pairs.
         sort: list the known names sorted in the error; otherwise in registration order.
+        error: the error's text, a format string of ``what``, ``name`` and ``known``, for a table
+            whose users already know another wording ("no pixel codec for {name!r}; known: {known}").
     """
 
-    def __init__(self, what: str, entries: Mapping[str, T] | Iterable[tuple[str, T]] = (), *, sort: bool = False):
+    def __init__(self, what: str, entries: Mapping[str, T] | Iterable[tuple[str, T]] = (), *, sort: bool = False,
+                 error: str = "unknown {what} {name!r}; known: {known}"):
         super().__init__(entries)
-        self.what, self.sort = what, sort
+        self.what, self.sort, self.error = what, sort, error
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: ``@TABLE.register("name")`` adds the function or class it decorates."""
@@ -44,10 +47,16 @@ class Registry(dict[str, T]):
     def names(self) -> list[str]:
         return sorted(self) if self.sort else list(self)
 
-    def check(self, name: str) -> str:
-        """``name`` itself if the table holds it (validation without the entry), else the error."""
-        self[name]
+    def check(self, name: str, context: str | None = None) -> str:
+        """``name`` itself if the table holds it (validation without the entry), else the error, after
+        ``context`` when given (the thing whose setting it is: "tok_rgb: unknown mask schedule ...")."""
+        if name not in self:
+            error = self._error(name)
+            raise UnknownNameError(f"{context}: {error}" if context else error)
         return name
 
+    def _error(self, name: str) -> str:
+        return self.error.format(what=self.what, name=name, known=", ".join(self.names()))
+
     def __missing__(self, name: str):
-        raise UnknownNameError(f"unknown {self.what} {name!r}; known: {', '.join(self.names())}")
+        raise UnknownNameError(self._error(name))

@@ -11,18 +11,17 @@ import os
 from pathlib import Path
 
 from fourm.config import load_config, read_yaml_mapping, save_config
+from fourm.registry import Registry
 
-FAMILIES = {
+FAMILIES = Registry("tokenizer family", {  # family -> the module that trains it, imported when asked for
     "vqvae_image": "tokenizers_train.image",
     "vqvae_mlp": "tokenizers_train.vector",
     "wordpiece": "tokenizers_train.text",
     "diffusion": "tokenizers_train.diffusion",
-}
+}, sort=True)
 
 
 def family_module(name: str):
-    if name not in FAMILIES:
-        raise LookupError(f"unknown tokenizer family {name!r}; known: {', '.join(sorted(FAMILIES))}")
     return importlib.import_module(FAMILIES[name])
 
 

@@ -32,7 +32,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-CODECS: dict[str, type[PixelCodec]] = {}
+from fourm.registry import Registry
+
+CODECS: Registry[type[PixelCodec]] = Registry("pixel codec", sort=True,
+                                              error="no pixel codec for {name!r}; known: {known}")
 
 
 def register_codec(*names: str):
@@ -48,8 +51,6 @@ def register_codec(*names: str):
 
 
 def codec_class(name: str) -> type[PixelCodec]:
-    if name not in CODECS:
-        raise LookupError(f"no pixel codec for {name!r}; known: {', '.join(sorted(CODECS))}")
     return CODECS[name]
 
 

@@ -43,6 +43,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from einops import rearrange
 
+from fourm.registry import Registry
+
 log = logging.getLogger(__name__)
 
 NUM_BINS = 1000  # levels of each value token family v0..v3
@@ -209,7 +211,7 @@ class Serializer(Protocol):
     def from_tokens(self, tokens: list[str]) -> Any: ...
 
 
-SERIALIZERS: dict[str, type] = {}
+SERIALIZERS: Registry[type] = Registry("serializer", sort=True, error="no serializer for {name!r}; known: {known}")
 
 
 def serializer(modality: str):
@@ -224,8 +226,6 @@ def serializer(modality: str):
 def get_serializer(modality: str, **settings) -> Serializer:
     """The serializer of ``modality``; ``settings`` (mask_coder, pose_coder, image_size, box_bins) go where
     they apply."""
-    if modality not in SERIALIZERS:
-        raise LookupError(f"no serializer for {modality!r}; known: {', '.join(sorted(SERIALIZERS))}")
     cls = SERIALIZERS[modality]
     names = set(getattr(cls, "__dataclass_fields__", {}))
     return cls(**{k: v for k, v in settings.items() if k in names and v is not None})
@@ -435,8 +435,8 @@ class GridPoseCoder:
         return np.concatenate([xy, np.minimum(visible, 1)[..., None].astype(np.float64)], -1)
 
 
-MASK_CODERS = {"grid": GridMaskCoder}
-POSE_CODERS = {"grid": GridPoseCoder}
+MASK_CODERS = Registry("mask coder", {"grid": GridMaskCoder}, sort=True)
+POSE_CODERS = Registry("pose coder", {"grid": GridPoseCoder}, sort=True)
 
 
 def resize_mask(mask: np.ndarray, height: int, width: int, decoding: bool = False) -> np.ndarray:

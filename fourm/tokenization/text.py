@@ -93,9 +93,8 @@ class TextConfig:
     def __post_init__(self):
         if self.modality not in SERIALIZERS:
             raise ValueError(f"{self.modality!r} is no sequence modality; known: {', '.join(sorted(SERIALIZERS))}")
-        for kind, name, table in (("mask", self.mask_coder, MASK_CODERS), ("pose", self.pose_coder, POSE_CODERS)):
-            if name not in table:
-                raise ValueError(f"unknown {kind} coder {name!r}; known: {', '.join(sorted(table))}")
+        MASK_CODERS.check(self.mask_coder)
+        POSE_CODERS.check(self.pose_coder)
         floor = len(reserved_tokens(self.num_mask_codes, self.num_pose_codes)) + len(alphabet())
         if self.vocab_size < floor:
             raise ValueError(f"vocab_size {self.vocab_size} is below the {floor} reserved and alphabet tokens")
