@@ -61,10 +61,10 @@ def load_values(corpus: Path, name: str, samples: int) -> list:
 
 def image_figures(tokenizer, values, repeats: int) -> dict[str, float]:
     """Codec metrics of the round trip, vocabulary use, and speed of one image tokenizer."""
-    from tokenizers_train.image import usage_stats
+    from tokenizers_train.family import code_stats
 
     ids = tokenizer.encode(values)
-    figures = {**tokenizer.codec.metrics(tokenizer.decode(ids), values), **usage_stats(ids, tokenizer.vocab_size)}
+    figures = {**tokenizer.codec.metrics(tokenizer.decode(ids), values), **code_stats(ids, tokenizer.vocab_size)}
     figures["encode_per_s"] = len(values) / timed(lambda: tokenizer.encode(values), repeats)
     figures["decode_per_s"] = len(values) / timed(lambda: tokenizer.decode(ids), repeats)
     return figures

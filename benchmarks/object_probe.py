@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fourm.metrics import scene_vocabulary
+from fourm.eval.metrics import scene_vocabulary
 from fourm.modalities import Kind
 
 COLOURS, SHAPES, SIZES = scene_vocabulary()
@@ -92,7 +92,7 @@ def probe(model, tokenizers: dict, scenes: list[dict], batch_size: int = 32) -> 
         _, nothing = word_nll(model, caption_batch(model, captions, {}, specials))
         lengths = [len([t for t in c if t != specials.eos]) + 2 for c in captions]
         for scene, (lo, hi) in zip(chunk, _spans(lengths), strict=True):
-            words = re.findall(r"[a-z]+", scene["caption"].lower())  # as fourm.metrics.parse_objects reads them
+            words = re.findall(r"[a-z]+", scene["caption"].lower())  # as fourm.eval.metrics.parse_objects reads them
             for kind, ids in word_ids.items():
                 hits = np.isin(targets[lo:hi], list(ids))
                 present = {w for w in words if w in ids.values()}

@@ -5,7 +5,7 @@
 HELDOUT is a corpus the model never saw, with rgb, caption and caption_global, e.g.
 ``fourm pseudolabel --source scenes:256 --labellers text_embedding --out HELDOUT seed=1`` (the
 training corpora use seed 0). The rows and how each is made are described in
-:mod:`fourm.retrieval_eval`; ``--json`` also writes them as JSON. Search speed on a synthetic gallery:
+:mod:`fourm.eval.retrieval`; ``--json`` also writes them as JSON. Search speed on a synthetic gallery:
 ``--speed N`` times torch / faiss / faiss-hnsw search of 100 queries in N clustered 384-d vectors.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 def search_speed(n: int, queries: int = 100, k: int = 10, repeats: int = 5) -> None:
     import torch
 
-    from fourm.search import SEARCH_BACKENDS, make_backend
+    from fourm.retrieval.search import SEARCH_BACKENDS, make_backend
 
     # embeddings cluster (scenes that share objects): vectors around 1000 directions, not uniform noise,
     # on which graph search (HNSW) has nothing to exploit
@@ -72,7 +72,7 @@ def main() -> None:
     p.add_argument("--speed", type=int, help="also time the search backends on a random gallery of this size")
     args = p.parse_args()
     if args.model:
-        from fourm.retrieval_eval import evaluate_retrieval, format_rows
+        from fourm.eval.retrieval import evaluate_retrieval, format_rows
 
         results = {}
         for decode in [d for d in args.decode.split(",") if d]:

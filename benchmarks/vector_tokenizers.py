@@ -42,6 +42,7 @@ def main() -> None:
     from fourm.tokenization.mlp_vqvae import VectorVQVAE, values_to_vectors
     from tokenizers_train import vector
     from tokenizers_train.data import load_series
+    from tokenizers_train.family import code_stats
 
     torch.set_num_threads(args.threads)
     folder = Path(args.tokenizers)
@@ -71,7 +72,7 @@ def main() -> None:
             wide = vector.recall_at_1(recon, x, torch.cat([x, train_x]))  # gallery: this set + training corpus
             print(f"{name:28} {s['cos']:7.4f} {s['recall@1']:8.3f} {wide:10.3f} {s['usage']:6.3f} "
                   f"{s['perplexity']:10.1f}")
-        s = vector.code_stats(model.encode(train_x), model.vocab_size)
+        s = code_stats(model.encode(train_x), model.vocab_size)
         print(f"{'training set (' + str(len(train_x)) + ')':28} {'':>7} {'':>8} {'':>10} {s['usage']:6.3f} "
               f"{s['perplexity']:10.1f}")
 

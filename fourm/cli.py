@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import functools
 import sys
-import traceback
+
+from fourm.config import load_config
+from fourm.errors import run_command
+from fourm.modalities import CORPUS, ModalityScale
+from fourm.train import command as train_command
+from pseudolabel.registry import lookup
+from tokenizers_train import train_tokenizer
 
 COMMANDS = {}
 
@@ -26,8 +32,6 @@ def _modalities(p: argparse.ArgumentParser):
     p.add_argument("--patch-size", type=int, default=16)
 
     def run(args):
-        from fourm.modalities import CORPUS, ModalityScale
-
         scale = ModalityScale(image_size=args.image_size, patch_size=args.patch_size)
 
         print(f"{'corpus':18} {'storage':14} {'render':10} {'labeller':16} description")
@@ -36,7 +40,7 @@ def _modalities(p: argparse.ArgumentParser):
             print(f"{m.key:18} {storage:14} {m.render:10} {m.labeller or 'source':16} {m.description}")
         print(f"\n{'model':22} {'kind':19} {'source':16} {'tokenizer':12} {'vocab':>6} {'tokens':>6}")
         for m in scale.resolve_all().values():
-            print(f"{m.key:22} {m.kind.value:19} {m.source:16} {m.tokenizer or '-':12} "
+            print(f"{m.key:22} {m.kind_name:19} {m.source:16} {m.tokenizer or '-':12} "
                   f"{m.vocab_size or '-':>6} {m.tokens:>6}")
 
     return run
@@ -54,7 +58,6 @@ def _pseudolabel(p: argparse.ArgumentParser):
     p.add_argument("overrides", nargs="*", help="key=value settings, e.g. options.depth.model=PATH")
 
     def run(args):
-        from fourm.config import load_config
         from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
 
         labellers = [s for s in args.labellers.split(",") if s] if args.labellers else None
@@ -79,7 +82,7 @@ def _show(p: argparse.ArgumentParser):
     p.add_argument("--modalities", help="comma-separated subset (default: all)")
 
     def run(args):
-        from fourm.show import save_sample_grid
+        from fourm.viz.show import save_sample_grid
 
         path = save_sample_grid(args.corpus, args.index, args.out, args.modalities)
         print(path)
@@ -95,8 +98,6 @@ def _train_tokenizer(p: argparse.ArgumentParser):
     p.add_argument("overrides", nargs="*", help="key=value settings, e.g. train.steps=200")
 
     def run(args):
-        from tokenizers_train import train_tokenizer
-
         train_tokenizer(args.config, args.corpus, args.out, args.overrides)
 
     return run
@@ -112,7 +113,6 @@ def _tokenize(p: argparse.ArgumentParser):
     p.add_argument("overrides", nargs="*", help="key=value settings")
 
     def run(args):
-        from fourm.config import load_config
         from fourm.data.tokenize import TokenizeConfig, tokenize_corpus
 
         modalities = [m for m in args.modalities.split(",") if m] if args.modalities else None
@@ -124,19 +124,10 @@ def _tokenize(p: argparse.ArgumentParser):
     return run
 
 
-@command("train", "train FourM on token corpora (resumes from the last checkpoint in its out folder)")
+@command("train", train_command.HELP)
 def _train(p: argparse.ArgumentParser):
-    p.add_argument("--config", help="YAML config, e.g. configs/fourm/demo.yaml")
-    p.add_argument("--out", help="run folder (overrides the config's)")
-    p.add_argument("overrides", nargs="*", help="key=value settings, e.g. train.steps=200 model.size=nano")
-
-    def run(args):
-        from fourm.config import load_config
-        from fourm.train.pretrain import FourMTrainConfig, run_training
-
-        run_training(load_config(FourMTrainConfig, args.config, args.overrides, out=args.out))
-
-    return run
+    train_command.add_arguments(p)  # shared with `python -m fourm.train`
+    return train_command.run
 
 
 @command("evaluate", "measure a trained FourM on held-out scenes, beside a trivial baseline and the tokenizer bound")
@@ -149,8 +140,7 @@ def _evaluate(p: argparse.ArgumentParser):
     p.add_argument("overrides", nargs="*", help="key=value settings, e.g. batch_size=8 seed=1 draws=8 device=cuda")
 
     def run(args):
-        from fourm.config import load_config
-        from fourm.evaluate import EvaluateConfig, run_evaluation
+        from fourm.eval.evaluate import EvaluateConfig, run_evaluation
 
         run_evaluation(load_config(EvaluateConfig, None, args.overrides, model=args.model, tokenizers=args.tokenizers,
                                    corpus=args.corpus, samples=args.samples, out=args.out))
@@ -172,7 +162,8 @@ def _index(p: argparse.ArgumentParser):
     p.add_argument("overrides", nargs="*", help="EmbedSpec settings, e.g. steps=2 batch_size=64 device=cuda")
 
     def run(args):
-        from fourm.retrieval import build_index, parse_settings
+        from fourm.retrieval.embed import parse_settings
+        from fourm.retrieval.index import build_index
 
         index = build_index(args.corpus, args.modality, args.from_, [s for s in args.inputs.split(",") if s],
                             args.model, args.tokenizers, args.limit, **parse_settings(args.overrides))
@@ -196,8 +187,10 @@ def _retrieve(p: argparse.ArgumentParser):
     p.add_argument("--tokenizers", help="tokenizers folder (default: the index's)")
 
     def run(args):
-        from fourm.retrieval import retrieve
+        from fourm.retrieval.embed import use_labellers
+        from fourm.retrieval.index import retrieve
 
+        use_labellers(functools.partial(lookup, "labeller"))  # queries embedded by the labeller run pseudolabel's
         hits = retrieve(args.index, args.query, args.k, args.out, args.embed, args.backend, model=args.model,
                         tokenizers=args.tokenizers)
         for hit in hits:
@@ -246,7 +239,7 @@ def _demo(p: argparse.ArgumentParser):
     p.add_argument("overrides", nargs="*", help="key=value settings, e.g. corpus.scenes=256")
 
     def run(args):
-        from fourm.demo import load_demo_config, run_demo
+        from fourm.demo.stages import load_demo_config, run_demo
 
         run_demo(load_demo_config(args.config, args.overrides, quick=args.quick, out=args.out))
 
@@ -260,26 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     runners = {name: build(sub.add_parser(name, help=help, description=help))
                for name, (help, build) in COMMANDS.items()}
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        runners[args.command](args)
-    except (ValueError, LookupError, OSError) as e:
-        # bad input (a wrong value, a missing or damaged file): one line that names the problem; the
-        # traceback only under -v, for a bug report
-        if args.verbose:
-            traceback.print_exc()
-        print(f"fourm {args.command}: error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _one_line(e: BaseException) -> str:
-    """The message of ``e`` on one line (its type's name if it has none), with the file an OSError
-    names when the message does not."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
-        text = f"{text}: {e.filename}"
-    return text
+    # bad input (a wrong value, a missing or damaged file): one line that names the problem
+    return run_command(f"fourm {args.command}", lambda: runners[args.command](args), args.verbose)
 
 
 if __name__ == "__main__":

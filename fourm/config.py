@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import TypeVar
 
+from fourm.io import atomic_path
+
 T = TypeVar("T")
 
 
@@ -80,8 +82,6 @@ def config_to_yaml(cfg) -> str:
 
 def save_config(cfg, path: str | os.PathLike) -> None:
     """Write the resolved config next to a run's outputs, so the run can be read and repeated."""
-    from fourm.io import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_text(config_to_yaml(cfg))
 

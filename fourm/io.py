@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 
@@ -52,8 +53,6 @@ def atomic_dir(path: str | os.PathLike):
     A folder cannot be swapped in one step: the old one is moved aside first and dropped after, so
     at every moment one complete folder exists under ``path`` or its aside name.
     """
-    import shutil
-
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     old = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -65,7 +65,7 @@ class CorpusModality:
 
     key: str
     storage: Storage
-    render: str  # name of a renderer in fourm.render
+    render: str  # name of a renderer in fourm.viz.render
     labeller: str | None  # default labeller in pseudolabel.labellers (None: only from a source)
     description: str
 

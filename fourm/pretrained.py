@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import os
 import typing
 from pathlib import Path
 from typing import Any, ClassVar
 
+from fourm.io import atomic_dir, load_weights, read_json
+from fourm.registry import Registry
+
 FORMAT_VERSION = 1
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
-_CLASSES: dict[str, type] = {}
+_CLASSES: Registry[type] = Registry("pretrained class", sort=True)  # the "class" of config.json -> the class
 
 
 @contextlib.contextmanager
@@ -62,8 +66,6 @@ def resolve_path(path_or_id: str | os.PathLike) -> Path:
 
 
 def read_config(path_or_id: str | os.PathLike) -> dict:
-    from fourm.io import read_json
-
     path = resolve_path(path_or_id)
     file = path / CONFIG_NAME
     if not file.is_file():
@@ -98,9 +100,7 @@ class PretrainedMixin:
         return {}
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        from safetensors.torch import save_model
-
-        from fourm.io import atomic_dir
+        from safetensors.torch import save_model  # torch: this module itself stays torch-free
 
         config = {"format_version": FORMAT_VERSION, "class": self.pretrained_name,
                   "config": dataclasses.asdict(self.config), **self.extra_state()}
@@ -111,8 +111,6 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike, device: str = "cpu"):
-        from fourm.io import load_weights
-
         path = resolve_path(path_or_id)
         saved = read_config(path)
         if saved["class"] != cls.pretrained_name and saved["class"] in _CLASSES:
@@ -131,14 +129,11 @@ def load_pretrained(path_or_id: str | os.PathLike, device: str = "cpu"):
     name = read_config(path_or_id)["class"]
     if name not in _CLASSES:
         _import_known_classes()
-    if name not in _CLASSES:
-        raise ValueError(f"{path_or_id} holds an unknown class {name!r}; known: {', '.join(sorted(_CLASSES))}")
+    _CLASSES.check(name, context=str(path_or_id))  # "<folder>: unknown pretrained class 'x'; known: ..."
     return _CLASSES[name].from_pretrained(path_or_id, device)
 
 
 def _import_known_classes() -> None:
-    import importlib
-
     for module in ("fourm.model.fourm", "fourm.tokenization.vqvae", "fourm.tokenization.mlp_vqvae",
                    "fourm.tokenization.diffusion", "fourm.tokenization.text"):
         try:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing as mp
 import os
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -144,11 +146,8 @@ class _Worker:
         for lab in self.labellers:
             lab.setup(self.classes)
             self.classes.update(lab.classes())
-        if threads is not None:
-            import sys
-
-            if "torch" in sys.modules:  # model labellers: one process per core beats shared threads
-                sys.modules["torch"].set_num_threads(threads)
+        if threads is not None and "torch" in sys.modules:  # model labellers: one process per core beats shared threads
+            sys.modules["torch"].set_num_threads(threads)
 
     def run(self, index: int) -> tuple[int, int]:
         """Label and write shard ``index``; return (samples written, inputs skipped)."""
@@ -204,8 +203,6 @@ def _results(cfg: PseudolabelConfig, todo: list[int]) -> Iterator[tuple[int, int
         worker = _Worker(cfg)
         yield from (worker.run(i) for i in todo)
         return
-    import multiprocessing as mp
-
     threads = max(1, (os.cpu_count() or 1) // cfg.workers)
     # spawn, not fork: a forked copy of a parent's torch thread pool can deadlock
     with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+from fourm.registry import Registry
+
 # Modules that define sources and labellers; each registers its classes on import.
 _MODULES = {
     "source": ["pseudolabel.sources.scenes", "pseudolabel.sources.files"],
@@ -20,7 +22,7 @@ _MODULES = {
         "pseudolabel.labellers.pose",
     ],
 }
-_TABLES: dict[str, dict[str, type]] = {"source": {}, "labeller": {}}
+_TABLES: dict[str, dict[str, type]] = {"source": {}, "labeller": {}}  # in registration order
 
 
 def register(kind: str):
@@ -31,7 +33,7 @@ def register(kind: str):
     return deco
 
 
-def table(kind: str) -> dict[str, type]:
+def table(kind: str) -> Registry[type]:
     """Name -> class, in the order of ``_MODULES`` and of definition in each module.
 
     Not in registration order: that follows whichever module was imported first (a test, a caller
@@ -41,11 +43,8 @@ def table(kind: str) -> dict[str, type]:
     modules = [importlib.import_module(m) for m in _MODULES[kind]]
     defined = [v for m in modules for v in vars(m).values() if isinstance(v, type) and v.__module__ == m.__name__]
     rank = {cls: i for i, cls in enumerate(defined)}
-    return dict(sorted(_TABLES[kind].items(), key=lambda item: rank.get(item[1], len(rank))))
+    return Registry(kind, sorted(_TABLES[kind].items(), key=lambda item: rank.get(item[1], len(rank))), sort=True)
 
 
 def lookup(kind: str, name: str) -> type:
-    entries = table(kind)
-    if name not in entries:
-        raise LookupError(f"unknown {kind} {name!r}; known: {', '.join(sorted(entries))}")
-    return entries[name]
+    return table(kind)[name]

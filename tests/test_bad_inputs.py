@@ -16,7 +16,7 @@ import torch
 from fourm.cli import main
 from fourm.config import load_config
 from fourm.data.tokenize import TokenizeConfig, tokenize_corpus
-from fourm.retrieval import EmbeddingIndex
+from fourm.retrieval.index import EmbeddingIndex
 from fourm.tokenization.text import SequenceTokenizer, TextConfig, build_vocabulary, new_tokenizer, reserved_tokens
 from fourm.tokenization.vqvae import ImageVQConfig, ImageVQVAE
 from fourm.train.pretrain import FourMTrainConfig, run_training

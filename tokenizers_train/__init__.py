@@ -10,25 +10,24 @@ import importlib
 import os
 from pathlib import Path
 
-FAMILIES = {
+from fourm.config import load_config, read_yaml_mapping, save_config
+from fourm.registry import Registry
+
+FAMILIES = Registry("tokenizer family", {  # family -> the module that trains it, imported when asked for
     "vqvae_image": "tokenizers_train.image",
     "vqvae_mlp": "tokenizers_train.vector",
     "wordpiece": "tokenizers_train.text",
     "diffusion": "tokenizers_train.diffusion",
-}
+}, sort=True)
 
 
 def family_module(name: str):
-    if name not in FAMILIES:
-        raise LookupError(f"unknown tokenizer family {name!r}; known: {', '.join(sorted(FAMILIES))}")
     return importlib.import_module(FAMILIES[name])
 
 
 def train_tokenizer(config: str | os.PathLike, corpus: str | None, out: str | os.PathLike,
                     overrides: list[str] | tuple = (), progress: bool = True):
     """Train the tokenizer a YAML config describes (its ``family`` key picks the trainer) into ``out``."""
-    from fourm.config import load_config, read_yaml_mapping, save_config
-
     path = Path(config)
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer config {config} does not exist")

@@ -10,14 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
+
+from fourm.data.corpus import CorpusReader
+from fourm.modalities import MODALITIES
 
 
 def load_series(corpus: str, name: str, eval_samples: int, limit: int | None = None) -> tuple[list, list, dict]:
     """Values of series ``name``: (train, held-out = the last ``eval_samples``, manifest)."""
-    from tqdm import tqdm
-
-    from fourm.data.corpus import CorpusReader
-
     reader = CorpusReader(corpus, [name])
     total = len(reader) if limit is None else min(limit, len(reader))
     values = []
@@ -51,6 +51,4 @@ def tokenizer_dir(out: str | Path, key: str) -> Path:
     """Where the tokenizer ``key`` is saved in the tokenizers folder ``out``: ``out/<key>`` for a model
     modality, ``out/parts/<key>`` for a part of a serializer (mask and pose coders), so that
     ``load_tokenizers(out)`` only ever meets model modalities."""
-    from fourm.modalities import MODALITIES
-
     return Path(out) / key if key in MODALITIES else Path(out) / "parts" / key

@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fourm.modalities import MODALITIES
 from fourm.tokenization.pixels import PixelCodec, codec_class, get_codec
+from fourm.tokenization.serializers import instance_masks, resize_mask
 from fourm.tokenization.vqvae import ImageVQConfig, ImageVQVAE
 from fourm.train.loop import TrainConfig, train
 from tokenizers_train.data import index_batches, load_series, tokenizer_dir
+from tokenizers_train.family import check_config, code_stats
 
 
 @dataclass
@@ -44,22 +45,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
-        if self.family != "vqvae_image":
-            raise ValueError(f"family must be vqvae_image for this trainer, not {self.family!r}")
-        # one place names the modality: the model config follows it (a modality outside the
-        # registry, e.g. the SAM mask tokenizer, keeps the model's own source)
-        known = MODALITIES.get(self.modality)
-        source = known.source if known is not None else self.model.source
-        self.model = dataclasses.replace(self.model, modality=self.modality, source=source)
-        if self.batch_size < 1 or self.eval_samples < 1:
-            raise ValueError("batch_size and eval_samples must be >= 1")
-
-
-def usage_stats(ids: torch.Tensor, vocab_size: int) -> dict[str, float]:
-    """Share of the vocabulary used by ``ids`` and the perplexity of their distribution."""
-    counts = torch.bincount(ids.reshape(-1), minlength=vocab_size).double()
-    p = counts[counts > 0] / counts.sum()
-    return {"usage": float((counts > 0).double().mean()), "perplexity": float(torch.exp(-(p * p.log()).sum()))}
+        check_config(self, "vqvae_image")
 
 
 class ImageTokenizerTask:
@@ -100,14 +86,12 @@ class ImageTokenizerTask:
         with torch.autocast(model.device.type, enabled=False):
             ids = model.encode(self.eval_values)
             pred = model.decode(ids)
-        return {**self.codec.metrics(pred, self.eval_values), **usage_stats(ids, model.vocab_size)}
+        return {**self.codec.metrics(pred, self.eval_values), **code_stats(ids, model.vocab_size)}
 
 
 def instance_crops(id_maps: list, side: int) -> list[np.ndarray]:
     """Every instance of every ``sam_instance`` id map, cropped to its box and resized to ``side x side``
     exactly as the serializer hands masks to its coder."""
-    from fourm.tokenization.serializers import instance_masks, resize_mask
-
     return [resize_mask(mask, side, side) for ids in id_maps for _, mask in instance_masks(ids)]
 
 
@@ -151,4 +135,3 @@ def run(cfg: Config, out: Path, progress: bool = True) -> ImageVQVAE:
     model = train(task, cfg.train, run_dir, progress=progress, record=cfg)
     model.save_pretrained(tokenizer_dir(out, cfg.modality))
     return model
-

@@ -22,8 +22,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tokenizers import AddedToken, trainers
+from tqdm import tqdm
 
-from fourm.tokenization.serializers import NUM_BINS
+from fourm.data.corpus import CorpusReader, read_manifest
+from fourm.io import write_json
+from fourm.tokenization.serializers import (
+    MASK_CODERS,
+    METADATA_FIELDS,
+    NUM_BINS,
+    POSE_CODERS,
+    SERIALIZERS,
+    normalize_text,
+    split_words,
+)
+from fourm.tokenization.text import SequenceTokenizer, TextConfig, alphabet, new_tokenizer, reserved_tokens
+from tokenizers_train.data import tokenizer_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +69,6 @@ class Config:
 
 def training_text(values: dict[str, list], manifest: dict, extra_text: list[str] = ()) -> list[str]:
     """Captions, class names (manifest and det labels), metadata field names and extra documents."""
-    from fourm.tokenization.serializers import METADATA_FIELDS
-
     texts = [str(c) for c in values.get("caption", [])]
     names = {n for names in manifest.get("classes", {}).values() for n in names}
     names |= {d["label"] for objects in values.get("det", []) for d in objects}
@@ -73,11 +85,6 @@ def learn_pieces(texts: list[str], cfg: Config) -> list[str]:
     otherwise numbers them in hash-map order, which breaks ties between equally frequent merges
     differently from run to run (huggingface/tokenizers#1794). With fixed ids, training is repeatable.
     """
-    from tokenizers import AddedToken, trainers
-
-    from fourm.tokenization.serializers import split_words
-    from fourm.tokenization.text import new_tokenizer, reserved_tokens
-
     chars = set()
     for text in texts:
         chars.update(c for word in split_words(text) for p in word if len(p) > 1 or p.isalnum() for c in p)
@@ -96,9 +103,6 @@ def learn_pieces(texts: list[str], cfg: Config) -> list[str]:
 def resolve_coders(cfg: Config, out: Path) -> dict[str, tuple[str, object | None]]:
     """``{"mask_coder": (name, coder or None), "pose_coder": ...}``: the trained coders loaded from
     ``out/parts`` (None for the grid, which the tokenizer builds itself)."""
-    from fourm.tokenization.serializers import MASK_CODERS, POSE_CODERS
-    from tokenizers_train.data import tokenizer_dir
-
     chosen = {}
     for key, name, table in (("mask_coder", cfg.mask_coder, MASK_CODERS), ("pose_coder", cfg.pose_coder, POSE_CODERS)):
         trained = [cls for cls in table.values() if hasattr(cls, "from_pretrained")]
@@ -122,11 +126,6 @@ def resolve_coders(cfg: Config, out: Path) -> dict[str, tuple[str, object | None
 
 def load_values(corpus: str, modalities: list[str] | None, limit: int | None, progress: bool = True):
     """(values by sequence modality, manifest) of the corpus's sequence series."""
-    from tqdm import tqdm
-
-    from fourm.data.corpus import CorpusReader, read_manifest
-    from fourm.tokenization.serializers import SERIALIZERS
-
     manifest = read_manifest(corpus)
     present = [m for m in SERIALIZERS if m in manifest["modalities"]]
     names = modalities or present
@@ -164,8 +163,6 @@ def measure(tokenizer, values: list, batch_size: int = 256) -> dict:
 
 def round_trip(modality: str, values: list, decoded: list) -> dict:
     """One quality figure per modality: exact captions, box error, palette exactness, instance IoU."""
-    from fourm.tokenization.serializers import normalize_text
-
     if modality == "caption":
         return {"exact": float(np.mean([d == normalize_text(v) for v, d in zip(values, decoded, strict=True)]))}
     if modality == "det":
@@ -199,10 +196,6 @@ def instance_ious(ids: np.ndarray, decoded: np.ndarray) -> list[float]:
 
 def run(cfg: Config, out: Path, progress: bool = True) -> dict:
     """Learn the vocabulary from ``cfg.corpus`` and save one tokenizer per sequence modality under ``out``."""
-    from fourm.io import write_json
-    from fourm.tokenization.serializers import SERIALIZERS
-    from fourm.tokenization.text import SequenceTokenizer, TextConfig
-
     if cfg.corpus is None:
         raise ValueError("the wordpiece family needs a corpus (--corpus or corpus: in the config)")
     values, manifest = load_values(cfg.corpus, cfg.modalities or None, cfg.limit, progress)
@@ -234,6 +227,4 @@ def run(cfg: Config, out: Path, progress: bool = True) -> dict:
 
 
 def _fixed_count(cfg: Config) -> int:
-    from fourm.tokenization.text import alphabet, reserved_tokens
-
     return len(reserved_tokens(cfg.num_mask_codes, cfg.num_pose_codes)) + len(alphabet())

@@ -18,17 +18,16 @@ Held-out metrics (:func:`evaluate_vectors`):
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fourm.modalities import MODALITIES
 from fourm.tokenization.mlp_vqvae import NUM_KEYPOINTS, VectorVQVAE, VectorVQVAEConfig, values_to_vectors
-from fourm.train.loop import TrainConfig
+from fourm.train.loop import TrainConfig, train
 from tokenizers_train.data import index_batches, load_series, tokenizer_dir
+from tokenizers_train.family import check_config, code_stats
 
 
 @dataclass
@@ -43,26 +42,10 @@ class Config:
     limit: int | None = None  # read at most this many corpus samples
 
     def __post_init__(self):
-        if self.family != "vqvae_mlp":
-            raise ValueError(f"tokenizers_train.vector trains family vqvae_mlp, not {self.family!r}")
-        # one place names the modality; a key outside the registry (pose_vqvae) keeps the model's source
-        known = MODALITIES.get(self.modality)
-        if known is not None and known.tokenizer != "vqvae_mlp":
-            raise ValueError(f"{self.modality} is tokenized by {known.tokenizer}, not by the MLP VQ-VAE")
-        source = known.source if known is not None else self.model.source
-        self.model = dataclasses.replace(self.model, modality=self.modality, source=source)
-        if self.batch_size < 1 or self.eval_samples < 1:
-            raise ValueError("batch_size and eval_samples must be >= 1")
+        check_config(self, "vqvae_mlp", check_tokenizer=True)
 
 
 # ----------------------------------------------------------------------------- metrics
-def code_stats(ids: torch.Tensor, vocab_size: int) -> dict[str, float]:
-    """Share of the vocabulary used by ``ids`` and the perplexity of their histogram."""
-    counts = torch.bincount(ids.reshape(-1).cpu(), minlength=vocab_size).double()
-    p = counts[counts > 0] / counts.sum()
-    return {"usage": float((counts > 0).sum()) / vocab_size, "perplexity": float(torch.exp(-(p * p.log()).sum()))}
-
-
 def recall_at_1(recon: torch.Tensor, originals: torch.Tensor, gallery: torch.Tensor | None = None) -> float:
     """Share of rows whose reconstruction's most cosine-similar vector in ``gallery`` (default: the
     originals) is that row's original.
@@ -147,8 +130,6 @@ def load_vectors(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
 def run(cfg: Config, out: Path, progress: bool = True) -> VectorVQVAE:
     """Train ``cfg.model`` on ``cfg.corpus``; the run goes to ``out/runs/<modality>``, the tokenizer to
     :func:`tokenizer_dir`. Returns the trained tokenizer (eval mode)."""
-    from fourm.train.loop import train
-
     train_x, eval_x = load_vectors(cfg)
     run_dir = Path(out) / "runs" / cfg.model.modality
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -233,9 +214,6 @@ def synthetic_people(n: int, seed: int = 0, occlusion: float = 0.1) -> list[dict
 def fit_tokenizer(cfg: Config, train_x: torch.Tensor, eval_x: torch.Tensor, out: Path,
                   progress: bool = False) -> tuple[VectorVQVAE, dict[str, float]]:
     """Train on given vectors (no corpus) into ``out``; return the model and its held-out metrics."""
-    from fourm.train.loop import train
-
     task = VectorTask(cfg, train_x, eval_x)
     model = train(task, cfg.train, out, progress=progress).eval()
     return model, evaluate_vectors(model, eval_x)
-

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from fourm.data.codecs import CorruptSampleError, decode, encode
 from fourm.io import atomic_path, check_schema, read_json, write_json
 from fourm.modalities import CORPUS, MODALITIES, Storage
@@ -344,8 +346,6 @@ def compare_corpora(a: str | os.PathLike, b: str | os.PathLike) -> list[str]:
 
 
 def _compare_model_shard(a: Path, b: Path, storage: Storage) -> list[str]:
-    import numpy as np
-
     (left, _), (right, _) = _read_tar(a), _read_tar(b)
     if [k for k, _ in left] != [k for k, _ in right]:
         return [f"{b} holds other keys than {a}"]

@@ -26,11 +26,13 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fourm.data.corpus import CorpusError, CorpusReader, read_manifest
 from fourm.data.masking import Masker
 from fourm.kinds import handler
 from fourm.modalities import MODALITIES, Modality, ModalityScale
@@ -82,8 +84,6 @@ class TokenDataset:
         are absent), or names / None (every model modality in the corpus) resolved with ``scale``,
         or, without a scale, from the manifest (vocabularies and token counts of its tokenizers).
         """
-        from fourm.data.corpus import CorpusReader, read_manifest
-
         manifest = read_manifest(root)
         table = modalities if isinstance(modalities, dict) else modalities_from_manifest(manifest, modalities, scale)
         _check_manifest(root, manifest, table)
@@ -294,8 +294,6 @@ class _Builder:
 def read_token_manifest(root: str | os.PathLike) -> dict:
     """The manifest of a token corpus; a raw corpus (what ``fourm pseudolabel`` writes) is refused
     with the command that turns it into one."""
-    from fourm.data.corpus import CorpusError, read_manifest
-
     manifest = read_manifest(root)
     if not any("tokens_per_sample" in entry for entry in manifest["modalities"].values()):
         raise CorpusError(f"{root} is a raw corpus, not a token corpus: make one with `fourm tokenize "
@@ -325,8 +323,6 @@ def modalities_from_manifest(manifest: dict, names: list[str] | None = None,
     Without a scale: image sizes and patches are the corpus' (``manifest_scale``), vocabularies and
     sequence lengths those of the tokenizers it records; raw rgb patches take tok_rgb's grid.
     """
-    from dataclasses import replace
-
     entries = manifest["modalities"]
     names = [n for n in MODALITIES if n in entries] if names is None else list(names)  # registry order
     if scale is not None:

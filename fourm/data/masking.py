@@ -39,6 +39,7 @@ import torch
 from fourm.kinds import handler
 from fourm.modalities import CORPUS, MODALITIES, Modality
 from fourm.model.batch import Batch
+from fourm.tokenization.base import load_tokenizer
 
 IGNORE_INDEX = -100  # dec_target on padding: skipped by cross-entropy
 PAD_GROUP = -1  # dec_group on padding: padding queries attend to each other only, never to real tokens
@@ -60,8 +61,6 @@ class TextSpecials:
 def specials_from_tokenizer(path: str | os.PathLike | object) -> TextSpecials:
     """The special ids of a sequence tokenizer (any object with pad/sos/eos/sentinel ids), or of the one saved
     at ``path``."""
-    from fourm.tokenization.base import load_tokenizer
-
     tokenizer = load_tokenizer(path) if isinstance(path, (str, os.PathLike)) else path
     missing = [a for a in ("pad_id", "sos_id", "eos_id", "sentinel_ids") if not hasattr(tokenizer, a)]
     if missing:

@@ -2,7 +2,7 @@
 
 Defined here, in the core, because two sides need the same words: the renderer
 (``pseudolabel.sources.scenes``) draws and captions scenes with them, and the evaluation
-(``fourm.metrics``) judges generated captions and images by them. The core must not import its
+(``fourm.eval.metrics``) judges generated captions and images by them. The core must not import its
 users, so the renderer imports these, not the other way round.
 """
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from fourm.data.corpus import (
     CorpusReader,
@@ -26,6 +28,7 @@ from fourm.data.corpus import (
 )
 from fourm.kinds import handler
 from fourm.modalities import CORPUS, MODALITIES, ModalityScale, Storage, get_modality
+from fourm.tokenization.base import load_tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +57,6 @@ def _passthrough(cfg: TokenizeConfig, corpus_series: list[str]) -> list[str]:
 
 def _tokens(tokenizer, values: list) -> list[np.ndarray]:
     """One id array per sample, in the storage dtype of the modality."""
-    import torch
-
     dtype = MODALITIES[tokenizer.modality].token_dtype
     with torch.no_grad():
         ids = tokenizer.encode(values)
@@ -66,10 +67,6 @@ def _tokens(tokenizer, values: list) -> list[np.ndarray]:
 
 def tokenize_corpus(cfg: TokenizeConfig, progress: bool = True) -> dict:
     """Write (or finish) the token corpus ``cfg.out``; return its manifest."""
-    from tqdm import tqdm
-
-    from fourm.tokenization.base import load_tokenizers
-
     corpus = read_manifest(cfg.corpus)
     tokenizers = load_tokenizers(cfg.tokenizers, cfg.modalities, cfg.device)
     missing = {m: t for m, t in tokenizers.items() if MODALITIES[m].source not in corpus["modalities"]}

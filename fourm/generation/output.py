@@ -3,7 +3,7 @@
 Each generated modality is written in its corpus format (``fourm.data.codecs``: PNG for images --
 depth as 16-bit millimetres, normals and colours as 8-bit --, JSON for boxes and other structures,
 TXT for captions, NPY for vectors), plus ``tokens.json`` (the generated ids) and ``grid.png``: one
-row per sample, the inputs then the targets, drawn by ``fourm.render``.
+row per sample, the inputs then the targets, drawn by ``fourm.viz.render``.
 """
 
 from __future__ import annotations
@@ -14,11 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
+from PIL import Image
 
+from fourm.config import load_config
+from fourm.data.codecs import IMAGE_SUFFIXES, CorruptSampleError, decode, encode
 from fourm.generation.pipeline import Generated, Pipeline
 from fourm.generation.schedule import PARALLEL_SCHEMES, SEQUENCE_SCHEMES, Target
+from fourm.io import atomic_path, write_json
 from fourm.kinds import handler
 from fourm.modalities import CORPUS, MODALITIES
+from fourm.viz.render import image_grid, render
 
 
 def corpus_key(key: str) -> str:
@@ -38,8 +44,6 @@ def read_input(spec: str, flag: str = "--input") -> tuple[str, Any]:
     and a long caption fail as a too-long file name.) Other modalities take a file (image, .json,
     .npy), with or without the ``@``.
     """
-    from fourm.data.codecs import IMAGE_SUFFIXES, CorruptSampleError, decode
-
     key, sep, text = spec.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -67,8 +71,6 @@ def read_input(spec: str, flag: str = "--input") -> tuple[str, Any]:
         if suffix in IMAGE_SUFFIXES:
             if storage.ext == "png" and suffix == ".png" and storage.channels == 1:
                 return key, decode(path.read_bytes(), storage)  # depth in mm, class ids: the corpus' own PNGs
-            from PIL import Image
-
             with Image.open(path) as image:
                 return key, np.asarray(image.convert("RGB" if storage.channels == 3 else "L"))
     except (OSError, ValueError, CorruptSampleError) as e:
@@ -85,12 +87,8 @@ def parse_targets(pipe: Pipeline, targets: list[str], schedule: str | os.PathLik
     """Targets from ``--target`` names or a YAML schedule (``targets: [{modality: ..., steps: ...}]``),
     with ``name.field=value`` overrides and flag ``defaults`` (a default scheme applies to the targets
     of kinds that take it)."""
-    from fourm.config import load_config
-
     entries: list[dict] = []
     if schedule is not None:
-        import yaml
-
         if not Path(schedule).is_file():
             raise FileNotFoundError(f"schedule file {schedule} does not exist")
         try:
@@ -124,10 +122,6 @@ def parse_targets(pipe: Pipeline, targets: list[str], schedule: str | os.PathLik
 def write_outputs(pipe: Pipeline, inputs: dict[str, Any], result: dict[str, Generated], out: str | os.PathLike,
                   num_samples: int) -> list[Path]:
     """Files of every generated modality (a sub-folder per sample when there are several), tokens.json, grid.png."""
-    from fourm.data.codecs import encode
-    from fourm.io import atomic_path, write_json
-    from fourm.render import image_grid, render
-
     out = Path(out)
     written = []
     for name, generated in result.items():

@@ -17,18 +17,21 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from fourm.data.masking import TextSpecials
 from fourm.generation.sampler import generate as run_schedule
 from fourm.generation.schedule import Target, build_schedule
 from fourm.generation.state import GenerationState
 from fourm.kinds import handler, resize
-from fourm.modalities import CORPUS
+from fourm.modalities import CORPUS, MODALITIES
 from fourm.model.fourm import FourM
+from fourm.tokenization.base import TokenizerMismatchError, check_tokenizer, load_tokenizers
 
 MASK = "[MASK]"  # in a caption: a span for the model to fill
 
@@ -63,8 +66,6 @@ class Pipeline:
     """
 
     def __init__(self, model: FourM, tokenizers: dict | None = None, specials: TextSpecials | None = None):
-        from fourm.tokenization.base import TokenizerMismatchError, check_tokenizer
-
         self.model = model.eval()
         self.tokenizers = dict(tokenizers or {})
         self.specs = model.specs
@@ -85,10 +86,6 @@ class Pipeline:
     def from_pretrained(cls, model: str | os.PathLike, tokenizers: str | os.PathLike | None = None,
                         device: str = "cpu") -> Pipeline:
         """A saved FourM folder and a tokenizers folder (only the model's modalities are loaded)."""
-        from pathlib import Path
-
-        from fourm.tokenization.base import load_tokenizers
-
         fourm = FourM.from_pretrained(model, device)
         toks = {}
         if tokenizers is not None:
@@ -106,8 +103,6 @@ class Pipeline:
             return [key]
         fed = [n for n, s in self.specs.items() if s.source == key]
         if not fed:
-            from fourm.modalities import MODALITIES
-
             if key not in CORPUS and key not in MODALITIES:
                 known = sorted({*CORPUS, *MODALITIES})
                 raise ValueError(f"unknown modality {key!r}; known: {', '.join(known)}")
@@ -238,8 +233,6 @@ class Pipeline:
 
         Returns ``{target: Generated(tokens, values)}`` in schedule order.
         """
-        from tqdm import tqdm
-
         samples = [conditions] * num_samples if isinstance(conditions, dict) else list(conditions)
         if not samples:
             raise ValueError("no samples to generate")

@@ -30,17 +30,11 @@ from fourm.generation.schedule import Guidance, Target
 from fourm.generation.state import GenerationState, with_queries
 from fourm.model.fourm import FourM
 from fourm.pretrained import inference
+from fourm.registry import Registry
 
 Scheme = Callable[[FourM, GenerationState, Target, torch.Generator], None]
-SCHEMES: dict[str, Scheme] = {}
-
-
-def scheme(name: str):
-    def register(fn: Scheme) -> Scheme:
-        SCHEMES[name] = fn
-        return fn
-
-    return register
+SCHEMES: Registry[Scheme] = Registry("scheme")
+scheme = SCHEMES.register
 
 
 def guided_logits(model: FourM, state: GenerationState, name: str, guidance: Guidance, pos: Tensor,

@@ -16,24 +16,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fourm.registry import Registry
+
 # fraction of the tokens still undecided after a share ``t`` in [0, 1] of the steps
-MASK_SCHEDULES: dict[str, Callable[[float], float]] = {
+MASK_SCHEDULES: Registry[Callable[[float], float]] = Registry("mask schedule", {
     "cosine": lambda t: math.cos(math.pi / 2 * t),  # MaskGIT (arXiv 2202.04200): few tokens first, many last
     "linear": lambda t: 1.0 - t,
-}
+})
 # temperature multiplier at a share ``t`` of the steps (annealed to sharpen the last decisions)
-TEMPERATURE_SCHEDULES: dict[str, Callable[[float], float]] = {
+TEMPERATURE_SCHEDULES: Registry[Callable[[float], float]] = Registry("temperature schedule", {
     "constant": lambda t: 1.0,
     "linear": lambda t: 1.0 - t,
     "cosine": lambda t: math.cos(math.pi / 2 * t),
-}
+})
 NUCLEUS_CANDIDATES = 256  # top-p looks at this many candidates first; rows that need more are sorted whole
-
-
-def _lookup(table: dict, name: str, what: str):
-    if name not in table:
-        raise ValueError(f"unknown {what} {name!r}; known: {', '.join(table)}")
-    return table[name]
 
 
 def tokens_per_step(total: int, steps: int, schedule: str = "cosine") -> list[int]:
@@ -41,7 +37,7 @@ def tokens_per_step(total: int, steps: int, schedule: str = "cosine") -> list[in
     least one per step while tokens remain (a schedule that would decide none in a step gets one)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, not {steps}")
-    remaining = _lookup(MASK_SCHEDULES, schedule, "mask schedule")
+    remaining = MASK_SCHEDULES[schedule]
     counts, left = [], total
     for s in range(steps):
         goal = 0 if s == steps - 1 else math.floor(total * remaining((s + 1) / steps))
@@ -54,7 +50,7 @@ def tokens_per_step(total: int, steps: int, schedule: str = "cosine") -> list[in
 
 
 def temperature_at(step: int, steps: int, temperature: float, schedule: str = "constant") -> float:
-    return temperature * _lookup(TEMPERATURE_SCHEDULES, schedule, "temperature schedule")(step / steps)
+    return temperature * TEMPERATURE_SCHEDULES[schedule](step / steps)
 
 
 def _candidates(logits: Tensor, top_k: int, top_p: float) -> tuple[Tensor, Tensor]:

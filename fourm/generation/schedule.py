@@ -59,11 +59,8 @@ class Target:
                              f"{', '.join((*PARALLEL_SCHEMES, *SEQUENCE_SCHEMES))}")
         if self.steps < 1:
             raise ValueError(f"{self.modality}: steps must be >= 1, not {self.steps}")
-        if self.schedule not in MASK_SCHEDULES:
-            raise ValueError(f"{self.modality}: unknown schedule {self.schedule!r}; known: {', '.join(MASK_SCHEDULES)}")
-        if self.temperature_schedule not in TEMPERATURE_SCHEDULES:
-            raise ValueError(f"{self.modality}: unknown temperature_schedule {self.temperature_schedule!r}; "
-                             f"known: {', '.join(TEMPERATURE_SCHEDULES)}")
+        MASK_SCHEDULES.check(self.schedule, context=self.modality)
+        TEMPERATURE_SCHEDULES.check(self.temperature_schedule, context=self.modality)
         if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"{self.modality}: need temperature >= 0, top_k >= 0 and top_p in (0, 1]")
         self.condition_weights = dict(self.condition_weights)

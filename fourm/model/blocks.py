@@ -7,22 +7,23 @@ between its self-attention and its MLP.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fourm.model.attention import AttentionMask, CrossAttention, KVCache, SelfAttention
+from fourm.registry import Registry
 
-NORMS = ("layernorm", "rmsnorm")
+NORMS: Registry[Callable[[int, bool], nn.Module]] = Registry("norm", {  # (dim, use_bias) -> norm
+    "layernorm": lambda dim, use_bias: nn.LayerNorm(dim, bias=use_bias),
+    "rmsnorm": lambda dim, use_bias: nn.RMSNorm(dim),
+})
 
 
 def make_norm(kind: str, dim: int, use_bias: bool = False) -> nn.Module:
-    if kind == "layernorm":
-        return nn.LayerNorm(dim, bias=use_bias)
-    if kind == "rmsnorm":
-        return nn.RMSNorm(dim)
-    raise ValueError(f"unknown norm {kind!r}; known: {', '.join(NORMS)}")
+    return NORMS[kind](dim, use_bias)
 
 
 def swiglu_hidden(dim: int, mlp_ratio: float) -> int:
@@ -53,7 +54,7 @@ class GeluMLP(nn.Sequential):
         super().__init__(nn.Linear(dim, hidden, bias=use_bias), nn.GELU(), nn.Linear(hidden, dim, bias=use_bias))
 
 
-MLPS = {"swiglu": SwiGLU, "gelu": GeluMLP}
+MLPS = Registry("mlp", {"swiglu": SwiGLU, "gelu": GeluMLP})
 
 
 class EncoderBlock(nn.Module):
@@ -67,8 +68,7 @@ class EncoderBlock(nn.Module):
                  norm: str = "layernorm", use_qk_norm: bool = False, dropout: float = 0.0, mlp: str = "swiglu",
                  zero_init: bool = False):
         super().__init__()
-        if mlp not in MLPS:
-            raise ValueError(f"unknown mlp {mlp!r}; known: {', '.join(MLPS)}")
+        MLPS.check(mlp)
         qk_norm = partial(make_norm, norm, use_bias=use_bias) if use_qk_norm else None
         self.norm1 = make_norm(norm, dim, use_bias)
         self.attn = SelfAttention(dim, heads, use_bias, dropout, qk_norm)

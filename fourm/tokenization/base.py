@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from fourm.modalities import Modality, get_modality
+from fourm.pretrained import load_pretrained
 
 
 @runtime_checkable
@@ -58,8 +59,6 @@ def check_tokenizer(tokenizer: ModalityTokenizer, expected: Modality, sequence_l
 
 
 def load_tokenizer(path: str | os.PathLike, device: str = "cpu") -> ModalityTokenizer:
-    from fourm.pretrained import load_pretrained
-
     return load_pretrained(path, device)
 
 

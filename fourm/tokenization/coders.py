@@ -18,7 +18,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+from einops import rearrange
 
+from fourm.pretrained import load_pretrained, read_config
 from fourm.tokenization.serializers import MASK_CODERS, POSE_CODERS
 
 
@@ -36,8 +38,6 @@ class TrainedCoder:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> TrainedCoder:
-        from fourm.pretrained import load_pretrained, read_config
-
         saved = read_config(path)
         if saved["class"] not in cls.pretrained_names:
             raise ValueError(f"{path} holds a {saved['class']}, not a {cls.name} {cls.part} tokenizer")
@@ -87,8 +87,7 @@ class VQVAEPoseCoder(TrainedCoder):
         self.tokens_per_pose = model.tokens_per_sample
 
     def encode(self, keypoints: np.ndarray) -> np.ndarray:
-        import torch
-        from einops import rearrange
+        import torch  # the coders wrap torch models; the text tokenizer importing this module does not need it
 
         keypoints = np.asarray(keypoints, np.float32)
         if keypoints.ndim != 3 or keypoints.shape[1:] != (self.num_keypoints, 3):
@@ -96,8 +95,6 @@ class VQVAEPoseCoder(TrainedCoder):
         return self.model.encode(torch.from_numpy(rearrange(keypoints, "b k c -> b (k c)"))).cpu().numpy()
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
-        from einops import rearrange
-
         out = rearrange(self.model.decode_vectors(np.asarray(ids, np.int64)).cpu().numpy().astype(np.float64),
                         "b (k c) -> b k c", c=3)
         out[..., 2] = out[..., 2].clip(0.0, 1.0)  # visibility is a probability

@@ -33,8 +33,10 @@ from einops import rearrange
 from torch import Tensor
 
 from fourm.kinds import rgb_to_model
+from fourm.registry import Registry
 
-CODECS: dict[str, type[PixelCodec]] = {}
+CODECS: Registry[type[PixelCodec]] = Registry("pixel codec", sort=True,
+                                              error="no pixel codec for {name!r}; known: {known}")
 
 
 def register_codec(*names: str):
@@ -50,8 +52,6 @@ def register_codec(*names: str):
 
 
 def codec_class(name: str) -> type[PixelCodec]:
-    if name not in CODECS:
-        raise LookupError(f"no pixel codec for {name!r}; known: {', '.join(sorted(CODECS))}")
     return CODECS[name]
 
 

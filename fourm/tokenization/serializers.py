@@ -41,8 +41,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from einops import rearrange
 
 from fourm.modalities import SCALE_PRESETS
+from fourm.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +212,7 @@ class Serializer(Protocol):
     def from_tokens(self, tokens: list[str]) -> Any: ...
 
 
-SERIALIZERS: dict[str, type] = {}
+SERIALIZERS: Registry[type] = Registry("serializer", sort=True, error="no serializer for {name!r}; known: {known}")
 
 
 def serializer(modality: str):
@@ -225,8 +227,6 @@ def serializer(modality: str):
 def get_serializer(modality: str, **settings) -> Serializer:
     """The serializer of ``modality``; ``settings`` (mask_coder, pose_coder, image_size, box_bins) go where
     they apply."""
-    if modality not in SERIALIZERS:
-        raise LookupError(f"no serializer for {modality!r}; known: {', '.join(sorted(SERIALIZERS))}")
     cls = SERIALIZERS[modality]
     names = set(getattr(cls, "__dataclass_fields__", {}))
     return cls(**{k: v for k, v in settings.items() if k in names and v is not None})
@@ -389,8 +389,6 @@ class GridMaskCoder:
         self._weights = 2 ** np.arange(self.block ** 2, dtype=np.int64)
 
     def encode(self, masks: np.ndarray) -> np.ndarray:
-        from einops import rearrange
-
         masks = np.asarray(masks, bool)
         if masks.ndim != 3 or masks.shape[1:] != (self.mask_size, self.mask_size):
             raise ValueError(f"expected masks (B, {self.mask_size}, {self.mask_size}), got {masks.shape}")
@@ -398,8 +396,6 @@ class GridMaskCoder:
         return bits.astype(np.int64) @ self._weights  # (B, tokens_per_mask)
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
-        from einops import rearrange
-
         ids = np.asarray(ids, np.int64)
         bits = (ids[..., None] & self._weights) > 0  # (B, tokens_per_mask, b*b)
         return rearrange(bits, "b (h w) (p q) -> b (h p) (w q)", h=self.blocks, p=self.block)
@@ -440,8 +436,8 @@ class GridPoseCoder:
         return np.concatenate([xy, np.minimum(visible, 1)[..., None].astype(np.float64)], -1)
 
 
-MASK_CODERS = {"grid": GridMaskCoder}
-POSE_CODERS = {"grid": GridPoseCoder}
+MASK_CODERS = Registry("mask coder", {"grid": GridMaskCoder}, sort=True)
+POSE_CODERS = Registry("pose coder", {"grid": GridPoseCoder}, sort=True)
 
 
 def resize_mask(mask: np.ndarray, height: int, width: int, decoding: bool = False) -> np.ndarray:

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fourm.io import atomic_dir
 from fourm.modalities import SCALE_PRESETS, get_modality
-from fourm.pretrained import CONFIG_NAME, FORMAT_VERSION, read_config, register_pretrained, resolve_path
+from fourm.pretrained import CONFIG_NAME, FORMAT_VERSION, build_config, read_config, register_pretrained, resolve_path
 from fourm.tokenization import coders as _coders  # noqa: F401  (registers the trained mask and pose coders)
 from fourm.tokenization.serializers import (
     MASK_CODERS,
@@ -92,9 +93,8 @@ class TextConfig:
     def __post_init__(self):
         if self.modality not in SERIALIZERS:
             raise ValueError(f"{self.modality!r} is no sequence modality; known: {', '.join(sorted(SERIALIZERS))}")
-        for kind, name, table in (("mask", self.mask_coder, MASK_CODERS), ("pose", self.pose_coder, POSE_CODERS)):
-            if name not in table:
-                raise ValueError(f"unknown {kind} coder {name!r}; known: {', '.join(sorted(table))}")
+        MASK_CODERS.check(self.mask_coder)
+        POSE_CODERS.check(self.pose_coder)
         floor = len(reserved_tokens(self.num_mask_codes, self.num_pose_codes)) + len(alphabet())
         if self.vocab_size < floor:
             raise ValueError(f"vocab_size {self.vocab_size} is below the {floor} reserved and alphabet tokens")
@@ -302,8 +302,6 @@ class SequenceTokenizer:
 
     # ----------------------------------------------------------------------------- save / load
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        from fourm.io import atomic_dir
-
         for coder, name, table in ((self.mask_coder, self.config.mask_coder, MASK_CODERS),
                                    (self.pose_coder, self.config.pose_coder, POSE_CODERS)):
             if type(coder) is not table[name]:
@@ -323,8 +321,6 @@ class SequenceTokenizer:
     def from_pretrained(cls, path_or_id: str | os.PathLike, device: str = "cpu") -> SequenceTokenizer:
         """``device`` is accepted for :func:`fourm.pretrained.load_pretrained` and unused."""
         from tokenizers import Tokenizer
-
-        from fourm.pretrained import build_config
 
         path = resolve_path(path_or_id)
         saved = read_config(path)

@@ -1,7 +1,11 @@
-"""``python -m fourm.train`` / ``accelerate launch -m fourm.train``: the same as ``fourm train``."""
+"""``python -m fourm.train`` / ``accelerate launch -m fourm.train``: the same as ``fourm train``.
+
+A launcher runs a module, so training has this entry of its own (:mod:`fourm.train.command`): the
+library never imports the CLI above it.
+"""
 
 import sys
 
-from fourm.cli import main
+from fourm.train.command import main
 
-sys.exit(main(["train", *sys.argv[1:]]))
+sys.exit(main())

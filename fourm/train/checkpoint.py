@@ -7,7 +7,11 @@ temporary name and renamed, so a kill leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
+import logging
+import pickle
 import random
 import re
 import shutil
@@ -15,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
-from fourm.io import atomic_dir
-from fourm.pretrained import WEIGHTS_NAME
+from fourm.io import atomic_dir, load_tensors, load_weights, read_json
+from fourm.pretrained import WEIGHTS_NAME, read_config
 
 _STEP = re.compile(r"^step-(\d{7})$")
 
@@ -35,8 +40,6 @@ def latest_checkpoint(out: str | Path) -> Path | None:
 
 
 def save_checkpoint(out: str | Path, step: int, model, optimizer, scheduler, keep_last: int) -> Path:
-    from safetensors.torch import save_file
-
     path = Path(out) / "checkpoints" / f"step-{step:07d}"
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp / "model")
@@ -56,10 +59,6 @@ def save_checkpoint(out: str | Path, step: int, model, optimizer, scheduler, kee
 
 def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> int:
     """Restore everything saved by :func:`save_checkpoint` into the given objects; return the step."""
-    import ast
-
-    from fourm.io import load_tensors, load_weights, read_json
-
     path = Path(path)
     load_weights(model, path / "model" / WEIGHTS_NAME)
     optim = torch.load(path / "optim.pt", weights_only=True, map_location="cpu")
@@ -82,10 +81,6 @@ class CheckpointMismatch(ValueError):
 
 def check_fits(path: str | Path, model) -> None:
     """Refuse a checkpoint whose saved model config differs from ``model``'s, naming the fields."""
-    import dataclasses
-
-    from fourm.pretrained import read_config
-
     saved = read_config(Path(path) / "model")
     ours = json.loads(json.dumps(dataclasses.asdict(model.config)))  # tuples as JSON gives them back
     changed = sorted(k for k in {*saved["config"], *ours} if saved["config"].get(k) != ours.get(k))
@@ -103,9 +98,6 @@ def resume_checkpoint(out: str | Path, model, optimizer, scheduler) -> int:
     emptied file) is reported and the one before it tried: keeping ``keep_last`` checkpoints is what
     lets a run survive a bad disk write.
     """
-    import logging
-    import pickle
-
     dirs = checkpoint_dirs(out)
     for path in reversed(dirs):
         try:

@@ -21,6 +21,12 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from tqdm import tqdm
+
+from fourm.config import save_config
+from fourm.io import write_json
+from fourm.train.checkpoint import resume_checkpoint, save_checkpoint
+from fourm.train.curves import MetricsLog
 
 
 @dataclass
@@ -111,13 +117,7 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
     the checkpoint to resume from is known to fit the model: a run's record never describes a model
     its checkpoints do not hold.
     """
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    from tqdm import tqdm
-
-    from fourm.config import save_config
-    from fourm.io import write_json
-    from fourm.train.checkpoint import resume_checkpoint, save_checkpoint
-    from fourm.train.curves import MetricsLog
+    from accelerate import Accelerator, DistributedDataParallelKwargs  # heavy: only when training
 
     out = Path(out)
     torch.manual_seed(cfg.seed)

@@ -15,8 +15,13 @@ from typing import Any
 
 import torch
 
-from fourm.data.masking import MaskingConfig
-from fourm.train.loop import TrainConfig
+from fourm.data import loader
+from fourm.data.loader import load_token_datasets, modalities_from_manifest, read_token_manifest, unigram_baseline
+from fourm.data.masking import Masker, MaskingConfig, TextSpecials, specials_from_tokenizer
+from fourm.modalities import ModalityScale
+from fourm.model import sizes
+from fourm.model.fourm import FourM
+from fourm.train.loop import TrainConfig, train
 
 
 @dataclass
@@ -51,14 +56,6 @@ class FourMTask:
     """Token corpora -> masked batches -> FourM; evaluation against the unigram baseline."""
 
     def __init__(self, cfg: FourMTrainConfig):
-        from fourm.data.loader import (
-            load_token_datasets,
-            modalities_from_manifest,
-            read_token_manifest,
-            unigram_baseline,
-        )
-        from fourm.data.masking import Masker, TextSpecials, specials_from_tokenizer
-
         self.cfg = cfg
         if not cfg.data.corpora:
             raise ValueError("data.corpora is empty: name at least one token corpus")
@@ -72,12 +69,8 @@ class FourMTask:
         self._eval = None
 
     def model_config(self):
-        from fourm.data.loader import manifest_scale
-        from fourm.modalities import ModalityScale
-        from fourm.model.sizes import model_config
-
         # the corpus' scale (its patches per modality), this run's modalities' vocabularies and lengths
-        scale = manifest_scale(self.manifest)
+        scale = loader.manifest_scale(self.manifest)
         if scale is None and any(m.is_image for m in self.modalities.values()):
             raise ValueError("the token corpus manifest has no image_size: re-run `fourm tokenize`")
         scale = scale or ModalityScale()
@@ -85,12 +78,10 @@ class FourMTask:
         scale = ModalityScale(scale.image_size, scale.patch_size, patches, vocab_sizes={
             n: m.vocab_size for n, m in self.modalities.items() if m.vocab_size is not None})
         max_tokens = {n: m.tokens for n, m in self.modalities.items()}
-        return model_config(self.cfg.model.size, list(self.modalities), scale, max_tokens=max_tokens,
-                            **self.cfg.model.overrides)
+        return sizes.model_config(self.cfg.model.size, list(self.modalities), scale, max_tokens=max_tokens,
+                                  **self.cfg.model.overrides)
 
     def build_model(self):
-        from fourm.model.fourm import FourM
-
         if self.cfg.model.init:
             model = FourM.from_pretrained(self.cfg.model.init)
             missing = set(self.modalities) - set(model.config.modalities)
@@ -100,11 +91,9 @@ class FourMTask:
         return FourM(self.model_config())
 
     def train_batches(self, start_step: int, rank: int, world_size: int):
-        from fourm.data.loader import train_batches
-
         d = self.cfg.data
         # the loop counts optimizer steps; the stream counts micro-batches
-        return train_batches(self.train_set, self.masker, start_step * self.cfg.train.grad_accum, rank,
+        return loader.train_batches(self.train_set, self.masker, start_step * self.cfg.train.grad_accum, rank,
                              world_size, d.batch_size, self.cfg.train.seed, d.num_workers)
 
     def loss(self, model, batch):
@@ -114,10 +103,9 @@ class FourMTask:
 
     def evaluate(self, model) -> dict[str, float]:
         """Held-out cross-entropy per target modality, and its ratio to the unigram baseline."""
-        from fourm.data.loader import eval_batches
-
         if self._eval is None:  # masked once: every evaluation sees the same targets
-            self._eval = eval_batches(self.heldout, self.masker, self.cfg.data.eval_batch_size, self.cfg.train.seed)
+            self._eval = loader.eval_batches(self.heldout, self.masker, self.cfg.data.eval_batch_size,
+                                             self.cfg.train.seed)
         device = next(model.parameters()).device
         names = list(model.config.modalities)
         total, count = defaultdict(float), defaultdict(int)
@@ -139,8 +127,6 @@ class FourMTask:
 
 def run_training(cfg: FourMTrainConfig, progress: bool = True):
     """Train FourM as ``cfg`` says into ``cfg.out`` (resuming from its last checkpoint)."""
-    from fourm.train.loop import train
-
     task = FourMTask(cfg)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     return train(task, cfg.train, cfg.out, progress=progress, record=cfg)

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import ClassVar
 
-from pseudolabel.registry import register
+from pseudolabel.registry import lookup, register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +56,6 @@ def parse_source(spec: str, **options) -> Source:
 
     ``options`` are the pipeline's common settings (image_size, seed); each source takes those it has.
     """
-    from pseudolabel.registry import lookup
-
     name, _, arg = spec.partition(":")
     if not arg:
         raise ValueError(f"source {spec!r} has no argument: use scenes:N, folder:PATH or wds:PATTERN")

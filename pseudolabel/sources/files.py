@@ -10,8 +10,10 @@ damage.
 
 from __future__ import annotations
 
+import glob
 import io
 import re
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -70,8 +72,6 @@ def _tar_files(f, url: str, damage: list[str]) -> Iterator[dict]:
     last, which Python's tarfile takes for a normal end (a file cut on a 512-byte block boundary,
     a garbled header): the samples after the cut would otherwise vanish without a record.
     """
-    import tarfile
-
     last = [b""]  # the last header block read
 
     class Header(tarfile.TarInfo):
@@ -156,8 +156,6 @@ class WebDataset(Source):
     image_size: int | None = 64
 
     def __post_init__(self):
-        import glob
-
         from webdataset.shardlists import expand_urls
 
         urls = [u for part in expand_urls(self.pattern) for u in (sorted(glob.glob(part)) or [part])]

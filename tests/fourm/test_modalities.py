@@ -69,6 +69,6 @@ def test_labellers_of_the_registry_exist_and_make_their_modality():
 
 
 def test_renderers_of_the_registry_exist():
-    from fourm.render import RENDERERS
+    from fourm.viz.render import RENDERERS
 
     assert {m.render for m in CORPUS.values()} <= set(RENDERERS)

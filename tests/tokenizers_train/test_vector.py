@@ -13,7 +13,7 @@ from fourm.modalities import CORPUS
 from fourm.tokenization.base import load_tokenizers
 from fourm.tokenization.mlp_vqvae import VectorVQVAE
 from fourm.train.curves import read_metrics
-from tokenizers_train import train_tokenizer, vector
+from tokenizers_train import family, train_tokenizer, vector
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs" / "tokenizers").glob("*.yaml"))
 VECTOR_CONFIGS = [p for p in CONFIGS if "family: vqvae_mlp" in p.read_text()]
@@ -50,7 +50,7 @@ def test_shipped_configs_load_and_build(path):
 
 
 def test_metrics_on_hand_made_examples():
-    stats = vector.code_stats(torch.tensor([[0, 0], [1, 1]]), vocab_size=4)
+    stats = family.code_stats(torch.tensor([[0, 0], [1, 1]]), vocab_size=4)
     assert stats["usage"] == 0.5 and stats["perplexity"] == pytest.approx(2.0)
     originals = torch.eye(3)[[0, 1, 2, 2]]  # the last two are one vector twice
     recon = torch.tensor([[1.0, 0.1, 0], [0.9, 1.0, 0], [0.0, 0.0, 1.0], [0.8, 0.0, 0.1]])

@@ -1,6 +1,6 @@
 """The demo's report: one self-contained HTML page (pictures embedded as base64 PNG) from a demo folder.
 
-It only gathers what the stages wrote (``fourm/demo.py``): the corpus sample grids, tokenizer
+It only gathers what the stages wrote (:mod:`fourm.demo.stages`): the corpus sample grids, tokenizer
 reconstructions, training curves, generation and retrieval grids under ``pictures/``, the
 evaluation table ``evaluation.json`` and the stage stamps (timings). A missing part is named on the
 page with the reason its stage gave, so a partial demo still reports honestly.
@@ -12,7 +12,10 @@ import base64
 import html
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
+
+from fourm.io import atomic_path
 
 # (file under the demo folder, heading, what a reader should see in it)
 SECTIONS: list[tuple[str, str, str]] = [
@@ -59,22 +62,20 @@ def _table(evaluation: dict) -> str:
     return note + f"<table>{head}{''.join(rows)}</table>"
 
 
-def _stages(root: Path) -> tuple[str, dict]:
+def _stages(root: Path, names: Sequence[str] | None) -> tuple[str, dict]:
     stamps = {}
     for path in sorted((root / "stages").glob("*.json")):
         stamps[path.stem] = json.loads(path.read_text())
-    from fourm.demo import STAGES
-
     cells, skipped = [], {}
-    for stage in STAGES:
-        s = stamps.get(stage.name)
+    for name in stamps if names is None else names:
+        s = stamps.get(name)
         if s is None:
-            cells.append(f"<tr><td>{stage.name}</td><td>not run</td></tr>")
+            cells.append(f"<tr><td>{name}</td><td>not run</td></tr>")
         elif "skipped" in s:
-            skipped[stage.name] = s["skipped"]
-            cells.append(f"<tr><td>{stage.name}</td><td>skipped: {html.escape(s['skipped'])}</td></tr>")
+            skipped[name] = s["skipped"]
+            cells.append(f"<tr><td>{name}</td><td>skipped: {html.escape(s['skipped'])}</td></tr>")
         else:
-            cells.append(f"<tr><td>{stage.name}</td><td>{s['seconds']:.0f} s</td></tr>")
+            cells.append(f"<tr><td>{name}</td><td>{s['seconds']:.0f} s</td></tr>")
     return f"<table><tr><th>stage</th><th>time</th></tr>{''.join(cells)}</table>", skipped
 
 
@@ -84,12 +85,15 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}td.good{background:#
 .missing{color:#a00}"""
 
 
-def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Write ``root/report.html`` (or ``out``) from what the demo stages left in ``root``."""
-    from fourm.io import atomic_path
+def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None,
+                 stages: Sequence[str] | None = None) -> Path:
+    """Write ``root/report.html`` (or ``out``) from what the demo stages left in ``root``.
 
+    ``stages``: the demo's stage names in order, each listed even when it has not run (the demo passes
+    them, so this page never imports the demo); default: the stages that left a stamp.
+    """
     root = Path(root)
-    stages, skipped = _stages(root)
+    stages, skipped = _stages(root, stages)
     parts = ["<h1>fourm demo</h1>",
              "<p>An any-to-any model in the style of 4M-21, trained from scratch on the built-in procedural scenes "
              f"in <code>{html.escape(str(root))}</code>.</p>", "<h2>Stages</h2>", stages]

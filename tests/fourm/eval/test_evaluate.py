@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fourm import metrics
-from fourm.evaluate import TASKS, evaluate, format_table
-from fourm.retrieval_eval import recall_at_k
+from fourm.eval import metrics
+from fourm.eval.evaluate import TASKS, evaluate, format_table
+from fourm.eval.retrieval import recall_at_k
 
 
 def test_depth_errors_by_hand():

@@ -8,16 +8,19 @@ ids, boxes in [0, 1]), each summed over a whole evaluation set so one number des
 * normals: mean angle between predicted and true unit vectors, in degrees;
 * semantic segmentation: mean intersection-over-union over the classes present in truth or prediction;
 * boxes: precision and recall at IoU 0.5, a box matching at most one true box of the same label;
-* retrieval: recall@k, the share of queries whose own item ranks in the top k;
+* retrieval: recall@k, the share of queries whose own item ranks in the top k (in :mod:`fourm.eval.retrieval`);
 * objects named in text, colours shown in an image: the scene source's vocabulary of colours and shapes.
 """
 
 from __future__ import annotations
 
+import colorsys
 import re
 from collections.abc import Iterable
 
 import numpy as np
+
+from fourm.data.scenes import COLOURS, SHAPES, SIZES
 
 _EPS = 1e-6
 
@@ -105,12 +108,9 @@ def detection_scores(pred: Iterable[list[dict]], gt: Iterable[list[dict]], thres
     return {"precision": hits / num_pred if num_pred else 0.0, "recall": hits / num_gt if num_gt else 1.0}
 
 
-# ----------------------------------------------------------------------------- retrieval
 # ----------------------------------------------------------------------------- objects and colours
 def scene_vocabulary() -> tuple[dict[str, tuple[int, int, int]], list[str], list[str]]:
     """(colours by name, shapes, sizes) of the scene source: what captions and images are judged by."""
-    from fourm.data.scenes import COLOURS, SHAPES, SIZES
-
     return dict(COLOURS), list(SHAPES), list(SIZES)
 
 
@@ -160,8 +160,6 @@ def classify_colours(pixels: np.ndarray, min_saturation: float = 0.3) -> np.ndar
     Shading darkens a surface but keeps its hue, so chromatic pixels take the colour of nearest hue;
     pixels of low saturation take the nearest achromatic colour (white), or -1 when the palette has none.
     """
-    import colorsys
-
     colours, _, _ = scene_vocabulary()
     hsv = np.array([colorsys.rgb_to_hsv(*(np.array(c) / 255.0)) for c in colours.values()])
     chromatic = hsv[:, 1] >= min_saturation
@@ -187,8 +185,6 @@ def _hue(x: np.ndarray, mx: np.ndarray, mn: np.ndarray) -> np.ndarray:
 
 def achromatic_colours(min_saturation: float = 0.3) -> set[str]:
     """Scene colours that :func:`classify_colours` cannot tell from a grey ground (white)."""
-    import colorsys
-
     return {name for name, rgb in scene_vocabulary()[0].items()
             if colorsys.rgb_to_hsv(*(np.array(rgb) / 255.0))[1] < min_saturation}
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fourm.data.corpus import CorpusReader
+from fourm.viz.render import sample_grid
+
 
 def save_sample_grid(corpus: str | os.PathLike, index: int, out: str | os.PathLike,
                      modalities: str | list[str] | None = None) -> Path:
-    from fourm.data.corpus import CorpusReader
-    from fourm.render import sample_grid
-
     reader = CorpusReader(corpus, modalities)
     sample = reader.sample(index)
     out = Path(out)

@@ -3,11 +3,11 @@
 import numpy as np
 from PIL import Image
 
-from fourm import showcase
+from fourm.demo import showcase
 
 
 class FakeGenerator:
-    """Stands in for fourm.evaluate.Generator: 'generates' each target as a constant of its kind."""
+    """Stands in for fourm.eval.evaluate.Generator: 'generates' each target as a constant of its kind."""
 
     modalities = ["tok_depth", "tok_rgb", "tok_semseg"]
 

@@ -1,6 +1,7 @@
 """Retrieval: search backends against a brute-force numpy ranking, indexes from corpus vectors and from a
 nano FourM's predictions, save/load, queries, the CLI end to end, and its one-line errors."""
 
+import functools
 import json
 import subprocess
 import sys
@@ -12,29 +13,37 @@ from PIL import Image
 
 from fourm.cli import main
 from fourm.data.corpus import CorpusReader, storage_entry, write_manifest, write_shard
+from fourm.eval.retrieval import chance_recall, evaluate_retrieval, format_rows, perturb, recall_at_k
 from fourm.modalities import CORPUS, ModalityScale
 from fourm.model.sizes import create_model
-from fourm.retrieval import (
+from fourm.retrieval.embed import EmbedSpec, embed, use_labellers
+from fourm.retrieval.index import (
     EmbeddingIndex,
-    EmbedSpec,
     RetrievalError,
     build_index,
-    embed,
     load_index,
     parse_query,
     retrieve,
     search_samples,
 )
-from fourm.retrieval_eval import chance_recall, evaluate_retrieval, format_rows, perturb, recall_at_k
-from fourm.search import SEARCH_BACKENDS, TorchSearch, make_backend
+from fourm.retrieval.search import SEARCH_BACKENDS, TorchSearch, make_backend
 from fourm.tokenization.mlp_vqvae import VectorVQVAE, VectorVQVAEConfig
 from fourm.tokenization.text import SequenceTokenizer, TextConfig, build_vocabulary, new_tokenizer, reserved_tokens
 from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
+from pseudolabel.registry import lookup
 
 SIDE, PATCH, TEXT_VOCAB, CODES_TEXT = 32, 8, 4608, 8
 WORDS = ["a", "red", "blue", "green", "cube", "sphere", "cone", "cylinder", "small", "large", "left", "right"]
 GLOBAL = dict(input_dim=384, num_tokens=4, dim=32, depth=1, mlp_ratio=2, quantizer="fsq", levels=[4, 4])
 EXACT = [name for name, cls in SEARCH_BACKENDS.items() if name != "faiss-hnsw" and cls.available()[0]]
+
+
+@pytest.fixture(autouse=True)
+def labellers():
+    """Queries embedded by the labeller run pseudolabel's labellers, lent as `fourm retrieve` lends them."""
+    use_labellers(functools.partial(lookup, "labeller"))
+    yield
+    use_labellers(None)
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +157,14 @@ def test_caption_query_through_minilm_finds_its_scene(corpus):
     sample = next(iter(CorpusReader(corpus, "caption")))
     hit = search_samples(index, [{"caption": sample["caption"]}], k=1)[0][0]  # no model: the labeller
     assert hit.key == sample["__key__"] and hit.score > 0.99
+
+
+def test_the_labeller_embedder_needs_labellers_lent(corpus):
+    """The core never imports pseudolabel: without labellers lent, a labeller query is a one-line refusal."""
+    use_labellers(None)
+    index = build_index(corpus, progress=False)
+    with pytest.raises(ValueError, match="has no labellers to run"):
+        search_samples(index, [{"caption": "a red cube"}], k=1)
 
 
 def test_model_index_holds_the_decoded_predictions(corpus, model, tokenizers):
@@ -296,7 +313,7 @@ def test_evaluation_rows(corpus, model, tokenizers):
 
 def test_evaluate_ranks_the_gallery_fourm_index_builds(corpus, model, tokenizers):
     """`fourm evaluate`'s retrieval row predicts the very vectors of a model-built index (one code path)."""
-    from fourm.evaluate import load_generator
+    from fourm.eval.evaluate import load_generator
 
     index = build_index(corpus, from_="model", inputs=["rgb"], model=model, tokenizers=tokenizers, progress=False)
     rgbs = [s["rgb"] for s in CorpusReader(corpus, "rgb")]

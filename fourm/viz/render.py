@@ -6,7 +6,7 @@ in-memory convention to a square RGB tile of ``context.size`` pixels. :func:`sam
 every modality of one sample (``fourm show``); :func:`image_grid` is the general layout that
 generation and report grids use (rows = samples, columns = modalities).
 
-matplotlib is imported inside the functions that need a colour map, so ``import fourm.render``
+matplotlib is imported inside the functions that need a colour map, so ``import fourm.viz.render``
 costs only numpy and Pillow.
 """
 
@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from fourm.modalities import corpus_modality
+from fourm.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class RenderContext:
 
 
 Renderer = Callable[[object, RenderContext], Image.Image]
-RENDERERS: dict[str, Renderer] = {}
+RENDERERS: Registry[Renderer] = Registry("renderer", sort=True)
 
 _PAD = (32, 32, 32)  # letterbox colour: darker than any grey tile, lighter than "unknown" black
 _NO_IMAGE = (128, 128, 128)  # what boxes and poses are drawn on when the sample has no rgb
@@ -68,11 +69,7 @@ def renderer(name: str):
 
 def render(name: str, value, **context) -> Image.Image:
     """Draw ``value`` of corpus modality ``name`` as an RGB tile; ``context`` fills :class:`RenderContext`."""
-    kind = corpus_modality(name).render
-    if kind not in RENDERERS:
-        known = ", ".join(sorted(RENDERERS))
-        raise LookupError(f"no renderer {kind!r} for modality {name!r}; known: {known}")
-    return RENDERERS[kind](value, RenderContext(modality=name, **context))
+    return RENDERERS[corpus_modality(name).render](value, RenderContext(modality=name, **context))
 
 
 # ----------------------------------------------------------------------------- drawing helpers

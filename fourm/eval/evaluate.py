@@ -12,7 +12,7 @@ ground truth. For each row of the table (issue 6, after 4M-21's out-of-the-box r
 
 Caption -> RGB has no true image to compare with; the generated image is *judged*, by a judge that is not
 the model: which of the caption's colours it shows, and which colours it shows that the caption did not
-name (:func:`fourm.metrics.colour_hits`, pixel hues; white is not judged, the ground being grey). The same
+name (:func:`fourm.eval.metrics.colour_hits`, pixel hues; white is not judged, the ground being grey). The same
 judge scores the round-tripped true image (upper bound) and another scene's image (baseline).
 
 RGB -> caption scores the objects a caption names, so its captions are *sampled* from the model
@@ -27,13 +27,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
-from fourm import metrics
+from fourm.data.corpus import CorpusReader
+from fourm.eval import metrics
+from fourm.eval.retrieval import chance_recall, recall_at_k
+from fourm.io import write_json
+from fourm.modalities import MODALITIES
+from fourm.registry import Registry
+from fourm.retrieval.embed import EmbedSpec, normalize, predict_vectors
+from fourm.tokenization.base import load_tokenizers
 
 
 class Generator(Protocol):
@@ -51,7 +60,7 @@ class Generator(Protocol):
 
     def vectors(self, conditions: dict[str, list], target: str) -> np.ndarray:
         """(B, C) vectors of the global modality ``target`` predicted from ``conditions``, made the way
-        ``fourm retrieve`` makes a model-built gallery (:func:`fourm.retrieval.predict_vectors`)."""
+        ``fourm retrieve`` makes a model-built gallery (:func:`fourm.retrieval.embed.predict_vectors`)."""
 
 
 @dataclass
@@ -109,8 +118,6 @@ class Context:
         return values[shift:] + values[:shift]
 
     def round_trip(self, modality: str, values: list) -> list:
-        import torch
-
         tokenizer = self.tokenizers[modality]
         with torch.no_grad():
             return list(tokenizer.decode(tokenizer.encode(values)))
@@ -118,8 +125,6 @@ class Context:
     def conditions(self, given: str, values: list | None = None) -> dict[str, list]:
         """The model inputs for ``given`` (default value: its corpus truth): every model modality that
         reads the same corpus series gets it, so a model reading RGB as pixels and as tokens sees both."""
-        from fourm.modalities import MODALITIES
-
         source = MODALITIES[given].source
         values = self.truth(source) if values is None else values
         readers = [m for m in self.generator.modalities if MODALITIES[m].source == source]
@@ -156,7 +161,7 @@ class Context:
         return self._cache[key]
 
 
-TASKS: dict[str, Callable[[Context], list[Row]]] = {}
+TASKS: Registry[Callable[[Context], list[Row]]] = Registry("evaluation task")
 REQUIRES: dict[str, tuple[str, ...]] = {}  # model modalities a task needs
 
 
@@ -226,11 +231,6 @@ def _retrieval(ctx: Context) -> list[Row]:
     model predicts as ``tok_caption_global`` from each image alone, decoded as ``fourm retrieve`` does
     (each token's expected code). Upper bound: the gallery of the tokenizer's round trip of the true vectors.
     """
-    import torch
-
-    from fourm.retrieval import normalize
-    from fourm.retrieval_eval import chance_recall, recall_at_k
-
     def unit(vectors) -> torch.Tensor:  # a list of vectors or a (N, C) array
         return normalize(torch.as_tensor(np.stack(vectors), dtype=torch.float32))
 
@@ -245,7 +245,7 @@ def _retrieval(ctx: Context) -> list[Row]:
 
 @task("caption -> RGB", "caption", "tok_rgb")
 def _caption_to_rgb(ctx: Context) -> list[Row]:
-    """Judged without the model (:func:`fourm.metrics.colour_hits`): which named colours the image shows, and
+    """Judged without the model (:func:`fourm.eval.metrics.colour_hits`): which named colours the image shows, and
     how many of the colours it shows the caption did not name."""
     captions = ctx.truth("caption")
     model = metrics.colour_hits(ctx.generate("tok_rgb", "caption"), captions)
@@ -283,12 +283,6 @@ def evaluate(generator: Generator, tokenizers: dict, corpus: str | os.PathLike, 
 
     Tasks whose modalities the model or the tokenizers lack are listed under ``"skipped"`` with the reason.
     """
-    from dataclasses import asdict
-
-    from tqdm import tqdm
-
-    from fourm.data.corpus import CorpusReader
-
     reader = CorpusReader(corpus)
     if samples is not None and samples < 2:
         raise ValueError(f"evaluate: samples must be at least 2, not {samples}")
@@ -301,8 +295,7 @@ def evaluate(generator: Generator, tokenizers: dict, corpus: str | os.PathLike, 
     rows, skipped = [], {}
     names = tasks or list(TASKS)
     for name in tqdm(names, desc="evaluate", unit="task", disable=not progress):
-        if name not in TASKS:
-            raise LookupError(f"unknown evaluation task {name!r}; known: {', '.join(TASKS)}")
+        TASKS.check(name)
         missing = [m for m in REQUIRES[name] if m not in available]
         if missing:
             skipped[name] = f"no {', '.join(missing)}"
@@ -332,9 +325,6 @@ def _num(x) -> str:
 
 def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> dict:
     """Load the model and tokenizers, evaluate, print the table and write it as JSON when ``cfg.out`` is set."""
-    from fourm.io import write_json
-    from fourm.tokenization.base import load_tokenizers
-
     if not Path(cfg.model).is_dir():
         raise FileNotFoundError(f"model folder {cfg.model} does not exist")
     generator = load_generator(cfg.model, cfg.tokenizers, cfg.batch_size, cfg.device, steps=cfg.steps,
@@ -381,8 +371,6 @@ class PipelineGenerator:
         return out
 
     def vectors(self, conditions: dict[str, list], target: str) -> np.ndarray:
-        from fourm.retrieval import EmbedSpec, predict_vectors
-
         spec = EmbedSpec(target, embedder="model", batch_size=self.batch_size)
         return np.concatenate([predict_vectors(self.pipeline, batch, spec).numpy()
                                for _, batch in self._batches(conditions)])

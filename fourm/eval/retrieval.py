@@ -27,7 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fourm.retrieval import EmbedSpec, embed, normalize
+from fourm.data.corpus import CorpusReader
+from fourm.retrieval.embed import EmbedSpec, embed, normalize
+from fourm.tokenization.base import load_tokenizer
 
 TIE = 1e-6  # cosine scores closer than this are one score (identical vectors through different kernels)
 
@@ -71,8 +73,6 @@ def perturb(image: np.ndarray, rng: np.random.Generator, shift: int = 2, brightn
 
 def heldout_samples(corpus: str | os.PathLike, limit: int | None = None) -> list[dict]:
     """The first ``limit`` samples of ``corpus`` with rgb, caption and caption_global."""
-    from fourm.data.corpus import CorpusReader
-
     samples = []
     for s in CorpusReader(corpus, ["rgb", "caption", "caption_global"]):
         samples.append(s)
@@ -88,8 +88,6 @@ def evaluate_retrieval(model: str | os.PathLike, tokenizers: str | os.PathLike, 
                        seed: int = 0, progress: bool = False, **settings) -> list[dict]:
     """Recall rows on the held-out ``corpus`` (module notes): ``{"task", "query", "gallery", "n",
     "recall": {k: r}, "chance": {k: r}}``. ``settings``: :class:`EmbedSpec` steps, batch_size, device."""
-    from fourm.tokenization.base import load_tokenizer
-
     ks = list(ks)
     samples = heldout_samples(corpus, limit)
     n = len(samples)

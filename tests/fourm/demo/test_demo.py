@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fourm.demo import STAGES, load_demo_config
+from fourm.demo.stages import STAGES, load_demo_config
 
 
 def test_stages_run_in_the_documented_order():
@@ -38,7 +38,7 @@ def test_quick_demo_writes_the_report_with_the_table(tmp_path):
 
 
 def test_finished_stages_are_reused_and_changed_ones_redone(tmp_path, monkeypatch):
-    from fourm import demo
+    from fourm.demo import stages as demo
 
     calls = []
 
@@ -70,7 +70,7 @@ def test_finished_stages_are_reused_and_changed_ones_redone(tmp_path, monkeypatc
 
 
 def test_report_names_what_is_missing(tmp_path):
-    from fourm.report import write_report
+    from fourm.demo.report import write_report
 
     (tmp_path / "evaluation.json").write_text(json.dumps({"samples": 3, "draws": 4, "skipped": {}, "rows": [
         {"task": "RGB -> depth", "metric": "abs rel", "model": 0.1, "baseline": 0.2, "upper": 0.05,
@@ -79,3 +79,12 @@ def test_report_names_what_is_missing(tmp_path):
     assert "RGB -&gt; depth" in page and "0.100" in page and "class='good'" in page
     assert "sampled 4 times per scene" in page
     assert "not produced (pictures/chain-caption.png)" in page
+
+
+def test_report_lists_the_stages_it_is_given(tmp_path):
+    from fourm.demo.report import write_report
+
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "corpus.json").write_text(json.dumps({"fingerprint": "f", "seconds": 12.0, "summary": {}}))
+    page = write_report(tmp_path, stages=[s.name for s in STAGES]).read_text()
+    assert "<td>corpus</td><td>12 s</td>" in page and page.count("<td>not run</td>") == len(STAGES) - 1

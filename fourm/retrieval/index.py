@@ -5,27 +5,16 @@ A global-embedding modality (``tok_caption_global``: the MiniLM vector of a capt
 vector. Retrieval puts queries and gallery items in that vector space, unit length, and ranks the
 gallery by cosine similarity.
 
-* **Embedders** (``EMBEDDERS``) turn samples (``{modality: value}`` as the corpus stores them) into
-  vectors of a modality's space:
-
-  - ``corpus`` reads the vector the corpus already stores (``caption_global`` of each scene);
-  - ``labeller`` runs the labeller that makes that series on a raw query (MiniLM on a caption string);
-  - ``model`` predicts the modality's tokens with FourM from any subset of inputs and decodes them
-    with the modality's tokenizer. This is 4M-21's way: one model maps every input modality to the
-    space. ``decode="expected"`` (default) decodes the expectation of each token's code under the
-    predicted distribution, from one forward pass; ``decode="argmax"`` decodes the tokens MaskGIT
-    picks (``steps``, ``temperature``), 4M-21's notebook route. On held-out scenes the expectation
-    found the image of a perturbed copy 2-5x more often at rank 1 (benchmarks/retrieval.py: a nano
-    model at 500, 1000, 1500 and 3000 steps, R@1 0.15 / 0.12 / 0.09 / 0.07 against 0.05 / 0.04 / 0.04 /
-    0.01) and costs half the time: the expectation moves smoothly with the input, while argmax vectors jump when a small
-    change flips one token (and, early in training, distinct images share tokens and tie).
+* **Embedders** (:mod:`fourm.retrieval.embed`) turn samples (``{modality: value}`` as the corpus
+  stores them) into vectors of a modality's space: the corpus' own vectors, the labeller that made
+  them, or FourM's prediction from any inputs.
 
 * An :class:`EmbeddingIndex` is a gallery: keys, unit vectors and how they were made (modality,
   embedder, inputs, corpus, model and tokenizer with fingerprints of their weights). It is saved as a
   folder (``vectors.safetensors`` + ``index.json``), written atomically. A query is embedded the same
   way the index says, and an index made by another model or tokenizer is refused.
 
-* Search runs on a backend of :mod:`fourm.search`: ``torch`` exact search by default, ``faiss``
+* Search runs on a backend of :mod:`fourm.retrieval.search`: ``torch`` exact search by default, ``faiss``
   (exact) and ``faiss-hnsw`` (approximate, for galleries of millions) when faiss is installed.
 
 Caption -> image, 4M-21 style: each gallery image's vector is the model's prediction of
@@ -55,24 +44,27 @@ Shapes: ``N`` gallery size, ``Q`` queries, ``C`` vector width, ``k`` hits per qu
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import itertools
 import json
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import numpy as np
 import torch
-import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from fourm.modalities import MODALITIES, Kind, get_modality
+from fourm.data.corpus import CorpusReader, finished_shards, read_manifest
+from fourm.generation.output import corpus_key, read_input
+from fourm.io import atomic_dir, atomic_path, load_tensors, read_json, write_json
+from fourm.modalities import get_modality
 from fourm.pretrained import CONFIG_NAME, WEIGHTS_NAME
-from fourm.search import SearchBackend, backend_class, make_backend
+from fourm.retrieval.embed import SETTINGS, EmbedSpec, corpus_labeller, embed, normalize
+from fourm.retrieval.search import SearchBackend, backend_class, make_backend
+from fourm.viz.render import image_grid, render
 
 FORMAT_VERSION = 1
 VECTORS_NAME, INFO_NAME = "vectors.safetensors", "index.json"
@@ -80,242 +72,6 @@ VECTORS_NAME, INFO_NAME = "vectors.safetensors", "index.json"
 
 class RetrievalError(ValueError):
     """An index that cannot serve a request: empty, another model's, another modality's."""
-
-
-# ----------------------------------------------------------------------------- embedding specs
-@dataclass
-class EmbedSpec:
-    """How vectors of one global modality are made from samples.
-
-    Args:
-        modality: the model modality whose space is used (``tok_caption_global``, ``tok_dinov2_global``).
-        embedder: a name in ``EMBEDDERS``: ``corpus``, ``labeller`` or ``model``.
-        inputs: model modalities the ``model`` embedder conditions on (``["rgb"]``, ``["caption"]``).
-        model, tokenizers: FourM folder and tokenizers folder (``model`` embedder).
-        steps: MaskGIT steps of the prediction; 1 reads every token off one forward pass.
-        temperature: 0 takes the argmax token (deterministic vectors); above 0 samples.
-        batch_size: samples per forward pass.
-        device: torch device of the model.
-        decode: ``argmax`` (tokens from MaskGIT, decoded) or ``expected`` (the decoded expectation of
-            each token's code under the predicted distribution; one forward pass).
-        labeller: ``{"name", "settings"}`` of the ``labeller`` embedder (default: the series' default
-            labeller with default settings); an index records the one its corpus used.
-    """
-
-    modality: str = "tok_caption_global"
-    embedder: str = "corpus"
-    inputs: list[str] = field(default_factory=list)
-    model: str | None = None
-    tokenizers: str | None = None
-    steps: int = 1
-    temperature: float = 0.0
-    batch_size: int = 32
-    device: str = "cpu"
-    decode: str = "expected"
-    labeller: dict[str, Any] | None = None
-
-    def __post_init__(self):
-        m = get_modality(self.modality)  # unknown name: the registry's one-line error
-        if m.kind is not Kind.GLOBAL:
-            globals_ = ", ".join(k for k, v in MODALITIES.items() if v.kind is Kind.GLOBAL)
-            raise ValueError(f"{self.modality} is not a global-embedding modality; retrieval uses one of: {globals_}")
-        _lookup(EMBEDDERS, self.embedder, "embedder")
-        _lookup(DECODERS, self.decode, "decode")
-        self.inputs = [_input_key(n) for n in self.inputs]
-        if self.modality in self.inputs:
-            raise ValueError(f"{self.modality} is the retrieval target: it cannot also be an input")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
-
-    @property
-    def source(self) -> str:
-        """The corpus series holding this space's vectors (``caption_global``)."""
-        return MODALITIES[self.modality].source
-
-
-def _input_key(name: str) -> str:
-    """A model modality (``tok_rgb``, ``rgb`` pixels) or a corpus entry (``depth``, which the
-    generation pipeline reads as ``tok_depth``)."""
-    from fourm.modalities import CORPUS
-
-    return name if name in CORPUS else get_modality(name).key
-
-
-def _corpus_key(name: str) -> str:
-    return MODALITIES[name].source if name in MODALITIES else name
-
-
-def _lookup(table: dict, name: str, what: str):
-    if name not in table:
-        raise LookupError(f"unknown {what} {name!r}; known: {', '.join(table)}")
-    return table[name]
-
-
-def normalize(x: Tensor | np.ndarray) -> Tensor:
-    """Rows -> float32 unit vectors (cosine similarity is then a dot product)."""
-    x = torch.as_tensor(np.asarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x).float()
-    if not torch.isfinite(x).all():
-        raise ValueError("embedding vectors hold NaN or infinite values")
-    return F.normalize(x, dim=-1)
-
-
-# ----------------------------------------------------------------------------- embedders
-Embedder = Callable[[list[dict], EmbedSpec], Tensor]  # samples -> (B, C) unit vectors
-EMBEDDERS: dict[str, Embedder] = {}
-
-
-def embedder(name: str):
-    def register(fn: Embedder) -> Embedder:
-        EMBEDDERS[name] = fn
-        return fn
-
-    return register
-
-
-def _missing(samples: list[dict], names: Iterable[str], what: str) -> None:
-    for name in names:
-        if any(name not in s for s in samples):
-            have = sorted({k for s in samples for k in s if not k.startswith("__")})
-            raise ValueError(f"{what} needs {name!r}; the query has: {', '.join(have) or 'nothing'}")
-
-
-@embedder("corpus")
-def embed_corpus(samples: list[dict], spec: EmbedSpec) -> Tensor:
-    """The vectors the samples already carry in the modality's corpus series (``caption_global``)."""
-    _missing(samples, [spec.source], f"embedder 'corpus' ({spec.modality})")
-    return normalize(np.stack([np.asarray(s[spec.source], np.float32).reshape(-1) for s in samples]))
-
-
-@embedder("labeller")
-def embed_labeller(samples: list[dict], spec: EmbedSpec) -> Tensor:
-    """Runs the labeller that makes the modality's series (MiniLM for ``caption_global``, DINOv2 for
-    ``dinov2_global``) on raw samples, with the settings the gallery's corpus recorded (``spec.labeller``):
-    the query's own vector, made as the corpus made the gallery's."""
-    labeller = _labeller(spec.source, json.dumps(spec.labeller or {}, sort_keys=True))
-    _missing(samples, labeller.needs, f"embedder 'labeller' ({labeller.name} for {spec.source})")
-    return normalize(np.stack([np.asarray(out[spec.source], np.float32) for out in labeller.label(samples)]))
-
-
-@functools.cache
-def _labeller(source: str, described: str):
-    from fourm.modalities import CORPUS
-    from pseudolabel.registry import lookup
-
-    described = json.loads(described)
-    name = described.get("name") or CORPUS[source].labeller
-    if name is None:
-        raise ValueError(f"no labeller makes {source}: embed queries with the model instead")
-    labeller = lookup("labeller", name)(**described.get("settings", {}))
-    ok, why = labeller.available()
-    if not ok:
-        raise ValueError(f"labeller {name} for {source} cannot start: {why}")
-    try:
-        labeller.setup({})
-    except Exception as e:  # weights that do not load (moved, not downloaded): one line, not a traceback
-        raise ValueError(f"labeller {name} for {source} cannot start: {type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
-    return labeller
-
-
-def corpus_labeller(corpus: str | os.PathLike, series: str) -> dict | None:
-    """``{"name", "settings"}`` of the labeller that made ``series`` in ``corpus`` (None: the source's own)."""
-    from fourm.data.corpus import read_manifest
-
-    manifest = read_manifest(corpus)
-    name = manifest["modalities"].get(series, {}).get("labeller")
-    entry = next((e for e in manifest.get("labellers", []) if e["name"] == name), None)
-    return None if entry is None else {"name": name, "settings": entry.get("settings", {})}
-
-
-@embedder("model")
-def embed_model(samples: list[dict], spec: EmbedSpec) -> Tensor:
-    """FourM predicts the modality's tokens from ``spec.inputs`` of each sample; its tokenizer decodes them."""
-    if spec.model is None or spec.tokenizers is None:
-        raise ValueError("embedder 'model' needs a model folder and a tokenizers folder")
-    inputs = spec.inputs or sorted({k for s in samples for k in s if not k.startswith("__") and k != spec.modality})
-    if not inputs:
-        raise ValueError(f"nothing to predict {spec.modality} from: give at least one input modality")
-    _missing(samples, inputs, f"embedder 'model' (inputs {', '.join(inputs)})")
-    pipeline = _pipeline(spec.model, spec.tokenizers, spec.device)
-    return normalize(predict_vectors(pipeline, [{m: s[m] for m in inputs} for s in samples], spec))
-
-
-@functools.cache
-def _pipeline(model: str, tokenizers: str, device: str):
-    from fourm.generation.pipeline import Pipeline
-
-    return Pipeline.from_pretrained(model, tokenizers, device=device)
-
-
-def predict_vectors(pipeline, conditions: list[dict], spec: EmbedSpec) -> Tensor:
-    """Raw conditions (one dict per sample) -> predicted, decoded vectors (B, C) of ``spec.modality``."""
-    return _lookup(DECODERS, spec.decode, "decode")(pipeline, conditions, spec)
-
-
-def _decode_tokens(pipeline, conditions: list[dict], spec: EmbedSpec) -> Tensor:
-    """MaskGIT picks tokens (argmax at temperature 0), the tokenizer decodes them."""
-    from fourm.generation.schedule import Target
-
-    target = Target(spec.modality, scheme="maskgit", steps=spec.steps, temperature=spec.temperature)
-    out = pipeline.generate(conditions, [target], seed=0)
-    return torch.as_tensor(np.stack([np.asarray(v, np.float32) for v in out[spec.modality].values]))
-
-
-@torch.no_grad()
-def _decode_expected(pipeline, conditions: list[dict], spec: EmbedSpec) -> Tensor:
-    """One forward pass gives every token's distribution; the tokenizer decodes the expected code
-    ``sum_v p(v) code(v)`` of each position. Unlike argmax tokens, near-certain and unsure predictions
-    differ, and two images rarely get the very same vector (no ties)."""
-    from einops import rearrange
-
-    from fourm.generation.sampler import guided_logits
-    from fourm.generation.schedule import Guidance
-
-    name, tokenizer = spec.modality, pipeline.tokenizers.get(spec.modality)
-    if not hasattr(tokenizer, "embed_ids") or not hasattr(tokenizer, "decode_latents"):
-        raise ValueError(f"decode=expected needs a code-space tokenizer for {name} (an MLP VQ-VAE)")
-    state = pipeline.state(conditions)
-    n = pipeline.specs[name].tokens
-    empty = torch.zeros(state.batch_size, n, dtype=torch.long)
-    state.set_grid(name, empty, torch.zeros_like(empty, dtype=torch.bool))
-    pos = torch.arange(n).expand(state.batch_size, n)
-    every = torch.ones_like(pos, dtype=torch.bool)
-    _, logits = guided_logits(pipeline.model, state, name, Guidance.plain(), pos, every)
-    # one codebook serves every token position: each id's code, read off position 0
-    codes = tokenizer.embed_ids(torch.arange(tokenizer.vocab_size)[:, None].expand(-1, n))[:, 0]  # (V, d)
-    probs = logits.float().softmax(-1).to(codes.device)  # (B * n, V), rows sample-major
-    return tokenizer.decode_latents(rearrange(probs @ codes, "(b n) d -> b n d", n=n)).float().cpu()
-
-
-DECODERS = {"argmax": _decode_tokens, "expected": _decode_expected}
-
-
-SETTINGS = ("steps", "temperature", "batch_size", "device", "decode")  # what a caller may set beyond the paths
-
-
-def parse_settings(overrides: list[str]) -> dict:
-    """``["steps=2", "batch_size=64"]`` -> typed :class:`EmbedSpec` settings (unknown keys: an error)."""
-    from fourm.config import load_config
-
-    names = [o.partition("=")[0] for o in overrides]
-    bad = [n for n in names if n not in SETTINGS]
-    if bad:
-        raise ValueError(f"unknown setting {bad[0]!r}; known: {', '.join(SETTINGS)}")
-    spec = load_config(EmbedSpec, overrides=overrides)
-    return {n: getattr(spec, n) for n in names}
-
-
-def embed(samples: list[dict], spec: EmbedSpec, progress: bool = False) -> Tensor:
-    """Samples -> (B, C) unit vectors with ``spec``'s embedder, ``spec.batch_size`` at a time."""
-    fn = _lookup(EMBEDDERS, spec.embedder, "embedder")
-    if not samples:
-        raise ValueError("nothing to embed: no samples")
-    from tqdm.auto import tqdm
-
-    batches = range(0, len(samples), spec.batch_size)
-    parts = [fn(samples[i: i + spec.batch_size], spec)
-             for i in tqdm(batches, desc=f"embed {spec.modality} ({spec.embedder})", disable=not progress)]
-    return torch.cat(parts)
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -384,10 +140,6 @@ class EmbeddingIndex:
 
     def save(self, path: str | os.PathLike) -> Path:
         """``path/vectors.safetensors`` + ``path/index.json``, swapped in whole (no half-written index)."""
-        from safetensors.torch import save_file
-
-        from fourm.io import atomic_dir
-
         with atomic_dir(path) as tmp:
             save_file({"vectors": self.vectors.contiguous()}, str(tmp / VECTORS_NAME))
             info = {"format_version": FORMAT_VERSION, **self.info, "count": len(self), "keys": self.keys}
@@ -414,8 +166,6 @@ class EmbeddingIndex:
 
 
 def load_index(path: str | os.PathLike) -> EmbeddingIndex:
-    from fourm.io import load_tensors, read_json
-
     path = Path(path)
     if not (path / INFO_NAME).is_file() or not (path / VECTORS_NAME).is_file():
         raise FileNotFoundError(f"{path} is not an index (no {INFO_NAME} and {VECTORS_NAME}); make one with "
@@ -443,8 +193,6 @@ def build_index(corpus: str | os.PathLike, modality: str = "tok_caption_global",
     recorded so that queries can be embedded by the model. ``settings`` go to :class:`EmbedSpec`
     (``steps``, ``temperature``, ``batch_size``, ``device``).
     """
-    from fourm.data.corpus import CorpusReader
-
     if from_ not in ("corpus", "model"):
         raise ValueError(f"an index is built from 'corpus' or 'model', not {from_!r}")
     if from_ == "model" and (model is None or tokenizers is None):
@@ -453,9 +201,7 @@ def build_index(corpus: str | os.PathLike, modality: str = "tok_caption_global",
     spec = EmbedSpec(modality, from_, inputs if from_ == "model" else [], _absolute(model), _absolute(tokenizers),
                      **settings, labeller=corpus_labeller(corpus, get_modality(modality).source))
     prints = _fingerprints(spec)
-    from tqdm.auto import tqdm
-
-    fields = {spec.source: spec.source} if from_ == "corpus" else {m: _corpus_key(m) for m in inputs}
+    fields = {spec.source: spec.source} if from_ == "corpus" else {m: corpus_key(m) for m in inputs}
     reader = CorpusReader(corpus, sorted(set(fields.values())))
     total = len(reader) if limit is None else min(limit, len(reader))
     if total == 0:
@@ -509,8 +255,6 @@ def search_samples(index: EmbeddingIndex, queries: list[dict], k: int = 5, embed
 
 def read_samples(corpus: str | os.PathLike, keys: list[str], modalities: list[str]) -> dict[str, dict]:
     """The samples of ``keys`` (series ``modalities``), reading only the shards that hold them."""
-    from fourm.data.corpus import CorpusReader, finished_shards
-
     reader = CorpusReader(corpus, modalities)
     wanted, out = set(keys), {}
     for index, record in sorted(finished_shards(corpus).items()):
@@ -519,13 +263,10 @@ def read_samples(corpus: str | os.PathLike, keys: list[str], modalities: list[st
     return out
 
 
-
 # ----------------------------------------------------------------------------- the `fourm retrieve` job
 def parse_query(items: list[str]) -> dict:
     """``["caption=a red cube", "rgb=photo.png"]`` -> one query sample in corpus units (files read as
     ``fourm generate`` reads its ``--input``)."""
-    from fourm.generation.output import read_input
-
     if not items:
         raise ValueError("no query: give --query modality=value")
     sample = {}
@@ -538,13 +279,10 @@ def parse_query(items: list[str]) -> dict:
 def hits_grid(index: EmbeddingIndex, query: dict, hits: list[Hit], size: int = 160):
     """The query's tiles, then each hit's rgb (titled rank, key, score) and, where the corpus has
     captions, each hit's caption below it."""
-    from fourm.data.corpus import read_manifest
-    from fourm.render import image_grid, render
-
     available = read_manifest(index.info["corpus"])["modalities"]
     shown = [m for m in ("rgb", "caption") if m in available]
     samples = read_samples(index.info["corpus"], [h.key for h in hits], shown) if shown else {}
-    tiles = [render(_corpus_key(k), v, size=size, rgb=query.get("rgb"))
+    tiles = [render(corpus_key(k), v, size=size, rgb=query.get("rgb"))
              for k, v in query.items() if not k.startswith("__")]
     rows = [[*tiles], [None] * len(tiles)]
     titles = [[f"query: {k}" for k in query if not k.startswith("__")], [None] * len(tiles)]
@@ -567,8 +305,6 @@ def retrieve(index: str | os.PathLike, query: list[str] | dict, k: int = 5, out:
     sample = parse_query(query) if isinstance(query, list) else query
     hits = search_samples(loaded, [sample], k, embedder, backend, **spec_args)[0]
     if out is not None:
-        from fourm.io import atomic_path, write_json
-
         out = Path(out)
         write_json(out / "hits.json", [h._asdict() for h in hits])
         with atomic_path(out / "hits.png") as tmp:

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from fourm.modalities import CORPUS
-from fourm.render import RENDERERS, RenderContext, image_grid, render, sample_grid
+from fourm.viz.render import RENDERERS, RenderContext, image_grid, render, sample_grid
 
 SIZE = 96
 
@@ -131,6 +131,6 @@ def test_image_grid_sizes_columns_by_widest_and_allows_gaps():
 
 
 def test_import_is_cheap():
-    code = ("import sys, fourm.render; heavy = {'matplotlib', 'transformers', 'webdataset'};"
+    code = ("import sys, fourm.viz.render; heavy = {'matplotlib', 'transformers', 'webdataset'};"
             "assert not heavy & set(sys.modules), heavy & set(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fourm.registry import Registry
+
 
 class SearchBackend:
     """Built once over the gallery (N, C) unit vectors; ``search(queries (Q, C), k)`` -> scores (Q, k),
@@ -33,15 +35,8 @@ class SearchBackend:
         return True, ""
 
 
-SEARCH_BACKENDS: dict[str, type[SearchBackend]] = {}
-
-
-def search_backend(name: str):
-    def register(cls: type[SearchBackend]) -> type[SearchBackend]:
-        SEARCH_BACKENDS[name] = cls
-        return cls
-
-    return register
+SEARCH_BACKENDS: Registry[type[SearchBackend]] = Registry("search backend")
+search_backend = SEARCH_BACKENDS.register
 
 
 @search_backend("torch")
@@ -114,7 +109,7 @@ class FaissHNSW(_Faiss):
 
 def backend_class(name: str) -> type[SearchBackend]:
     """The backend ``name``, or a one-line error: unknown, or its package is missing."""
-    cls = _lookup(SEARCH_BACKENDS, name, "search backend")
+    cls = SEARCH_BACKENDS[name]
     ok, why = cls.available()
     if not ok:
         raise ValueError(f"{name}: {why}")
@@ -123,11 +118,3 @@ def backend_class(name: str) -> type[SearchBackend]:
 
 def make_backend(name: str, vectors: Tensor) -> SearchBackend:
     return backend_class(name)(vectors)
-
-
-
-
-def _lookup(table: dict, name: str, what: str):
-    if name not in table:
-        raise LookupError(f"unknown {what} {name!r}; known: {', '.join(table)}")
-    return table[name]

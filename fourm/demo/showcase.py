@@ -1,7 +1,7 @@
 """The demo's pictures: tokenizer round trips, chained generations and retrieval hits, as PNG grids.
 
-Every tile is drawn by :mod:`fourm.render` (the corpus' renderers); generation goes through the
-:class:`fourm.evaluate.Generator` the evaluation uses, so the pictures show what the table measures.
+Every tile is drawn by :mod:`fourm.viz.render` (the corpus' renderers); generation goes through the
+:class:`fourm.eval.evaluate.Generator` the evaluation uses, so the pictures show what the table measures.
 """
 
 from __future__ import annotations
@@ -9,7 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fourm.modalities import MODALITIES
+import torch
+from PIL import ImageOps
+
+from fourm.data.corpus import CorpusReader
+from fourm.modalities import MODALITIES, Kind
+from fourm.retrieval.index import build_index, search_samples
+from fourm.tokenization.base import load_tokenizers
+from fourm.viz.render import image_grid, render
 
 TILE = 128  # px per tile: the 64 px scenes, doubled so a person can see them
 CHAINS: dict[str, tuple[str, list[str]]] = {  # picture name -> (given modality, targets in order)
@@ -20,15 +27,11 @@ CHAINS: dict[str, tuple[str, list[str]]] = {  # picture name -> (given modality,
 
 
 def _heldout(corpus: str | os.PathLike, samples: int | None) -> tuple[list[dict], dict]:
-    from fourm.data.corpus import CorpusReader
-
     reader = CorpusReader(corpus)
     return reader.head(samples), reader.manifest.get("classes", {})
 
 
 def _tile(modality: str, value, rgb=None, classes=None):
-    from fourm.render import render
-
     key = MODALITIES[modality].source if modality in MODALITIES else modality
     return render(key, value, size=TILE, rgb=rgb, classes=classes or {})
 
@@ -36,12 +39,6 @@ def _tile(modality: str, value, rgb=None, classes=None):
 def save_reconstructions(tokenizers: str | os.PathLike, corpus: str | os.PathLike, out: str | os.PathLike,
                          samples: int = 4) -> Path:
     """Rows of held-out scenes; per image tokenizer two columns: the truth and its round trip."""
-    import torch
-
-    from fourm.modalities import Kind
-    from fourm.render import image_grid
-    from fourm.tokenization.base import load_tokenizers
-
     data, classes = _heldout(corpus, samples)
     names = [n for n in sorted(load_tokenizers(tokenizers)) if MODALITIES[n].kind == Kind.IMAGE]
     tokenizers = load_tokenizers(tokenizers, names)
@@ -63,8 +60,6 @@ def save_reconstructions(tokenizers: str | os.PathLike, corpus: str | os.PathLik
 def save_chains(generator, corpus: str | os.PathLike, out: str | os.PathLike, samples: int = 4,
                 seed: int = 0) -> dict[str, str]:
     """One grid per entry of ``CHAINS``: for each held-out sample a row of generations, the truth below it."""
-    from fourm.render import image_grid
-
     data, classes = _heldout(corpus, samples)
     Path(out).mkdir(parents=True, exist_ok=True)
     written = {}
@@ -91,14 +86,9 @@ def save_chains(generator, corpus: str | os.PathLike, out: str | os.PathLike, sa
 
 def save_retrieval(model: str | os.PathLike, tokenizers: str | os.PathLike, corpus: str | os.PathLike,
                    out: str | os.PathLike, queries: int = 4, gallery: int | None = 64, k: int = 5) -> dict:
-    """Caption -> image with :mod:`fourm.retrieval`, 4M-21 style: the gallery is the model's prediction of
+    """Caption -> image with :mod:`fourm.retrieval.index`, 4M-21 style: the gallery is the model's prediction of
     ``tok_caption_global`` from each held-out image, a caption query the model's prediction from the caption.
     One row per query: the caption, then the ``k`` best images, the true one framed in green."""
-    from PIL import ImageOps
-
-    from fourm.render import image_grid
-    from fourm.retrieval import build_index, search_samples
-
     index = build_index(corpus, "tok_caption_global", from_="model", inputs=["rgb"], model=model,
                         tokenizers=tokenizers, limit=gallery, progress=False)
     data, _ = _heldout(corpus, gallery)

@@ -21,7 +21,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+from fourm.config import load_config, read_yaml_mapping
+from fourm.data.tokenize import TokenizeConfig, tokenize_corpus
+from fourm.demo.report import write_report
+from fourm.demo.showcase import save_chains, save_reconstructions, save_retrieval
+from fourm.eval.evaluate import EvaluateConfig, GenerationUnavailable, load_generator, run_evaluation
+from fourm.io import read_json, write_json
+from fourm.modalities import get_modality
+from fourm.train.pretrain import FourMTrainConfig, run_training
+from fourm.viz.show import save_sample_grid
+from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
+from tokenizers_train import train_tokenizer
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 TOKENIZER_CONFIGS = DEFAULT_CONFIG.parent / "tokenizers"
 
 
@@ -74,8 +86,6 @@ class DemoConfig:
 def load_demo_config(config: str | os.PathLike | None = None, overrides: list[str] | tuple = (),
                      quick: bool = False, out: str | None = None) -> DemoConfig:
     """The demo's settings: ``config`` (default ``configs/demo.yaml``), its quick overrides, then ``overrides``."""
-    from fourm.config import load_config
-
     path = config or DEFAULT_CONFIG
     cfg = load_config(DemoConfig, path, overrides, out=out)
     if quick:
@@ -85,9 +95,6 @@ def load_demo_config(config: str | os.PathLike | None = None, overrides: list[st
 
 # ----------------------------------------------------------------------------- the stages
 def _corpus(cfg: DemoConfig) -> dict:
-    from fourm.show import save_sample_grid
-    from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
-
     c = cfg.corpus
     summary = {}
     for name, count, seed in (("corpus", c.scenes, 0), ("heldout", c.heldout_scenes, c.heldout_seed)):
@@ -103,8 +110,6 @@ def _corpus(cfg: DemoConfig) -> dict:
 
 def tokenizer_overrides(cfg: DemoConfig, name: str) -> tuple[Path, list[str]]:
     """The YAML of tokenizer config ``name`` and the demo's overrides for it (its family's, then its own)."""
-    from fourm.config import read_yaml_mapping
-
     path = TOKENIZER_CONFIGS / f"{name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"demo tokenizer {name!r}: {path} does not exist")
@@ -114,9 +119,6 @@ def tokenizer_overrides(cfg: DemoConfig, name: str) -> tuple[Path, list[str]]:
 
 
 def _tokenizers(cfg: DemoConfig) -> dict:
-    from fourm.showcase import save_reconstructions
-    from tokenizers_train import train_tokenizer
-
     summary = {}
     for i, name in enumerate(cfg.tokenizers.configs, start=1):
         path, overrides = tokenizer_overrides(cfg, name)
@@ -130,9 +132,6 @@ def _tokenizers(cfg: DemoConfig) -> dict:
 
 
 def _tokenize(cfg: DemoConfig) -> dict:
-    from fourm.data.tokenize import TokenizeConfig, tokenize_corpus
-    from fourm.modalities import get_modality
-
     # raw model inputs (rgb pixels, t5_caption vectors) have no tokenizer: they are copied
     raw = [m for m in cfg.model.modalities if get_modality(m).tokenizer is None]
     manifest = tokenize_corpus(TokenizeConfig(corpus=str(cfg.path("corpus")), tokenizers=str(cfg.path("tokenizers")),
@@ -143,9 +142,6 @@ def _tokenize(cfg: DemoConfig) -> dict:
 
 
 def train_config(cfg: DemoConfig):
-    from fourm.config import load_config
-    from fourm.train.pretrain import FourMTrainConfig
-
     config = Path(cfg.model.config)
     if not config.is_absolute() and not config.exists():  # relative paths in configs/demo.yaml: the repository's
         config = DEFAULT_CONFIG.parent.parent / config
@@ -156,16 +152,12 @@ def train_config(cfg: DemoConfig):
 
 
 def _train(cfg: DemoConfig) -> dict:
-    from fourm.train.pretrain import run_training
-
     run_training(train_config(cfg))
     summary = cfg.path("fourm", "summary.json")
     return json.loads(summary.read_text()) if summary.is_file() else {}
 
 
 def _generator(cfg: DemoConfig):
-    from fourm.evaluate import GenerationUnavailable, load_generator
-
     try:
         return load_generator(cfg.path("fourm", "model"), cfg.path("tokenizers"), steps=cfg.generate.steps,
                               temperature=cfg.generate.temperature)
@@ -174,22 +166,16 @@ def _generator(cfg: DemoConfig):
 
 
 def _generate(cfg: DemoConfig) -> dict:
-    from fourm.showcase import save_chains
-
     return save_chains(_generator(cfg), cfg.path("heldout"), cfg.path("pictures"), samples=cfg.generate.samples,
                        seed=cfg.generate.seed)
 
 
 def _retrieve(cfg: DemoConfig) -> dict:
-    from fourm.showcase import save_retrieval
-
     return save_retrieval(cfg.path("fourm", "model"), cfg.path("tokenizers"), cfg.path("heldout"),
                           cfg.path("pictures"), queries=cfg.generate.samples, gallery=cfg.evaluate.samples)
 
 
 def _evaluate(cfg: DemoConfig) -> dict:
-    from fourm.evaluate import EvaluateConfig, GenerationUnavailable, run_evaluation
-
     e = cfg.evaluate
     try:
         table = run_evaluation(EvaluateConfig(
@@ -202,9 +188,7 @@ def _evaluate(cfg: DemoConfig) -> dict:
 
 
 def _report(cfg: DemoConfig) -> dict:
-    from fourm.report import write_report
-
-    return {"report": str(write_report(cfg.out))}
+    return {"report": str(write_report(cfg.out, stages=[s.name for s in STAGES]))}
 
 
 class StageUnavailable(RuntimeError):
@@ -243,8 +227,6 @@ def _fingerprint(previous: str, settings: object) -> str:
 
 def run_demo(cfg: DemoConfig, stages: list[str] | None = None) -> dict[str, dict]:
     """Run (or reuse) every stage in order; ``stages`` limits which may run (the rest must be finished)."""
-    from fourm.io import read_json, write_json
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint, results, total = "", {}, time.perf_counter()
