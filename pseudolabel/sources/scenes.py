@@ -305,8 +305,10 @@ def render_scene(seed: int, image_size: int = 64) -> dict:
     return render(Scene.sample(rng), image_size, rng)
 
 
-def render(scene: Scene, size: int, rng: np.random.Generator) -> dict:
-    """Ray cast ``scene`` into ``size`` x ``size`` pixels; ``rng`` only varies the caption's wording."""
+def render(scene: Scene, size: int, rng: np.random.Generator, with_objects: bool = False) -> dict:
+    """Ray cast ``scene`` into ``size`` x ``size`` pixels; ``rng`` only varies the caption's wording.
+    ``with_objects`` adds ``"objects"``: the visible scene objects, left to right (for probes
+    that need each object's words in image order; a corpus has no such series)."""
     objects, cam, light, checker = scene.objects, scene.camera, scene.light, scene.checker
     horizon, zenith, ground_rgb = scene.horizon, scene.zenith, scene.ground_rgb
     d_img = cam.rays(size)  # (3, H, W)
@@ -371,6 +373,7 @@ def render(scene: Scene, size: int, rng: np.random.Generator) -> dict:
         "det": det,
         "caption": _caption(visible, checker, rng),
         "human_poses": [],
+        **({"objects": [obj for obj, _, _ in visible]} if with_objects else {}),
     }
 
 

@@ -14,9 +14,13 @@ import pytest
 import torch
 
 from fourm.config import load_config
+from fourm.data.corpus import CorpusReader, storage_entry, write_manifest, write_shard
+from fourm.modalities import ModalityScale, Storage
 from fourm.model.fourm import FourM
 from fourm.train.curves import read_metrics
 from fourm.train.pretrain import FourMTrainConfig, run_training
+
+from .conftest import make_token_corpus
 
 ARGS = ["model.size=nano", "data.batch_size=8", "data.heldout=16", "masking.input_budget=12",
         "masking.target_budget=12", "train.lr=3e-3", "train.warmup_steps=5", "train.log_every=1",
@@ -103,3 +107,31 @@ def test_fine_tuning_from_a_model_that_lacks_a_modality_is_refused(token_corpus,
     FourM(narrower).save_pretrained(tmp_path / "narrow")
     with pytest.raises(ValueError, match=r"narrow does not know tok_depth"):
         FourMTask(config(token_corpus, tmp_path / "run", f"model.init={tmp_path / 'narrow'}")).build_model()
+
+
+def test_a_modality_with_its_own_patch_size_trains_at_the_corpus_scale(tmp_path):
+    """The token corpus records its scale (tok_depth in 16 px patches, 4 tokens, beside tok_rgb's 8 px,
+    16 tokens); training builds the model at that scale instead of one patch for every image modality."""
+    corpus = tmp_path / "tokens"
+    make_token_corpus(corpus, num_samples=64)
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    with_depth_in_4 = tmp_path / "tokens16"
+    rows = {"tok_rgb": 16, "tok_depth": 4, "caption": 8}
+    reader = CorpusReader(corpus, list(rows))
+    storages = {m: Storage("npy", "int16") for m in rows}
+    for shard in range(reader.num_shards):
+        samples = [{**s, "tok_depth": s["tok_depth"][::4]} for s in reader.shard(shard)]
+        write_shard(with_depth_in_4, shard, samples, storages)
+    scale = ModalityScale.from_grids(32, {"tok_rgb": 16, "tok_depth": 4})
+    write_manifest(with_depth_in_4, {
+        "modalities": {m: storage_entry(storages[m], vocab_size=manifest["modalities"][m]["vocab_size"],
+                                        tokens_per_sample=n) for m, n in rows.items()},
+        "image_size": 32, "scale": scale.record()})
+    assert scale.patch_size == 8 and scale.patch_sizes == {"tok_depth": 16}
+
+    model = run_training(config(with_depth_in_4, tmp_path / "run", "train.steps=3", "train.eval_every=0",
+                                "train.save_every=0"), progress=False)
+    assert model.config.patch_sizes == {"tok_depth": 16}
+    assert model.specs["tok_depth"].tokens == 4 and model.specs["tok_depth"].patch_size == 16
+    assert model.specs["tok_rgb"].tokens == 16 and model.specs["tok_rgb"].patch_size == 8
+    assert FourM.from_pretrained(tmp_path / "run" / "model").specs["tok_depth"].tokens == 4
