@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -45,145 +43,13 @@ from einops import rearrange
 
 from fourm.modalities import SCALE_PRESETS
 from fourm.registry import Registry
+from fourm.tokenization.bins import NUM_BINS, box_tokens, from_bin, parse_box, parse_token, to_bin
+from fourm.tokenization.words import join_words, split_words
 
 log = logging.getLogger(__name__)
 
-NUM_BINS = 1000  # levels of each value token family v0..v3
 MAX_COLORS = 7
 UNK_WORD = "[UNK]"
-
-
-# ----------------------------------------------------------------------------- text words
-def _is_punctuation(ch: str) -> bool:
-    # BERT's rule (and HF's BertPreTokenizer): every ASCII non-alphanumeric symbol, plus Unicode P*
-    cp = ord(ch)
-    return 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 or \
-        unicodedata.category(ch).startswith("P")
-
-
-def _is_cjk(cp: int) -> bool:
-    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
-            or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF
-            or 0x2F800 <= cp <= 0x2FA1F)
-
-
-def _normalize_chars(text: str) -> str:
-    """HF ``BertNormalizer(clean_text, handle_chinese_chars, strip_accents, lowercase)`` in Python."""
-    if text.isascii():
-        return text.translate(_ASCII_CLEAN).lower()
-    out = []
-    for ch in text:
-        cp = ord(ch)
-        if cp == 0 or cp == 0xFFFD or (ch not in "\t\n\r" and unicodedata.category(ch) in ("Cc", "Cf", "Cn", "Co")):
-            continue
-        if ch.isspace():
-            out.append(" ")
-        elif _is_cjk(cp):
-            out.append(f" {ch} ")
-        else:
-            out.append(ch)
-    text = unicodedata.normalize("NFD", "".join(out))
-    return "".join(ch for ch in text if unicodedata.category(ch) != "Mn").lower()
-
-
-_ASCII_CLEAN = {**{c: None for c in [*range(0, 9), 11, 12, *range(14, 32), 127]}, 9: " ", 10: " ", 13: " "}
-_ASCII_PIECES = re.compile(r"[!-/:-@\[-`{-~]|[^!-/:-@\[-`{-~]+")  # one ASCII punctuation mark, or a run of others
-
-
-def split_words(text: str) -> list[list[str]]:
-    """Normalised text as whitespace words, each split into its BERT pre-tokens (punctuation alone)."""
-    words = []
-    for chunk in _normalize_chars(text).split():
-        if chunk.isascii():
-            words.append(_ASCII_PIECES.findall(chunk))
-            continue
-        pieces, current = [], ""
-        for ch in chunk:
-            if _is_punctuation(ch):
-                if current:
-                    pieces.append(current)
-                pieces.append(ch)
-                current = ""
-            else:
-                current += ch
-        if current:
-            pieces.append(current)
-        words.append(pieces)
-    return words
-
-
-_CLOSING = set(".,;:!?%)]}")
-_OPENING = set("([{$#")
-_GLUE = set("-/'’")  # no space on either side: "t-shirt", "it's", "and/or"
-
-
-def join_words(words: list[str]) -> str:
-    """Pre-tokens back to text with the usual spacing of English prose.
-
-    No space before closing punctuation, after opening brackets, around ``- / '``; double quotes
-    alternate between opening and closing; ``3 . 5``, ``1 , 000th`` and ``10 : 30`` (digits around . , :) join.
-    Spacing the rules cannot tell apart is normalised (``a - b`` becomes ``a-b``).
-    """
-    out: list[str] = []
-    quote_open = False
-    for i, w in enumerate(words):
-        prev = words[i - 1] if i else None
-        space = prev is not None and not (w in _CLOSING or w in _GLUE or prev in _OPENING or prev in _GLUE)
-        if prev == '"' and quote_open:  # just after an opening quote
-            space = False
-        if prev in (".", ",", ":") and i >= 2 and words[i - 2][-1].isdigit() and w[0].isdigit():
-            space = False
-        if w == '"':
-            space = space and not quote_open
-            quote_open = not quote_open
-        if space:
-            out.append(" ")
-        out.append(w)
-    return "".join(out)
-
-
-def normalize_text(text: str) -> str:
-    """The canonical form a caption round-trips to: lower case, accents stripped, spacing of :func:`join_words`."""
-    return join_words([p for w in split_words(text) for p in w])
-
-
-# ----------------------------------------------------------------------------- numbers
-def to_bin(x: float, lo: float = 0.0, hi: float = 1.0, bins: int = NUM_BINS) -> int:
-    """``x`` clipped to [lo, hi] -> one of ``bins`` levels; both ends are exact."""
-    x = min(max(float(x), lo), hi)
-    return int(round((x - lo) / (hi - lo) * (bins - 1)))
-
-
-def from_bin(k: int, lo: float = 0.0, hi: float = 1.0, bins: int = NUM_BINS) -> float:
-    return lo + min(max(int(k), 0), bins - 1) * (hi - lo) / (bins - 1)
-
-
-_TOKEN = re.compile(r"^(v[0-3]|mask|pose|color)=(\d+)$")
-
-
-def parse_token(word: str) -> tuple[str, int] | None:
-    """``"v2=17"`` -> ``("v2", 17)``; words that are no value or code token -> None."""
-    m = _TOKEN.match(word)
-    return (m.group(1), int(m.group(2))) if m else None
-
-
-def box_tokens(box, bins: int = NUM_BINS) -> list[str]:
-    return [f"v{i}={to_bin(x, bins=bins)}" for i, x in enumerate(box)]
-
-
-def _parse_box(words: list[str], bins: int = NUM_BINS) -> list[float] | None:
-    """The four words ``v0=.. v1=.. v2=.. v3=..`` (each below ``bins``) -> a box ``[x0, y0, x1, y1]`` in
-    [0, 1], or None.
-
-    A generated box may name its corners in either order: they are sorted, so every consumer
-    (drawing, IoU, mask crops) gets ``x0 <= x1`` and ``y0 <= y1``."""
-    if len(words) < 4:
-        return None
-    parsed = [parse_token(w) for w in words[:4]]
-    if any(p is None or p[0] != f"v{i}" or p[1] >= bins for i, p in enumerate(parsed)):
-        return None
-    x0, y0, x1, y1 = (round(from_bin(p[1], bins=bins), 6) for p in parsed)
-    return [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
 
 
 def _chunks(words: list[str], starts) -> list[list[str]]:
@@ -265,7 +131,7 @@ class DetSerializer(_Base):
     def from_tokens(self, tokens: list[str]) -> list[dict]:
         objects = []
         for chunk in _chunks(tokens, _is_v0):
-            box, label = _parse_box(chunk, self.box_bins), chunk[4:]
+            box, label = parse_box(chunk, self.box_bins), chunk[4:]
             if box is None or not label or any(parse_token(w) for w in label):
                 continue
             objects.append({"box": box, "label": join_words(label), "score": 1.0})
@@ -508,7 +374,7 @@ class SamInstanceSerializer(_Base):
         n, size = self.mask_coder.tokens_per_mask, self.image_size
         boxes, codes = [], []
         for chunk in _chunks(tokens, _is_v0):
-            box, parsed = _parse_box(chunk, self.box_bins), [parse_token(t) for t in chunk[4:]]
+            box, parsed = parse_box(chunk, self.box_bins), [parse_token(t) for t in chunk[4:]]
             if box is None or len(parsed) != n or \
                     any(p is None or p[0] != "mask" or p[1] >= self.mask_coder.vocab_size for p in parsed):
                 continue
@@ -551,7 +417,7 @@ class PosesSerializer(_Base):
         n = self.pose_coder.tokens_per_pose
         boxes, codes = [], []
         for chunk in _chunks(tokens, _is_v0):
-            box, parsed = _parse_box(chunk, self.box_bins), [parse_token(t) for t in chunk[4:]]
+            box, parsed = parse_box(chunk, self.box_bins), [parse_token(t) for t in chunk[4:]]
             if box is None or len(parsed) != n or \
                     any(p is None or p[0] != "pose" or p[1] >= self.pose_coder.vocab_size for p in parsed):
                 continue
