@@ -5,16 +5,8 @@ import pytest
 
 from fourm.modalities import MODALITIES, Kind
 from fourm.tokenization.bins import NUM_BINS, from_bin, parse_token, to_bin
-from fourm.tokenization.serializers import (
-    MAX_COLORS,
-    METADATA_FIELDS,
-    SERIALIZERS,
-    GridMaskCoder,
-    GridPoseCoder,
-    MaskCoder,
-    PoseCoder,
-    get_serializer,
-)
+from fourm.tokenization.coders import GridMaskCoder, GridPoseCoder, MaskCoder, PoseCoder
+from fourm.tokenization.serializers import MAX_COLORS, METADATA_FIELDS, SERIALIZERS, get_serializer
 from fourm.tokenization.words import join_words, normalize_text, split_words
 
 CAPTIONS = [
