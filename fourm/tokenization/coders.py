@@ -7,7 +7,8 @@ and a person as its box plus the codes of a pose VQ-VAE. A serializer
 
 * :class:`MaskCoder`: (B, S, S) bool masks <-> (B, tokens_per_mask) ids; :func:`instance_masks` and
   :func:`resize_mask` cut an instance id map into the box-cropped masks it codes.
-* :class:`PoseCoder`: (B, K, 3) box-relative keypoints <-> (B, tokens_per_pose) ids.
+* :class:`PoseCoder`: (B, K, 3) box-relative keypoints <-> (B, tokens_per_pose) ids; a person as the
+  pose VQ-VAE's flat box-relative vector is :func:`pose_to_vector` (and :func:`vector_to_keypoints`).
 
 Two coders of each, by name in ``MASK_CODERS`` / ``POSE_CODERS``:
 
@@ -36,6 +37,9 @@ from einops import rearrange
 
 from fourm.pretrained import load_pretrained, read_config
 from fourm.registry import Registry
+
+NUM_KEYPOINTS = 33  # MediaPipe / BlazePose landmarks, the ``human_poses`` labeller's order
+POSE_DIM = NUM_KEYPOINTS * 3
 
 
 # ----------------------------------------------------------------------------- protocols
@@ -104,6 +108,40 @@ def instance_masks(ids: np.ndarray) -> list[tuple[list[float], np.ndarray]]:
     return [([xs.start / w, ys.start / h, xs.stop / w, ys.stop / h], mask) for _, _, (ys, xs), mask in found]
 
 
+# ----------------------------------------------------------------------------- poses
+_MIN_BOX_SIDE = 1e-3  # a degenerate box (one visible keypoint) still gives finite relative coordinates
+
+
+def _box_frame(box) -> tuple[np.ndarray, np.ndarray]:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return np.array([x0, y0]), np.array([max(x1 - x0, _MIN_BOX_SIDE), max(y1 - y0, _MIN_BOX_SIDE)])
+
+
+def pose_to_vector(person: dict) -> np.ndarray:
+    """One person ``{"box", "keypoints"}`` -> float32 ``(99,)``: per keypoint x, y relative to the box, visibility.
+
+    x = 0 / 1 is the box's left / right edge. Keypoints outside the box (low-visibility guesses)
+    fall outside [0, 1].
+    """
+    points = np.asarray(person["keypoints"], dtype=np.float64)
+    if points.shape != (NUM_KEYPOINTS, 3):
+        raise ValueError(f"a person needs {NUM_KEYPOINTS} keypoints [x, y, visibility], got shape {points.shape}")
+    origin, side = _box_frame(person["box"])
+    rel = np.concatenate([(points[:, :2] - origin) / side, points[:, 2:]], axis=1)
+    return rel.astype(np.float32).reshape(-1)
+
+
+def vector_to_keypoints(vec, box) -> list[list[float]]:
+    """Inverse of :func:`pose_to_vector`: a ``(99,)`` vector and the person's box -> ``[[x, y, v] x 33]``."""
+    rel = np.asarray(vec, dtype=np.float64).reshape(-1)
+    if rel.shape != (POSE_DIM,):
+        raise ValueError(f"a pose vector has {POSE_DIM} values, got {rel.shape[0]}")
+    rel = rel.reshape(NUM_KEYPOINTS, 3)
+    origin, side = _box_frame(box)
+    xy = rel[:, :2] * side + origin
+    return [[float(x), float(y), float(v)] for (x, y), v in zip(xy, rel[:, 2], strict=True)]
+
+
 # ----------------------------------------------------------------------------- grid fallbacks
 class GridMaskCoder:
     """Fallback mask tokenizer: the mask on a ``4b x 4b`` grid, one code per ``b x b`` block (its bits).
@@ -147,7 +185,7 @@ class GridPoseCoder:
     name = "grid"
     lo, hi = -0.25, 1.25
 
-    def __init__(self, num_codes: int = 1024, num_keypoints: int = 33):
+    def __init__(self, num_codes: int = 1024, num_keypoints: int = NUM_KEYPOINTS):
         self.grid = math.isqrt(num_codes // 2)
         if self.grid < 2:
             raise ValueError(f"GridPoseCoder needs at least 8 codes, got {num_codes}")
@@ -228,8 +266,6 @@ class VQVAEPoseCoder(TrainedCoder):
 
     def __init__(self, model):
         super().__init__(model)
-        from fourm.tokenization.mlp_vqvae import NUM_KEYPOINTS
-
         if not model.config.is_pose:
             raise ValueError(f"a pose coder needs the pose VQ-VAE, not one for {model.config.source!r}")
         self.num_keypoints = NUM_KEYPOINTS
