@@ -55,6 +55,7 @@ MAX_COLORS = 7
 UNK_WORD = "[UNK]"
 
 
+# ----------------------------------------------------------------------------- parsing
 def _chunks(words: list[str], starts) -> list[list[str]]:
     """Words grouped into runs that begin where ``starts(word)``; words before the first start are dropped."""
     chunks: list[list[str]] = []
@@ -108,6 +109,7 @@ class _Base:
         return [w for unit in self.to_units(value) for w in unit]
 
 
+# ----------------------------------------------------------------------------- text, boxes, colours, metadata
 @serializer("caption")
 @dataclass
 class CaptionSerializer(_Base):
@@ -209,6 +211,7 @@ class MetadataSerializer(_Base):
         return out
 
 
+# ----------------------------------------------------------------------------- boxes with mask and pose codes
 def _pixel_span(lo: float, hi: float, size: int) -> tuple[int, int]:
     a = min(max(int(round(lo * size)), 0), size - 1)
     return a, min(max(int(round(hi * size)), a + 1), size)
