@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def mask_rows(tokenizers: Path, eval_corpus: str, limit: int) -> list[dict]:
     from fourm.data.corpus import CorpusReader
-    from fourm.tokenization.coders import VQVAEMaskCoder
-    from fourm.tokenization.serializers import GridMaskCoder, get_serializer
+    from fourm.tokenization.coders import GridMaskCoder, VQVAEMaskCoder
+    from fourm.tokenization.serializers import get_serializer
     from tokenizers_train.text import instance_ious
 
     reader = CorpusReader(eval_corpus, ["sam_instance"])
@@ -53,8 +53,8 @@ def mask_rows(tokenizers: Path, eval_corpus: str, limit: int) -> list[dict]:
 
 
 def pose_rows(tokenizers: Path, num_people: int, train_people: int) -> list[dict]:
-    from fourm.tokenization.coders import VQVAEPoseCoder
-    from fourm.tokenization.serializers import GridPoseCoder, get_serializer
+    from fourm.tokenization.coders import GridPoseCoder, VQVAEPoseCoder
+    from fourm.tokenization.serializers import get_serializer
     from tokenizers_train.vector import synthetic_people
 
     part = tokenizers / "parts" / VQVAEPoseCoder.part

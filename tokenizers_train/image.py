@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fourm.tokenization.coders import instance_masks, resize_mask
 from fourm.tokenization.pixels import PixelCodec, codec_class, get_codec
-from fourm.tokenization.serializers import instance_masks, resize_mask
 from fourm.tokenization.vqvae import ImageVQConfig, ImageVQVAE
 from fourm.train.loop import TrainConfig, train
 from tokenizers_train.data import index_batches, load_series, tokenizer_dir

@@ -27,16 +27,11 @@ from tqdm import tqdm
 
 from fourm.data.corpus import CorpusReader, read_manifest
 from fourm.io import write_json
-from fourm.tokenization.serializers import (
-    MASK_CODERS,
-    METADATA_FIELDS,
-    NUM_BINS,
-    POSE_CODERS,
-    SERIALIZERS,
-    normalize_text,
-    split_words,
-)
+from fourm.tokenization.bins import NUM_BINS
+from fourm.tokenization.coders import MASK_CODERS, POSE_CODERS
+from fourm.tokenization.serializers import METADATA_FIELDS, SERIALIZERS
 from fourm.tokenization.text import SequenceTokenizer, TextConfig, alphabet, new_tokenizer, reserved_tokens
+from fourm.tokenization.words import normalize_text, split_words
 from tokenizers_train.data import tokenizer_dir
 
 log = logging.getLogger(__name__)

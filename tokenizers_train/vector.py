@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fourm.tokenization.mlp_vqvae import NUM_KEYPOINTS, VectorVQVAE, VectorVQVAEConfig, values_to_vectors
+from fourm.tokenization.coders import NUM_KEYPOINTS
+from fourm.tokenization.mlp_vqvae import VectorVQVAE, VectorVQVAEConfig, values_to_vectors
 from fourm.train.loop import TrainConfig, train
 from tokenizers_train.data import index_batches, load_series, tokenizer_dir
 from tokenizers_train.family import check_config, code_stats

@@ -22,8 +22,9 @@ Input normalisation lives here, so ``encode`` takes values as the corpus stores 
   (:meth:`VectorVQVAE.fit_normalization`, kept as buffers in the weights); ``decode`` returns unit
   float16 ``(C,)`` vectors. Loss: ``1 - cos``.
 * poses: a list of people ``{"box", "keypoints": [[x, y, visibility] x 33]}`` (one person per row);
-  the keypoints are made relative to the box (:func:`pose_to_vector`, a 99-d vector), ``decode``
-  returns box-relative keypoint lists, or absolute ones given the boxes (:func:`vector_to_keypoints`).
+  the keypoints are made relative to the box (a 99-d vector), ``decode`` returns box-relative keypoint
+  lists, or absolute ones given the boxes; the pose <-> vector functions live with the other pose code
+  (:func:`~fourm.tokenization.coders.pose_to_vector`, :func:`~fourm.tokenization.coders.vector_to_keypoints`).
   Loss: MSE or smooth-L1 on the box-relative vector.
 
 Shapes: ``B`` batch, ``C`` input dim, ``N`` tokens per vector, ``d`` codebook dim.
@@ -42,43 +43,10 @@ from einops import rearrange
 from torch import nn
 
 from fourm.pretrained import PretrainedMixin, register_pretrained
+from fourm.tokenization.coders import NUM_KEYPOINTS, POSE_DIM, pose_to_vector, vector_to_keypoints
 
-NUM_KEYPOINTS = 33  # MediaPipe / BlazePose landmarks, the ``human_poses`` labeller's order
-POSE_DIM = NUM_KEYPOINTS * 3
 POSE_SOURCES = ("human_poses",)
-_MIN_BOX_SIDE = 1e-3  # a degenerate box (one visible keypoint) still gives finite relative coordinates
 QUANTIZERS, LOSSES = ("vq", "fsq"), ("cosine", "mse", "smooth_l1")
-
-
-# ----------------------------------------------------------------------------- pose <-> vector
-def _box_frame(box) -> tuple[np.ndarray, np.ndarray]:
-    x0, y0, x1, y1 = (float(v) for v in box)
-    return np.array([x0, y0]), np.array([max(x1 - x0, _MIN_BOX_SIDE), max(y1 - y0, _MIN_BOX_SIDE)])
-
-
-def pose_to_vector(person: dict) -> np.ndarray:
-    """One person ``{"box", "keypoints"}`` -> float32 ``(99,)``: per keypoint x, y relative to the box, visibility.
-
-    x = 0 / 1 is the box's left / right edge. Keypoints outside the box (low-visibility guesses)
-    fall outside [0, 1].
-    """
-    points = np.asarray(person["keypoints"], dtype=np.float64)
-    if points.shape != (NUM_KEYPOINTS, 3):
-        raise ValueError(f"a person needs {NUM_KEYPOINTS} keypoints [x, y, visibility], got shape {points.shape}")
-    origin, side = _box_frame(person["box"])
-    rel = np.concatenate([(points[:, :2] - origin) / side, points[:, 2:]], axis=1)
-    return rel.astype(np.float32).reshape(-1)
-
-
-def vector_to_keypoints(vec, box) -> list[list[float]]:
-    """Inverse of :func:`pose_to_vector`: a ``(99,)`` vector and the person's box -> ``[[x, y, v] x 33]``."""
-    rel = np.asarray(vec, dtype=np.float64).reshape(-1)
-    if rel.shape != (POSE_DIM,):
-        raise ValueError(f"a pose vector has {POSE_DIM} values, got {rel.shape[0]}")
-    rel = rel.reshape(NUM_KEYPOINTS, 3)
-    origin, side = _box_frame(box)
-    xy = rel[:, :2] * side + origin
-    return [[float(x), float(y), float(v)] for (x, y), v in zip(xy, rel[:, 2], strict=True)]
 
 
 # ----------------------------------------------------------------------------- model

@@ -11,8 +11,9 @@ bad input: a generated sequence is imperfect, so units that do not parse are dro
 =============  ===========================================================================================
 modality       words per unit
 =============  ===========================================================================================
-caption        the lower-cased words of the text (punctuation split off, as BERT does); a unit = one
-               whitespace-separated word, so truncation never cuts a word in half
+caption        the lower-cased words of the text (punctuation split off, as BERT does:
+               :mod:`fourm.tokenization.words`); a unit = one whitespace-separated word, so
+               truncation never cuts a word in half
 det            ``v0=x0 v1=y0 v2=x1 v3=y1 label words`` per object, corners in [0, 1] binned to
                ``box_bins`` levels (default 1000); objects most confident first, equal scores left to
                right (x0, then y0)
@@ -25,167 +26,36 @@ human_poses    ``v0..v3`` box of the person + ``pose=k`` codes of its keypoints 
                from a :class:`PoseCoder`; largest people first
 =============  ===========================================================================================
 
-The mask and pose tokenizers plug in through the :class:`MaskCoder` / :class:`PoseCoder` protocols
-and the ``MASK_CODERS`` / ``POSE_CODERS`` registries: the trained VQ-VAEs of the reference
-(:mod:`fourm.tokenization.coders`, ``vqvae``), and :class:`GridMaskCoder` and :class:`GridPoseCoder`
-(``grid``), exact-by-construction fallbacks so both modalities always round-trip without training.
+This file holds the :class:`Serializer` protocol, the ``SERIALIZERS`` registry
+(:func:`get_serializer`) and the six serializers. What they are built from lives beside it: text
+words in :mod:`fourm.tokenization.words`, value tokens in :mod:`fourm.tokenization.bins`, and the
+mask and pose tokenizers (the :class:`~fourm.tokenization.coders.MaskCoder` /
+:class:`~fourm.tokenization.coders.PoseCoder` protocols, their ``grid`` fallbacks and trained
+``vqvae`` coders, the ``MASK_CODERS`` / ``POSE_CODERS`` registries) in :mod:`fourm.tokenization.coders`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
-import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import numpy as np
-from einops import rearrange
 
 from fourm.modalities import SCALE_PRESETS
 from fourm.registry import Registry
+from fourm.tokenization.bins import NUM_BINS, box_tokens, from_bin, parse_box, parse_token, to_bin
+from fourm.tokenization.coders import GridMaskCoder, GridPoseCoder, MaskCoder, PoseCoder, instance_masks, resize_mask
+from fourm.tokenization.words import join_words, split_words
 
 log = logging.getLogger(__name__)
 
-NUM_BINS = 1000  # levels of each value token family v0..v3
 MAX_COLORS = 7
 UNK_WORD = "[UNK]"
 
 
-# ----------------------------------------------------------------------------- text words
-def _is_punctuation(ch: str) -> bool:
-    # BERT's rule (and HF's BertPreTokenizer): every ASCII non-alphanumeric symbol, plus Unicode P*
-    cp = ord(ch)
-    return 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 or \
-        unicodedata.category(ch).startswith("P")
-
-
-def _is_cjk(cp: int) -> bool:
-    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
-            or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF
-            or 0x2F800 <= cp <= 0x2FA1F)
-
-
-def _normalize_chars(text: str) -> str:
-    """HF ``BertNormalizer(clean_text, handle_chinese_chars, strip_accents, lowercase)`` in Python."""
-    if text.isascii():
-        return text.translate(_ASCII_CLEAN).lower()
-    out = []
-    for ch in text:
-        cp = ord(ch)
-        if cp == 0 or cp == 0xFFFD or (ch not in "\t\n\r" and unicodedata.category(ch) in ("Cc", "Cf", "Cn", "Co")):
-            continue
-        if ch.isspace():
-            out.append(" ")
-        elif _is_cjk(cp):
-            out.append(f" {ch} ")
-        else:
-            out.append(ch)
-    text = unicodedata.normalize("NFD", "".join(out))
-    return "".join(ch for ch in text if unicodedata.category(ch) != "Mn").lower()
-
-
-_ASCII_CLEAN = {**{c: None for c in [*range(0, 9), 11, 12, *range(14, 32), 127]}, 9: " ", 10: " ", 13: " "}
-_ASCII_PIECES = re.compile(r"[!-/:-@\[-`{-~]|[^!-/:-@\[-`{-~]+")  # one ASCII punctuation mark, or a run of others
-
-
-def split_words(text: str) -> list[list[str]]:
-    """Normalised text as whitespace words, each split into its BERT pre-tokens (punctuation alone)."""
-    words = []
-    for chunk in _normalize_chars(text).split():
-        if chunk.isascii():
-            words.append(_ASCII_PIECES.findall(chunk))
-            continue
-        pieces, current = [], ""
-        for ch in chunk:
-            if _is_punctuation(ch):
-                if current:
-                    pieces.append(current)
-                pieces.append(ch)
-                current = ""
-            else:
-                current += ch
-        if current:
-            pieces.append(current)
-        words.append(pieces)
-    return words
-
-
-_CLOSING = set(".,;:!?%)]}")
-_OPENING = set("([{$#")
-_GLUE = set("-/'’")  # no space on either side: "t-shirt", "it's", "and/or"
-
-
-def join_words(words: list[str]) -> str:
-    """Pre-tokens back to text with the usual spacing of English prose.
-
-    No space before closing punctuation, after opening brackets, around ``- / '``; double quotes
-    alternate between opening and closing; ``3 . 5``, ``1 , 000th`` and ``10 : 30`` (digits around . , :) join.
-    Spacing the rules cannot tell apart is normalised (``a - b`` becomes ``a-b``).
-    """
-    out: list[str] = []
-    quote_open = False
-    for i, w in enumerate(words):
-        prev = words[i - 1] if i else None
-        space = prev is not None and not (w in _CLOSING or w in _GLUE or prev in _OPENING or prev in _GLUE)
-        if prev == '"' and quote_open:  # just after an opening quote
-            space = False
-        if prev in (".", ",", ":") and i >= 2 and words[i - 2][-1].isdigit() and w[0].isdigit():
-            space = False
-        if w == '"':
-            space = space and not quote_open
-            quote_open = not quote_open
-        if space:
-            out.append(" ")
-        out.append(w)
-    return "".join(out)
-
-
-def normalize_text(text: str) -> str:
-    """The canonical form a caption round-trips to: lower case, accents stripped, spacing of :func:`join_words`."""
-    return join_words([p for w in split_words(text) for p in w])
-
-
-# ----------------------------------------------------------------------------- numbers
-def to_bin(x: float, lo: float = 0.0, hi: float = 1.0, bins: int = NUM_BINS) -> int:
-    """``x`` clipped to [lo, hi] -> one of ``bins`` levels; both ends are exact."""
-    x = min(max(float(x), lo), hi)
-    return int(round((x - lo) / (hi - lo) * (bins - 1)))
-
-
-def from_bin(k: int, lo: float = 0.0, hi: float = 1.0, bins: int = NUM_BINS) -> float:
-    return lo + min(max(int(k), 0), bins - 1) * (hi - lo) / (bins - 1)
-
-
-_TOKEN = re.compile(r"^(v[0-3]|mask|pose|color)=(\d+)$")
-
-
-def parse_token(word: str) -> tuple[str, int] | None:
-    """``"v2=17"`` -> ``("v2", 17)``; words that are no value or code token -> None."""
-    m = _TOKEN.match(word)
-    return (m.group(1), int(m.group(2))) if m else None
-
-
-def box_tokens(box, bins: int = NUM_BINS) -> list[str]:
-    return [f"v{i}={to_bin(x, bins=bins)}" for i, x in enumerate(box)]
-
-
-def _parse_box(words: list[str], bins: int = NUM_BINS) -> list[float] | None:
-    """The four words ``v0=.. v1=.. v2=.. v3=..`` (each below ``bins``) -> a box ``[x0, y0, x1, y1]`` in
-    [0, 1], or None.
-
-    A generated box may name its corners in either order: they are sorted, so every consumer
-    (drawing, IoU, mask crops) gets ``x0 <= x1`` and ``y0 <= y1``."""
-    if len(words) < 4:
-        return None
-    parsed = [parse_token(w) for w in words[:4]]
-    if any(p is None or p[0] != f"v{i}" or p[1] >= bins for i, p in enumerate(parsed)):
-        return None
-    x0, y0, x1, y1 = (round(from_bin(p[1], bins=bins), 6) for p in parsed)
-    return [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
-
-
+# ----------------------------------------------------------------------------- parsing
 def _chunks(words: list[str], starts) -> list[list[str]]:
     """Words grouped into runs that begin where ``starts(word)``; words before the first start are dropped."""
     chunks: list[list[str]] = []
@@ -239,6 +109,7 @@ class _Base:
         return [w for unit in self.to_units(value) for w in unit]
 
 
+# ----------------------------------------------------------------------------- text, boxes, colours, metadata
 @serializer("caption")
 @dataclass
 class CaptionSerializer(_Base):
@@ -265,7 +136,7 @@ class DetSerializer(_Base):
     def from_tokens(self, tokens: list[str]) -> list[dict]:
         objects = []
         for chunk in _chunks(tokens, _is_v0):
-            box, label = _parse_box(chunk, self.box_bins), chunk[4:]
+            box, label = parse_box(chunk, self.box_bins), chunk[4:]
             if box is None or not label or any(parse_token(w) for w in label):
                 continue
             objects.append({"box": box, "label": join_words(label), "score": 1.0})
@@ -340,142 +211,7 @@ class MetadataSerializer(_Base):
         return out
 
 
-# ----------------------------------------------------------------------------- mask and pose codes
-@runtime_checkable
-class MaskCoder(Protocol):
-    """A binary-mask tokenizer: (B, S, S) bool masks <-> (B, tokens_per_mask) ids in [0, vocab_size)."""
-
-    name: str
-    mask_size: int
-    tokens_per_mask: int
-    vocab_size: int
-
-    def encode(self, masks: np.ndarray) -> np.ndarray: ...
-
-    def decode(self, ids: np.ndarray) -> np.ndarray: ...
-
-
-@runtime_checkable
-class PoseCoder(Protocol):
-    """A pose tokenizer: (B, K, 3) keypoints (x, y in box units, visibility) <-> (B, tokens_per_pose) ids."""
-
-    name: str
-    num_keypoints: int
-    tokens_per_pose: int
-    vocab_size: int
-
-    def encode(self, keypoints: np.ndarray) -> np.ndarray: ...
-
-    def decode(self, ids: np.ndarray) -> np.ndarray: ...
-
-
-class GridMaskCoder:
-    """Fallback mask tokenizer: the mask on a ``4b x 4b`` grid, one code per ``b x b`` block (its bits).
-
-    ``b`` is the largest block whose ``2**(b*b)`` codes fit ``num_codes``: 1024 codes -> 3x3 blocks,
-    a 12x12 mask in 16 codes, as many codes as the reference's 64x64 mask VQ-VAE and exact at 12x12.
-    """
-
-    name = "grid"
-    blocks = 4  # per side: 16 codes per mask
-
-    def __init__(self, num_codes: int = 1024):
-        self.block = math.isqrt(int(math.log2(num_codes)))
-        if self.block < 1:
-            raise ValueError(f"GridMaskCoder needs at least 2 codes, got {num_codes}")
-        self.mask_size = self.blocks * self.block
-        self.tokens_per_mask = self.blocks ** 2
-        self.vocab_size = 2 ** (self.block ** 2)
-        self._weights = 2 ** np.arange(self.block ** 2, dtype=np.int64)
-
-    def encode(self, masks: np.ndarray) -> np.ndarray:
-        masks = np.asarray(masks, bool)
-        if masks.ndim != 3 or masks.shape[1:] != (self.mask_size, self.mask_size):
-            raise ValueError(f"expected masks (B, {self.mask_size}, {self.mask_size}), got {masks.shape}")
-        bits = rearrange(masks, "b (h p) (w q) -> b (h w) (p q)", p=self.block, q=self.block)
-        return bits.astype(np.int64) @ self._weights  # (B, tokens_per_mask)
-
-    def decode(self, ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(ids, np.int64)
-        bits = (ids[..., None] & self._weights) > 0  # (B, tokens_per_mask, b*b)
-        return rearrange(bits, "b (h w) (p q) -> b (h p) (w q)", h=self.blocks, p=self.block)
-
-
-class GridPoseCoder:
-    """Fallback pose tokenizer: one code per keypoint, its cell on a ``G x G`` grid over the box (a margin
-    of a quarter box on each side, where hidden limbs reach) plus one visibility bit.
-
-    ``G`` is the largest grid whose ``2 G^2`` codes fit ``num_codes`` (1024 -> 22: cells of 7% of the box).
-    """
-
-    name = "grid"
-    lo, hi = -0.25, 1.25
-
-    def __init__(self, num_codes: int = 1024, num_keypoints: int = 33):
-        self.grid = math.isqrt(num_codes // 2)
-        if self.grid < 2:
-            raise ValueError(f"GridPoseCoder needs at least 8 codes, got {num_codes}")
-        self.num_keypoints = self.tokens_per_pose = num_keypoints
-        self.vocab_size = 2 * self.grid ** 2
-
-    def encode(self, keypoints: np.ndarray) -> np.ndarray:
-        keypoints = np.asarray(keypoints, np.float64)
-        if keypoints.ndim != 3 or keypoints.shape[1:] != (self.num_keypoints, 3):
-            raise ValueError(f"expected keypoints (B, {self.num_keypoints}, 3), got {keypoints.shape}")
-        g = self.grid
-        cells = np.rint((np.clip(keypoints[..., :2], self.lo, self.hi) - self.lo) / (self.hi - self.lo) * (g - 1))
-        cells = cells.astype(np.int64)
-        return (keypoints[..., 2] >= 0.5) * g * g + cells[..., 1] * g + cells[..., 0]
-
-    def decode(self, ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(ids, np.int64)
-        g = self.grid
-        visible, cell = np.divmod(ids, g * g)
-        y, x = np.divmod(cell, g)
-        xy = np.stack([x, y], -1) / (g - 1) * (self.hi - self.lo) + self.lo
-        return np.concatenate([xy, np.minimum(visible, 1)[..., None].astype(np.float64)], -1)
-
-
-MASK_CODERS = Registry("mask coder", {"grid": GridMaskCoder}, sort=True)
-POSE_CODERS = Registry("pose coder", {"grid": GridPoseCoder}, sort=True)
-
-
-def resize_mask(mask: np.ndarray, height: int, width: int, decoding: bool = False) -> np.ndarray:
-    """A bool mask resized axis by axis with (antialiased) bilinear weights, thresholded at one half.
-
-    On the way into the coder's grid, axes that grow copy pixels instead (nearest), so thin masks keep
-    their pixels. Mean IoU of the grid coder on the 1000-scene corpus: 0.976 (0.975 all bilinear,
-    0.970 with box filters).
-    """
-    from PIL import Image
-
-    R = Image.Resampling
-    img = Image.fromarray(np.ascontiguousarray(mask, dtype=np.float32))
-    for size in ((width, img.height), (width, height)):
-        if size != img.size:
-            grow = size[0] > img.width or size[1] > img.height
-            img = img.resize(size, R.NEAREST if grow and not decoding else R.BILINEAR)
-    return np.asarray(img) >= 0.5
-
-
-def instance_masks(ids: np.ndarray) -> list[tuple[list[float], np.ndarray]]:
-    """An instance id map (H, W) (0 = none) -> per instance its box ``[x0, y0, x1, y1]`` in [0, 1] and
-    its bool mask cropped to the box; largest instances first, equal areas by id."""
-    from scipy import ndimage
-
-    ids = np.asarray(ids)
-    if ids.ndim != 2:
-        raise ValueError(f"sam_instance: expected an id map (H, W), got shape {ids.shape}")
-    h, w = ids.shape
-    found = []
-    for label, spans in enumerate(ndimage.find_objects(ids.astype(np.int64)), start=1):
-        if spans is not None:
-            mask = ids[spans] == label
-            found.append((-int(mask.sum()), label, spans, mask))
-    found.sort(key=lambda f: f[:2])
-    return [([xs.start / w, ys.start / h, xs.stop / w, ys.stop / h], mask) for _, _, (ys, xs), mask in found]
-
-
+# ----------------------------------------------------------------------------- boxes with mask and pose codes
 def _pixel_span(lo: float, hi: float, size: int) -> tuple[int, int]:
     a = min(max(int(round(lo * size)), 0), size - 1)
     return a, min(max(int(round(hi * size)), a + 1), size)
@@ -508,7 +244,7 @@ class SamInstanceSerializer(_Base):
         n, size = self.mask_coder.tokens_per_mask, self.image_size
         boxes, codes = [], []
         for chunk in _chunks(tokens, _is_v0):
-            box, parsed = _parse_box(chunk, self.box_bins), [parse_token(t) for t in chunk[4:]]
+            box, parsed = parse_box(chunk, self.box_bins), [parse_token(t) for t in chunk[4:]]
             if box is None or len(parsed) != n or \
                     any(p is None or p[0] != "mask" or p[1] >= self.mask_coder.vocab_size for p in parsed):
                 continue
@@ -551,7 +287,7 @@ class PosesSerializer(_Base):
         n = self.pose_coder.tokens_per_pose
         boxes, codes = [], []
         for chunk in _chunks(tokens, _is_v0):
-            box, parsed = _parse_box(chunk, self.box_bins), [parse_token(t) for t in chunk[4:]]
+            box, parsed = parse_box(chunk, self.box_bins), [parse_token(t) for t in chunk[4:]]
             if box is None or len(parsed) != n or \
                     any(p is None or p[0] != "pose" or p[1] >= self.pose_coder.vocab_size for p in parsed):
                 continue

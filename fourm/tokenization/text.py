@@ -35,18 +35,9 @@ from typing import TYPE_CHECKING, Any
 from fourm.io import atomic_dir
 from fourm.modalities import SCALE_PRESETS, get_modality
 from fourm.pretrained import CONFIG_NAME, FORMAT_VERSION, build_config, read_config, register_pretrained, resolve_path
-from fourm.tokenization import coders as _coders  # noqa: F401  (registers the trained mask and pose coders)
-from fourm.tokenization.serializers import (
-    MASK_CODERS,
-    MAX_COLORS,
-    METADATA_FIELDS,
-    NUM_BINS,
-    POSE_CODERS,
-    SERIALIZERS,
-    MaskCoder,
-    PoseCoder,
-    get_serializer,
-)
+from fourm.tokenization.bins import NUM_BINS
+from fourm.tokenization.coders import MASK_CODERS, POSE_CODERS, MaskCoder, PoseCoder
+from fourm.tokenization.serializers import MAX_COLORS, METADATA_FIELDS, SERIALIZERS, get_serializer
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from fourm.pretrained import load_pretrained
-from fourm.tokenization.coders import VQVAEMaskCoder, VQVAEPoseCoder
+from fourm.tokenization.coders import MASK_CODERS, POSE_CODERS, MaskCoder, PoseCoder, VQVAEMaskCoder, VQVAEPoseCoder
 from fourm.tokenization.mlp_vqvae import VectorVQVAE, VectorVQVAEConfig
-from fourm.tokenization.serializers import MASK_CODERS, POSE_CODERS, MaskCoder, PoseCoder, get_serializer
+from fourm.tokenization.serializers import get_serializer
 from fourm.tokenization.text import SequenceTokenizer, TextConfig
 from fourm.tokenization.vqvae import ImageVQConfig, ImageVQVAE
 from tokenizers_train.vector import synthetic_people

@@ -7,14 +7,8 @@ import torch
 from fourm.modalities import ModalityScale
 from fourm.pretrained import load_pretrained
 from fourm.tokenization.base import ModalityTokenizer, check_tokenizer
-from fourm.tokenization.mlp_vqvae import (
-    NUM_KEYPOINTS,
-    POSE_DIM,
-    VectorVQVAE,
-    VectorVQVAEConfig,
-    pose_to_vector,
-    vector_to_keypoints,
-)
+from fourm.tokenization.coders import NUM_KEYPOINTS, POSE_DIM, pose_to_vector, vector_to_keypoints
+from fourm.tokenization.mlp_vqvae import VectorVQVAE, VectorVQVAEConfig
 from tokenizers_train.vector import synthetic_people
 
 DIM = 24

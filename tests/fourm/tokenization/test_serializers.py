@@ -4,23 +4,10 @@ import numpy as np
 import pytest
 
 from fourm.modalities import MODALITIES, Kind
-from fourm.tokenization.serializers import (
-    MAX_COLORS,
-    METADATA_FIELDS,
-    NUM_BINS,
-    SERIALIZERS,
-    GridMaskCoder,
-    GridPoseCoder,
-    MaskCoder,
-    PoseCoder,
-    from_bin,
-    get_serializer,
-    join_words,
-    normalize_text,
-    parse_token,
-    split_words,
-    to_bin,
-)
+from fourm.tokenization.bins import NUM_BINS, from_bin, parse_token, to_bin
+from fourm.tokenization.coders import GridMaskCoder, GridPoseCoder, MaskCoder, PoseCoder
+from fourm.tokenization.serializers import MAX_COLORS, METADATA_FIELDS, SERIALIZERS, get_serializer
+from fourm.tokenization.words import join_words, normalize_text, split_words
 
 CAPTIONS = [
     "a large red cube to the left of a small blue sphere on a plain floor.",

@@ -9,7 +9,8 @@ import torch
 from fourm.modalities import ModalityScale, get_modality
 from fourm.pretrained import load_pretrained
 from fourm.tokenization.base import ModalityTokenizer, check_tokenizer, load_tokenizers
-from fourm.tokenization.serializers import METADATA_FIELDS, NUM_BINS, SERIALIZERS, parse_token, split_words
+from fourm.tokenization.bins import NUM_BINS, parse_token
+from fourm.tokenization.serializers import METADATA_FIELDS, SERIALIZERS
 from fourm.tokenization.text import (
     NUM_SENTINELS,
     SequenceTokenizer,
@@ -18,6 +19,7 @@ from fourm.tokenization.text import (
     new_tokenizer,
     reserved_tokens,
 )
+from fourm.tokenization.words import split_words
 
 VOCAB = 8192
 CAPTIONS = [
