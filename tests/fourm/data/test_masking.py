@@ -284,14 +284,14 @@ def test_collate_pads_to_the_longest_without_budgets():
 
 
 def test_specials_are_read_from_a_sequence_tokenizer_only(monkeypatch):
-    import fourm.tokenization.base as base
+    import fourm.data.masking as masking
 
     class Text:
         pad_id, sos_id, eos_id, sentinel_ids = 0, 2, 3, [4, 5]
 
-    monkeypatch.setattr(base, "load_tokenizer", lambda path: Text())
+    monkeypatch.setattr(masking, "load_tokenizer", lambda path: Text())
     assert specials_from_tokenizer("folder") == TextSpecials(0, 2, 3, [4, 5])
-    monkeypatch.setattr(base, "load_tokenizer", lambda path: object())
+    monkeypatch.setattr(masking, "load_tokenizer", lambda path: object())
     with pytest.raises(ValueError, match="not a sequence tokenizer"):
         specials_from_tokenizer("folder")
 
