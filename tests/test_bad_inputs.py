@@ -6,6 +6,7 @@ Each case is ``(argv, words)``: ``argv`` is built from the world's paths and a f
 """
 
 import hashlib
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,14 @@ def rewritten(src: Path, tmp: Path, name: str, text: str) -> Path:
     return dst
 
 
+def with_scale(src: Path, tmp: Path, scale) -> Path:
+    """A copy of the token corpus ``src`` whose manifest records ``scale`` as its scale."""
+    dst = copy(src, tmp)
+    manifest = json.loads((dst / M).read_text())
+    (dst / M).write_text(json.dumps({**manifest, "scale": scale}))
+    return dst
+
+
 def file_at(tmp: Path, name: str, text: str) -> Path:
     (tmp / name).write_text(text)
     return tmp / name
@@ -124,6 +133,7 @@ def other_vocabulary(w: World, tmp: Path) -> Path:
 
 
 M = "manifest.json"
+ZERO_PATCH = {"image_size": 32, "patch_size": 0, "patch_sizes": {}}
 GEN = ["generate", "--target", "tok_depth"]
 CASES = {
     # modalities
@@ -214,6 +224,10 @@ CASES = {
     "train: steps 0": (lambda w, t: ["train", f"data.corpora=[{w.tokens}]", f"out={t / 'r'}", "train.steps=0"],
                        ["steps"]),
     "train: no corpora": (lambda w, t: ["train", "data.corpora=[]", f"out={t / 'r'}"], ["data.corpora"]),
+    "train: manifest scale not a mapping": (lambda w, t: ["train", f"data.corpora=[{with_scale(w.tokens, t, 'x')}]",
+                                                          f"out={t / 'r'}"], ["scale", "damaged"]),
+    "train: manifest scale patch 0": (lambda w, t: ["train", f"data.corpora=[{with_scale(w.tokens, t, ZERO_PATCH)}]",
+                                                    f"out={t / 'r'}"], ["patch_size 0"]),
     "train: resume another model": (lambda w, t: ["train", *TRAIN, f"data.corpora=[{w.tokens}]", f"out={w.run}",
                                                   "model.overrides.dim=48", "train.steps=3"],
                                     ["another model", "dim"]),

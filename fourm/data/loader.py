@@ -34,6 +34,7 @@ import torch
 
 from fourm.data.corpus import CorpusError, CorpusReader, read_manifest
 from fourm.data.masking import Masker
+from fourm.io import check_schema
 from fourm.kinds import handler
 from fourm.modalities import MODALITIES, Modality, ModalityScale
 from fourm.model.batch import Batch
@@ -312,7 +313,9 @@ def manifest_scale(manifest: dict) -> ModalityScale | None:
         if not tokens or manifest.get("image_size") is None:
             return None
         return ModalityScale.from_grids(manifest["image_size"], tokens)
-    patch_sizes = {n: p for n, p in recorded.get("patch_sizes", {}).items() if n in MODALITIES}
+    check_schema(recorded, {"image_size": int, "patch_size": int, "patch_sizes": dict},
+                 "the token corpus manifest's scale")
+    patch_sizes = {n: p for n, p in recorded["patch_sizes"].items() if n in MODALITIES}
     return ModalityScale(recorded["image_size"], recorded["patch_size"], patch_sizes)
 
 
