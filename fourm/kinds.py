@@ -100,7 +100,10 @@ class KindHandler:
 
     # ------------------------------------------------------------------ masking
     def available(self, m: Modality, value) -> int:
-        """How many tokens a sample's value offers the masking."""
+        """How many tokens a sample's value offers the masking: a ragged value its length up to the
+        modality's maximum, a fixed one exactly its token count."""
+        if self.ragged:
+            return min(len(value), m.max_tokens or len(value))
         if len(value) != m.tokens:
             raise ValueError(f"{m.key} has {len(value)} tokens, the modality {m.tokens}")
         return len(value)
@@ -194,9 +197,6 @@ class SequenceKind(KindHandler):
     def store(self, m: Modality, value: np.ndarray, key: str) -> np.ndarray:
         return value[: m.max_tokens].astype(np.int32)
 
-    def available(self, m: Modality, value) -> int:
-        return min(len(value), m.max_tokens or len(value))
-
 
 class ContinuousKind(KindHandler):
     """Raw values, input only: ``Batch.continuous`` carries them and an encoder id is the index of the
@@ -283,9 +283,6 @@ class EmbeddingSequenceKind(ContinuousKind):
     def continuous_shape(self, m: Modality, arrays: dict[str, np.ndarray]) -> tuple[int, ...]:
         # fixed per batch: padded to max_tokens (or the longest sample)
         return (m.max_tokens or int(np.diff(arrays["offsets"]).max()), arrays["values"].shape[1])
-
-    def available(self, m: Modality, value) -> int:
-        return min(len(value), m.max_tokens or len(value))
 
     def input_projection(self, m: Modality, dim: int, image_size: int, pixel_stem: str) -> nn.Module:
         from torch import nn
