@@ -44,8 +44,9 @@ class PseudolabelConfig:
     batch_size: int = 16  # samples per labeller call
     image_size: int | None = 64  # square side of every image; None keeps folder images as they are
     seed: int = 0
-    rank: int = int(os.environ.get("RANK", 0))
-    world_size: int = int(os.environ.get("WORLD_SIZE", 1))
+    # read when the config is made, not when the module is imported (a launcher sets them per process)
+    rank: int = field(default_factory=lambda: int(os.environ.get("RANK", 0)))
+    world_size: int = field(default_factory=lambda: int(os.environ.get("WORLD_SIZE", 1)))
 
     def __post_init__(self):
         # checked here, before anything is planned or written: a bad value otherwise surfaces as an

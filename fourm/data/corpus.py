@@ -8,10 +8,13 @@ Layout::
                                          is unfinished and is redone by a resumed run
 
 Reading is per shard: every requested modality's tar of shard ``i`` is read, the keys are checked to
-agree, and samples are decoded. A truncated tar or an undecodable value loses only the samples it
-touches; they are reported and counted in :attr:`CorpusReader.skipped`. Series that disagree
-(different keys, a shard missing from one series) are an error, since that is a broken corpus and
-not a damaged file.
+agree, and samples are decoded. A corpus is read where it lies: a local folder, an ``http(s)://`` (or
+``gs://``...) address, or a ``pipe:`` command with ``{}`` where a file's path inside the corpus goes,
+e.g. ``pipe:aws s3 cp s3://bucket/tokens/{} -`` (files are opened with webdataset's ``gopen``, so
+every scheme it knows works; nothing needs to be on local disk). A truncated tar or an undecodable
+value loses only the samples it touches; they are reported and counted in
+:attr:`CorpusReader.skipped`. Series that disagree (different keys, a shard missing from one series)
+are an error, since that is a broken corpus and not a damaged file.
 """
 
 from __future__ import annotations
@@ -53,6 +56,28 @@ def shard_path(root: str | os.PathLike, modality: str, index: int) -> Path:
 
 def record_path(root: str | os.PathLike, index: int) -> Path:
     return Path(root) / ".shards" / f"shard-{index:06d}.json"
+
+
+def is_remote(root: str | os.PathLike) -> bool:
+    """Whether a corpus location is an address or a ``pipe:`` command rather than a local folder."""
+    return isinstance(root, str) and (root.startswith("pipe:") or "://" in root)
+
+
+def corpus_file(root: str | os.PathLike, relative: str) -> str:
+    """Where the corpus file ``relative`` (e.g. ``tok_rgb/shard-000003.tar``) of ``root`` lies."""
+    if not is_remote(root):
+        return str(Path(root) / relative)
+    return root.replace("{}", relative) if "{}" in root else f"{root.rstrip('/')}/{relative}"
+
+
+def open_corpus_file(root: str | os.PathLike, relative: str):
+    """A binary file object for a corpus file, local or remote (a missing remote file raises on
+    reading or closing, as its fetch command fails)."""
+    if not is_remote(root):
+        return open(Path(root) / relative, "rb")
+    from webdataset.gopen import gopen
+
+    return gopen(corpus_file(root, relative))
 
 
 # ----------------------------------------------------------------------------- writing
@@ -152,10 +177,14 @@ _MANIFEST_SCHEMA = {"format_version": int, "modalities": dict, "num_samples": in
 
 
 def read_manifest(root: str | os.PathLike) -> dict:
-    path = Path(root) / MANIFEST
-    if not path.is_file():
+    path = corpus_file(root, MANIFEST)
+    if is_remote(root):
+        manifest = _read_remote_json(root, MANIFEST)
+        check_schema(manifest, {"format_version": int}, path)
+    elif not Path(path).is_file():
         raise CorpusError(f"{root} is not a corpus: {MANIFEST} is missing (run `fourm pseudolabel` first)")
-    manifest = read_json(path, {"format_version": int})
+    else:
+        manifest = read_json(path, {"format_version": int})
     if manifest["format_version"] != FORMAT_VERSION:
         raise CorpusError(f"{path}: format_version {manifest['format_version']} is not {FORMAT_VERSION}")
     check_schema(manifest, _MANIFEST_SCHEMA, path)
@@ -167,6 +196,19 @@ def read_manifest(root: str | os.PathLike) -> dict:
         raise CorpusError(f"{path} is damaged: {len(manifest['shard_samples'])} shard sizes for "
                           f"{manifest['num_shards']} shards")
     return manifest
+
+
+def _read_remote_json(root: str, relative: str):
+    try:
+        with open_corpus_file(root, relative) as f:
+            data = f.read()
+    except Exception as e:  # the fetch command's failure: curl, aws, gsutil... each raise their own
+        raise CorpusError(f"cannot read {corpus_file(root, relative)}: {type(e).__name__}: {e}") from None
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorpusError(f"{corpus_file(root, relative)} is damaged: not valid JSON "
+                          f"({getattr(e, 'msg', e)})") from None
 
 
 # ----------------------------------------------------------------------------- reading
@@ -187,13 +229,13 @@ class SkipLog:
         return sum(self.counts.values())
 
 
-def _read_tar(path: Path) -> tuple[list[tuple[str, bytes]], str | None]:
+def _read_tar(root: str | os.PathLike, relative: str) -> tuple[list[tuple[str, bytes]], str | None]:
     """Members of one tar as (key, bytes) in order, and the error that cut the read short, if any."""
     from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
     members: list[tuple[str, bytes]] = []
     try:
-        with open(path, "rb") as f:
+        with open_corpus_file(root, relative) as f:
             for item in tar_file_iterator(f):
                 key, _ = base_plus_ext(item["fname"])
                 members.append((key, item["data"]))
@@ -215,7 +257,7 @@ class CorpusReader:
     """
 
     def __init__(self, root: str | os.PathLike, modalities: str | Iterable[str] | None = None):
-        self.root = Path(root)
+        self.root = root if is_remote(root) else Path(root)
         self.manifest = read_manifest(root)
         order = [*CORPUS, *MODALITIES]  # registry order, the same from run to run
         available = sorted(self.manifest["modalities"], key=lambda m: order.index(m) if m in order else len(order))
@@ -229,7 +271,9 @@ class CorpusReader:
         self.modalities = names
         self.storages = {n: Storage(**self.manifest["modalities"][n]["storage"]) for n in names}
         self.skipped = SkipLog()
-        self._records = finished_shards(root)
+        # a remote corpus is read without its completion records (a fetch per shard): its shards'
+        # longest series stands in for the key order, as for a corpus copied without .shards/
+        self._records = {} if is_remote(root) else finished_shards(root)
 
     @property
     def num_shards(self) -> int:
@@ -245,17 +289,19 @@ class CorpusReader:
     def shard(self, index: int) -> Iterator[dict]:
         series = {}
         for name in self.modalities:
-            path = shard_path(self.root, name, index)
-            if not path.is_file():
-                raise CorpusError(f"series disagree: {path} is missing (the manifest lists {self.num_shards} shards)")
-            series[name] = _read_tar(path)
+            relative = f"{name}/{shard_name(index)}"
+            if not is_remote(self.root) and not shard_path(self.root, name, index).is_file():
+                raise CorpusError(f"series disagree: {shard_path(self.root, name, index)} is missing "
+                                  f"(the manifest lists {self.num_shards} shards)")
+            series[name] = _read_tar(self.root, relative)
         keys = self._aligned_keys(index, series)
         values = {name: dict(members) for name, (members, _) in series.items()}
         for key in keys:
             sample = {"__key__": key}
             for name in self.modalities:
                 if key not in values[name]:
-                    self.skipped.add("truncated shard", f"{shard_path(self.root, name, index)} lost {key}")
+                    self.skipped.add("truncated shard", f"{corpus_file(self.root, f'{name}/{shard_name(index)}')} "
+                                                        f"lost {key}")
                     break
                 try:
                     sample[name] = decode(values[name][key], self.storages[name])
@@ -346,7 +392,7 @@ def compare_corpora(a: str | os.PathLike, b: str | os.PathLike) -> list[str]:
 
 
 def _compare_model_shard(a: Path, b: Path, storage: Storage) -> list[str]:
-    (left, _), (right, _) = _read_tar(a), _read_tar(b)
+    (left, _), (right, _) = _read_tar(a.parent, a.name), _read_tar(b.parent, b.name)
     if [k for k, _ in left] != [k for k, _ in right]:
         return [f"{b} holds other keys than {a}"]
     atol = MODEL_ATOL + (1 / storage.scale if storage.scale else 0.0)

@@ -1,10 +1,11 @@
 """FourM training data: token corpora held in memory, mixed by weight, masked and batched in workers.
 
-At this project's scales (up to ~10^5 samples, 64-224 px) a whole token corpus fits in memory as a
+Up to ~10^5-10^6 samples (64-224 px) a whole token corpus fits in memory as a
 few compact arrays, which makes random access cheap and exact resume trivial: the batch of step
 ``s`` is a pure function of ``(seed, s, rank)``. Samples are drawn from a seeded permutation per
 epoch; each sample's masking draws from its own generator seeded by ``(seed, step, position in the
-global batch)``, so the stream is the same for any worker count and restarts at any step.
+global batch)``, so the stream is the same for any worker count and restarts at any step. Larger or
+remote corpora are streamed shard by shard (:mod:`fourm.data.stream`) behind the same ``draw``.
 
 Layout of a :class:`TokenDataset` (N samples), by modality kind:
 
@@ -27,7 +28,6 @@ import itertools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,7 +44,27 @@ _ORDER, _MASK, _EVAL = 0, 1, 2
 
 
 # ----------------------------------------------------------------------------- datasets
-class TokenDataset:
+class _InMemory:
+    """Batches of an in-memory dataset: step ``s`` of rank ``r`` is a slice of a seeded epoch order."""
+
+    _order: tuple[int, int, np.ndarray] | None = None  # (seed, epoch, order): one epoch cached per worker
+
+    def positions(self, step: int, seed: int, rank: int, world_size: int, batch_size: int) -> np.ndarray:
+        """Dataset positions of rank ``rank``'s part of global batch ``step``."""
+        global_batch = batch_size * world_size
+        size = self.epoch_size
+        epoch, offset = divmod(step, max(1, size // global_batch))
+        if self._order is None or self._order[:2] != (seed, epoch):
+            self._order = seed, epoch, self.epoch_order(seed, epoch)
+        start = offset * global_batch + rank * batch_size
+        return self._order[2][(start + np.arange(batch_size)) % size]
+
+    def draw(self, step: int, seed: int, rank: int, world_size: int, batch_size: int) -> list[dict]:
+        """The raw samples of rank ``rank``'s part of step ``step`` (what a shard stream also answers)."""
+        return [self[int(p)] for p in self.positions(step, seed, rank, world_size, batch_size)]
+
+
+class TokenDataset(_InMemory):
     """One token corpus in memory (see the module notes for the layout).
 
     Args:
@@ -155,7 +175,7 @@ class TokenDataset:
         return np.bincount(ids.astype(np.int64), minlength=m.vocab_size or 0)
 
 
-class MixtureDataset:
+class MixtureDataset(_InMemory):
     """Several token datasets sharing one modality table, sampled by ``weights``.
 
     An epoch is ``sum(len(d))`` draws; dataset ``i`` supplies ``round(E * w_i)`` of them (its own
@@ -373,39 +393,40 @@ def continuous_inputs(raw: list[dict], modalities: dict[str, Modality],
             for name, shape in shapes.items()}
 
 
-def make_batch(dataset: Dataset, masker: Masker, positions: np.ndarray, seeds: list[list[int]]) -> Batch:
-    """Mask ``dataset[p]`` with ``np.random.default_rng(seeds[j])`` for each position, and collate."""
-    raw = [dataset[int(p)] for p in positions]
+def mask_batch(raw: list[dict], dataset, masker: Masker, seeds: list[list[int]]) -> Batch:
+    """Mask each raw sample with ``np.random.default_rng(seeds[j])``, and collate."""
     masked = [masker(sample, np.random.default_rng(seed)) for sample, seed in zip(raw, seeds, strict=True)]
     return masker.collate(masked, continuous_inputs(raw, dataset.modalities, dataset.continuous_shapes))
 
 
-class StepBatches(torch.utils.data.Dataset):
-    """Map-style: step -> that step's Batch for one rank. What DataLoader workers run."""
+def make_batch(dataset: Dataset, masker: Masker, positions: np.ndarray, seeds: list[list[int]]) -> Batch:
+    """Mask ``dataset[p]`` with ``np.random.default_rng(seeds[j])`` for each position, and collate."""
+    return mask_batch([dataset[int(p)] for p in positions], dataset, masker, seeds)
 
-    def __init__(self, dataset: Dataset, masker: Masker, batch_size: int, seed: int = 0, rank: int = 0,
+
+class StepBatches(torch.utils.data.Dataset):
+    """Map-style: step -> that step's Batch for one rank. What DataLoader workers run.
+
+    ``dataset`` is anything that draws the raw samples of a (step, rank): an in-memory dataset here
+    or a shard stream (:mod:`fourm.data.stream`).
+    """
+
+    def __init__(self, dataset, masker: Masker, batch_size: int, seed: int = 0, rank: int = 0,
                  world_size: int = 1):
-        if dataset.epoch_size == 0:
+        if len(dataset) == 0:
             raise ValueError("the dataset is empty")
         self.dataset, self.masker = dataset, masker
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
-        self._order: tuple[int, np.ndarray] | None = None  # (epoch, order): one epoch cached per worker
 
     def positions(self, step: int) -> np.ndarray:
-        """Dataset positions of this rank's part of global batch ``step``."""
-        global_batch = self.batch_size * self.world_size
-        size = self.dataset.epoch_size
-        per_epoch = max(1, size // global_batch)
-        epoch, offset = divmod(step, per_epoch)
-        if self._order is None or self._order[0] != epoch:
-            self._order = epoch, self.dataset.epoch_order(self.seed, epoch)
-        start = offset * global_batch + self.rank * self.batch_size
-        return self._order[1][(start + np.arange(self.batch_size)) % size]
+        """Dataset positions of this rank's part of global batch ``step`` (in-memory datasets)."""
+        return self.dataset.positions(step, self.seed, self.rank, self.world_size, self.batch_size)
 
     def __getitem__(self, step: int) -> Batch:
         first = self.rank * self.batch_size
         seeds = [[self.seed, _MASK, step, first + j] for j in range(self.batch_size)]
-        return make_batch(self.dataset, self.masker, self.positions(step), seeds)
+        raw = self.dataset.draw(step, self.seed, self.rank, self.world_size, self.batch_size)
+        return mask_batch(raw, self.dataset, self.masker, seeds)
 
 
 class _Steps(torch.utils.data.Sampler):
@@ -420,7 +441,7 @@ def _unwrap(batch):
     return batch
 
 
-def train_batches(dataset: Dataset, masker: Masker, start_step: int = 0, rank: int = 0, world_size: int = 1,
+def train_batches(dataset, masker: Masker, start_step: int = 0, rank: int = 0, world_size: int = 1,
                   batch_size: int = 8, seed: int = 0, num_workers: int = 0, prefetch_factor: int = 2
                   ) -> Iterator[Batch]:
     """The endless batch stream of one rank from ``start_step`` on (masking runs in the workers).
@@ -469,10 +490,3 @@ def unigram_baseline(dataset: Dataset, heldout: Dataset | None = None, smoothing
         with np.errstate(divide="ignore"):
             out[name] = float(-(test[seen] * np.log(probs[seen])).sum() / test.sum())
     return out
-
-
-def load_token_datasets(roots: list[str | os.PathLike], modalities: dict[str, Modality],
-                        weights: list[float] | None = None) -> Dataset:
-    """One corpus as a TokenDataset, several as a MixtureDataset (all on the model's table)."""
-    datasets = [TokenDataset.from_corpus(Path(r), modalities) for r in roots]
-    return datasets[0] if len(datasets) == 1 and weights is None else MixtureDataset(datasets, weights)

@@ -3,14 +3,17 @@
 The token corpus has the corpus' shards and keys, one series per model modality (``tok_rgb``,
 ``caption``, ...) holding ``.npy`` ids, plus the raw inputs the model reads without a tokenizer
 (``rgb`` pixels, ``t5_caption`` vectors) copied as they are, so training reads one folder. Like
-the pseudo-labelling pipeline it is resumable shard by shard and refuses to mix settings.
+the pseudo-labelling pipeline it is resumable shard by shard, refuses to mix settings, and splits
+the work by shard over ranks (``RANK``/``WORLD_SIZE``, as ``accelerate launch``, ``torchrun`` or a
+SLURM array set them): rank ``r`` of ``W`` tokenizes the shards ``i`` with ``i % W == r``, each rank
+rewrites the manifest when it is done, and the last one to finish marks it complete.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +45,13 @@ class TokenizeConfig:
     passthrough: list[str] | None = None  # raw model inputs to copy; None: the input-only ones the corpus has
     batch_size: int = 64
     device: str = "cpu"
+    # read when the config is made, not when the module is imported (a launcher sets them per process)
+    rank: int = field(default_factory=lambda: int(os.environ.get("RANK", 0)))
+    world_size: int = field(default_factory=lambda: int(os.environ.get("WORLD_SIZE", 1)))
+
+    def __post_init__(self):
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
 
 
 def _passthrough(cfg: TokenizeConfig, corpus_series: list[str]) -> list[str]:
@@ -92,8 +102,10 @@ def tokenize_corpus(cfg: TokenizeConfig, progress: bool = True) -> dict:
         sources = sorted({MODALITIES[m].source for m in [*tokenizers, *copied]})
         reader = CorpusReader(cfg.corpus, sources)
         done = finished_shards(cfg.out)
-        todo = [i for i in range(reader.num_shards) if i not in done]
-        with tqdm(total=len(reader), initial=sum(r["num_samples"] for r in done.values()), unit="sample",
+        todo = [i for i in range(reader.num_shards) if i % cfg.world_size == cfg.rank and i not in done]
+        mine = sum(n for i, n in enumerate(corpus["shard_samples"]) if i % cfg.world_size == cfg.rank)
+        with tqdm(total=mine, initial=sum(r["num_samples"] for i, r in done.items() if i % cfg.world_size == cfg.rank),
+                  unit="sample",
                   desc="tokenize", disable=not progress or not todo) as bar:
             for index in todo:
                 before = len(reader.skipped.items)

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from fourm.data import loader
-from fourm.data.loader import load_token_datasets, modalities_from_manifest, read_token_manifest, unigram_baseline
+from fourm.data.loader import modalities_from_manifest, read_token_manifest, unigram_baseline
 from fourm.data.masking import Masker, MaskingConfig, TextSpecials, specials_from_tokenizer
+from fourm.data.stream import LOADERS, open_token_data
 from fourm.modalities import ModalityScale
 from fourm.model import sizes
 from fourm.model.fourm import FourM
@@ -26,13 +27,23 @@ from fourm.train.loop import TrainConfig, train
 
 @dataclass
 class DataConfig:
-    corpora: list[str] = field(default_factory=lambda: ["runs/tokens"])  # token corpora, mixed by weights
+    # token corpora, mixed by weights: folders, addresses or pipe: commands (fourm.data.corpus)
+    corpora: list[str] = field(default_factory=lambda: ["runs/tokens"])
     weights: list[float] | None = None
+    # memory | stream | auto (stream remote corpora and those past fourm.data.stream.STREAM_ABOVE samples)
+    loader: str = "auto"
+    window_shards: int = 8  # a stream's shuffle window: shards decoded and shuffled together
     heldout: int = 64  # last samples of the mixture kept for evaluation
     batch_size: int = 8
     eval_batch_size: int = 32
     num_workers: int = 0  # masking runs in these DataLoader workers
     tokenizers: str | None = None  # a sequence tokenizer folder for the special ids; None: the fixed layout
+
+    def __post_init__(self):
+        if self.loader not in LOADERS:
+            raise ValueError(f"data.loader must be {', '.join(LOADERS)}, not {self.loader!r}")
+        if self.window_shards < 1:
+            raise ValueError(f"data.window_shards must be at least 1, not {self.window_shards}")
 
 
 @dataclass
@@ -61,7 +72,8 @@ class FourMTask:
             raise ValueError("data.corpora is empty: name at least one token corpus")
         self.manifest = [read_token_manifest(c) for c in cfg.data.corpora][0]
         self.modalities = modalities_from_manifest(self.manifest, cfg.model.modalities)
-        dataset = load_token_datasets(cfg.data.corpora, self.modalities, cfg.data.weights)
+        dataset = open_token_data(cfg.data.corpora, self.modalities, cfg.data.weights, cfg.data.loader,
+                                  cfg.data.window_shards)
         self.train_set, self.heldout = dataset.split(cfg.data.heldout)
         specials = specials_from_tokenizer(cfg.data.tokenizers) if cfg.data.tokenizers else TextSpecials()
         self.masker = Masker(self.modalities, cfg.masking, specials)

@@ -95,3 +95,18 @@ def test_clear_errors(corpus, tokenizers, tmp_path):
         tokenize_corpus(TokenizeConfig(**base, modalities=["tok_dpeth"]), progress=False)
     with pytest.raises(ValueError, match="tok_rgb have tokenizers"):
         tokenize_corpus(TokenizeConfig(**base, passthrough=["tok_rgb"]), progress=False)
+
+
+def test_ranks_split_the_shards_and_the_last_one_completes_the_corpus(corpus, tokenizers, tmp_path):
+    base = dict(corpus=str(corpus), tokenizers=str(tokenizers), out=str(tmp_path / "tok"))
+    first = tokenize_corpus(TokenizeConfig(**base, rank=1, world_size=2), progress=False)
+    assert not first["complete"] and first["num_shards"] == 1  # rank 1 of 2: shard 1 of the corpus' 3
+    assert record_path(base["out"], 1).is_file() and not record_path(base["out"], 0).is_file()
+    last = tokenize_corpus(TokenizeConfig(**base, rank=0, world_size=2), progress=False)
+    assert last["complete"] and last["num_samples"] == 12
+    tokenize_corpus(TokenizeConfig(**{**base, "out": str(tmp_path / "one")}), progress=False)
+    split, whole = list(CorpusReader(base["out"])), list(CorpusReader(tmp_path / "one"))
+    assert [s["__key__"] for s in split] == [s["__key__"] for s in whole]
+    assert all(np.array_equal(a["tok_semseg"], b["tok_semseg"]) for a, b in zip(split, whole, strict=True))
+    with pytest.raises(ValueError, match="rank 2 is outside world_size 2"):
+        TokenizeConfig(**base, rank=2, world_size=2)

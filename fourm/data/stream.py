@@ -1,0 +1,271 @@
+"""Token corpora read shard by shard: training data of any size in flat memory, with exact resume.
+
+The in-memory loader (:mod:`fourm.data.loader`) holds a whole token corpus, which stops fitting
+somewhere past 10^6 samples. A :class:`ShardStream` reads the same corpus a window of shards at a
+time, from a local folder or from wherever its address points (``https://``, ``pipe:aws s3 cp
+s3://bucket/tokens/{} -``: see :mod:`fourm.data.corpus`), so nothing is node-local but the address.
+
+How rank ``r`` of ``W`` sees a corpus:
+
+* epoch ``e`` orders the shards by a seeded permutation and the rank takes every ``W``-th of them:
+  ranks read disjoint shards;
+* the rank reads its shards ``window`` at a time and shuffles each window's samples together (a
+  shuffle buffer of ``window`` shards, seeded as a whole: a permutation, not a reservoir);
+* its stream is its epochs one after another, and its batch of step ``s`` is stream positions
+  ``[sB, (s + 1)B)``.
+
+So every sample's place is a pure function of (seed, epoch, rank, world size) and the manifest's
+shard sizes. A run killed at step ``s`` resumes exactly there by loading the one window that holds
+position ``sB`` (no replay, no buffer state in the checkpoint), and DataLoader workers may build steps
+in any order. Memory holds at most two decoded windows per worker, whatever the corpus size. (A
+damaged sample keeps its place: the window's next readable one stands in, and the reader counts it.)
+
+Several corpora mix by weight in blocks of :data:`MIX_BLOCK` draws: each block takes exactly its quota
+of each corpus (the largest-remainder rounding of weight x block) in a seeded order, so the mixture,
+too, is a function of the position.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import OrderedDict
+from functools import cached_property
+
+import numpy as np
+
+from fourm.data.corpus import CorpusReader, is_remote
+from fourm.data.loader import _ORDER, MixtureDataset, TokenDataset, _check_manifest, read_token_manifest
+from fourm.modalities import Modality
+
+MIX_BLOCK = 4096  # draws per mixture block: weights are kept to 1/MIX_BLOCK
+BASELINE_SAMPLES = 4096  # token frequencies (the unigram baseline) are counted on the corpus' first samples
+_MIX = 3  # seed word of the mixture's block orders (loader uses 0-2)
+
+
+class ShardStream:
+    """One token corpus, read ``window`` shards at a time (see the module notes).
+
+    Args:
+        root: the token corpus: a folder, an address or a ``pipe:`` command.
+        modalities: the model's table (resolved); series the corpus lacks are absent from its samples.
+        window: shards decoded and shuffled together.
+        shards: (index, samples to use) of the shards to read; default every shard, whole.
+    """
+
+    def __init__(self, root: str | os.PathLike, modalities: dict[str, Modality], window: int = 8,
+                 shards: list[tuple[int, int]] | None = None):
+        if window < 1:
+            raise ValueError(f"a stream's window must be at least 1 shard, not {window}")
+        self.root, self.modalities, self.window = root, modalities, window
+        manifest = read_token_manifest(root)
+        _check_manifest(root, manifest, modalities)
+        self.series = [n for n in modalities if n in manifest["modalities"]]
+        if not self.series:
+            raise ValueError(f"{root} holds none of {', '.join(modalities)}")
+        if shards is None:
+            shards = [(i, n) for i, n in enumerate(manifest["shard_samples"]) if n > 0]
+        self.shards = np.array(shards, dtype=np.int64).reshape(-1, 2)
+        self._reader: CorpusReader | None = None
+        self._windows: OrderedDict = OrderedDict()  # (seed, rank, world, epoch, window) -> (data, order)
+        self._epochs: dict = {}  # (seed, rank, world) -> epoch plans, in order
+
+    def __len__(self) -> int:
+        return int(self.shards[:, 1].sum())
+
+    def __getstate__(self):  # DataLoader workers get the plan, not the decoded windows or open readers
+        return {**self.__dict__, "_reader": None, "_windows": OrderedDict(), "_epochs": {}}
+
+    @property
+    def reader(self) -> CorpusReader:
+        if self._reader is None:
+            self._reader = CorpusReader(self.root, self.series)
+        return self._reader
+
+    @property
+    def skipped(self):
+        """What the reads so far left out (damaged samples), as :class:`fourm.data.corpus.SkipLog`."""
+        return self.reader.skipped
+
+    def _read(self, shards: np.ndarray) -> TokenDataset:
+        samples = []
+        for index, count in shards:
+            samples.extend(itertools.islice(self.reader.shard(int(index)), int(count)))
+        return TokenDataset.from_samples(self.modalities, samples)
+
+    # ------------------------------------------------------------------ the rank's stream
+    def _epoch(self, seed: int, rank: int, world_size: int, epoch: int) -> dict:
+        """Epoch ``epoch`` of rank ``rank``: its windows (rows of ``shards``) and where each starts."""
+        key = (seed, rank, world_size)
+        plans = self._epochs.setdefault(key, [])
+        while len(plans) <= epoch:
+            e = len(plans)
+            order = np.random.default_rng([seed, _ORDER, e]).permutation(len(self.shards))[rank::world_size]
+            windows = [order[i:i + self.window] for i in range(0, len(order), self.window)]
+            sizes = [int(self.shards[w, 1].sum()) for w in windows]
+            start = plans[-1]["end"] if plans else 0
+            plans.append({"windows": windows, "starts": start + np.cumsum([0, *sizes[:-1]]),
+                          "end": start + sum(sizes)})
+        return plans[epoch]
+
+    def _locate(self, seed: int, rank: int, world_size: int, position: int) -> tuple[int, int, int]:
+        """(epoch, window, offset) of the rank's stream position ``position``."""
+        if len(self.shards) < world_size:
+            raise ValueError(f"{self.root} has {len(self.shards)} shards for {world_size} ranks: each rank "
+                             "needs at least one (tokenize it with a smaller shard size)")
+        epoch = 0
+        while self._epoch(seed, rank, world_size, epoch)["end"] <= position:
+            epoch += 1
+        plan = self._epoch(seed, rank, world_size, epoch)
+        window = int(np.searchsorted(plan["starts"], position, side="right")) - 1
+        return epoch, window, position - int(plan["starts"][window])
+
+    def _window(self, seed: int, rank: int, world_size: int, epoch: int, window: int):
+        key = (seed, rank, world_size, epoch, window)
+        if key not in self._windows:
+            rows = self._epoch(seed, rank, world_size, epoch)["windows"][window]
+            data = self._read(self.shards[rows])
+            if len(data) == 0:
+                shards = ", ".join(str(int(i)) for i in self.shards[rows, 0])
+                raise ValueError(f"{self.root}: no readable sample in shards {shards} ({self.skipped.total} skipped)")
+            expected = int(self.shards[rows, 1].sum())
+            order = np.random.default_rng([seed, _ORDER, epoch, rank, world_size, window]).permutation(expected)
+            self._windows[key] = data, order
+            while len(self._windows) > 2:  # a step may straddle two windows; never more
+                self._windows.popitem(last=False)
+        return self._windows[key]
+
+    def sample(self, seed: int, rank: int, world_size: int, position: int) -> dict:
+        """The sample at ``position`` of rank ``rank``'s stream."""
+        epoch, window, offset = self._locate(seed, rank, world_size, position)
+        data, order = self._window(seed, rank, world_size, epoch, window)
+        return data[int(order[offset]) % len(data)]  # damaged samples: a readable one keeps the place
+
+    def draw(self, step: int, seed: int, rank: int, world_size: int, batch_size: int) -> list[dict]:
+        """The raw samples of rank ``rank``'s part of step ``step``."""
+        return [self.sample(seed, rank, world_size, step * batch_size + j) for j in range(batch_size)]
+
+    # ------------------------------------------------------------------ held out, shapes, counts
+    def split(self, heldout: int) -> tuple[ShardStream, TokenDataset]:
+        """(this stream without its last ``heldout`` samples, those samples in memory)."""
+        if not 0 < heldout < len(self):
+            raise ValueError(f"cannot hold out {heldout} of {len(self)} samples")
+        ends = np.cumsum(self.shards[:, 1])
+        keep = len(self) - heldout
+        first = int(np.searchsorted(ends, keep, side="right"))  # first shard (row) reaching into held-out
+        kept_in_first = keep - (int(ends[first - 1]) if first else 0)
+        train = [tuple(r) for r in self.shards[:first].tolist()]
+        if kept_in_first:
+            train.append((int(self.shards[first, 0]), kept_in_first))
+        held = self._read(self.shards[first:])
+        held = held.take(slice(kept_in_first, None)) if kept_in_first else held
+        return ShardStream(self.root, self.modalities, self.window, train), held
+
+    @cached_property
+    def head(self) -> TokenDataset:
+        """The corpus' first samples (at most BASELINE_SAMPLES): what shapes and frequencies are read from."""
+        rows, total = [], 0
+        for index, count in self.shards:
+            rows.append((index, min(count, BASELINE_SAMPLES - total)))
+            total += rows[-1][1]
+            if total >= BASELINE_SAMPLES:
+                break
+        return self._read(np.array(rows))
+
+    @property
+    def continuous_shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.head.continuous_shapes
+
+    def token_counts(self, name: str) -> np.ndarray | None:
+        """Token frequencies estimated on the corpus' first samples (``head``)."""
+        return self.head.token_counts(name)
+
+
+class StreamMixture:
+    """Several shard streams sharing one modality table, drawn by weight in blocks (module notes)."""
+
+    def __init__(self, streams: list[ShardStream], weights: list[float] | None = None):
+        if not streams or any(len(s) == 0 for s in streams):
+            raise ValueError("a mixture needs at least one stream, and no empty one")
+        if any(list(s.modalities) != list(streams[0].modalities) for s in streams):
+            raise ValueError("streams of a mixture must share the modality table")
+        weights = np.ones(len(streams)) if weights is None else np.asarray(weights, dtype=np.float64)
+        if len(weights) != len(streams) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"need one non-negative weight per corpus, got {weights.tolist()}")
+        self.streams, self.weights = streams, weights / weights.sum()
+        self.modalities = streams[0].modalities
+        raw = self.weights * MIX_BLOCK
+        quotas = np.floor(raw).astype(np.int64)
+        quotas[np.argsort(quotas - raw)[: MIX_BLOCK - quotas.sum()]] += 1  # largest remainders
+        self.quotas = quotas
+        self._block: tuple | None = None
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.streams)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_block": None}
+
+    def _source(self, seed: int, rank: int, position: int) -> tuple[int, int]:
+        """(stream, position in that stream) of mixture position ``position``."""
+        block, offset = divmod(position, MIX_BLOCK)
+        if self._block is None or self._block[0] != (seed, rank, block):
+            sources = np.repeat(np.arange(len(self.streams)), self.quotas)
+            sources = sources[np.random.default_rng([seed, _MIX, rank, block]).permutation(MIX_BLOCK)]
+            before = np.zeros(MIX_BLOCK, dtype=np.int64)  # draws of the same stream earlier in the block
+            for i in range(len(self.streams)):
+                mine = sources == i
+                before[mine] = np.arange(mine.sum())
+            self._block = (seed, rank, block), sources, before
+        _, sources, before = self._block
+        source = int(sources[offset])
+        return source, block * int(self.quotas[source]) + int(before[offset])
+
+    def draw(self, step: int, seed: int, rank: int, world_size: int, batch_size: int) -> list[dict]:
+        out = []
+        for j in range(batch_size):
+            i, position = self._source(seed, rank, step * batch_size + j)
+            out.append(self.streams[i].sample(seed + 7919 * (i + 1), rank, world_size, position))
+        return out
+
+    def split(self, heldout: int) -> tuple[StreamMixture, MixtureDataset]:
+        pairs = [s.split(heldout) for s in self.streams]
+        return StreamMixture([p[0] for p in pairs], self.weights), MixtureDataset([p[1] for p in pairs])
+
+    @property
+    def continuous_shapes(self) -> dict[str, tuple[int, ...]]:
+        return MixtureDataset([s.head for s in self.streams]).continuous_shapes
+
+    def token_counts(self, name: str) -> np.ndarray | None:
+        """Each stream's estimated frequencies, weighted by its share of the draws."""
+        total = None
+        for s, w in zip(self.streams, self.weights, strict=True):
+            counts = s.token_counts(name)
+            if counts is not None and len(s.head):
+                scaled = counts * (w / len(s.head))
+                total = scaled if total is None else total + scaled
+        return total
+
+
+LOADERS = ("auto", "memory", "stream")
+STREAM_ABOVE = 200_000  # loader="auto" streams corpora with more samples (or any remote one)
+
+
+def open_token_data(roots: list[str | os.PathLike], modalities: dict[str, Modality],
+                    weights: list[float] | None = None, loader: str = "auto", window: int = 8):
+    """Token corpora as training data: in memory (the fast path for small corpora) or streamed.
+
+    ``loader``: ``memory``, ``stream``, or ``auto``: stream when a corpus is remote or the corpora hold
+    more than :data:`STREAM_ABOVE` samples together. Either way the result draws the batches of any
+    (step, rank), splits off held-out samples and counts token frequencies alike.
+    """
+    if loader not in LOADERS:
+        raise ValueError(f"data.loader must be {', '.join(LOADERS)}, not {loader!r}")
+    if loader == "auto":
+        total = sum(read_token_manifest(r)["num_samples"] for r in roots)
+        loader = "stream" if total > STREAM_ABOVE or any(is_remote(r) for r in roots) else "memory"
+    if loader == "memory":
+        datasets = [TokenDataset.from_corpus(r, modalities) for r in roots]
+        return datasets[0] if len(datasets) == 1 and weights is None else MixtureDataset(datasets, weights)
+    streams = [ShardStream(r, modalities, window) for r in roots]
+    return streams[0] if len(streams) == 1 and weights is None else StreamMixture(streams, weights)
