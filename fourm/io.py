@@ -24,7 +24,7 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def _fsync_tree(path: Path) -> None:
+def fsync_tree(path: Path) -> None:
     for sub in sorted(path.rglob("*"), reverse=True):  # files before the folders that name them
         fsync_path(sub)
     fsync_path(path)
@@ -60,7 +60,7 @@ def atomic_dir(path: str | os.PathLike):
     tmp.mkdir(parents=True)
     try:
         yield tmp
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         if path.exists():
             path.rename(old)
         tmp.rename(path)

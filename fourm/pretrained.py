@@ -99,13 +99,16 @@ class PretrainedMixin:
         """JSON-serialisable facts beside the config (e.g. class names); given back to ``__init__``."""
         return {}
 
+    def config_record(self) -> dict[str, Any]:
+        """What ``config.json`` holds: enough to rebuild the model (its class, config and extra state)."""
+        return {"format_version": FORMAT_VERSION, "class": self.pretrained_name,
+                "config": dataclasses.asdict(self.config), **self.extra_state()}
+
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         from safetensors.torch import save_model  # torch: this module itself stays torch-free
 
-        config = {"format_version": FORMAT_VERSION, "class": self.pretrained_name,
-                  "config": dataclasses.asdict(self.config), **self.extra_state()}
         with atomic_dir(path) as tmp:
-            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            (tmp / CONFIG_NAME).write_text(json.dumps(self.config_record(), indent=2, sort_keys=True) + "\n")
             save_model(self, str(tmp / WEIGHTS_NAME))  # handles tied (shared) weights
         return Path(path)
 

@@ -216,6 +216,11 @@ class FourM(nn.Module, PretrainedMixin):
         for blk in [*self.encoder, *self.decoder]:
             blk.compile(**kwargs)
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """What FSDP gathers and frees as one unit (``fourm.train.parallel.shard``): each block, so one
+        block's full weights are alive at a time; the embeddings and heads form the root unit."""
+        return [*self.encoder, *self.decoder]
+
     def num_params(self, trunk_only: bool = False) -> int:
         """Parameters; ``trunk_only`` counts the encoder and decoder blocks (the reference's sizes)."""
         modules = [self.encoder, self.decoder] if trunk_only else [self]

@@ -7,6 +7,9 @@ same loop runs on a CPU, one GPU, or many processes under ``accelerate launch``.
 A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl``, ``curves.png``,
 ``checkpoints/step-XXXXXXX/`` (model + optimizer + scheduler + RNG, written atomically, the last
 ``keep_last`` kept) and ``model/`` (the final weights, ``from_pretrained``-ready).
+
+Many processes (``accelerate launch``, on one machine or many) train data-parallel: replicas under DDP,
+or shards under FSDP2 (``parallel: fsdp``, see :mod:`fourm.train.parallel`), with sharded checkpoints.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from fourm.config import save_config
 from fourm.io import write_json
 from fourm.train.checkpoint import resume_checkpoint, save_checkpoint
 from fourm.train.curves import MetricsLog
+from fourm.train.parallel import PARALLEL, gradient_sync, local, model_state, shard
 
 
 @dataclass
@@ -41,6 +45,7 @@ class TrainConfig:
     grad_accum: int = 1
     precision: str = "auto"  # auto (bf16 where the hardware runs it fast, else fp32) | bf16 | fp32
     compile: bool = False
+    parallel: str = "ddp"  # over several processes: ddp (replicas) | fsdp (shards: fourm.train.parallel)
     eval_every: int = 250  # 0: only at the end
     save_every: int = 250
     keep_last: int = 2
@@ -51,6 +56,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"parallel must be {' or '.join(PARALLEL)}, not {self.parallel!r}")
         if self.steps < 1 or self.grad_accum < 1 or self.warmup_steps < 0:
             raise ValueError("steps and grad_accum must be >= 1, warmup_steps >= 0")
 
@@ -125,19 +132,25 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
     # a second run with another precision (tests, notebooks), and bf16 needs no loss scaling.
     # modalities absent from a batch leave their tables and heads without gradients: DDP must know
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, kwargs_handlers=[ddp])
+    # cpu=True where there is no accelerator: without it, accelerate (1.16) starts each process of a
+    # CPU launch on its own (no process group), and they train apart while looking like a DDP run
+    accelerator = Accelerator(cpu=not torch.accelerator.is_available(), kwargs_handlers=[ddp])
     use_bf16 = resolve_precision(cfg.precision, accelerator.device) == "bf16"
     def autocast():
         return torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=use_bf16)
     model = task.build_model().to(accelerator.device)
-    if cfg.compile:  # in place, before DDP wraps it; a model may choose what to compile (FourM: its blocks)
+    sharded = cfg.parallel == "fsdp" and accelerator.num_processes > 1  # one process has nothing to shard
+    if cfg.compile:  # in place, before DDP or FSDP wraps it; a model may choose what to compile (FourM: its blocks)
         model.compile()
+    if sharded:  # before the optimizer: it must hold the shards, not the whole parameters
+        shard(model)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     step = resume_checkpoint(out, model, optimizer, scheduler) if resume else 0
     if record is not None and accelerator.is_main_process:
         save_config(record, out / "config.yaml")
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if not sharded:
+        model, optimizer = accelerator.prepare(model, optimizer)
     metrics = MetricsLog(out / "metrics.jsonl", keep_until=step, enabled=accelerator.is_main_process,
                          tensorboard=out / "tensorboard" if cfg.tensorboard else None)
 
@@ -147,14 +160,14 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
     window, tick = [], time.perf_counter()
     while step < cfg.steps:
         model.train()
-        for _ in range(cfg.grad_accum):
-            with accelerator.accumulate(model), autocast():
+        for micro in range(cfg.grad_accum):  # gradients are reduced over processes on the last only
+            with gradient_sync(model, micro == cfg.grad_accum - 1), autocast():
                 loss, logs = task.loss(model, next(batches))
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.grad_clip > 0:
-                    logs["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            (loss / cfg.grad_accum).backward()
+        if cfg.grad_clip > 0:
+            logs["grad_norm"] = local(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         step += 1
         # tensors stay on the device until a log step: one host sync per log_every steps, not per step
@@ -168,20 +181,27 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
             window, tick = [], now
         bar.update(1)
         last = step == cfg.steps
-        if ((cfg.eval_every and step % cfg.eval_every == 0) or last) and accelerator.is_main_process:
+        # a sharded model's forward gathers weights from every process: all of them evaluate, one logs
+        if ((cfg.eval_every and step % cfg.eval_every == 0) or last) and (sharded or accelerator.is_main_process):
             model.eval()
             with torch.no_grad(), autocast():
                 scores = task.evaluate(accelerator.unwrap_model(model))
             metrics.write({"step": step, **{f"eval/{k}": v for k, v in scores.items()}})
-            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+            if accelerator.is_main_process:
+                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
         if (cfg.save_every and step % cfg.save_every == 0) or last:
             metrics.flush()
             accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_checkpoint(out, step, accelerator.unwrap_model(model), optimizer, scheduler, cfg.keep_last)
+            save_checkpoint(out, step, accelerator.unwrap_model(model), optimizer, scheduler, cfg.keep_last,
+                            main=accelerator.is_main_process)
     bar.close()
     accelerator.wait_for_everyone()
     final = accelerator.unwrap_model(model)
+    if sharded:  # the whole weights, gathered onto the main process, in a plain model
+        weights = model_state(model, full=True)
+        if accelerator.is_main_process:
+            final = task.build_model()
+            final.load_state_dict(weights)
     if accelerator.is_main_process:
         final.save_pretrained(out / "model")
         metrics.plot(out / "curves.png")

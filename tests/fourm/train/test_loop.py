@@ -138,6 +138,18 @@ def test_an_unfinished_checkpoint_is_never_resumed_from(tmp_path):
 def test_config_is_checked():
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="fp16")
+    with pytest.raises(ValueError, match="parallel must be ddp or fsdp, not 'zero3'"):
+        TrainConfig(parallel="zero3")
+
+
+def test_a_sharded_checkpoint_is_not_resumed_by_a_replicated_run(tmp_path):
+    from fourm.train.checkpoint import CheckpointMismatch
+
+    cfg = TrainConfig(**{**CFG, "steps": 5}, precision="fp32")
+    train(RegressionTask(), cfg, tmp_path, progress=False)
+    (checkpoint_dirs(tmp_path)[-1] / "sharded").mkdir()  # what an fsdp run writes (its shards inside)
+    with pytest.raises(CheckpointMismatch, match=r"written by a sharded \(fsdp\) run and this run is replicated"):
+        train(RegressionTask(), TrainConfig(**{**CFG, "steps": 10}, precision="fp32"), tmp_path, progress=False)
 
 
 @pytest.mark.parametrize("damage", ["empty weights", "cut optimizer", "state not JSON"])

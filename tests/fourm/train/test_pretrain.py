@@ -54,10 +54,13 @@ def losses(run):
     return [(r["step"], r["loss"]) for r in read_metrics(Path(run) / "metrics.jsonl") if "loss" in r]
 
 
-def test_sigkill_and_resume_gives_the_same_loss_curve(token_corpus, tmp_path):
+@pytest.mark.parametrize("loader", ["memory", "stream"])
+def test_sigkill_and_resume_gives_the_same_loss_curve(token_corpus, tmp_path, loader):
+    """In memory and streamed shard by shard (windows of one shard, so the run crosses several)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(cli(token_corpus, tmp_path / "a"), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(cli(token_corpus, tmp_path / "b"), env=env, stdout=subprocess.DEVNULL,
+    args = [f"data.loader={loader}", "data.window_shards=1"]
+    subprocess.run(cli(token_corpus, tmp_path / "a", *args), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(cli(token_corpus, tmp_path / "b", *args), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (tmp_path / "b" / "checkpoints" / "step-0000020" / "state.json").exists():
@@ -66,36 +69,81 @@ def test_sigkill_and_resume_gives_the_same_loss_curve(token_corpus, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "b" / "model").exists()
-    subprocess.run(cli(token_corpus, tmp_path / "b"), check=True, env=env, capture_output=True)
+    subprocess.run(cli(token_corpus, tmp_path / "b", *args), check=True, env=env, capture_output=True)
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
     a, b = FourM.from_pretrained(tmp_path / "a" / "model"), FourM.from_pretrained(tmp_path / "b" / "model")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), name
 
 
-@pytest.mark.slow
-def test_two_process_ddp_on_cpu(token_corpus, tmp_path):
-    """`accelerate launch --multi_gpu` on a machine without GPUs runs two gloo processes (`--cpu` would
-    silently run one): both must train and end with the same weights."""
-    script = tmp_path / "ddp.py"
-    script.write_text(
-        "import json, os, sys, torch\n"
-        "from fourm.cli import main\n"
-        "rank = int(os.environ['RANK'])\n"
-        "main(['train', *sys.argv[1:]])\n"
-        "from fourm.train.checkpoint import latest_checkpoint\n"
-        "import torch.distributed as dist\n"
-        "print(json.dumps({'rank': rank, 'world': int(os.environ['WORLD_SIZE'])}))\n")
+LAUNCHED = """
+import json, os, sys
+import torch
+import torch.distributed as dist
+from fourm.config import load_config
+from fourm.train.pretrain import FourMTrainConfig, run_training
+model = run_training(load_config(FourMTrainConfig, overrides=sys.argv[1:]), progress=False)
+print(json.dumps({"rank": dist.get_rank(), "world": dist.get_world_size(),
+                  "weights": sum(float(p.double().sum()) for p in model.parameters() if isinstance(p, torch.Tensor))}))
+"""
+
+
+def launch(tmp_path, corpus, out, *extra):
+    """Two processes under `accelerate launch --multi_gpu`: on a machine without GPUs, two gloo processes
+    (`--cpu` would silently run one); returns each rank's report."""
+    script = tmp_path / "launched.py"
+    script.write_text(LAUNCHED)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
-           *ARGS, f"data.corpora=[{token_corpus}]", f"out={tmp_path / 'ddp'}", "train.steps=6",
-           "train.save_every=0", "train.eval_every=0"]
+           *ARGS, f"data.corpora=[{corpus}]", f"out={out}", "train.steps=6", "train.save_every=3",
+           "train.eval_every=0", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    ranks = sorted(json.loads(line)["rank"] for line in result.stdout.splitlines() if line.startswith("{"))
-    assert ranks == [0, 1], result.stdout
-    assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()
+    return sorted((json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")),
+                  key=lambda r: r["rank"])
+
+
+def weights(run):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(run) / "model" / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_two_processes_train_together_with_ddp_and_with_fsdp(token_corpus, tmp_path):
+    """DDP: both ranks in one process group end with the same weights. FSDP (parameters sharded over
+    the two): the same weights as DDP, within float tolerance; its sharded checkpoint resumes on the
+    same loss curve."""
+    import shutil
+
+    ddp = launch(tmp_path, token_corpus, tmp_path / "ddp")
+    assert [(r["rank"], r["world"]) for r in ddp] == [(0, 2), (1, 2)]
+    assert ddp[0]["weights"] == ddp[1]["weights"]  # replicas kept in step: gradients were all-reduced
+
+    fsdp = tmp_path / "fsdp"
+    assert [r["world"] for r in launch(tmp_path, token_corpus, fsdp, "train.parallel=fsdp")] == [2, 2]
+    assert (fsdp / "checkpoints" / "step-0000003" / "sharded").is_dir()
+    assert (fsdp / "checkpoints" / "step-0000003" / "rng-1.safetensors").is_file()
+    reference, sharded = weights(tmp_path / "ddp"), weights(fsdp)
+    assert reference.keys() == sharded.keys()
+    for name, value in reference.items():
+        torch.testing.assert_close(sharded[name], value, rtol=1e-3, atol=1e-4, msg=name)
+    (steps, curve), (ddp_steps, ddp_curve) = (zip(*losses(run), strict=True) for run in (fsdp, tmp_path / "ddp"))
+    assert steps == ddp_steps and curve == pytest.approx(ddp_curve, rel=1e-4)
+
+    # one sample a rank and few targets: each rank's batch lacks some modality in some step, and their
+    # tables and heads must still take part in the sharded gradient reduction (else gloo aborts)
+    sparse = ["train.parallel=fsdp", "data.batch_size=1", "masking.target_budget=3"]
+    launch(tmp_path, token_corpus, fsdp / "sparse", *sparse)
+    whole, final = losses(fsdp / "sparse"), weights(fsdp / "sparse")
+    # resume from its step-3 checkpoint, as after a kill: the same curve and weights as the whole run
+    shutil.rmtree(fsdp / "sparse" / "checkpoints" / "step-0000006")
+    shutil.rmtree(fsdp / "sparse" / "model")
+    launch(tmp_path, token_corpus, fsdp / "sparse", *sparse)
+    assert losses(fsdp / "sparse") == whole
+    for name, value in final.items():
+        torch.testing.assert_close(weights(fsdp / "sparse")[name], value, rtol=0, atol=0, msg=name)
 
 
 def test_fine_tuning_from_a_model_that_lacks_a_modality_is_refused(token_corpus, tmp_path):
