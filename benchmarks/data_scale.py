@@ -2,16 +2,18 @@
 
     python benchmarks/data_scale.py [--sizes 1000 10000 100000 1000000] [--root /tmp/fourm-scale]
 
-Token corpora at the demo's shapes (five 64-token image modalities, caption, boxes, caption vector, and
-the 64 px RGB as PNG) are written once under ``--root`` (10^6 samples: about 14 GB):
+Token corpora at the demo's shapes (five 64-token image modalities, caption, boxes, caption vector,
+and the 64 px RGB as PNG) are written once under ``--root`` (10^6 samples: about 17 GB):
 ``--template`` distinct synthetic samples (random ids, smooth random images) fill one shard's tars,
 and every shard is those tars with its own keys patched in, which costs the loader the same as new
-content and writes 10^6 samples at disk speed. Each (size, loader)
-is measured in a fresh process: the time to open the data (read, split off 64 held-out samples,
-count token frequencies), then batches of 16 drawn and masked with the demo's budgets (128 inputs,
-96 targets) and mixture defaults, as `fourm train` draws them (one process, no DataLoader workers):
-samples/s, batches/s, and the process' peak RSS. Compare batches/s with the training step on the
-same machine (the demo's model: ~0.25-0.3 s a step on 2 AVX2 cores, so >= 4 batches/s keeps it fed).
+content and writes 10^6 samples at disk speed. Each (size, loader) is measured in a fresh process:
+the time to open the data (read, split off 64 held-out samples, count token frequencies), then
+batches of 16 drawn and masked with the demo's budgets (128 inputs, 96 targets) and mixture
+defaults, as `fourm train` draws them (one process, no DataLoader workers): samples/s, batches/s,
+and the process' peak RSS; and the rate at which shards are read and decoded alone (decode/s), the
+part of a stream's work that each DataLoader worker repeats for its windows. Compare batches/s with
+the training step on the same machine (the demo's model: ~0.25-0.3 s a step on 2 AVX2 cores, so
+>= 4 batches/s keeps it fed).
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def measure(root: str, loader: str, batches: int) -> dict:
     """In this process: open the corpus as `fourm train` does, then draw and mask ``batches`` batches."""
     from fourm.data.loader import modalities_from_manifest, read_token_manifest, train_batches, unigram_baseline
     from fourm.data.masking import Masker, MaskingConfig, TextSpecials
-    from fourm.data.stream import open_token_data
+    from fourm.data.stream import ShardStream, open_token_data
 
     start = time.perf_counter()
     table = modalities_from_manifest(read_token_manifest(root))
@@ -121,8 +123,33 @@ def measure(root: str, loader: str, batches: int) -> dict:
         next(stream)
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # reading and decoding alone (what every DataLoader worker of a stream repeats for its windows)
+    start = time.perf_counter()
+    whole = ShardStream(root, table)
+    decoded = len(whole._read(whole.shards[:2]))
+    decode = decoded / (time.perf_counter() - start)
     return {"open_s": opened, "rss_after_open_mb": rss_open, "batches_per_s": batches / elapsed,
-            "samples_per_s": 16 * batches / elapsed, "peak_rss_mb": peak}
+            "samples_per_s": 16 * batches / elapsed, "peak_rss_mb": peak, "decode_per_s": decode}
+
+
+def train(root: str, steps: int) -> dict:
+    """In this process: `fourm train` (the demo's model, streamed data) for ``steps`` steps."""
+    import tempfile
+
+    from fourm.config import load_config
+    from fourm.train.curves import read_metrics
+    from fourm.train.pretrain import FourMTrainConfig, run_training
+
+    out = tempfile.mkdtemp(prefix="fourm-scale-train-")
+    cfg = load_config(FourMTrainConfig, overrides=[
+        f"data.corpora=[{root}]", f"out={out}", "data.loader=stream", "data.batch_size=16", "data.num_workers=0",
+        "model.size=nano", "model.overrides.dim=128", "model.overrides.heads=4", "masking.input_budget=128",
+        "masking.target_budget=96", f"train.steps={steps}", "train.eval_every=0", "train.save_every=0",
+        "train.tensorboard=false"])
+    run_training(cfg, progress=False)
+    step_s = [r["s_per_step"] for r in read_metrics(Path(out) / "metrics.jsonl") if "s_per_step" in r][1:]
+    return {"s_per_step": float(np.median(step_s)),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,14 +160,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--memory-max", type=int, default=100_000,
                         help="largest corpus also measured in memory (10^6 at 64 px needs ~13 GB)")
+    parser.add_argument("--train-steps", type=int, default=0,
+                        help="also train the demo's model this many steps on each corpus, streamed")
     parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)  # ROOT LOADER: one measurement, as JSON
+    parser.add_argument("--train", help=argparse.SUPPRESS)  # ROOT: one training run, as JSON
     args = parser.parse_args(argv)
     if args.measure:
         print(json.dumps(measure(args.measure[0], args.measure[1], args.batches)))
         return
+    if args.train:
+        print(json.dumps(train(args.train, args.train_steps)))
+        return
 
     samples = None
-    print(f"{'samples':>9} {'loader':>7} {'open s':>7} {'samples/s':>10} {'batches/s':>10} {'peak RSS MB':>12}")
+    print(f"{'samples':>9} {'loader':>7} {'open s':>7} {'samples/s':>10} {'batches/s':>10} {'peak RSS MB':>12} "
+          f"{'decode/s':>9}")
     for size in args.sizes:
         root = args.root / f"n{size}"
         if not (root / "manifest.json").is_file():
@@ -151,7 +185,16 @@ def main(argv: list[str] | None = None) -> None:
             result = subprocess.run(cmd, capture_output=True, text=True, check=True)
             r = json.loads(result.stdout.strip().splitlines()[-1])
             print(f"{size:>9} {loader:>7} {r['open_s']:>7.1f} {r['samples_per_s']:>10.0f} {r['batches_per_s']:>10.1f} "
-                  f"{r['peak_rss_mb']:>12.0f}", flush=True)
+                  f"{r['peak_rss_mb']:>12.0f} {r['decode_per_s']:>9.0f}", flush=True)
+    if args.train_steps:
+        print(f"\n`fourm train`, {args.train_steps} steps of the demo's model on the streamed corpus (in one process):")
+        print(f"{'samples':>9} {'s/step':>7} {'peak RSS MB':>12}")
+        for size in args.sizes:
+            cmd = [sys.executable, __file__, "--train", str(args.root / f"n{size}"), "--train-steps",
+                   str(args.train_steps)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            print(f"{size:>9} {r['s_per_step']:>7.3f} {r['peak_rss_mb']:>12.0f}", flush=True)
 
 
 if __name__ == "__main__":

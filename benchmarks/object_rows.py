@@ -1,11 +1,16 @@
 """The object rows of several `fourm demo` runs against their training compute, as a table and a plot.
 
     python benchmarks/object_rows.py RUN [RUN ...] [--out object_rows.png]
+    python benchmarks/object_rows.py RUN/fourm/checkpoints/step-* [--out ...]   # one run's checkpoints
 
-For each run folder: its training steps and samples seen (from ``fourm/config.yaml``), the colour and
-shape word nll given RGB (``object_probe.py``), and the evaluation rows that need objects (caption ->
-RGB, RGB -> caption, retrieval, semseg, boxes) from its ``evaluation.json``. The plot shows them against
-samples seen, so runs of other lengths or batch sizes line up.
+For each `fourm demo` run folder: its training steps and samples seen (from ``fourm/config.yaml``), the
+colour and shape word nll given RGB (``object_probe.py``), and the evaluation rows that need objects
+(caption -> RGB, RGB -> caption, retrieval, semseg, boxes) from its ``evaluation.json``. A checkpoint
+folder of a run (kept with ``train.keep_last=0``) stands for the model at its step: it is evaluated
+as the demo evaluates (on the run's held-out scenes, written beside it as ``evaluation.json``) unless
+that is there already. The points of one run's checkpoints lie on one learning-rate schedule, so they
+show what more steps of *that* run bought, not what a shorter run would reach. The plot shows every
+point against samples seen, so runs of other lengths or batch sizes line up.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ ROWS = {  # (task, metric) -> short label
 }
 
 
-def summarise(run: Path) -> dict:
+def summarise(path: Path) -> dict:
     import yaml
     from object_probe import probe
 
@@ -31,15 +36,29 @@ def summarise(run: Path) -> dict:
     from fourm.model.fourm import FourM
     from fourm.tokenization.base import load_tokenizers
 
+    checkpoint = (path / "state.json").is_file()
+    run = path.parents[2] if checkpoint else path  # RUN/fourm/checkpoints/step-XXXXXXX
     config = yaml.safe_load((run / "fourm" / "config.yaml").read_text())
-    steps, batch = config["train"]["steps"], config["data"]["batch_size"]
-    model = FourM.from_pretrained(run / "fourm" / "model").eval()
+    batch = config["data"]["batch_size"]
+    steps = json.loads((path / "state.json").read_text())["step"] if checkpoint else config["train"]["steps"]
+    model_dir = path / "model" if checkpoint else run / "fourm" / "model"
+    evaluation = path / "evaluation.json" if checkpoint else run / "evaluation.json"
+    if not evaluation.is_file():  # a checkpoint: evaluated as the demo evaluates its final model
+        from fourm.demo.stages import load_demo_config
+        from fourm.eval.evaluate import EvaluateConfig, run_evaluation
+
+        e = load_demo_config(None, []).evaluate
+        run_evaluation(EvaluateConfig(model=str(model_dir), tokenizers=str(run / "tokenizers"),
+                                      corpus=str(run / "heldout"), samples=e.samples, seed=e.seed, steps=e.steps,
+                                      temperature=e.temperature, out=str(evaluation)))
+    model = FourM.from_pretrained(model_dir).eval()
     names = ["caption"] + (["tok_rgb"] if "tok_rgb" in model.specs else [])
     words = probe(model, load_tokenizers(run / "tokenizers", names),
                   CorpusReader(run / "heldout", ["rgb", "caption"]).head(None))
-    table = json.loads((run / "evaluation.json").read_text())
+    table = json.loads(evaluation.read_text())
     rows = {ROWS[(r["task"], r["metric"])]: r["model"] for r in table["rows"] if (r["task"], r["metric"]) in ROWS}
-    return {"run": run.name, "steps": steps, "samples": steps * batch,
+    name = f"{run.name}@{steps}" if checkpoint else run.name
+    return {"run": name, "steps": steps, "samples": steps * batch,
             "colour nll": words["colour"]["given rgb"], "shape nll": words["shape"]["given rgb"], **rows}
 
 

@@ -59,8 +59,10 @@ class _InMemory:
         start = offset * global_batch + rank * batch_size
         return self._order[2][(start + np.arange(batch_size)) % size]
 
-    def draw(self, step: int, seed: int, rank: int, world_size: int, batch_size: int) -> list[dict]:
-        """The raw samples of rank ``rank``'s part of step ``step`` (what a shard stream also answers)."""
+    def draw(self, step: int, seed: int, rank: int, world_size: int, batch_size: int, workers: int = 0
+             ) -> list[dict]:
+        """The raw samples of rank ``rank``'s part of step ``step`` (what a shard stream also answers;
+        in memory, the same for any number of loader ``workers``)."""
         return [self[int(p)] for p in self.positions(step, seed, rank, world_size, batch_size)]
 
 
@@ -412,11 +414,12 @@ class StepBatches(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset, masker: Masker, batch_size: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, workers: int = 0):
         if len(dataset) == 0:
             raise ValueError("the dataset is empty")
         self.dataset, self.masker = dataset, masker
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.workers = workers  # the DataLoader workers that will run it (a shard stream splits its shards so)
 
     def positions(self, step: int) -> np.ndarray:
         """Dataset positions of this rank's part of global batch ``step`` (in-memory datasets)."""
@@ -425,7 +428,7 @@ class StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> Batch:
         first = self.rank * self.batch_size
         seeds = [[self.seed, _MASK, step, first + j] for j in range(self.batch_size)]
-        raw = self.dataset.draw(step, self.seed, self.rank, self.world_size, self.batch_size)
+        raw = self.dataset.draw(step, self.seed, self.rank, self.world_size, self.batch_size, self.workers)
         return mask_batch(raw, self.dataset, self.masker, seeds)
 
 
@@ -446,10 +449,11 @@ def train_batches(dataset, masker: Masker, start_step: int = 0, rank: int = 0, w
                   ) -> Iterator[Batch]:
     """The endless batch stream of one rank from ``start_step`` on (masking runs in the workers).
 
-    Batch ``s`` depends only on (dataset, masker config, seed, s, rank, world_size, batch_size):
-    not on ``num_workers`` or on where the stream was started.
+    Batch ``s`` depends only on (dataset, masker config, seed, s, rank, world_size, batch_size), not
+    on where the stream was started; in memory not on ``num_workers`` either (a shard stream splits
+    its shards over the workers, so there it does).
     """
-    steps = StepBatches(dataset, masker, batch_size, seed, rank, world_size)
+    steps = StepBatches(dataset, masker, batch_size, seed, rank, world_size, num_workers)
     loader = torch.utils.data.DataLoader(steps, batch_size=None, sampler=_Steps(start_step), collate_fn=_unwrap,
                                          num_workers=num_workers,
                                          prefetch_factor=prefetch_factor if num_workers else None)

@@ -7,18 +7,21 @@ s3://bucket/tokens/{} -``: see :mod:`fourm.data.corpus`), so nothing is node-loc
 
 How rank ``r`` of ``W`` sees a corpus:
 
-* epoch ``e`` orders the shards by a seeded permutation and the rank takes every ``W``-th of them:
-  ranks read disjoint shards;
-* the rank reads its shards ``window`` at a time and shuffles each window's samples together (a
+* the shards are split over *readers*: every (rank, DataLoader worker) pair, ``R = ranks x workers``
+  of them. Epoch ``e`` orders the shards by a seeded permutation and reader ``r`` takes every
+  ``R``-th, so each shard is decoded once per epoch, by one process;
+* a reader decodes its shards ``window`` at a time and shuffles each window's samples together (a
   shuffle buffer of ``window`` shards, seeded as a whole: a permutation, not a reservoir);
-* its stream is its epochs one after another, and its batch of step ``s`` is stream positions
-  ``[sB, (s + 1)B)``.
+* its stream is its epochs one after another; a worker's steps take consecutive batches of it
+  (:func:`step_reader` says which reader and positions a step gets).
 
-So every sample's place is a pure function of (seed, epoch, rank, world size) and the manifest's
+So every sample's place is a pure function of (seed, epoch, reader, readers) and the manifest's
 shard sizes. A run killed at step ``s`` resumes exactly there by loading the one window that holds
-position ``sB`` (no replay, no buffer state in the checkpoint), and DataLoader workers may build steps
-in any order. Memory holds at most two decoded windows per worker, whatever the corpus size. (A
-damaged sample keeps its place: the window's next readable one stands in, and the reader counts it.)
+that step's position (no replay, no buffer state in the checkpoint), with the same number of ranks
+and workers (another worker count is another, equally valid, order; the in-memory loader alone is
+the same for any worker count). Memory holds at most two decoded windows per worker, whatever the
+corpus size. (A damaged sample keeps its place: the window's next readable one stands in, and the
+reader counts it.)
 
 Several corpora mix by weight in blocks of :data:`MIX_BLOCK` draws: each block takes exactly its quota
 of each corpus (the largest-remainder rounding of weight x block) in a seeded order, so the mixture,
@@ -41,6 +44,18 @@ from fourm.modalities import Modality
 MIX_BLOCK = 4096  # draws per mixture block: weights are kept to 1/MIX_BLOCK
 BASELINE_SAMPLES = 4096  # token frequencies (the unigram baseline) are counted on the corpus' first samples
 _MIX = 3  # seed word of the mixture's block orders (loader uses 0-2)
+
+
+def step_reader(step: int, rank: int, world_size: int, batch_size: int, workers: int) -> tuple[int, int, int]:
+    """Who reads step ``step``, and from where: (reader, readers, first position in that reader's stream).
+
+    The shards are split over every (rank, loader worker) pair, so each shard is decoded once per
+    epoch, by one process. A DataLoader hands its workers the steps in turn, so worker ``k`` of ``W``
+    gets the steps ``s`` with ``s % W`` fixed (from any start): step ``s`` is read by reader
+    ``rank * W + s % W``, at positions ``[(s // W) B, (s // W + 1) B)`` of that reader's stream.
+    """
+    w = max(1, workers)
+    return rank * w + step % w, world_size * w, (step // w) * batch_size
 
 
 class ShardStream:
@@ -94,13 +109,13 @@ class ShardStream:
         return TokenDataset.from_samples(self.modalities, samples)
 
     # ------------------------------------------------------------------ the rank's stream
-    def _epoch(self, seed: int, rank: int, world_size: int, epoch: int) -> dict:
-        """Epoch ``epoch`` of rank ``rank``: its windows (rows of ``shards``) and where each starts."""
-        key = (seed, rank, world_size)
+    def _epoch(self, seed: int, part: int, parts: int, epoch: int) -> dict:
+        """Epoch ``epoch`` of reader ``part``: its windows (rows of ``shards``) and where each starts."""
+        key = (seed, part, parts)
         plans = self._epochs.setdefault(key, [])
         while len(plans) <= epoch:
             e = len(plans)
-            order = np.random.default_rng([seed, _ORDER, e]).permutation(len(self.shards))[rank::world_size]
+            order = np.random.default_rng([seed, _ORDER, e]).permutation(len(self.shards))[part::parts]
             windows = [order[i:i + self.window] for i in range(0, len(order), self.window)]
             sizes = [int(self.shards[w, 1].sum()) for w in windows]
             start = plans[-1]["end"] if plans else 0
@@ -108,42 +123,44 @@ class ShardStream:
                           "end": start + sum(sizes)})
         return plans[epoch]
 
-    def _locate(self, seed: int, rank: int, world_size: int, position: int) -> tuple[int, int, int]:
-        """(epoch, window, offset) of the rank's stream position ``position``."""
-        if len(self.shards) < world_size:
-            raise ValueError(f"{self.root} has {len(self.shards)} shards for {world_size} ranks: each rank "
-                             "needs at least one (tokenize it with a smaller shard size)")
+    def _locate(self, seed: int, part: int, parts: int, position: int) -> tuple[int, int, int]:
+        """(epoch, window, offset) of reader ``part``'s stream position ``position``."""
+        if len(self.shards) < parts:
+            raise ValueError(f"{self.root} has {len(self.shards)} shards for {parts} readers (ranks x loader "
+                             "workers): each needs at least one (use fewer workers, or a smaller shard size)")
         epoch = 0
-        while self._epoch(seed, rank, world_size, epoch)["end"] <= position:
+        while self._epoch(seed, part, parts, epoch)["end"] <= position:
             epoch += 1
-        plan = self._epoch(seed, rank, world_size, epoch)
+        plan = self._epoch(seed, part, parts, epoch)
         window = int(np.searchsorted(plan["starts"], position, side="right")) - 1
         return epoch, window, position - int(plan["starts"][window])
 
-    def _window(self, seed: int, rank: int, world_size: int, epoch: int, window: int):
-        key = (seed, rank, world_size, epoch, window)
+    def _window(self, seed: int, part: int, parts: int, epoch: int, window: int):
+        key = (seed, part, parts, epoch, window)
         if key not in self._windows:
-            rows = self._epoch(seed, rank, world_size, epoch)["windows"][window]
+            rows = self._epoch(seed, part, parts, epoch)["windows"][window]
             data = self._read(self.shards[rows])
             if len(data) == 0:
                 shards = ", ".join(str(int(i)) for i in self.shards[rows, 0])
                 raise ValueError(f"{self.root}: no readable sample in shards {shards} ({self.skipped.total} skipped)")
             expected = int(self.shards[rows, 1].sum())
-            order = np.random.default_rng([seed, _ORDER, epoch, rank, world_size, window]).permutation(expected)
+            order = np.random.default_rng([seed, _ORDER, epoch, part, parts, window]).permutation(expected)
             self._windows[key] = data, order
             while len(self._windows) > 2:  # a step may straddle two windows; never more
                 self._windows.popitem(last=False)
         return self._windows[key]
 
-    def sample(self, seed: int, rank: int, world_size: int, position: int) -> dict:
-        """The sample at ``position`` of rank ``rank``'s stream."""
-        epoch, window, offset = self._locate(seed, rank, world_size, position)
-        data, order = self._window(seed, rank, world_size, epoch, window)
+    def sample(self, seed: int, part: int, parts: int, position: int) -> dict:
+        """The sample at ``position`` of reader ``part``'s stream (of ``parts``)."""
+        epoch, window, offset = self._locate(seed, part, parts, position)
+        data, order = self._window(seed, part, parts, epoch, window)
         return data[int(order[offset]) % len(data)]  # damaged samples: a readable one keeps the place
 
-    def draw(self, step: int, seed: int, rank: int, world_size: int, batch_size: int) -> list[dict]:
-        """The raw samples of rank ``rank``'s part of step ``step``."""
-        return [self.sample(seed, rank, world_size, step * batch_size + j) for j in range(batch_size)]
+    def draw(self, step: int, seed: int, rank: int, world_size: int, batch_size: int, workers: int = 0
+             ) -> list[dict]:
+        """The raw samples of rank ``rank``'s part of step ``step`` (read by ``workers`` loader workers)."""
+        part, parts, first = step_reader(step, rank, world_size, batch_size, workers)
+        return [self.sample(seed, part, parts, first + j) for j in range(batch_size)]
 
     # ------------------------------------------------------------------ held out, shapes, counts
     def split(self, heldout: int) -> tuple[ShardStream, TokenDataset]:
@@ -206,26 +223,28 @@ class StreamMixture:
     def __getstate__(self):
         return {**self.__dict__, "_block": None}
 
-    def _source(self, seed: int, rank: int, position: int) -> tuple[int, int]:
-        """(stream, position in that stream) of mixture position ``position``."""
+    def _source(self, seed: int, part: int, position: int) -> tuple[int, int]:
+        """(stream, position in that stream) of reader ``part``'s mixture position ``position``."""
         block, offset = divmod(position, MIX_BLOCK)
-        if self._block is None or self._block[0] != (seed, rank, block):
+        if self._block is None or self._block[0] != (seed, part, block):
             sources = np.repeat(np.arange(len(self.streams)), self.quotas)
-            sources = sources[np.random.default_rng([seed, _MIX, rank, block]).permutation(MIX_BLOCK)]
+            sources = sources[np.random.default_rng([seed, _MIX, part, block]).permutation(MIX_BLOCK)]
             before = np.zeros(MIX_BLOCK, dtype=np.int64)  # draws of the same stream earlier in the block
             for i in range(len(self.streams)):
                 mine = sources == i
                 before[mine] = np.arange(mine.sum())
-            self._block = (seed, rank, block), sources, before
+            self._block = (seed, part, block), sources, before
         _, sources, before = self._block
         source = int(sources[offset])
         return source, block * int(self.quotas[source]) + int(before[offset])
 
-    def draw(self, step: int, seed: int, rank: int, world_size: int, batch_size: int) -> list[dict]:
+    def draw(self, step: int, seed: int, rank: int, world_size: int, batch_size: int, workers: int = 0
+             ) -> list[dict]:
+        part, parts, first = step_reader(step, rank, world_size, batch_size, workers)
         out = []
         for j in range(batch_size):
-            i, position = self._source(seed, rank, step * batch_size + j)
-            out.append(self.streams[i].sample(seed + 7919 * (i + 1), rank, world_size, position))
+            i, position = self._source(seed, part, first + j)
+            out.append(self.streams[i].sample(seed + 7919 * (i + 1), part, parts, position))
         return out
 
     def split(self, heldout: int) -> tuple[StreamMixture, MixtureDataset]:

@@ -52,7 +52,10 @@ def _every_root_parameter_in_the_loss(module: nn.Module, inputs, output, names: 
     zero = sum(module.get_parameter(n).sum() for n in names) * 0.0
     if isinstance(output, torch.Tensor):
         return output + zero
-    return dataclasses.replace(output, loss=output.loss + zero)
+    if dataclasses.is_dataclass(output) and hasattr(output, "loss"):
+        return dataclasses.replace(output, loss=output.loss + zero)
+    raise TypeError(f"train.parallel=fsdp needs a model whose forward returns its loss (a tensor, or a dataclass "
+                    f"with .loss); {type(module).__name__} returns {type(output).__name__}")
 
 
 def is_sharded(model: nn.Module) -> bool:

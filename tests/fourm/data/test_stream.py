@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fourm.data.corpus import CorpusError, shard_path, storage_entry, write_manifest, write_shard
-from fourm.data.loader import TokenDataset, train_batches
+from fourm.data.loader import StepBatches, TokenDataset, train_batches
 from fourm.data.masking import Masker, MaskingConfig, TextSpecials
 from fourm.data.stream import MIX_BLOCK, ShardStream, StreamMixture, open_token_data
 from fourm.modalities import ModalityScale, Storage
@@ -60,20 +60,31 @@ def test_an_epoch_is_every_sample_once_and_ranks_read_disjoint_shards(corpus):
     assert len({k.split("-")[0] for k in epoch[:10]}) == 2
 
 
-def test_the_stream_is_a_function_of_the_step_for_any_worker_count_and_restart(corpus):
+def test_the_stream_is_a_function_of_the_step_and_restarts_exactly(corpus):
     masker = Masker(table(), MaskingConfig(input_budget=10, target_budget=8), TextSpecials())
-    stream = ShardStream(corpus, table(), window=2)
-    unbroken = [next(b) for b in [train_batches(stream, masker, batch_size=4, seed=3)] for _ in range(12)]
-    workers = train_batches(ShardStream(corpus, table(), window=2), masker, batch_size=4, seed=3, num_workers=2)
-    restarted = train_batches(ShardStream(corpus, table(), window=2), masker, start_step=9, batch_size=4, seed=3)
     fields = ("enc_ids", "enc_mod", "dec_ids", "dec_target", "dec_mod", "dec_valid")
-    for step in range(12):  # 12 steps of 4 cross the 33-sample epoch
-        batch = next(workers)
-        assert all(torch.equal(getattr(batch, f), getattr(unbroken[step], f)) for f in fields), step
-    for step in range(9, 12):
-        batch = next(restarted)
-        assert all(torch.equal(getattr(batch, f), getattr(unbroken[step], f)) for f in fields), step
-    assert len(stream._windows) <= 2  # decoded windows held, whatever the corpus size
+
+    def same(a, b):
+        return all(torch.equal(getattr(a, f), getattr(b, f)) for f in fields)
+
+    for workers in (0, 2):  # 12 steps of 4 cross the epochs of every reader
+        stream = ShardStream(corpus, table(), window=2)
+        expected = [StepBatches(stream, masker, batch_size=4, seed=3, workers=workers)[s] for s in range(12)]
+        unbroken = train_batches(ShardStream(corpus, table(), window=2), masker, batch_size=4, seed=3,
+                                 num_workers=workers)
+        assert all(same(next(unbroken), expected[s]) for s in range(12)), workers
+        restarted = train_batches(ShardStream(corpus, table(), window=2), masker, start_step=9, batch_size=4,
+                                  seed=3, num_workers=workers)
+        assert all(same(next(restarted), expected[s]) for s in range(9, 12)), workers
+        assert len(stream._windows) <= 2 * max(1, workers)  # decoded windows held, whatever the corpus size
+
+
+def test_loader_workers_read_disjoint_shards(corpus):
+    stream = ShardStream(corpus, table(), window=1)
+    # two workers of one rank: steps 0, 2, 4... and 1, 3, 5... come from different shards in an epoch
+    even = {k.split("-")[0] for s in (0, 2, 4) for k in keys(stream.draw(s, 0, 0, 1, 4, workers=2))}
+    odd = {k.split("-")[0] for s in (1, 3, 5) for k in keys(stream.draw(s, 0, 0, 1, 4, workers=2))}
+    assert even and odd and not even & odd
 
 
 def test_split_holds_out_the_last_samples(corpus):
@@ -122,8 +133,8 @@ def test_open_token_data_keeps_small_local_corpora_in_memory(corpus):
     assert isinstance(open_token_data([corpus], table(), loader="stream"), ShardStream)
     with pytest.raises(ValueError, match="data.loader must be auto, memory, stream, not 'disk'"):
         open_token_data([corpus], table(), loader="disk")
-    with pytest.raises(ValueError, match="7 shards for 8 ranks"):
-        ShardStream(corpus, table()).draw(0, 0, 0, 8, 1)
+    with pytest.raises(ValueError, match=r"7 shards for 8 readers \(ranks x loader workers\)"):
+        ShardStream(corpus, table()).draw(0, 0, 0, 4, 1, workers=2)
 
 
 def test_a_damaged_shard_loses_its_samples_not_the_stream(tmp_path):
