@@ -48,15 +48,16 @@ def template(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def _patch_keys(tar: bytes, offsets: list[int], prefix: bytes) -> bytes:
+def _patch_keys(tar: bytes, offsets: np.ndarray, prefix: bytes) -> bytes:
     """``tar`` with each member name's first bytes replaced by ``prefix`` (same length) and the header
     checksums redone: a shard's tar is its template's with new keys, without re-encoding anything."""
-    data = bytearray(tar)
-    for at in offsets:
-        data[at: at + len(prefix)] = prefix
-        data[at + 148: at + 156] = b" " * 8  # the checksum counts its own field as spaces
-        data[at + 148: at + 156] = b"%06o\0 " % sum(data[at: at + 512])
-    return bytes(data)
+    data = np.frombuffer(tar, dtype=np.uint8).copy()
+    data[offsets[:, None] + np.arange(len(prefix))] = np.frombuffer(prefix, dtype=np.uint8)
+    data[offsets[:, None] + np.arange(148, 156)] = ord(" ")  # the checksum counts its own field as spaces
+    sums = data[offsets[:, None] + np.arange(512)].sum(axis=1, dtype=np.int64)
+    digits = np.array([[ord(c) for c in f"{v:06o}"] + [0, ord(" ")] for v in sums], dtype=np.uint8)
+    data[offsets[:, None] + np.arange(148, 156)] = digits
+    return data.tobytes()
 
 
 def write_corpus(root: Path, size: int, samples: list[dict]) -> None:
@@ -82,7 +83,7 @@ def write_corpus(root: Path, size: int, samples: list[dict]) -> None:
                 tar.write({"__key__": f"000000-{j:04d}", st.ext: encode(samples[j % len(samples)][m], st)})
         data = buffer.getvalue()
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            offsets = [t.offset_data - 512 for t in tar]  # the ustar headers
+            offsets = np.array([t.offset_data - 512 for t in tar])  # the ustar headers
         templates[m] = data, offsets
     for shard in tqdm(range((size + SHARD - 1) // SHARD), desc=f"writing {size} samples", unit="shard"):
         count = min(SHARD, size - shard * SHARD)

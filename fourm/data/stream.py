@@ -30,6 +30,7 @@ too, is a function of the position.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import os
 from collections import OrderedDict
@@ -82,8 +83,8 @@ class ShardStream:
             shards = [(i, n) for i, n in enumerate(manifest["shard_samples"]) if n > 0]
         self.shards = np.array(shards, dtype=np.int64).reshape(-1, 2)
         self._reader: CorpusReader | None = None
-        self._windows: OrderedDict = OrderedDict()  # (seed, rank, world, epoch, window) -> (data, order)
-        self._epochs: dict = {}  # (seed, rank, world) -> epoch plans, in order
+        self._windows: OrderedDict = OrderedDict()  # (seed, part, parts, epoch, window) -> (data, order)
+        self._epochs: dict = {}  # (seed, part, parts) -> (epoch plans in order, where each epoch ends)
 
     def __len__(self) -> int:
         return int(self.shards[:, 1].sum())
@@ -108,37 +109,35 @@ class ShardStream:
             samples.extend(itertools.islice(self.reader.shard(int(index)), int(count)))
         return TokenDataset.from_samples(self.modalities, samples)
 
-    # ------------------------------------------------------------------ the rank's stream
-    def _epoch(self, seed: int, part: int, parts: int, epoch: int) -> dict:
-        """Epoch ``epoch`` of reader ``part``: its windows (rows of ``shards``) and where each starts."""
-        key = (seed, part, parts)
-        plans = self._epochs.setdefault(key, [])
-        while len(plans) <= epoch:
-            e = len(plans)
-            order = np.random.default_rng([seed, _ORDER, e]).permutation(len(self.shards))[part::parts]
-            windows = [order[i:i + self.window] for i in range(0, len(order), self.window)]
-            sizes = [int(self.shards[w, 1].sum()) for w in windows]
-            start = plans[-1]["end"] if plans else 0
-            plans.append({"windows": windows, "starts": start + np.cumsum([0, *sizes[:-1]]),
-                          "end": start + sum(sizes)})
-        return plans[epoch]
-
-    def _locate(self, seed: int, part: int, parts: int, position: int) -> tuple[int, int, int]:
-        """(epoch, window, offset) of reader ``part``'s stream position ``position``."""
+    # ------------------------------------------------------------------ a reader's stream
+    def _plans(self, seed: int, part: int, parts: int, position: int) -> tuple[list[dict], list[int]]:
+        """Reader ``part``'s epoch plans (windows as rows of ``shards``, where each window starts), made
+        up to the epoch that holds ``position``, and where each epoch ends."""
         if len(self.shards) < parts:
             raise ValueError(f"{self.root} has {len(self.shards)} shards for {parts} readers (ranks x loader "
                              "workers): each needs at least one (use fewer workers, or a smaller shard size)")
-        epoch = 0
-        while self._epoch(seed, part, parts, epoch)["end"] <= position:
-            epoch += 1
-        plan = self._epoch(seed, part, parts, epoch)
-        window = int(np.searchsorted(plan["starts"], position, side="right")) - 1
-        return epoch, window, position - int(plan["starts"][window])
+        plans, ends = self._epochs.setdefault((seed, part, parts), ([], []))
+        while not ends or ends[-1] <= position:
+            order = np.random.default_rng([seed, _ORDER, len(plans)]).permutation(len(self.shards))[part::parts]
+            windows = [order[i:i + self.window] for i in range(0, len(order), self.window)]
+            sizes = [int(self.shards[w, 1].sum()) for w in windows]
+            start = ends[-1] if ends else 0
+            plans.append({"windows": windows, "starts": start + np.cumsum([0, *sizes[:-1]])})
+            ends.append(start + sum(sizes))
+        return plans, ends
+
+    def _locate(self, seed: int, part: int, parts: int, position: int) -> tuple[int, int, int]:
+        """(epoch, window, offset) of reader ``part``'s stream position ``position``."""
+        plans, ends = self._plans(seed, part, parts, position)
+        epoch = bisect.bisect_right(ends, position)
+        starts = plans[epoch]["starts"]
+        window = int(np.searchsorted(starts, position, side="right")) - 1
+        return epoch, window, position - int(starts[window])
 
     def _window(self, seed: int, part: int, parts: int, epoch: int, window: int):
         key = (seed, part, parts, epoch, window)
         if key not in self._windows:
-            rows = self._epoch(seed, part, parts, epoch)["windows"][window]
+            rows = self._epochs[(seed, part, parts)][0][epoch]["windows"][window]
             data = self._read(self.shards[rows])
             if len(data) == 0:
                 shards = ", ".join(str(int(i)) for i in self.shards[rows, 0])
