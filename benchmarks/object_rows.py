@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROWS = {  # (task, metric) -> short label
     ("caption -> RGB", "named colours shown"): "caption->RGB colours shown",
+    ("caption -> RGB", "colours shown not named"): "caption->RGB false alarms",
     ("RGB -> caption", "colour + shape named right"): "RGB->caption colour+shape",
     ("caption -> image retrieval", "recall@5"): "retrieval R@5",
     ("RGB -> semseg", "mIoU"): "semseg mIoU",
