@@ -83,7 +83,8 @@ class ShardStream:
             shards = [(i, n) for i, n in enumerate(manifest["shard_samples"]) if n > 0]
         self.shards = np.array(shards, dtype=np.int64).reshape(-1, 2)
         self._reader: CorpusReader | None = None
-        self._windows: OrderedDict = OrderedDict()  # (seed, part, parts, epoch, window) -> (data, order)
+        # (seed, part, parts, epoch, window) -> (decoded samples, their order, the rows of shards they are)
+        self._windows: OrderedDict = OrderedDict()
         self._epochs: dict = {}  # (seed, part, parts) -> (epoch plans in order, where each epoch ends)
 
     def __len__(self) -> int:
@@ -137,17 +138,19 @@ class ShardStream:
     def _window(self, seed: int, part: int, parts: int, epoch: int, window: int):
         key = (seed, part, parts, epoch, window)
         if key not in self._windows:
-            rows = self._epochs[(seed, part, parts)][0][epoch]["windows"][window]
-            data = self._read(self.shards[rows])
+            rows = np.sort(self._epochs[(seed, part, parts)][0][epoch]["windows"][window])
+            # the same shards again (a reader whose share fits one window: every epoch) are not decoded again
+            data = next((d for d, _, r in self._windows.values() if np.array_equal(r, rows)), None)
+            data = self._read(self.shards[rows]) if data is None else data
             if len(data) == 0:
                 shards = ", ".join(str(int(i)) for i in self.shards[rows, 0])
                 raise ValueError(f"{self.root}: no readable sample in shards {shards} ({self.skipped.total} skipped)")
             expected = int(self.shards[rows, 1].sum())
             order = np.random.default_rng([seed, _ORDER, epoch, part, parts, window]).permutation(expected)
-            self._windows[key] = data, order
+            self._windows[key] = data, order, rows
             while len(self._windows) > 2:  # a step may straddle two windows; never more
                 self._windows.popitem(last=False)
-        return self._windows[key]
+        return self._windows[key][:2]
 
     def sample(self, seed: int, part: int, parts: int, position: int) -> dict:
         """The sample at ``position`` of reader ``part``'s stream (of ``parts``)."""
