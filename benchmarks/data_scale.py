@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--template", type=int, default=2000, help="distinct synthetic samples")
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--memory-max", type=int, default=100_000,
-                        help="largest corpus also measured in memory (10^6 at 64 px needs ~13 GB)")
+                        help="largest corpus also measured in memory (10^6 at 64 px needs ~16 GB)")
     parser.add_argument("--train-steps", type=int, default=0,
                         help="also train the demo's model this many steps on each corpus, streamed")
     parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)  # ROOT LOADER: one measurement, as JSON
