@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (nll, rows) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (nll, rows) = plt.subplots(1, 2, figsize=(12, 3.6))
     samples = [r["samples"] for r in results]
     for key, chance in (("colour nll", 2.079), ("shape nll", 1.386)):
         line = nll.plot(samples, [r[key] for r in results], marker="o", label=key)[0]
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     for key in ROWS.values():
         rows.plot(samples, [r.get(key, float("nan")) for r in results], marker="o", label=key)
     rows.set(xscale="log", xlabel="training samples seen", ylim=(0, 1), title="evaluation rows (held-out scenes)")
-    rows.legend(fontsize=7)
+    rows.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)
     print(f"plot: {args.out}")
