@@ -31,7 +31,7 @@ from fourm.config import save_config
 from fourm.io import write_json
 from fourm.train.checkpoint import resume_checkpoint, save_checkpoint
 from fourm.train.curves import MetricsLog
-from fourm.train.parallel import PARALLEL, gradient_sync, local, model_state, shard
+from fourm.train.parallel import PARALLEL, build_sharded, gradient_sync, local, model_state
 
 
 @dataclass
@@ -151,12 +151,13 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
     use_bf16 = resolve_precision(cfg.precision, accelerator.device) == "bf16"
     def autocast():
         return torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=use_bf16)
-    model = task.build_model().to(accelerator.device)
     sharded = cfg.parallel == "fsdp" and accelerator.num_processes > 1  # one process has nothing to shard
-    if cfg.compile:  # in place, before DDP or FSDP wraps it; a model may choose what to compile (FourM: its blocks)
-        model.compile()
     if sharded:  # before the optimizer: it must hold the shards, not the whole parameters
-        shard(model)
+        model = build_sharded(task.build_model, accelerator.device, accelerator.is_main_process, cfg.compile)
+    else:
+        model = task.build_model().to(accelerator.device)
+        if cfg.compile:  # in place, before DDP wraps it; a model may choose what to compile (FourM: its blocks)
+            model.compile()
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     step = resume_checkpoint(out, model, optimizer, scheduler) if resume else 0

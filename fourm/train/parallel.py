@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -56,6 +57,35 @@ def _every_root_parameter_in_the_loss(module: nn.Module, inputs, output, names: 
         return dataclasses.replace(output, loss=output.loss + zero)
     raise TypeError(f"train.parallel=fsdp needs a model whose forward returns its loss (a tensor, or a dataclass "
                     f"with .loss); {type(module).__name__} returns {type(output).__name__}")
+
+
+def build_sharded(build: Callable[[], nn.Module], device: torch.device, main: bool, compile: bool = False
+                  ) -> nn.Module:
+    """A model built and sharded without a whole copy on every process.
+
+    The main process builds it for real; the others build it on the meta device (shapes, no memory).
+    After sharding, those allocate their shards, and the main process' weights and buffers are
+    broadcast into every process: the same start as building it everywhere from one seed, with one
+    whole model in memory (the main process') instead of one per process.
+    """
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if main:
+        model = build().to(device)
+    else:
+        with torch.device("meta"):
+            model = build()
+    whole = model.state_dict() if main else {}
+    if compile:  # in place, before sharding; a model may choose what to compile (FourM: its blocks)
+        model.compile()
+    shard(model)
+    if not main:
+        model.to_empty(device=device)
+    set_model_state_dict(model, whole, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for buffer in model.buffers():  # unsharded; non-persistent ones are in no state dict
+        dist.broadcast(buffer, src=0)
+    return model
 
 
 def is_sharded(model: nn.Module) -> bool:
