@@ -90,8 +90,13 @@ class ShardStream:
     def __len__(self) -> int:
         return int(self.shards[:, 1].sum())
 
-    def __getstate__(self):  # DataLoader workers get the plan, not the decoded windows or open readers
-        return {**self.__dict__, "_reader": None, "_windows": OrderedDict(), "_epochs": {}}
+    def __getstate__(self):
+        """What DataLoader workers get: the plan and the batch shapes, not the decoded windows, the open
+        reader or the head (up to BASELINE_SAMPLES decoded samples, which a worker does not need)."""
+        shapes = self.continuous_shapes
+        state = {**self.__dict__, "_reader": None, "_windows": OrderedDict(), "_epochs": {}}
+        state.pop("head", None)
+        return {**state, "continuous_shapes": shapes}
 
     @property
     def reader(self) -> CorpusReader:
@@ -191,7 +196,7 @@ class ShardStream:
                 break
         return self._read(np.array(rows))
 
-    @property
+    @cached_property
     def continuous_shapes(self) -> dict[str, tuple[int, ...]]:
         return self.head.continuous_shapes
 

@@ -3,6 +3,7 @@ bounded windows, held-out split, weighted mixtures, remote corpora (pipe: and ht
 
 import functools
 import http.server
+import pickle
 import threading
 from collections import Counter
 from pathlib import Path
@@ -77,6 +78,11 @@ def test_the_stream_is_a_function_of_the_step_and_restarts_exactly(corpus):
                                   seed=3, num_workers=workers)
         assert all(same(next(restarted), expected[s]) for s in range(9, 12)), workers
         assert len(stream._windows) <= 2 * max(1, workers)  # decoded windows held, whatever the corpus size
+    # a worker's copy carries the plan and the batch shapes, not the decoded head of the corpus
+    stream.token_counts("tok_depth")
+    copy = pickle.loads(pickle.dumps(stream))
+    assert "head" in stream.__dict__ and "head" not in copy.__dict__ and not copy._windows
+    assert copy.continuous_shapes == stream.continuous_shapes
 
 
 def test_loader_workers_read_disjoint_shards(corpus):
