@@ -141,14 +141,18 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
 
     out = Path(out)
     torch.manual_seed(cfg.seed)
-    # Precision is our autocast, not accelerate's: its state is a per-process singleton that refuses
-    # a second run with another precision (tests, notebooks), and bf16 needs no loss scaling.
     # modalities absent from a batch leave their tables and heads without gradients: DDP must know
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     # cpu=True where there is no accelerator: without it, accelerate (1.16) starts each process of a
     # CPU launch on its own (no process group), and they train apart while looking like a DDP run
     accelerator = Accelerator(cpu=not torch.accelerator.is_available(), kwargs_handlers=[ddp])
-    use_bf16 = resolve_precision(cfg.precision, accelerator.device) == "bf16"
+    # Precision is our autocast, not accelerate's: its state is a per-process singleton that refuses
+    # a second run with another precision (tests, notebooks), and bf16 needs no loss scaling. With
+    # several processes the main one's timing decides for all: each timing its own could differ.
+    decision = [resolve_precision(cfg.precision, accelerator.device) == "bf16"]
+    if accelerator.num_processes > 1:
+        torch.distributed.broadcast_object_list(decision, src=0)
+    use_bf16 = decision[0]
     def autocast():
         return torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=use_bf16)
     sharded = cfg.parallel == "fsdp" and accelerator.num_processes > 1  # one process has nothing to shard
