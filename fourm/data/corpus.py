@@ -300,8 +300,8 @@ class CorpusReader:
             sample = {"__key__": key}
             for name in self.modalities:
                 if key not in values[name]:
-                    self.skipped.add("truncated shard", f"{corpus_file(self.root, f'{name}/{shard_name(index)}')} "
-                                                        f"lost {key}")
+                    where = corpus_file(self.root, f"{name}/{shard_name(index)}")
+                    self.skipped.add("truncated shard", f"{where} lost {key}")
                     break
                 try:
                     sample[name] = decode(values[name][key], self.storages[name])

@@ -222,12 +222,7 @@ class MixtureDataset(_InMemory):
 
     @property
     def continuous_shapes(self) -> dict[str, tuple[int, ...]]:
-        shapes: dict[str, tuple[int, ...]] = {}
-        for d in self.datasets:
-            for name, shape in d.continuous_shapes.items():
-                if shapes.setdefault(name, shape) != shape:
-                    raise ValueError(f"{name} has shape {shape} in one dataset, {shapes[name]} in another")
-        return shapes
+        return merge_shapes(d.continuous_shapes for d in self.datasets)
 
     def token_counts(self, name: str) -> np.ndarray | None:
         """Histograms weighted by how often each dataset's samples are drawn."""
@@ -241,6 +236,16 @@ class MixtureDataset(_InMemory):
 
 
 Dataset = TokenDataset | MixtureDataset
+
+
+def merge_shapes(parts: Iterable[dict[str, tuple[int, ...]]]) -> dict[str, tuple[int, ...]]:
+    """The raw-input shapes of a mixture: each part's, which must agree where they overlap."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for part in parts:
+        for name, shape in part.items():
+            if shapes.setdefault(name, shape) != shape:
+                raise ValueError(f"{name} has shape {shape} in one dataset, {shapes[name]} in another")
+    return shapes
 
 
 class _Builder:

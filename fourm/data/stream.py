@@ -39,7 +39,14 @@ from functools import cached_property
 import numpy as np
 
 from fourm.data.corpus import CorpusReader, is_remote
-from fourm.data.loader import _ORDER, MixtureDataset, TokenDataset, _check_manifest, read_token_manifest
+from fourm.data.loader import (
+    _ORDER,
+    MixtureDataset,
+    TokenDataset,
+    _check_manifest,
+    merge_shapes,
+    read_token_manifest,
+)
 from fourm.modalities import Modality
 
 MIX_BLOCK = 4096  # draws per mixture block: weights are kept to 1/MIX_BLOCK
@@ -227,8 +234,8 @@ class StreamMixture:
     def __len__(self) -> int:
         return sum(len(s) for s in self.streams)
 
-    def __getstate__(self):
-        return {**self.__dict__, "_block": None}
+    def __getstate__(self):  # the shapes first: each batch needs them, and a worker's streams have no head
+        return {**self.__dict__, "_block": None, "continuous_shapes": self.continuous_shapes}
 
     def _source(self, seed: int, part: int, position: int) -> tuple[int, int]:
         """(stream, position in that stream) of reader ``part``'s mixture position ``position``."""
@@ -258,9 +265,9 @@ class StreamMixture:
         pairs = [s.split(heldout) for s in self.streams]
         return StreamMixture([p[0] for p in pairs], self.weights), MixtureDataset([p[1] for p in pairs])
 
-    @property
+    @cached_property
     def continuous_shapes(self) -> dict[str, tuple[int, ...]]:
-        return MixtureDataset([s.head for s in self.streams]).continuous_shapes
+        return merge_shapes(s.continuous_shapes for s in self.streams)
 
     def token_counts(self, name: str) -> np.ndarray | None:
         """Each stream's estimated frequencies, weighted by its share of the draws."""

@@ -112,6 +112,9 @@ def test_a_mixture_draws_each_corpus_by_its_weight(tmp_path, corpus):
     assert keys(mix.draw(5, 0, 0, 1, 8)) == keys(StreamMixture(mix.streams, [3.0, 1.0]).draw(5, 0, 0, 1, 8))
     train, held = mix.split(2)
     assert len(held) == 4 and len(train) == len(mix) - 4
+    copy = pickle.loads(pickle.dumps(train))  # a loader worker's: batch shapes known, no corpus head to re-read
+    assert copy.continuous_shapes == train.continuous_shapes
+    assert not any("head" in stream.__dict__ for stream in copy.streams)
 
 
 def test_remote_corpora_read_the_same_samples(corpus):
