@@ -95,10 +95,10 @@ def write_corpus(root: Path, size: int, samples: list[dict]) -> None:
                 tmp.write_bytes(_patch_keys(data, offsets[:count], f"{shard:06d}".encode()))
         write_json(record_path(root, shard), {"index": shard, "num_samples": count, "keys": keys,
                                               "modalities": sorted(storages)})
-    info = {m: {"vocab_size": 1024, "tokens_per_sample": 64} for m in IMAGES}
-    info |= {"caption": {"vocab_size": 8192, "tokens_per_sample": 256},
-             "det": {"vocab_size": 8192, "tokens_per_sample": 256},
-             "tok_caption_global": {"vocab_size": 16, "tokens_per_sample": 8}, "rgb": {"copied_from": "rgb"}}
+    info = {m: {"vocab_size": 1024, "num_tokens": 64} for m in IMAGES}
+    info |= {"caption": {"vocab_size": 8192, "max_tokens": 256},
+             "det": {"vocab_size": 8192, "max_tokens": 256},
+             "tok_caption_global": {"vocab_size": 16, "num_tokens": 8}, "rgb": {"copied_from": "rgb"}}
     write_manifest(root, {"modalities": {m: storage_entry(st, **info[m]) for m, st in storages.items()},
                           "image_size": 64, "scale": {"image_size": 64, "patch_size": 8, "patch_sizes": {}}})
 
@@ -146,7 +146,7 @@ def train(root: str, steps: int) -> dict:
         f"data.corpora=[{root}]", f"out={out}", "data.loader=stream", "data.batch_size=16", "data.num_workers=0",
         "model.size=nano", "model.overrides.dim=128", "model.overrides.heads=4", "masking.input_budget=128",
         "masking.target_budget=96", f"train.steps={steps}", "train.eval_every=0", "train.save_every=0",
-        "train.tensorboard=false"])
+        "train.use_tensorboard=false"])
     run_training(cfg, progress=False)
     step_s = [r["s_per_step"] for r in read_metrics(Path(out) / "metrics.jsonl") if "s_per_step" in r][1:]
     return {"s_per_step": float(np.median(step_s)),

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
                f"data.corpora=[{work / 'tokens'}]", f"out={out}", f"model.size={args.size}",
                f"data.batch_size={args.batch_size}", "data.heldout=16", f"train.steps={args.steps}",
                "train.save_every=0", "train.eval_every=0", "train.log_every=1", "train.precision=fp32",
-               f"train.parallel={mode}", "train.tensorboard=false"]
+               f"train.parallel={mode}", "train.use_tensorboard=false"]
         # glibc keeps freed large blocks in its heap once its dynamic mmap threshold has risen (FSDP's
         # gathered units are freed and re-made every step): a fixed threshold returns them, so RSS shows
         # what the process holds (FSDP rank 1: peak 2.5 GB with it, 4.5 GB without)

@@ -48,7 +48,7 @@ def mask_rows(tokenizers: Path, eval_corpus: str, limit: int) -> list[dict]:
         ious = np.array([iou for m, d in zip(maps, decoded, strict=True) for iou in instance_ious(m, d)])
         rows.append({"coder": name, "instances": len(ious), "mean_iou": round(float(ious.mean()), 4),
                      "p5_iou": round(float(np.percentile(ious, 5)), 4), "min_iou": round(float(ious.min()), 4),
-                     "tokens": 4 + coder.tokens_per_mask, "instances_per_s": round(len(ious) / seconds, 1)})
+                     "tokens": 4 + coder.num_tokens, "instances_per_s": round(len(ious) / seconds, 1)})
     return rows
 
 
@@ -79,7 +79,7 @@ def pose_rows(tokenizers: Path, num_people: int, train_people: int) -> list[dict
             vis_err.append(np.abs(got[:, 2] - true[:, 2]).mean())
         rows.append({"coder": name, "people": len(people), "kp_err": round(float(np.mean(dist)), 4),
                      "kp_err_visible": round(float(np.mean(dist_visible)), 4),
-                     "vis_mae": round(float(np.mean(vis_err)), 4), "tokens": 4 + coder.tokens_per_pose})
+                     "vis_mae": round(float(np.mean(vis_err)), 4), "tokens": 4 + coder.num_tokens})
     return rows
 
 

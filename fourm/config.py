@@ -2,12 +2,19 @@
 
 OmegaConf does the merging and the checking: an unknown key or a value of the wrong type is an
 error that names it. YAML is read with a safe loader only.
+
+Renamed fields: a config dataclass lists its old field names in ``RENAMED_KEYS`` (old -> new; a dotted
+new name is a field of a nested config, as FourMConfig's ``image_size`` -> ``scale.image_size``).
+Saved artefacts (a model's config.json, a checkpoint) go through :func:`upgrade_config` and load as
+they are; a user's YAML or override with an old name is an error naming the new one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from pathlib import Path
 from typing import TypeVar
 
@@ -45,7 +52,53 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
+        if key:  # an old name in a user's YAML or override: say the new one, upgrade nothing
+            check_renamed(getattr(e, "object_type", None), [key.rpartition(".")[2]], key.rpartition(".")[0])
         raise ConfigError(f"config{f' key {key!r}' if key else ''}: {str(e).splitlines()[0]}") from None
+
+
+def check_renamed(cls, keys, path: str = "") -> None:
+    """A ConfigError if one of ``keys`` (given to dataclass ``cls``, at the dotted ``path`` of a user's
+    config) is an old name in ``cls.RENAMED_KEYS``: the message says the new one."""
+    renamed = getattr(cls, "RENAMED_KEYS", {})
+    old = next((k for k in keys if k in renamed), None)
+    if old is not None:
+        prefix = f"{path}." if path else ""
+        raise ConfigError(f"config key {prefix + old!r} was renamed: use {prefix + renamed[old]!r}")
+
+
+def nested_configs(cls) -> dict[str, type]:
+    """The fields of dataclass ``cls`` that hold a dataclass (also as ``X | None``), with its type."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        sub = next((t for t in options if dataclasses.is_dataclass(t)), None)
+        if sub is not None:
+            out[f.name] = sub
+    return out
+
+
+def upgrade_config(cls, data: dict) -> dict:
+    """A saved config of dataclass ``cls`` (a dict, as config.json holds it) with the old keys of
+    ``cls.RENAMED_KEYS`` and of its nested configs' moved to their new names. Where a saved dict has
+    both, the new key wins. ``data`` itself is left as it is."""
+    out = dict(data)
+    for old, new in getattr(cls, "RENAMED_KEYS", {}).items():
+        if old not in out:
+            continue
+        *parents, leaf = new.split(".")
+        node = out
+        for name in parents:
+            child = dict(node.get(name) or {})  # a copy: the caller's nested dicts stay as they are
+            node[name] = child
+            node = child
+        node.setdefault(leaf, out.pop(old))
+    for name, sub in nested_configs(cls).items():
+        if isinstance(out.get(name), dict):
+            out[name] = upgrade_config(sub, out[name])
+    return out
 
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict:

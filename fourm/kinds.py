@@ -168,6 +168,12 @@ def handler(m: Modality | Kind | str) -> KindHandler:
         raise ValueError(f"no handler for modality kind {kind!r}; known: {', '.join(KINDS)}") from None
 
 
+def token_count_key(m: Modality) -> str:
+    """The name of a modality's token count where a tokenizer or a token corpus states it:
+    ``max_tokens`` for a ragged kind (a sequence has at most that many), else ``num_tokens`` (exactly)."""
+    return "max_tokens" if handler(m).ragged else "num_tokens"
+
+
 @register_kind
 class ImageKind(KindHandler):
     """A grid of discrete tokens from an image VQ-VAE; positions 2D; targets predicted in parallel."""

@@ -79,7 +79,9 @@ class Modality:
     source: str  # the CORPUS entry holding its data
     tokenizer: str | None  # tokenizer family; None for PIXELS / EMBEDDING_SEQUENCE
     vocab_size: int | None  # None where the input is continuous
-    max_tokens: int | None = None  # sequences and globals; image grids derive theirs from the scale
+    # the most tokens a sample has: a sequence's length limit; for a global the bound its tokenizer's
+    # count must keep within (a model's resolved spec holds that count here). Image grids: num_tokens
+    max_tokens: int | None = None
     input_only: bool = False
     dim: int | None = None  # width of continuous inputs (EMBEDDING_SEQUENCE)
     num_tokens: int | None = None  # filled in by ModalityScale.resolve for image kinds
@@ -103,7 +105,8 @@ class Modality:
 
     @property
     def tokens(self) -> int:
-        """Token count (images, globals) or maximum (sequences)."""
+        """Token count (images, globals) or maximum (sequences): whichever of ``num_tokens`` and
+        ``max_tokens`` the kind has, for the code that only needs a number (positions, budgets)."""
         n = self.num_tokens if self.is_image else self.max_tokens
         if n is None:
             raise ValueError(f"modality {self.key!r} has no token count: resolve it with ModalityScale")
@@ -245,10 +248,10 @@ class ModalityScale:
                 raise ValueError(f"image_size {self.image_size} is not a multiple of patch size {patch} ({key})")
 
     @classmethod
-    def from_grids(cls, image_size: int, tokens: dict[str, int]) -> ModalityScale:
-        """The scale at which ``image_size`` px images give ``tokens[name]`` tokens in modality
+    def from_grids(cls, image_size: int, num_tokens: dict[str, int]) -> ModalityScale:
+        """The scale at which ``image_size`` px images give ``num_tokens[name]`` tokens in modality
         ``name``: the most common patch is the default, the others per modality."""
-        patches = {n: image_size // math.isqrt(t) for n, t in tokens.items()}
+        patches = {n: image_size // math.isqrt(t) for n, t in num_tokens.items()}
         counts = list(patches.values())
         common = max(sorted(set(counts)), key=counts.count)
         return cls(image_size, common, {n: p for n, p in patches.items() if p != common})

@@ -13,10 +13,10 @@ import dataclasses
 import importlib
 import json
 import os
-import typing
 from pathlib import Path
 from typing import Any, ClassVar
 
+from fourm.config import nested_configs, upgrade_config
 from fourm.io import atomic_dir, load_weights, read_json
 from fourm.registry import Registry
 
@@ -77,16 +77,18 @@ def read_config(path_or_id: str | os.PathLike) -> dict:
 
 
 def build_config(cls, data: dict):
-    """Dataclass ``cls`` from a dict, nested dataclasses included; unknown keys are an error."""
-    hints = typing.get_type_hints(cls)
-    unknown = set(data) - set(hints)
+    """Dataclass ``cls`` from a saved dict, nested dataclasses included; keys renamed since it was
+    saved are upgraded (:func:`fourm.config.upgrade_config`), unknown keys are an error."""
+    return _build(cls, upgrade_config(cls, data))
+
+
+def _build(cls, data: dict):
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}")
-    kwargs = {}
-    for key, value in data.items():
-        sub = next((t for t in (hints[key], *typing.get_args(hints[key])) if dataclasses.is_dataclass(t)), None)
-        kwargs[key] = build_config(sub, value) if sub is not None and isinstance(value, dict) else value
-    return cls(**kwargs)
+    nested = nested_configs(cls)
+    return cls(**{key: _build(nested[key], value) if key in nested and isinstance(value, dict) else value
+                  for key, value in data.items()})
 
 
 class PretrainedMixin:

@@ -28,7 +28,7 @@ SIDE = 32
 TRAIN = ["model.size=nano", "model.overrides.dim=32", "model.overrides.heads=2", "data.batch_size=2",
          "data.heldout=2", "masking.input_budget=8", "masking.target_budget=8", "train.steps=2",
          "train.warmup_steps=0", "train.save_every=1", "train.eval_every=0", "train.precision=fp32",
-         "train.tensorboard=false"]
+         "train.use_tensorboard=false"]
 
 
 @dataclass

@@ -29,6 +29,7 @@ import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -40,6 +41,8 @@ from tokenizers_train import image
 
 @dataclass
 class Config:
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"hflip": "use_hflip"}
+
     family: str = "diffusion"
     corpus: str | None = None
     base: str = ""  # folder of the trained ImageVQVAE whose codes are decoded
@@ -49,7 +52,7 @@ class Config:
     eval_samples: int = 64  # held out from the end of the corpus
     eval_steps: int = 10  # DDIM steps of the held-out decode
     limit: int | None = None
-    hflip: bool = True
+    use_hflip: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
@@ -130,7 +133,7 @@ def prepare(cfg: Config) -> DiffusionDecoderTask:
     base.requires_grad_(False)
     image_cfg = image.Config(corpus=cfg.corpus, modality=base.modality, model=base.config,
                              batch_size=cfg.batch_size, eval_samples=cfg.eval_samples, limit=cfg.limit,
-                             hflip=cfg.hflip, train=cfg.train)
+                             use_hflip=cfg.use_hflip, train=cfg.train)
     data, _ = image.prepare(image_cfg)
     return DiffusionDecoderTask(cfg, base, data)
 

@@ -20,6 +20,7 @@ import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -34,6 +35,8 @@ from tokenizers_train.family import check_config, code_stats
 
 @dataclass
 class Config:
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"hflip": "use_hflip"}
+
     family: str = "vqvae_image"
     corpus: str | None = None
     modality: str = "tok_rgb"  # model modality; its corpus source comes from the registry
@@ -41,7 +44,7 @@ class Config:
     batch_size: int = 64
     eval_samples: int = 256  # held out from the end of the corpus
     limit: int | None = None  # use only the first ``limit`` samples of the corpus
-    hflip: bool = True  # random left-right mirroring (the codec knows how: normals negate x)
+    use_hflip: bool = True  # random left-right mirroring (the codec knows how: normals negate x)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
@@ -57,8 +60,8 @@ class ImageTokenizerTask:
         self.train_values, self.eval_values = train_values, eval_values
         self.class_names = class_names
         name = cfg.model.codec or cfg.model.source
-        if cfg.hflip and not codec_class(name).supports_hflip:
-            raise ValueError(f"hflip is not valid for {cfg.model.source}: set hflip: false")
+        if cfg.use_hflip and not codec_class(name).supports_hflip:
+            raise ValueError(f"use_hflip is not valid for {cfg.model.source}: set use_hflip: false")
         self.codec: PixelCodec = get_codec(name, cfg.model.num_classes, cfg.model.channels)
 
     def build_model(self) -> ImageVQVAE:
@@ -69,7 +72,7 @@ class ImageTokenizerTask:
         for step, idx in enumerate(index_batches(len(self.train_values), self.cfg.batch_size, self.cfg.train.seed,
                                                  micro, rank, world_size), start=micro):
             x = self.codec.to_input(self.train_values[idx.numpy()])
-            if self.cfg.hflip:  # flips drawn from the step, so a resumed run sees the same batches
+            if self.cfg.use_hflip:  # flips drawn from the step, so a resumed run sees the same batches
                 g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + step * 97 + rank)
                 flip = torch.rand(len(x), generator=g) < 0.5
                 x[flip] = self.codec.hflip(x[flip])

@@ -150,7 +150,7 @@ def measure(tokenizer, values: list, batch_size: int = 256) -> dict:
     full = np.array([len(row) for row in tokenizer.encode(values, truncate=False)])
     decoded = tokenizer.decode(ids)
     stats = {"samples": len(values), "mean_tokens": round(float(lengths.mean()), 2), "max_tokens": int(lengths.max()),
-             "truncated": int((full > tokenizer.tokens_per_sample).sum()),
+             "truncated": int((full > tokenizer.max_tokens).sum()),
              "encode_samples_per_s": round(len(values) / max(seconds, 1e-9), 1)}
     stats.update(round_trip(tokenizer.modality, values, decoded))
     return stats

@@ -34,6 +34,7 @@ import numpy as np
 
 from fourm.data.codecs import CorruptSampleError, decode, encode
 from fourm.io import atomic_path, check_schema, read_json, write_json
+from fourm.kinds import token_count_key
 from fourm.modalities import CORPUS, MODALITIES, Storage
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ def check_plan(root: str | os.PathLike, plan: dict) -> bool:
     plan = json.loads(json.dumps(plan))  # as it reads back from plan.json (tuples become lists)
     path = Path(root) / ".shards" / "plan.json"
     if path.is_file():
-        old = read_json(path, {})
+        old = upgrade_manifest(read_json(path, {}))  # a plan of an older version: its names as today's
         if old != plan:
             changed = sorted(k for k in {*plan, *old} if old.get(k) != plan.get(k))
             raise ValueError(f"{root} holds a corpus made with other settings ({', '.join(changed)} differ); "
@@ -195,7 +196,30 @@ def read_manifest(root: str | os.PathLike) -> dict:
     if len(manifest["shard_samples"]) != manifest["num_shards"]:
         raise CorpusError(f"{path} is damaged: {len(manifest['shard_samples'])} shard sizes for "
                           f"{manifest['num_shards']} shards")
-    return manifest
+    return upgrade_manifest(manifest)
+
+
+def upgrade_manifest(info: dict) -> dict:
+    """A manifest (or a plan) in today's names; ``info`` itself is left as it is.
+
+    Token corpora written before the token counts had one vocabulary state a series' tokens per sample
+    as ``tokens_per_sample``; it is now ``num_tokens`` (exactly that many) or, for ragged kinds,
+    ``max_tokens`` (at most that many): :func:`fourm.kinds.token_count_key`.
+    """
+    out = dict(info)
+    for section in ("modalities", "tokenizers"):  # series entries, and the tokenizers a token corpus records
+        if isinstance(out.get(section), dict):
+            out[section] = {name: _upgrade_entry(name, entry) for name, entry in out[section].items()}
+    return out
+
+
+def _upgrade_entry(name: str, entry):
+    if not isinstance(entry, dict) or "tokens_per_sample" not in entry:
+        return entry
+    entry = dict(entry)
+    key = token_count_key(MODALITIES[name]) if name in MODALITIES else "num_tokens"
+    entry.setdefault(key, entry.pop("tokens_per_sample"))
+    return entry
 
 
 def _read_remote_json(root: str, relative: str):

@@ -323,7 +323,7 @@ def read_token_manifest(root: str | os.PathLike) -> dict:
     """The manifest of a token corpus; a raw corpus (what ``fourm pseudolabel`` writes) is refused
     with the command that turns it into one."""
     manifest = read_manifest(root)
-    if not any("tokens_per_sample" in entry for entry in manifest["modalities"].values()):
+    if not any(_token_count(entry) is not None for entry in manifest["modalities"].values()):
         raise CorpusError(f"{root} is a raw corpus, not a token corpus: make one with `fourm tokenize "
                           f"--corpus {root} --tokenizers TOKENIZERS --out TOKENS` and train on TOKENS")
     return manifest
@@ -335,8 +335,8 @@ def manifest_scale(manifest: dict) -> ModalityScale | None:
     recorded = manifest.get("scale")
     if recorded is None:
         entries = manifest["modalities"]
-        tokens = {n: e["tokens_per_sample"] for n, e in entries.items()
-                  if n in MODALITIES and MODALITIES[n].is_image and "tokens_per_sample" in e}
+        tokens = {n: e["num_tokens"] for n, e in entries.items()
+                  if n in MODALITIES and MODALITIES[n].is_image and "num_tokens" in e}
         if not tokens or manifest.get("image_size") is None:
             return None
         return ModalityScale.from_grids(manifest["image_size"], tokens)
@@ -358,15 +358,15 @@ def modalities_from_manifest(manifest: dict, names: list[str] | None = None,
     if scale is not None:
         return scale.resolve_all(names)
     scale = manifest_scale(manifest)
-    grids = [e["tokens_per_sample"] for n, e in entries.items()
-             if n in MODALITIES and MODALITIES[n].is_image and "tokens_per_sample" in e]
+    grids = [e["num_tokens"] for n, e in entries.items()
+             if n in MODALITIES and MODALITIES[n].is_image and "num_tokens" in e]
     out = {}
     for name in names:
         m, entry = MODALITIES[name], entries.get(name, {})
         if m.is_image and scale is None:  # no image size: the grid is known, the patch is not
             if not grids:
                 raise ValueError(f"cannot tell the patch grid of {name} from the manifest: pass a ModalityScale")
-            m = replace(m, num_tokens=entry.get("tokens_per_sample", grids[0]))
+            m = replace(m, num_tokens=entry.get("num_tokens", grids[0]))
         elif m.is_image:
             source = next((n for n, e in MODALITIES.items() if e.source == m.source and n in scale.patch_sizes), None)
             if name not in scale.patch_sizes and source is not None:  # raw pixels: their tokens' patches
@@ -375,10 +375,16 @@ def modalities_from_manifest(manifest: dict, names: list[str] | None = None,
         changes = {}
         if "vocab_size" in entry:
             changes["vocab_size"] = entry["vocab_size"]
-        if "tokens_per_sample" in entry and not m.is_image:
-            changes["max_tokens"] = entry["tokens_per_sample"]
+        if _token_count(entry) is not None and not m.is_image:  # a global's count too: the registry's bound
+            changes["max_tokens"] = _token_count(entry)
         out[name] = replace(m, **changes)
     return out
+
+
+def _token_count(entry: dict) -> int | None:
+    """A token corpus series' tokens per sample as its tokenizer states them (fourm.kinds.token_count_key);
+    None for a series copied as it is."""
+    return entry.get("num_tokens", entry.get("max_tokens"))
 
 
 def _check_manifest(root, manifest: dict, table: dict[str, Modality]) -> None:
@@ -387,8 +393,8 @@ def _check_manifest(root, manifest: dict, table: dict[str, Modality]) -> None:
         if entry.get("vocab_size") and m.vocab_size and entry["vocab_size"] > m.vocab_size:
             raise ValueError(f"{root}: {name} was tokenized with {entry['vocab_size']} codes, "
                              f"the model's modality has {m.vocab_size}")
-        if handler(m).grid and handler(m).discrete and entry.get("tokens_per_sample", m.tokens) != m.tokens:
-            raise ValueError(f"{root}: {name} has {entry['tokens_per_sample']} tokens per sample, "
+        if handler(m).grid and handler(m).discrete and entry.get("num_tokens", m.tokens) != m.tokens:
+            raise ValueError(f"{root}: {name} has {entry['num_tokens']} tokens per sample, "
                              f"the model's modality {m.tokens}")
 
 

@@ -18,7 +18,7 @@ spread it evenly). Then, per modality:
 Budgets are exact where the sample has tokens enough: per-modality counts are capped by what the
 modality holds (for an image target: what its inputs left), the excess is re-spread by water
 filling, and what sequences leave unused after masking goes to the set-like modalities. With
-``fill_inputs=False`` inputs get their Dirichlet share and no more (a draw that puts the budget on a
+``use_input_fill=False`` inputs get their Dirichlet share and no more (a draw that puts the budget on a
 20-token caption shows the caption alone); targets are re-spread either way. Only modalities the
 chosen component offers (alpha > 0) receive any budget, so an RGB-to-all draw never leaks other
 inputs; where the offered ones run out, the rest is padding.
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -98,6 +99,8 @@ def default_mixture() -> list[DirichletComponent]:
 
 @dataclass
 class MaskingConfig:
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"fill_inputs": "use_input_fill"}
+
     input_budget: int = 128  # encoder tokens per sample (4M-21: 256)
     target_budget: int = 128  # decoder tokens per sample (4M-21: 256)
     mixture: list[DirichletComponent] = field(default_factory=default_mixture)
@@ -112,7 +115,7 @@ class MaskingConfig:
     # 0.78x the unigram baseline filled, 0.49x not. But the evaluation, which gives whole modalities,
     # was better filled (RGB -> semseg mIoU 0.318 vs 0.295, boxes P/R 0.015/0.013 vs 0/0, caption ->
     # image R@1 0.062 vs 0.000): the default. Targets are always re-spread.
-    fill_inputs: bool = True
+    use_input_fill: bool = True
 
     def __post_init__(self):
         if self.input_budget < 1 or self.target_budget < 0:
@@ -307,7 +310,7 @@ class Masker:
         c = self._component(in_ok, tgt_ok, rng)
         in_alphas, tgt_alphas = self.input_alphas[c] * in_ok, self.target_alphas[c] * tgt_ok
         p_in, p_tgt = sample_dirichlet(in_alphas, rng), sample_dirichlet(tgt_alphas, rng)
-        n_in = allocate(cfg.input_budget, p_in, np.where(in_alphas > 0, n, 0), respread=cfg.fill_inputs)
+        n_in = allocate(cfg.input_budget, p_in, np.where(in_alphas > 0, n, 0), respread=cfg.use_input_fill)
         # a sequence target may take [S_0] + every token (+1); an image target what the inputs left
         n_tgt = allocate(cfg.target_budget, p_tgt, np.where(tgt_alphas > 0, np.where(seq, n + 1, n - n_in), 0))
 
@@ -318,7 +321,7 @@ class Masker:
             n_in[i], n_tgt[i] = len(inputs), len(targets)
         # budget the sequences left unused goes to the set-like modalities still offered and with room
         sets = ~seq
-        if cfg.fill_inputs:
+        if cfg.use_input_fill:
             n_in += allocate(cfg.input_budget - int(n_in.sum()), p_in,
                              np.where(sets & (in_alphas > 0), n - n_in - n_tgt, 0))
         n_tgt += allocate(cfg.target_budget - int(n_tgt.sum()), p_tgt,

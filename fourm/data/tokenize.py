@@ -29,9 +29,9 @@ from fourm.data.corpus import (
     write_manifest,
     write_shard,
 )
-from fourm.kinds import handler
+from fourm.kinds import handler, token_count_key
 from fourm.modalities import CORPUS, MODALITIES, ModalityScale, Storage, get_modality
-from fourm.tokenization.base import load_tokenizers
+from fourm.tokenization.base import load_tokenizers, token_count
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def tokenize_corpus(cfg: TokenizeConfig, progress: bool = True) -> dict:
         "corpus": {"num_samples": corpus["num_samples"], "shard_samples": corpus["shard_samples"],
                    "source": corpus.get("source")},
         "tokenizers": {m: {"class": type(t).__name__, "vocab_size": t.vocab_size,
-                           "tokens_per_sample": t.tokens_per_sample} for m, t in tokenizers.items()},
+                           token_count_key(MODALITIES[m]): token_count(t)} for m, t in tokenizers.items()},
         "passthrough": copied,
     }
     with planned(cfg.out, plan):
@@ -123,7 +123,7 @@ def tokenize_corpus(cfg: TokenizeConfig, progress: bool = True) -> dict:
                 write_shard(cfg.out, index, samples, storages, {"skipped": reader.skipped.items[before:]})
                 bar.update(len(samples))
     records = finished_shards(cfg.out)
-    grids = {m: t.tokens_per_sample for m, t in tokenizers.items() if MODALITIES[m].is_image}
+    grids = {m: t.num_tokens for m, t in tokenizers.items() if MODALITIES[m].is_image}
     return write_manifest(cfg.out, {
         **plan,
         "modalities": {m: storage_entry(s, **plan["tokenizers"].get(m, {"copied_from": MODALITIES[m].source}))

@@ -140,7 +140,7 @@ class Pipeline:
         return out
 
     def _tokenize(self, name: str, key: str, values: list) -> list:
-        spec, size = self.specs[name], self.model.config.image_size
+        spec, size = self.specs[name], self.model.config.scale.image_size
         kind = handler(spec)
         out: list = [None] * len(values)
         raw = [i for i, v in enumerate(values) if v is not None and not _is_tokens(v)]

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from fourm.modalities import MODALITIES, SCALE_PRESETS, Modality, ModalityScale, get_modality, parse_modalities
+from fourm.modalities import MODALITIES, Modality, ModalityScale, get_modality, parse_modalities
 from fourm.model.attention import AttentionMask, KVCache, attention_mask
 from fourm.model.batch import Batch
 from fourm.model.blocks import NORMS, DecoderBlock, EncoderBlock, make_norm
@@ -42,17 +42,19 @@ class FourMConfig:
     """Trunk sizes and the modalities the model reads and writes.
 
     ``modalities`` fixes the modality order (index ``m`` in the batch's ``enc_mod`` / ``dec_mod``).
-    ``image_size`` / ``patch_size`` / ``patch_sizes`` / ``vocab_sizes`` are a ``ModalityScale``;
-    ``vocab_sizes``, ``max_tokens`` (token count of image kinds and globals, maximum length of
-    sequences) and ``input_dims`` (width of EMBEDDING_SEQUENCE vectors) are filled in from the
-    registry, so a saved config.json rebuilds the same model even if registry defaults change.
+    ``scale`` (image size, patches, vocabularies), ``max_tokens`` (token count of image kinds and
+    globals, maximum length of sequences: the positions the model has) and ``input_dims`` (width of
+    EMBEDDING_SEQUENCE vectors) are filled in from the registry for every modality of the model, so a
+    saved config.json rebuilds the same model even if registry defaults change.
     """
 
+    # saved before the scale was one object, or before the use_* names (fourm.config.upgrade_config)
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {
+        "image_size": "scale.image_size", "patch_size": "scale.patch_size", "patch_sizes": "scale.patch_sizes",
+        "vocab_sizes": "scale.vocab_sizes", "tie_heads": "use_tied_heads"}
+
     modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
-    image_size: int = SCALE_PRESETS["full"]["image_size"]
-    patch_size: int = SCALE_PRESETS["full"]["patch_size"]
-    patch_sizes: dict[str, int] = field(default_factory=dict)
-    vocab_sizes: dict[str, int] = field(default_factory=dict)
+    scale: ModalityScale = field(default_factory=ModalityScale)
     max_tokens: dict[str, int] = field(default_factory=dict)
     input_dims: dict[str, int] = field(default_factory=dict)
     dim: int = 384
@@ -64,7 +66,7 @@ class FourMConfig:
     norm: str = "layernorm"  # layernorm | rmsnorm
     use_qk_norm: bool = False
     dropout: float = 0.0
-    tie_heads: bool = False  # output head of a modality = its input token table
+    use_tied_heads: bool = False  # output head of a modality = its input token table
     loss_weighting: str = "modality"  # modality: mean per modality, then across; token: mean over tokens
     # relative weight of a target modality in the loss (default 1): where a few tokens carry what the
     # model must learn from another modality (a caption's object words, given RGB), a weight gives them
@@ -89,38 +91,37 @@ class FourMConfig:
         # as a masking mixture's alphas: one config serves models of fewer modalities, typos still fail
         parse_modalities(list(self.loss_weights), MODALITIES)
         self.loss_weights = {n: float(w) for n, w in self.loss_weights.items() if n in self.modalities}
-        for table in ("patch_sizes", "vocab_sizes", "max_tokens", "input_dims"):
-            setattr(self, table, dict(getattr(self, table)))  # filled in below: never the caller's dict
-            stray = set(getattr(self, table)) - set(self.modalities)
+        # filled in below: never the caller's scale or dicts
+        self.scale = replace(self.scale, patch_sizes=dict(self.scale.patch_sizes),
+                             vocab_sizes=dict(self.scale.vocab_sizes))
+        self.max_tokens, self.input_dims = dict(self.max_tokens), dict(self.input_dims)
+        tables = {"scale.patch_sizes": self.scale.patch_sizes, "scale.vocab_sizes": self.scale.vocab_sizes,
+                  "max_tokens": self.max_tokens, "input_dims": self.input_dims}
+        for table, values in tables.items():
+            stray = set(values) - set(self.modalities)
             if stray:
                 raise ValueError(f"{table} names modalities the model does not have: {', '.join(sorted(stray))}")
-        continuous = [n for n in self.vocab_sizes if get_modality(n).vocab_size is None]
+        continuous = [n for n in self.scale.vocab_sizes if get_modality(n).vocab_size is None]
         if continuous:
-            raise ValueError(f"vocab_sizes: {', '.join(continuous)} take continuous inputs, not tokens")
-        scale = self.scale
+            raise ValueError(f"scale.vocab_sizes: {', '.join(continuous)} take continuous inputs, not tokens")
         for name in self.modalities:
-            m = scale.resolve(name)
+            m = self.scale.resolve(name)
             if m.vocab_size is not None:
-                self.vocab_sizes[name] = m.vocab_size
+                self.scale.vocab_sizes[name] = m.vocab_size
             if m.dim is not None:
                 self.input_dims.setdefault(name, m.dim)
             if m.is_image and self.max_tokens.setdefault(name, m.tokens) != m.tokens:
-                raise ValueError(f"max_tokens[{name!r}] = {self.max_tokens[name]}, but {self.image_size} px images "
-                                 f"in patches of {m.patch_size} give {m.tokens}")
+                raise ValueError(f"max_tokens[{name!r}] = {self.max_tokens[name]}, but {self.scale.image_size} px "
+                                 f"images in patches of {m.patch_size} give {m.tokens}")
             self.max_tokens.setdefault(name, m.tokens)
-
-    @property
-    def scale(self) -> ModalityScale:
-        """The config's sizes as the one object the registry resolves modalities with."""
-        return ModalityScale(self.image_size, self.patch_size, self.patch_sizes, self.vocab_sizes)
 
     def specs(self) -> dict[str, Modality]:
         """The registry entries of ``modalities`` at this config's scale and numbers, in model order."""
-        out, scale = {}, self.scale
+        out = {}
         for name in self.modalities:
-            m = scale.resolve(name)
+            m = self.scale.resolve(name)
             tokens = self.max_tokens[name]
-            out[name] = replace(m, vocab_size=self.vocab_sizes.get(name), dim=self.input_dims.get(name),
+            out[name] = replace(m, vocab_size=self.scale.vocab_sizes.get(name), dim=self.input_dims.get(name),
                                 **({"num_tokens": tokens} if m.is_image else {"max_tokens": tokens}))
         return out
 
@@ -171,7 +172,7 @@ class FourM(nn.Module, PretrainedMixin):
         self.config = config
         self.specs = config.specs()
         self.names = list(self.specs)
-        self.embed = ModalityEmbeddings(self.specs, config.dim, config.image_size, config.pixel_stem)
+        self.embed = ModalityEmbeddings(self.specs, config.dim, config.scale.image_size, config.pixel_stem)
         block = dict(dim=config.dim, heads=config.heads, mlp_ratio=config.mlp_ratio, use_bias=config.use_bias,
                      norm=config.norm, use_qk_norm=config.use_qk_norm, dropout=config.dropout)
         self.encoder = nn.ModuleList(EncoderBlock(**block) for _ in range(config.encoder_depth))
@@ -179,7 +180,7 @@ class FourM(nn.Module, PretrainedMixin):
         self.decoder = nn.ModuleList(DecoderBlock(**block) for _ in range(config.decoder_depth))
         self.decoder_norm = make_norm(config.norm, config.dim, config.use_bias)
         self.targets = [n for n, s in self.specs.items() if not s.input_only]
-        self.heads = nn.ModuleDict() if config.tie_heads else nn.ModuleDict(
+        self.heads = nn.ModuleDict() if config.use_tied_heads else nn.ModuleDict(
             {n: nn.Linear(config.dim, self.specs[n].vocab_size, bias=config.use_bias) for n in self.targets})
         self._init_weights()
 
@@ -304,7 +305,7 @@ class FourM(nn.Module, PretrainedMixin):
             if name not in self.targets:
                 raise ValueError(f"modality {name!r} is input-only: it has no output head")
             h = flat[idx]
-            logits = F.linear(h, self.embed.tables[name].weight) if self.config.tie_heads else self.heads[name](h)
+            logits = F.linear(h, self.embed.tables[name].weight) if self.config.use_tied_heads else self.heads[name](h)
             out[name] = ModalityLogits(idx, logits)
         return out
 

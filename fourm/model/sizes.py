@@ -7,8 +7,9 @@ base 198M, large 705M, xl 2.8B; embeddings and heads come on top and depend on t
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import replace
 
+from fourm.config import check_renamed
 from fourm.modalities import MODALITIES, ModalityScale, parse_modalities
 from fourm.model.fourm import FourM, FourMConfig
 
@@ -33,16 +34,17 @@ def model_config(name: str, modalities: str | list[str] | None = None, scale: Mo
     ``scale`` (default: full scale); ``overrides`` set any other :class:`FourMConfig` field."""
     if name not in SIZES:
         raise ValueError(f"unknown FourM size {name!r}; known: {', '.join(SIZES)}")
+    check_renamed(FourMConfig, overrides)  # old names in a caller's overrides (a YAML's model.overrides)
     names = parse_modalities(modalities if modalities is not None else list(MODALITIES), MODALITIES)
     scale = scale if scale is not None else ModalityScale()
     # a scale may describe more modalities than this model has: keep what concerns the model
-    fields = {key: {k: v for k, v in value.items() if k in names} if isinstance(value, dict) else value
-              for key, value in asdict(scale).items()}
-    return FourMConfig(modalities=names, **{**fields, **SIZES[name], **overrides})
+    scale = replace(scale, patch_sizes={n: p for n, p in scale.patch_sizes.items() if n in names},
+                    vocab_sizes={n: v for n, v in scale.vocab_sizes.items() if n in names})
+    return FourMConfig(modalities=names, scale=scale, **{**SIZES[name], **overrides})
 
 
 def create_model(name: str, modalities: str | list[str] | None = None, scale: ModalityScale | None = None,
                  **overrides) -> FourM:
     """A freshly initialised FourM of size ``name``; e.g. ``create_model("nano", "tok_rgb,caption",
-    ModalityScale(64, 8), tie_heads=True)``."""
+    ModalityScale(64, 8), use_tied_heads=True)``."""
     return FourM(model_config(name, modalities, scale, **overrides))

@@ -14,15 +14,18 @@ import os
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from fourm.kinds import token_count_key
 from fourm.modalities import Modality, get_modality
 from fourm.pretrained import load_pretrained
 
 
 @runtime_checkable
 class ModalityTokenizer(Protocol):
+    """Also ``num_tokens`` (image and global tokenizers: every sample has that many tokens) or
+    ``max_tokens`` (sequences: at most that many), as :func:`token_count` reads it."""
+
     modality: str  # the model modality key (tok_rgb, caption, ...)
     vocab_size: int
-    tokens_per_sample: int  # the count for images and globals, the maximum for sequences
 
     def encode(self, values: list[Any]) -> Any:
         """A batch of corpus values -> ids: a LongTensor (B, N), or a list of id lists for sequences."""
@@ -48,14 +51,20 @@ def check_tokenizer(tokenizer: ModalityTokenizer, expected: Modality, sequence_l
     if expected.vocab_size is not None and tokenizer.vocab_size != expected.vocab_size:
         raise TokenizerMismatchError(f"{expected.key}: tokenizer vocabulary {tokenizer.vocab_size} != "
                                      f"{expected.vocab_size} expected by the config")
+    count = token_count(tokenizer)
     if expected.is_image or expected.max_tokens is None:
         want = expected.tokens
-        if tokenizer.tokens_per_sample != want:
-            raise TokenizerMismatchError(f"{expected.key}: tokenizer makes {tokenizer.tokens_per_sample} tokens "
+        if count != want:
+            raise TokenizerMismatchError(f"{expected.key}: tokenizer makes {count} tokens "
                                          f"per sample, the config expects {want}")
-    elif sequence_limit and tokenizer.tokens_per_sample > expected.tokens:
-        raise TokenizerMismatchError(f"{expected.key}: tokenizer allows {tokenizer.tokens_per_sample} tokens, "
+    elif sequence_limit and count > expected.tokens:
+        raise TokenizerMismatchError(f"{expected.key}: tokenizer allows {count} tokens, "
                                      f"more than the modality's maximum {expected.tokens}")
+
+
+def token_count(tokenizer: ModalityTokenizer) -> int:
+    """The tokens a tokenizer makes per sample: its ``num_tokens``, or for a sequence its ``max_tokens``."""
+    return getattr(tokenizer, token_count_key(get_modality(tokenizer.modality)))
 
 
 def load_tokenizer(path: str | os.PathLike, device: str = "cpu") -> ModalityTokenizer:

@@ -5,9 +5,9 @@
 and a person as its box plus the codes of a pose VQ-VAE. A serializer
 (:mod:`fourm.tokenization.serializers`) sees either through a protocol:
 
-* :class:`MaskCoder`: (B, S, S) bool masks <-> (B, tokens_per_mask) ids; :func:`instance_masks` and
+* :class:`MaskCoder`: (B, S, S) bool masks <-> (B, num_tokens) ids; :func:`instance_masks` and
   :func:`resize_mask` cut an instance id map into the box-cropped masks it codes.
-* :class:`PoseCoder`: (B, K, 3) box-relative keypoints <-> (B, tokens_per_pose) ids; a person as the
+* :class:`PoseCoder`: (B, K, 3) box-relative keypoints <-> (B, num_tokens) ids; a person as the
   pose VQ-VAE's flat box-relative vector is :func:`pose_to_vector` (and :func:`vector_to_keypoints`).
 
 Two coders of each, by name in ``MASK_CODERS`` / ``POSE_CODERS``:
@@ -45,11 +45,11 @@ POSE_DIM = NUM_KEYPOINTS * 3
 # ----------------------------------------------------------------------------- protocols
 @runtime_checkable
 class MaskCoder(Protocol):
-    """A binary-mask tokenizer: (B, S, S) bool masks <-> (B, tokens_per_mask) ids in [0, vocab_size)."""
+    """A binary-mask tokenizer: (B, S, S) bool masks <-> (B, num_tokens) ids in [0, vocab_size)."""
 
     name: str
     mask_size: int
-    tokens_per_mask: int
+    num_tokens: int  # per mask
     vocab_size: int
 
     def encode(self, masks: np.ndarray) -> np.ndarray: ...
@@ -59,11 +59,11 @@ class MaskCoder(Protocol):
 
 @runtime_checkable
 class PoseCoder(Protocol):
-    """A pose tokenizer: (B, K, 3) keypoints (x, y in box units, visibility) <-> (B, tokens_per_pose) ids."""
+    """A pose tokenizer: (B, K, 3) keypoints (x, y in box units, visibility) <-> (B, num_tokens) ids."""
 
     name: str
     num_keypoints: int
-    tokens_per_pose: int
+    num_tokens: int  # per person
     vocab_size: int
 
     def encode(self, keypoints: np.ndarray) -> np.ndarray: ...
@@ -158,7 +158,7 @@ class GridMaskCoder:
         if self.block < 1:
             raise ValueError(f"GridMaskCoder needs at least 2 codes, got {num_codes}")
         self.mask_size = self.blocks * self.block
-        self.tokens_per_mask = self.blocks ** 2
+        self.num_tokens = self.blocks ** 2
         self.vocab_size = 2 ** (self.block ** 2)
         self._weights = 2 ** np.arange(self.block ** 2, dtype=np.int64)
 
@@ -167,11 +167,11 @@ class GridMaskCoder:
         if masks.ndim != 3 or masks.shape[1:] != (self.mask_size, self.mask_size):
             raise ValueError(f"expected masks (B, {self.mask_size}, {self.mask_size}), got {masks.shape}")
         bits = rearrange(masks, "b (h p) (w q) -> b (h w) (p q)", p=self.block, q=self.block)
-        return bits.astype(np.int64) @ self._weights  # (B, tokens_per_mask)
+        return bits.astype(np.int64) @ self._weights  # (B, num_tokens)
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, np.int64)
-        bits = (ids[..., None] & self._weights) > 0  # (B, tokens_per_mask, b*b)
+        bits = (ids[..., None] & self._weights) > 0  # (B, num_tokens, b*b)
         return rearrange(bits, "b (h w) (p q) -> b (h p) (w q)", h=self.blocks, p=self.block)
 
 
@@ -189,7 +189,7 @@ class GridPoseCoder:
         self.grid = math.isqrt(num_codes // 2)
         if self.grid < 2:
             raise ValueError(f"GridPoseCoder needs at least 8 codes, got {num_codes}")
-        self.num_keypoints = self.tokens_per_pose = num_keypoints
+        self.num_keypoints = self.num_tokens = num_keypoints
         self.vocab_size = 2 * self.grid ** 2
 
     def encode(self, keypoints: np.ndarray) -> np.ndarray:
@@ -246,7 +246,7 @@ class VQVAEMaskCoder(TrainedCoder):
         if codec != "mask":
             raise ValueError(f"a mask coder needs an image VQ-VAE with the 'mask' codec, not {codec!r}")
         self.mask_size = model.config.image_size
-        self.tokens_per_mask = model.tokens_per_sample
+        self.num_tokens = model.num_tokens
 
     def encode(self, masks: np.ndarray) -> np.ndarray:
         masks = np.asarray(masks, bool)
@@ -269,7 +269,7 @@ class VQVAEPoseCoder(TrainedCoder):
         if not model.config.is_pose:
             raise ValueError(f"a pose coder needs the pose VQ-VAE, not one for {model.config.source!r}")
         self.num_keypoints = NUM_KEYPOINTS
-        self.tokens_per_pose = model.tokens_per_sample
+        self.num_tokens = model.num_tokens
 
     def encode(self, keypoints: np.ndarray) -> np.ndarray:
         import torch  # the coders wrap torch models; the text tokenizer importing this module does not need it

@@ -177,8 +177,8 @@ class DiffusionDecoderTokenizer(nn.Module, PretrainedMixin):
         return self.vq.vocab_size
 
     @property
-    def tokens_per_sample(self) -> int:
-        return self.vq.tokens_per_sample
+    def num_tokens(self) -> int:
+        return self.vq.num_tokens
 
     @property
     def device(self) -> torch.device:

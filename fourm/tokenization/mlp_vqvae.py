@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -62,10 +62,13 @@ class VectorVQVAEConfig:
         dim, depth, mlp_ratio: width, residual blocks per side, hidden expansion of the MLPs.
         quantizer: ``vq`` or ``fsq``.
         codebook_size, codebook_dim: ``vq`` vocabulary and code width (``fsq``: ``prod(levels)``, ``len(levels)``).
-        use_cosine_sim, decay, threshold_ema_dead_code, kmeans_init, commitment_weight: ``vq`` settings.
+        use_cosine_sim, decay, threshold_ema_dead_code, use_kmeans_init, commitment_weight: ``vq`` settings
+            (VQP's ``VectorQuantize`` arguments; ``use_kmeans_init`` is its ``kmeans_init``).
         levels: ``fsq`` levels per code dimension.
         loss: ``cosine`` (embeddings), ``mse`` or ``smooth_l1`` (poses).
     """
+
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"kmeans_init": "use_kmeans_init"}  # config.json of older versions
 
     modality: str = "tok_caption_global"
     source: str = "caption_global"
@@ -80,7 +83,7 @@ class VectorVQVAEConfig:
     use_cosine_sim: bool = True
     decay: float = 0.99
     threshold_ema_dead_code: float = 2.0
-    kmeans_init: bool = True
+    use_kmeans_init: bool = True
     commitment_weight: float = 1.0
     levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
     loss: str = "cosine"
@@ -182,7 +185,7 @@ class VectorVQVAE(nn.Module, PretrainedMixin):
 
             self.quantizer = VectorQuantize(
                 dim=c.codebook_dim, codebook_size=c.codebook_size, use_cosine_sim=c.use_cosine_sim, decay=c.decay,
-                kmeans_init=c.kmeans_init, threshold_ema_dead_code=c.threshold_ema_dead_code,
+                kmeans_init=c.use_kmeans_init, threshold_ema_dead_code=c.threshold_ema_dead_code,
                 commitment_weight=c.commitment_weight)
         else:
             from vector_quantize_pytorch import FSQ
@@ -202,7 +205,7 @@ class VectorVQVAE(nn.Module, PretrainedMixin):
         return self.config.vocab_size
 
     @property
-    def tokens_per_sample(self) -> int:
+    def num_tokens(self) -> int:
         return self.config.num_tokens
 
     # ------------------------------------------------------------------ values <-> raw vectors

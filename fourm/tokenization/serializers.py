@@ -241,7 +241,7 @@ class SamInstanceSerializer(_Base):
                 for instances in found]
 
     def from_tokens(self, tokens: list[str]) -> np.ndarray:
-        n, size = self.mask_coder.tokens_per_mask, self.image_size
+        n, size = self.mask_coder.num_tokens, self.image_size
         boxes, codes = [], []
         for chunk in _chunks(tokens, _is_v0):
             box, parsed = parse_box(chunk, self.box_bins), [parse_token(t) for t in chunk[4:]]
@@ -284,7 +284,7 @@ class PosesSerializer(_Base):
                 for i, row in zip(order, codes, strict=True)]
 
     def from_tokens(self, tokens: list[str]) -> list[dict]:
-        n = self.pose_coder.tokens_per_pose
+        n = self.pose_coder.num_tokens
         boxes, codes = [], []
         for chunk in _chunks(tokens, _is_v0):
             box, parsed = parse_box(chunk, self.box_bins), [parse_token(t) for t in chunk[4:]]

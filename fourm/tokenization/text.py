@@ -174,7 +174,7 @@ class SequenceTokenizer:
         if pose_coder is not None and POSE_CODERS.get(pose_coder.name) is type(pose_coder):
             config = dataclasses.replace(config, pose_coder=pose_coder.name)
         self.config, self.modality, self._vocab = config, config.modality, vocab
-        self.tokens_per_sample = get_modality(config.modality).max_tokens
+        self.max_tokens = get_modality(config.modality).max_tokens
         self._tokens = [vocab.id_to_token(i) for i in range(vocab.get_vocab_size())]
         self._ids = {t: i for i, t in enumerate(self._tokens)}
         if len(self._tokens) != config.vocab_size:
@@ -235,7 +235,7 @@ class SequenceTokenizer:
         batched = getattr(self.serializer, "to_units_batch", None)  # serializers with a model behind them
         units = batched(list(values)) if batched else [self.serializer.to_units(v) for v in values]
         pieces = self._pieces({w for sample in units for unit in sample for w in unit})
-        budget = self.tokens_per_sample - 1 if truncate else None
+        budget = self.max_tokens - 1 if truncate else None
         out = []
         for sample in units:
             ids: list[int] = []
@@ -338,4 +338,4 @@ class SequenceTokenizer:
 
     def __repr__(self) -> str:
         return (f"SequenceTokenizer({self.modality!r}, vocab_size={self.vocab_size}, "
-                f"max_tokens={self.tokens_per_sample})")
+                f"max_tokens={self.max_tokens})")

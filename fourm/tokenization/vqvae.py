@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -34,6 +35,8 @@ from fourm.tokenization.pixels import PixelCodec, get_codec
 
 @dataclass
 class ImageVQConfig:
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"kmeans_init": "use_kmeans_init"}  # config.json of older versions
+
     modality: str = "tok_rgb"  # model modality key
     source: str = "rgb"  # corpus modality the values come from
     codec: str | None = None  # pixel codec (default: the source's; "features" for feature maps)
@@ -61,7 +64,7 @@ class ImageVQConfig:
     # well under the mean hits per code per step (batch * tokens / codebook_size, 1 at 16 x 64 / 1024):
     # at or above it most codes are re-seeded every step (VQP's example value 2 cost 0.4 dB here)
     dead_code_threshold: float = 0.5
-    kmeans_init: bool = False  # vq: codebook initialised by k-means on the first batch
+    use_kmeans_init: bool = False  # vq: codebook initialised by k-means on the first batch
     commitment_weight: float = 1.0  # vq
     use_rotation_trick: bool = True  # vq: gradients through the quantizer (arXiv 2410.06424), else STE
     fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # fsq: 1000 codes
@@ -138,7 +141,7 @@ class VQ(nn.Module):
         self.dim, self.codebook_size = cfg.codebook_dim, cfg.codebook_size
         self.vq = VectorQuantize(
             dim=cfg.codebook_dim, codebook_size=cfg.codebook_size, decay=cfg.ema_decay, use_cosine_sim=True,
-            threshold_ema_dead_code=cfg.dead_code_threshold, kmeans_init=cfg.kmeans_init,
+            threshold_ema_dead_code=cfg.dead_code_threshold, kmeans_init=cfg.use_kmeans_init,
             commitment_weight=cfg.commitment_weight, rotation_trick=cfg.use_rotation_trick,
             straight_through=False)
 
@@ -214,7 +217,7 @@ class ImageVQVAE(nn.Module, PretrainedMixin):
         return self.quantizer.codebook_size
 
     @property
-    def tokens_per_sample(self) -> int:
+    def num_tokens(self) -> int:
         return self.config.grid**2
 
     @property
@@ -252,8 +255,8 @@ class ImageVQVAE(nn.Module, PretrainedMixin):
     def embed_ids(self, ids: Tensor) -> Tensor:
         """ids (B, N) -> z_q (B, D, h, w): the latents the decoder reads."""
         ids = torch.as_tensor(ids, device=self.device).long()
-        if ids.ndim != 2 or ids.shape[1] != self.tokens_per_sample:
-            raise ValueError(f"{self.modality}: expected ids (B, {self.tokens_per_sample}), got {tuple(ids.shape)}")
+        if ids.ndim != 2 or ids.shape[1] != self.num_tokens:
+            raise ValueError(f"{self.modality}: expected ids (B, {self.num_tokens}), got {tuple(ids.shape)}")
         if ids.numel() and (ids.min() < 0 or ids.max() >= self.vocab_size):
             raise ValueError(f"{self.modality}: ids must lie in [0, {self.vocab_size}), "
                              f"got [{int(ids.min())}, {int(ids.max())}]")

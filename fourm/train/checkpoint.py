@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from fourm.config import upgrade_config
 from fourm.io import atomic_dir, fsync_path, fsync_tree, load_tensors, load_weights, read_json, write_json
 from fourm.pretrained import CONFIG_NAME, WEIGHTS_NAME, read_config
 from fourm.train.parallel import is_sharded
@@ -167,10 +168,11 @@ class CheckpointMismatch(ValueError):
 def check_fits(path: str | Path, model) -> None:
     """Refuse a checkpoint whose saved model config differs from ``model``'s, naming the fields."""
     saved = read_config(Path(path) / "model")
+    theirs = upgrade_config(type(model.config), saved["config"])  # a checkpoint of an older version
     ours = json.loads(json.dumps(dataclasses.asdict(model.config)))  # tuples as JSON gives them back
-    changed = sorted(k for k in {*saved["config"], *ours} if saved["config"].get(k) != ours.get(k))
+    changed = sorted(k for k in {*theirs, *ours} if theirs.get(k) != ours.get(k))
     if saved["class"] != model.pretrained_name or changed:
-        what = ", ".join(f"{k} {saved['config'].get(k)!r} -> {ours.get(k)!r}" for k in changed[:4])
+        what = ", ".join(f"{k} {theirs.get(k)!r} -> {ours.get(k)!r}" for k in changed[:4])
         raise CheckpointMismatch(f"{Path(path).parent.parent} holds checkpoints of another model "
                          f"({what or saved['class']}{' ...' if len(changed) > 4 else ''}): "
                          "resume with its settings, or train into another out folder")

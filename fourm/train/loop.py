@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -36,6 +36,8 @@ from fourm.train.parallel import PARALLEL, build_sharded, gradient_sync, local, 
 
 @dataclass
 class TrainConfig:
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"compile": "use_compile", "tensorboard": "use_tensorboard"}
+
     steps: int = 1000
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
@@ -45,13 +47,13 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0: off
     grad_accum: int = 1
     precision: str = "auto"  # auto (bf16 where a timed matmul finds it faster: fast_bf16, else fp32) | bf16 | fp32
-    compile: bool = False
+    use_compile: bool = False
     parallel: str = "ddp"  # over several processes: ddp (replicas) | fsdp (shards: fourm.train.parallel)
     eval_every: int = 250  # 0: only at the end
     save_every: int = 250
     keep_last: int = 2
     log_every: int = 10
-    tensorboard: bool = True  # also log to <out>/tensorboard when the tensorboard package is installed
+    use_tensorboard: bool = True  # also log to <out>/tensorboard when the tensorboard package is installed
     seed: int = 0
 
     def __post_init__(self):
@@ -157,10 +159,10 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
         return torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=use_bf16)
     sharded = cfg.parallel == "fsdp" and accelerator.num_processes > 1  # one process has nothing to shard
     if sharded:  # before the optimizer: it must hold the shards, not the whole parameters
-        model = build_sharded(task.build_model, accelerator.device, accelerator.is_main_process, cfg.compile)
+        model = build_sharded(task.build_model, accelerator.device, accelerator.is_main_process, cfg.use_compile)
     else:
         model = task.build_model().to(accelerator.device)
-        if cfg.compile:  # in place, before DDP wraps it; a model may choose what to compile (FourM: its blocks)
+        if cfg.use_compile:  # in place, before DDP wraps it; a model may choose what to compile (FourM: its blocks)
             model.compile()
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
@@ -170,7 +172,7 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
     if not sharded:
         model, optimizer = accelerator.prepare(model, optimizer)
     metrics = MetricsLog(out / "metrics.jsonl", keep_until=step, enabled=accelerator.is_main_process,
-                         tensorboard=out / "tensorboard" if cfg.tensorboard else None)
+                         tensorboard=out / "tensorboard" if cfg.use_tensorboard else None)
 
     batches = task.train_batches(step, accelerator.process_index, accelerator.num_processes)
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress or not accelerator.is_main_process,

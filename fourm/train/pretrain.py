@@ -9,7 +9,7 @@ built for ids its data does not hold.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ class DataConfig:
 class ModelConfig:
     size: str = "micro"  # a name of fourm.model.sizes
     modalities: list[str] | None = None  # None: every modality the (first) token corpus holds
-    overrides: dict[str, Any] = field(default_factory=dict)  # any FourMConfig field (dim, tie_heads...)
+    overrides: dict[str, Any] = field(default_factory=dict)  # any FourMConfig field (dim, use_tied_heads, scale...)
     init: str | None = None  # start from this pretrained FourM (fine-tuning) instead of from scratch
 
 
@@ -89,9 +89,14 @@ class FourMTask:
         patches = {n: m.patch_size for n, m in self.modalities.items() if m.patch_size not in (None, scale.patch_size)}
         scale = ModalityScale(scale.image_size, scale.patch_size, patches, vocab_sizes={
             n: m.vocab_size for n, m in self.modalities.items() if m.vocab_size is not None})
+        overrides = dict(self.cfg.model.overrides)
+        # model.overrides.scale.<field> changes that field of the corpus' scale; per-modality tables are
+        # merged, so scale.vocab_sizes.tok_rgb=2048 leaves the other vocabularies as the corpus has them
+        changes = overrides.pop("scale", None) or {}
+        scale = replace(scale, **{k: {**getattr(scale, k), **v} if isinstance(v, dict) else v
+                                  for k, v in changes.items()})
         max_tokens = {n: m.tokens for n, m in self.modalities.items()}
-        return sizes.model_config(self.cfg.model.size, list(self.modalities), scale, max_tokens=max_tokens,
-                                  **self.cfg.model.overrides)
+        return sizes.model_config(self.cfg.model.size, list(self.modalities), scale, max_tokens=max_tokens, **overrides)
 
     def build_model(self):
         if self.cfg.model.init:

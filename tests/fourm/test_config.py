@@ -1,8 +1,9 @@
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pytest
 
-from fourm.config import ConfigError, load_config, read_yaml_mapping, save_config
+from fourm.config import ConfigError, load_config, read_yaml_mapping, save_config, upgrade_config
 
 
 @dataclass
@@ -70,3 +71,39 @@ def test_yaml_numbers_read_as_numbers_in_untyped_fields(tmp_path):
     assert read_yaml_mapping(path) == {"extra": {"w": 0.001}}
     path.write_text("")
     assert read_yaml_mapping(path) == {}
+
+
+@dataclass
+class Renamed:
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"fast": "use_fast", "rate": "inner.rate"}
+
+    use_fast: bool = False
+    inner: Inner = field(default_factory=Inner)
+    nested: Outer | None = None
+
+
+def test_saved_configs_with_old_keys_are_upgraded_and_user_ones_told_the_new_name(tmp_path):
+    saved = {"fast": True, "rate": 0.5, "inner": {"names": ["b"]}, "nested": {"steps": 3}}
+    assert upgrade_config(Renamed, saved) == {"use_fast": True, "inner": {"names": ["b"], "rate": 0.5},
+                                              "nested": {"steps": 3}}
+    assert saved == {"fast": True, "rate": 0.5, "inner": {"names": ["b"]}, "nested": {"steps": 3}}  # untouched
+    assert upgrade_config(Renamed, {"fast": True, "use_fast": False}) == {"use_fast": False}  # the new key wins
+    with pytest.raises(ConfigError, match="config key 'fast' was renamed: use 'use_fast'") as e:
+        load_config(Renamed, overrides=["fast=true"])
+    assert "\n" not in str(e.value)
+    path = tmp_path / "c.yaml"
+    path.write_text("rate: 0.5\n")
+    with pytest.raises(ConfigError, match="config key 'rate' was renamed: use 'inner.rate'"):
+        load_config(Renamed, path)
+
+
+@pytest.mark.parametrize("override, new", [
+    ("train.compile=true", "train.use_compile"),
+    ("train.tensorboard=false", "train.use_tensorboard"),
+    ("masking.fill_inputs=false", "masking.use_input_fill"),
+])
+def test_the_renamed_training_flags_name_their_new_keys(override, new):
+    from fourm.train.pretrain import FourMTrainConfig
+
+    with pytest.raises(ConfigError, match=f"use {new!r}"):
+        load_config(FourMTrainConfig, overrides=[override])

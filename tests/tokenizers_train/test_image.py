@@ -38,7 +38,7 @@ def test_shipped_configs_load_and_build(path):
     assert cfg.model.modality == cfg.modality and cfg.model.source == parts.get(path.stem, path.stem)
     extra = {"num_classes": 6} if path.stem == "semseg" else {}
     model = image.ImageVQVAE(image.dataclasses.replace(cfg.model, **extra))
-    assert model.tokens_per_sample == (cfg.model.image_size // cfg.model.patch_size) ** 2
+    assert model.num_tokens == (cfg.model.image_size // cfg.model.patch_size) ** 2
 
 
 def test_a_short_run_learns_and_writes_the_tokenizer(corpus, tmp_path):
@@ -65,13 +65,13 @@ def test_every_image_modality_trains(corpus, tmp_path, modality):
 
 
 def test_batches_are_deterministic_and_flips_follow_the_codec(corpus):
-    cfg = load_config(image.Config, None, [*TINY, "hflip=true"], corpus=corpus, modality="tok_normal")
+    cfg = load_config(image.Config, None, [*TINY, "use_hflip=true"], corpus=corpus, modality="tok_normal")
     task, _ = image.prepare(cfg)
     batches = task.train_batches(0, 0, 1)
     first = [next(batches) for _ in range(3)]
     resumed = next(task.train_batches(2, 0, 1))
     assert torch.equal(first[2], resumed)  # a resumed run sees the same batch
-    plain = image.ImageTokenizerTask(image.Config(**{**cfg.__dict__, "hflip": False}), task.train_values,
+    plain = image.ImageTokenizerTask(image.Config(**{**cfg.__dict__, "use_hflip": False}), task.train_values,
                                      task.eval_values)
     unflipped = next(plain.train_batches(0, 0, 1))
     flipped = [i for i in range(len(unflipped)) if not torch.equal(first[0][i], unflipped[i])]
@@ -82,8 +82,12 @@ def test_batches_are_deterministic_and_flips_follow_the_codec(corpus):
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="hflip is not valid"):
-        image.ImageTokenizerTask(image.Config(modality="tok_clip", hflip=True), np.zeros(1), np.zeros(1))
+    with pytest.raises(ValueError, match="use_hflip is not valid"):
+        image.ImageTokenizerTask(image.Config(modality="tok_clip", use_hflip=True), np.zeros(1), np.zeros(1))
+    with pytest.raises(ValueError, match="config key 'hflip' was renamed: use 'use_hflip'"):  # a user's old YAML
+        load_config(image.Config, None, ["hflip=false"])
+    with pytest.raises(ValueError, match="config key 'model.kmeans_init' was renamed: use 'model.use_kmeans_init'"):
+        load_config(image.Config, None, ["model.kmeans_init=true"])
     with pytest.raises(ValueError, match="no corpus"):
         image.run(image.Config(), Path("/nonexistent"))
 
@@ -104,7 +108,7 @@ def test_the_mask_part_learns_and_the_wordpiece_family_picks_it_up(corpus, tmp_p
     assert stats["mask_coder"] == "vqvae" and stats["pose_coder"] == "grid"  # auto: what parts/ holds
     assert (tmp_path / "sam_instance" / "mask_coder").is_dir() and not (tmp_path / "caption" / "mask_coder").exists()
     tok = load_tokenizers(tmp_path, ["sam_instance"])["sam_instance"]
-    assert isinstance(tok.mask_coder, VQVAEMaskCoder) and tok.mask_coder.tokens_per_mask == 4
+    assert isinstance(tok.mask_coder, VQVAEMaskCoder) and tok.mask_coder.num_tokens == 4
     maps, _, _ = image.load_series(corpus, "sam_instance", 8)
     ious = [iou for m, d in zip(maps, tok.decode(tok.encode(maps)), strict=True) for iou in instance_ious(m, d)]
     assert np.mean(ious) > 0.8 and stats["sam_instance"]["mean_iou"] > 0.8

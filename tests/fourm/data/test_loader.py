@@ -1,6 +1,7 @@
 """Token datasets and the batch stream: layout, presence, determinism across workers and restarts,
 ranks, held-out split, mixtures, loading a written token corpus, the unigram baseline."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -151,8 +152,7 @@ def test_from_corpus_reads_a_token_corpus(tmp_path):
     for shard in range(2):
         write_shard(tmp_path, shard, [{k: s[k] for k in ["__key__", *storages]} for s in raw[3 * shard: 3 * shard + 3]],
                     storages)
-    info = {"tok_depth": {"vocab_size": 32, "tokens_per_sample": 16}, "caption": {"vocab_size": 300,
-                                                                                  "tokens_per_sample": 64}}
+    info = {"tok_depth": {"vocab_size": 32, "num_tokens": 16}, "caption": {"vocab_size": 300, "max_tokens": 64}}
     write_manifest(tmp_path, {"modalities": {m: storage_entry(s, **info.get(m, {})) for m, s in storages.items()}})
 
     loaded = TokenDataset.from_corpus(tmp_path, table())  # the model's table: tok_dinov2_global is absent
@@ -163,6 +163,42 @@ def test_from_corpus_reads_a_token_corpus(tmp_path):
     derived = TokenDataset.from_corpus(tmp_path)  # no table: from the manifest (rgb patches follow tok_depth's grid)
     assert derived.modalities["rgb"].tokens == 16 and derived.modalities["caption"].vocab_size == 300
     assert list(modalities_from_manifest({"modalities": info}, scale=SCALE)) == ["tok_depth", "caption"]
+
+
+def test_a_token_corpus_from_before_num_tokens_is_read(tmp_path):
+    """Manifests (and plans) written before the one vocabulary state every series' tokens per sample
+    as ``tokens_per_sample``: read as ``num_tokens`` (images, globals) or ``max_tokens`` (sequences)."""
+    from fourm.data.corpus import check_plan, read_manifest, storage_entry, write_manifest, write_shard
+    from fourm.data.loader import read_token_manifest
+
+    raw = samples(4, drop_every=0)
+    names = ("tok_depth", "tok_dinov2_global", "caption")
+    storages = {m: Storage("npy", MODALITIES[m].token_dtype) for m in names}
+    write_shard(tmp_path, 0, [{k: s[k] for k in ["__key__", *names]} for s in raw], storages)
+    old = {"tok_depth": {"vocab_size": 32, "tokens_per_sample": 16},
+           "tok_dinov2_global": {"vocab_size": 16, "tokens_per_sample": 4},
+           "caption": {"vocab_size": 300, "tokens_per_sample": 64}}
+    plan = {"tokenizers": {m: {"class": "X", **e} for m, e in old.items()}}
+    write_manifest(tmp_path, {**plan, "modalities": {m: storage_entry(s, **old[m]) for m, s in storages.items()},
+                              "image_size": 16})
+
+    new = {"tok_depth": {"vocab_size": 32, "num_tokens": 16}, "tok_dinov2_global": {"vocab_size": 16, "num_tokens": 4},
+           "caption": {"vocab_size": 300, "max_tokens": 64}}
+    manifest = read_token_manifest(tmp_path)  # a token corpus, not a raw one
+    assert {m: {k: v for k, v in e.items() if k != "storage"} for m, e in manifest["modalities"].items()} == new
+    assert manifest["tokenizers"] == {m: {"class": "X", **e} for m, e in new.items()}
+    assert "tokens_per_sample" in json.loads((tmp_path / "manifest.json").read_text())["modalities"]["caption"]
+    assert read_manifest(tmp_path) == manifest
+    derived = modalities_from_manifest(manifest)
+    assert [derived[m].tokens for m in names] == [16, 4, 64] and derived["caption"].max_tokens == 64
+    assert derived == modalities_from_manifest({"modalities": new, "image_size": 16})
+    loaded = TokenDataset.from_corpus(tmp_path)
+    for i in range(4):
+        for name in names:
+            np.testing.assert_array_equal(loaded[i][name], raw[i][name])
+    # a tokenize run of an older version resumed: its plan is the same plan in today's names
+    (tmp_path / ".shards" / "plan.json").write_text(json.dumps(plan))
+    assert check_plan(tmp_path, {"tokenizers": {m: {"class": "X", **e} for m, e in new.items()}}) is False
 
 
 def test_unigram_baseline_is_the_entropy_of_the_token_distribution():

@@ -86,7 +86,7 @@ def test_tiny_alpha_draws_are_finite_and_concentrated():
 
 @pytest.mark.parametrize("mixture", [None, [DirichletComponent(1.0, {"*": 1.0}, {"*": 1.0})]])
 def test_budgets_are_exact_when_tokens_suffice(mixture):
-    cfg = MaskingConfig(input_budget=12, target_budget=12, fill_inputs=True,
+    cfg = MaskingConfig(input_budget=12, target_budget=12, use_input_fill=True,
                         **({"mixture": mixture} if mixture else {}))
     masker, rng = Masker(table(), cfg, SPECIALS), np.random.default_rng(0)
     outs = [masker(make_sample(rng), rng) for _ in range(80)]
@@ -95,7 +95,7 @@ def test_budgets_are_exact_when_tokens_suffice(mixture):
     batch.check()
     assert batch.enc_ids.shape == (8, 12) and batch.enc_valid.all() and batch.dec_valid.all()
     # unfilled, inputs are at most their budget; targets still exact
-    masker = Masker(table(), replace(cfg, fill_inputs=False), SPECIALS)
+    masker = Masker(table(), replace(cfg, use_input_fill=False), SPECIALS)
     outs = [masker(make_sample(rng), rng) for _ in range(80)]
     assert all(0 < len(o["enc_ids"]) <= 12 and len(o["dec_target"]) == 12 for o in outs)
 
@@ -231,13 +231,13 @@ def test_rgb_to_all_offers_only_rgb_inputs():
 
 
 def test_unfilled_inputs_keep_a_caption_draw_caption_only():
-    """fill_inputs=False: what a short caption cannot use of its share stays empty instead of going to
+    """use_input_fill=False: what a short caption cannot use of its share stays empty instead of going to
     the image tokens, so caption-heavy draws train caption -> X; filled, the same draws hide it."""
     mods = table()
     mix = [DirichletComponent(1.0, {"caption": 50.0, "*": 0.01}, {"tok_depth": 1.0, "*": 0.0})]
     caption = list(mods).index("caption")
     for fill, most_caption_only in ((False, True), (True, False)):
-        cfg = MaskingConfig(input_budget=24, target_budget=8, mixture=mix, fill_inputs=fill)
+        cfg = MaskingConfig(input_budget=24, target_budget=8, mixture=mix, use_input_fill=fill)
         masker, rng = Masker(mods, cfg, SPECIALS), np.random.default_rng(11)
         outs = [masker(make_sample(rng, caption_len=6), rng) for _ in range(50)]
         caption_only = np.mean([(o["enc_mod"] == caption).all() for o in outs])

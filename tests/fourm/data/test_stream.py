@@ -34,8 +34,8 @@ def write_corpus(root, sizes=SIZES, name="c"):
                                    "caption": np.array([*rng.integers(204, 300, 3), 3])} for j in range(size)],
                     storages)
     write_manifest(root, {"modalities": {
-        "tok_depth": storage_entry(storages["tok_depth"], vocab_size=32, tokens_per_sample=16),
-        "caption": storage_entry(storages["caption"], vocab_size=300, tokens_per_sample=8)}, "image_size": 16})
+        "tok_depth": storage_entry(storages["tok_depth"], vocab_size=32, num_tokens=16),
+        "caption": storage_entry(storages["caption"], vocab_size=300, max_tokens=8)}, "image_size": 16})
     return str(root)
 
 

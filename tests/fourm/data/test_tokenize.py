@@ -26,7 +26,7 @@ class QuadrantMode(nn.Module, PretrainedMixin):
     """Most frequent class id in each image quadrant: 4 tokens, vocabulary 6."""
 
     config_class = QuadrantConfig
-    vocab_size, tokens_per_sample = 6, 4
+    vocab_size, num_tokens = 6, 4
 
     def __init__(self, config):
         super().__init__()

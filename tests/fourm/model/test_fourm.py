@@ -1,6 +1,7 @@
 """FourM behaviour: loss and gradients, masking properties, KV-cached decoding, save/load, errors."""
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -110,7 +111,7 @@ def same(a, b):
 
 @pytest.mark.parametrize("overrides", [
     {},
-    {"norm": "rmsnorm", "use_qk_norm": True, "tie_heads": True},
+    {"norm": "rmsnorm", "use_qk_norm": True, "use_tied_heads": True},
     {"use_bias": True, "loss_weighting": "token", "dropout": 0.1},
     {"pixel_stem": "conv"},
 ])
@@ -277,11 +278,33 @@ def test_kv_cached_decoding_equals_full_decode():
 
 def test_save_load_roundtrip(tmp_path):
     for tie, stem in ((False, "linear"), (True, "conv")):
-        model, batch = make_model(tie_heads=tie, pixel_stem=stem), random_batch(tiny_config())
+        model, batch = make_model(use_tied_heads=tie, pixel_stem=stem), random_batch(tiny_config())
         model.save_pretrained(tmp_path / f"m{tie}")
         loaded = FourM.from_pretrained(tmp_path / f"m{tie}")
         assert loaded.config == model.config
         assert torch.equal(run(loaded, batch)[2].loss, run(model, batch)[2].loss)
+
+
+def test_a_config_json_from_before_the_scale_object_loads(tmp_path):
+    """config.json as written before the scale was one object and before use_tied_heads: the scale's
+    fields flat at the top, and tie_heads. It loads into the nested config, builds the same model, and
+    a run's checkpoint of it is still one of the same model (resume)."""
+    from fourm.train.checkpoint import check_fits
+
+    model, batch = make_model(use_tied_heads=True), random_batch(tiny_config())
+    model.save_pretrained(tmp_path / "run" / "model")
+    path = tmp_path / "run" / "model" / "config.json"
+    record = json.loads(path.read_text())
+    new = record["config"]
+    old = {k: v for k, v in new.items() if k not in ("scale", "use_tied_heads")}
+    old |= {"image_size": 32, "patch_size": 8, "patch_sizes": {}, "vocab_sizes": new["scale"]["vocab_sizes"],
+            "tie_heads": True}
+    path.write_text(json.dumps({**record, "config": old}))
+
+    loaded = FourM.from_pretrained(tmp_path / "run" / "model")
+    assert loaded.config == model.config and loaded.config.scale == SCALE and loaded.config.use_tied_heads
+    assert torch.equal(run(loaded, batch)[2].loss, run(model, batch)[2].loss)
+    check_fits(tmp_path / "run", model)  # no CheckpointMismatch
 
 
 def test_bf16_autocast():
@@ -334,7 +357,7 @@ def test_bad_inputs_have_clear_errors():
 
 @pytest.mark.slow
 def test_compiled_blocks_give_the_eager_loss_and_gradients():
-    """``compile()`` (what ``train.compile=true`` calls) compiles the blocks in place: same numbers,
+    """``compile()`` (what ``train.use_compile=true`` calls) compiles the blocks in place: same numbers,
     same parameter names (checkpoints are interchangeable), no graph per layer."""
     from torch._dynamo.utils import counters
 

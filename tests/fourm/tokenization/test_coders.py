@@ -44,7 +44,7 @@ def test_mask_coder_is_the_models_encode_and_decode():
     model = mask_model()
     coder = VQVAEMaskCoder(model)
     assert isinstance(coder, MaskCoder)
-    assert (coder.mask_size, coder.tokens_per_mask, coder.vocab_size) == (8, 4, 32)
+    assert (coder.mask_size, coder.num_tokens, coder.vocab_size) == (8, 4, 32)
     masks = np.random.default_rng(0).uniform(size=(3, 8, 8)) > 0.5
     ids = coder.encode(masks)
     assert ids.shape == (3, 4) and ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < 32
@@ -62,7 +62,7 @@ def test_pose_coder_is_the_models_encode_and_decode():
     model = pose_model()
     coder = VQVAEPoseCoder(model)
     assert isinstance(coder, PoseCoder)
-    assert (coder.num_keypoints, coder.tokens_per_pose, coder.vocab_size) == (33, 4, 16)
+    assert (coder.num_keypoints, coder.num_tokens, coder.vocab_size) == (33, 4, 16)
     people = synthetic_people(3, seed=1)
     rel = np.stack([model.to_vectors([p]).numpy().reshape(33, 3) for p in people])
     ids = coder.encode(rel)

@@ -52,7 +52,7 @@ def tiny(source: str = "rgb", **overrides) -> DiffusionDecoderTokenizer:
 def test_decode_gives_corpus_units(source):
     model = tiny(source)
     assert isinstance(model, ModalityTokenizer)
-    assert (model.modality, model.vocab_size, model.tokens_per_sample) == (MODALITY_OF[source], 64, 16)
+    assert (model.modality, model.vocab_size, model.num_tokens) == (MODALITY_OF[source], 64, 16)
     v = values(source)
     out = model.decode(model.encode(v))
     assert out.shape == v.shape and out.dtype == v.dtype

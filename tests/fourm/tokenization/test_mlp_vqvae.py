@@ -1,5 +1,7 @@
 """MLP VQ-VAE over one vector: shapes and units, ids, codes from ids, save/load, learning, pose vectors."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -113,6 +115,22 @@ def test_save_then_load_gives_identical_outputs(tmp_path, quantizer, pose):
     torch.testing.assert_close(loaded.decode_vectors(ids), model.decode_vectors(ids), rtol=0, atol=0)
     for a, b in zip(loaded.state_dict().values(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # normalisation and codebook buffers included
+
+
+def test_a_config_json_with_the_old_flag_name_loads(tmp_path):
+    """Tokenizers saved before the use_* names: ``kmeans_init`` is read as ``use_kmeans_init``."""
+    torch.manual_seed(0)
+    model = VectorVQVAE(VectorVQVAEConfig(**TINY, quantizer="vq", use_kmeans_init=False))
+    model.fit_normalization(clustered(64))
+    model.eval().save_pretrained(tmp_path / "tok")
+    path = tmp_path / "tok" / "config.json"
+    record = json.loads(path.read_text())
+    record["config"]["kmeans_init"] = record["config"].pop("use_kmeans_init")
+    path.write_text(json.dumps(record))
+    loaded = load_pretrained(tmp_path / "tok")
+    assert loaded.config == model.config and loaded.config.use_kmeans_init is False
+    x = clustered(8, seed=3)
+    assert torch.equal(loaded.encode(x), model.encode(x))
 
 
 def test_is_a_modality_tokenizer_that_fits_its_modality():

@@ -182,7 +182,7 @@ def test_metadata_round_trips_within_half_a_bin():
 def test_grid_mask_coder_is_exact_on_its_grid():
     coder = GridMaskCoder(1024)
     assert isinstance(coder, MaskCoder)
-    assert (coder.mask_size, coder.tokens_per_mask, coder.vocab_size) == (12, 16, 512)
+    assert (coder.mask_size, coder.num_tokens, coder.vocab_size) == (12, 16, 512)
     masks = np.random.default_rng(0).uniform(size=(5, 12, 12)) > 0.5
     ids = coder.encode(masks)
     assert ids.shape == (5, 16) and ids.max() < coder.vocab_size

@@ -162,7 +162,7 @@ def test_round_trip_through_ids(toks, modality):
 def test_fits_the_modality_registry(toks):
     scale = ModalityScale(vocab_sizes={m: VOCAB for m in SERIALIZERS})
     for m, tok in toks.items():
-        assert tok.tokens_per_sample == get_modality(m).max_tokens
+        assert tok.max_tokens == get_modality(m).max_tokens
         check_tokenizer(tok, scale.resolve(m))
 
 
@@ -270,7 +270,7 @@ def test_config_checks():
 class HalfMaskCoder:
     """A stand-in for the mask VQ-VAE: any coder with the protocol's attributes plugs in."""
 
-    name, mask_size, tokens_per_mask, vocab_size = "half", 2, 1, 4
+    name, mask_size, num_tokens, vocab_size = "half", 2, 1, 4
 
     def encode(self, masks):
         return (masks[:, 0, 0] * 1 + masks[:, 1, 1] * 2)[:, None]

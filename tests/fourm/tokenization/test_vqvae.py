@@ -137,7 +137,7 @@ def test_encode_decode_round_trip_in_corpus_units(name):
     values = sample_values(name)
     assert isinstance(model, ModalityTokenizer)
     ids = model.encode(list(values))
-    assert ids.dtype == torch.long and ids.shape == (3, model.tokens_per_sample) == (3, (SIDE // PATCH) ** 2)
+    assert ids.dtype == torch.long and ids.shape == (3, model.num_tokens) == (3, (SIDE // PATCH) ** 2)
     assert ids.min() >= 0 and ids.max() < model.vocab_size
     back = model.decode(ids)
     assert back.shape == values.shape and back.dtype == values.dtype
@@ -194,7 +194,7 @@ def test_vit_blocks_are_the_models_and_start_as_the_identity(mlp):
     torch.testing.assert_close(vit(x), vit.proj_out(vit.norm(vit.norm_in(vit.proj_in(x)) + vit.pos)))
 
 
-def test_checkpoints_from_before_the_mlp_setting_still_load(tmp_path):
+def test_checkpoints_from_before_the_mlp_setting_and_the_use_names_still_load(tmp_path):
     model = tiny()
     # the weight names of the tokenizer's former own blocks (Attention + Linear-GELU-Linear)
     assert {k.split(".", 3)[-1] for k in model.state_dict() if ".blocks." in k} == {
@@ -202,6 +202,7 @@ def test_checkpoints_from_before_the_mlp_setting_still_load(tmp_path):
     model.save_pretrained(tmp_path / "tok")
     config = json.loads((tmp_path / "tok" / "config.json").read_text())
     del config["config"]["mlp"]  # as written before the setting existed
+    config["config"]["kmeans_init"] = config["config"].pop("use_kmeans_init")  # and before the use_* names
     (tmp_path / "tok" / "config.json").write_text(json.dumps(config))
     values = sample_values("rgb")
     assert torch.equal(load_pretrained(tmp_path / "tok").encode(values), model.encode(values))

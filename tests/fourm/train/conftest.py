@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from fourm.data.corpus import storage_entry, write_manifest, write_shard
-from fourm.modalities import Storage
+from fourm.kinds import token_count_key
+from fourm.modalities import MODALITIES, Storage
 
 
 def make_token_corpus(root, num_samples: int = 96, shard_size: int = 32, seed: int = 0) -> str:
@@ -25,7 +26,7 @@ def make_token_corpus(root, num_samples: int = 96, shard_size: int = 32, seed: i
             samples.append({"__key__": f"s{shard}-{j}", "tok_rgb": rgb, "tok_depth": depth, "caption": caption})
         write_shard(root, shard, samples, storages)
     write_manifest(root, {
-        "modalities": {m: storage_entry(storages[m], vocab_size=v, tokens_per_sample=n)
+        "modalities": {m: storage_entry(storages[m], vocab_size=v, **{token_count_key(MODALITIES[m]): n})
                        for m, (v, n) in modalities.items()},
         "image_size": 32,
     })

@@ -117,7 +117,8 @@ def test_tensorboard_logs_every_numeric_field(tmp_path):
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert board(tmp_path, "grad_norm") == [(r["step"], r["grad_norm"]) for r in rows if "grad_norm" in r]
     assert board(tmp_path, "eval/mse") == [(r["step"], r["eval/mse"]) for r in rows if "eval/mse" in r]
-    train(RegressionTask(), TrainConfig(**{**CFG, "steps": 10}, tensorboard=False), tmp_path / "off", progress=False)
+    off = TrainConfig(**{**CFG, "steps": 10}, use_tensorboard=False)
+    train(RegressionTask(), off, tmp_path / "off", progress=False)
     assert not (tmp_path / "off" / "tensorboard").exists()
 
 

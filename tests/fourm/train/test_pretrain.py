@@ -15,7 +15,8 @@ import torch
 
 from fourm.config import load_config
 from fourm.data.corpus import CorpusReader, storage_entry, write_manifest, write_shard
-from fourm.modalities import ModalityScale, Storage
+from fourm.kinds import token_count_key
+from fourm.modalities import MODALITIES, ModalityScale, Storage
 from fourm.model.fourm import FourM
 from fourm.train.curves import read_metrics
 from fourm.train.pretrain import FourMTrainConfig, run_training
@@ -150,11 +151,24 @@ def test_fine_tuning_from_a_model_that_lacks_a_modality_is_refused(token_corpus,
     from fourm.train.pretrain import FourMTask
 
     task = FourMTask(config(token_corpus, tmp_path / "run"))
-    narrower = replace(task.model_config(), modalities=["tok_rgb", "caption"], vocab_sizes={}, max_tokens={},
-                       input_dims={})
+    wide = task.model_config()
+    narrower = replace(wide, modalities=["tok_rgb", "caption"], scale=replace(wide.scale, vocab_sizes={}),
+                       max_tokens={}, input_dims={})
     FourM(narrower).save_pretrained(tmp_path / "narrow")
     with pytest.raises(ValueError, match=r"narrow does not know tok_depth"):
         FourMTask(config(token_corpus, tmp_path / "run", f"model.init={tmp_path / 'narrow'}")).build_model()
+
+
+def test_model_overrides_change_the_corpus_scale_and_old_names_are_refused(token_corpus, tmp_path):
+    from fourm.train.pretrain import FourMTask
+
+    corpus_scale = FourMTask(config(token_corpus, tmp_path / "run")).model_config().scale
+    assert corpus_scale.vocab_sizes == {"tok_rgb": 32, "tok_depth": 32, "caption": 300}
+    task = FourMTask(config(token_corpus, tmp_path / "run", "model.overrides.scale.vocab_sizes.tok_rgb=64"))
+    assert task.model_config().scale.vocab_sizes == {"tok_rgb": 64, "tok_depth": 32, "caption": 300}
+    task = FourMTask(config(token_corpus, tmp_path / "run", "model.overrides.tie_heads=true"))
+    with pytest.raises(ValueError, match="'tie_heads' was renamed: use 'use_tied_heads'"):
+        task.model_config()
 
 
 def test_a_modality_with_its_own_patch_size_trains_at_the_corpus_scale(tmp_path):
@@ -173,13 +187,13 @@ def test_a_modality_with_its_own_patch_size_trains_at_the_corpus_scale(tmp_path)
     scale = ModalityScale.from_grids(32, {"tok_rgb": 16, "tok_depth": 4})
     write_manifest(with_depth_in_4, {
         "modalities": {m: storage_entry(storages[m], vocab_size=manifest["modalities"][m]["vocab_size"],
-                                        tokens_per_sample=n) for m, n in rows.items()},
+                                        **{token_count_key(MODALITIES[m]): n}) for m, n in rows.items()},
         "image_size": 32, "scale": scale.record()})
     assert scale.patch_size == 8 and scale.patch_sizes == {"tok_depth": 16}
 
     model = run_training(config(with_depth_in_4, tmp_path / "run", "train.steps=3", "train.eval_every=0",
                                 "train.save_every=0"), progress=False)
-    assert model.config.patch_sizes == {"tok_depth": 16}
+    assert model.config.scale.patch_sizes == {"tok_depth": 16}
     assert model.specs["tok_depth"].tokens == 4 and model.specs["tok_depth"].patch_size == 16
     assert model.specs["tok_rgb"].tokens == 16 and model.specs["tok_rgb"].patch_size == 8
     assert FourM.from_pretrained(tmp_path / "run" / "model").specs["tok_depth"].tokens == 4
