@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fourm.model import FourMConfig
-from fourm.model.stems import PIXEL_STEMS, ConvStem
+from fourm.model.stems import PIXEL_STEMS, ConvStem, PoolStem
 
 
 @pytest.mark.parametrize("name", list(PIXEL_STEMS))
@@ -28,24 +28,26 @@ def test_one_embedding_per_patch_row_major(name):
         assert moved[[12, 14]].all() and not moved[[0, 31]].any()  # neighbours, not the far corners
 
 
-def test_conv_stem_needs_a_power_of_two_patch():
+@pytest.mark.parametrize("stem", [ConvStem, PoolStem])
+def test_halving_stems_need_a_power_of_two_patch(stem):
     with pytest.raises(ValueError, match="power-of-two patch size, not 14"):
-        ConvStem(14, 32)
+        stem(14, 32)
 
 
 def test_unknown_stem_is_named():
-    with pytest.raises(ValueError, match="pixel_stem must be one of linear, conv, not 'vit'"):
+    with pytest.raises(ValueError, match="pixel_stem must be one of linear, conv, pool, not 'vit'"):
         FourMConfig(modalities=["rgb", "tok_rgb"], pixel_stem="vit")
 
 
-def test_patches_that_are_not_inputs_never_reach_the_model():
-    """With the conv stem, pixels of an rgb patch the masking hid must not leak into its visible
+@pytest.mark.parametrize("stem", ["conv", "pool"])
+def test_patches_that_are_not_inputs_never_reach_the_model(stem):
+    """With a stem that sees its neighbours, pixels of an rgb patch the masking hid must not leak into its visible
     neighbours' embeddings."""
     from fourm.modalities import ModalityScale
     from fourm.model.embeddings import ModalityEmbeddings
 
     specs = {"rgb": ModalityScale(32, 8).resolve("rgb")}
-    embed = ModalityEmbeddings(specs, 32, 32, pixel_stem="conv").eval()
+    embed = ModalityEmbeddings(specs, 32, 32, pixel_stem=stem).eval()
     ids = torch.tensor([[0, 1, 5]])  # three of the 16 patches are inputs
     tags = dict(mod=torch.zeros_like(ids), pos=ids, valid=torch.ones_like(ids, dtype=torch.bool))
     image = torch.rand(1, 3, 32, 32)
