@@ -1,7 +1,7 @@
 """The package's shape, read from the source (no imports run, so every import is seen):
 
-* the library (``fourm/`` but the CLI and the demo) never imports the wings built on it (``pseudolabel``,
-  ``tokenizers_train``, ``fourm.cli``, ``fourm.demo``), not even inside a function;
+* the library (``fourm/`` but the CLI, ``python -m fourm`` and the demo) never imports the wings built on
+  it (``pseudolabel``, ``tokenizers_train``, ``fourm.cli``, ``fourm.demo``), not even inside a function;
 * fourm's modules import each other in no cycle (the imports that run when a module loads).
 """
 
@@ -9,7 +9,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-APPS = ("fourm.cli", "fourm.demo")  # the app wing: may import anything
+# the app wing (``python -m fourm`` is the CLI): may import anything
+APPS = ("fourm.cli", "fourm.demo", "fourm.__main__")
 ABOVE = ("pseudolabel", "tokenizers_train", *APPS)
 
 
