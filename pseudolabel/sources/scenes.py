@@ -180,10 +180,13 @@ class SceneObject:
         return rot.T @ (n / np.linalg.norm(n, axis=0))
 
 
+OBJECT_COUNTS = (1, 4)  # the fewest and most objects a scene is given (a probe may narrow it)
+
+
 def _sample_objects(rng: np.random.Generator) -> list[SceneObject]:
     """1-4 objects on disjoint footprints (reject sampling; an object that finds no room is dropped)."""
     objects: list[SceneObject] = []
-    for _ in range(rng.integers(1, 5)):
+    for _ in range(rng.integers(OBJECT_COUNTS[0], OBJECT_COUNTS[1] + 1)):
         kind = dict(shape=SHAPES[rng.integers(len(SHAPES))], size=list(SIZES)[rng.integers(len(SIZES))],
                     colour=list(COLOURS)[rng.integers(len(COLOURS))], shiny=bool(rng.random() < 0.5),
                     yaw=float(rng.uniform(0, 2 * math.pi)))
