@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from fourm.config import save_config
 from fourm.io import write_json
+from fourm.model.attention import sdpa_upcast
 from fourm.train.checkpoint import resume_checkpoint, save_checkpoint
 from fourm.train.curves import MetricsLog
 from fourm.train.parallel import PARALLEL, build_sharded, gradient_sync, local, model_state
@@ -155,6 +156,8 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
     if accelerator.num_processes > 1:
         torch.distributed.broadcast_object_list(decision, src=0)
     use_bf16 = decision[0]
+    if use_bf16:  # decided before any compiled code runs: compiled attention only reads it
+        sdpa_upcast(accelerator.device, torch.bfloat16)
     def autocast():
         return torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=use_bf16)
     sharded = cfg.parallel == "fsdp" and accelerator.num_processes > 1  # one process has nothing to shard

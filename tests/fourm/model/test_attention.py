@@ -2,6 +2,7 @@
 
 import torch
 
+from fourm.model import attention
 from fourm.model.attention import KVCache, SelfAttention, attend, attention_mask
 
 
@@ -38,3 +39,21 @@ def test_cached_self_attention_equals_causal_attention():
         steps.append(attn(x[:, chunk], attention_mask(causal[:, chunk, : chunk.stop]), cache))
     assert len(cache) == 6
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+def test_bf16_attention_upcast_runs_in_fp32_under_autocast(monkeypatch):
+    """Where timing finds SDPA faster on fp32 copies (CPU), bf16 attention under autocast is computed
+    on fp32 copies of its inputs and handed back in bf16; otherwise the bf16 kernel runs."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 16, 8).bfloat16() for _ in range(3))
+    mask = attention_mask(torch.rand(2, 16, 16) > 0.3)
+    in_fp32 = attend(q.float(), k.float(), v.float(), mask).bfloat16()
+    outs = {}
+    for upcast in (False, True):
+        monkeypatch.setitem(attention._SDPA_UPCAST, ("cpu", torch.bfloat16), upcast)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs[upcast] = attend(q, k, v, mask)
+        assert outs[upcast].dtype == torch.bfloat16
+    assert torch.equal(outs[True], in_fp32)
+    assert not torch.equal(outs[False], in_fp32)  # the bf16 kernel rounds inside: a different path ran
+    assert not attention.sdpa_upcast(torch.device("cpu"), torch.float32)  # fp32 has nothing to gain
