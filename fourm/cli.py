@@ -213,6 +213,8 @@ def _generate(p: argparse.ArgumentParser):
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="what MaskGIT and ROAR compute in (auto: bf16 where this machine runs it faster)")
     for flag, kind in (("scheme", str), ("steps", int), ("temperature", float), ("guidance", float),
                        ("top-k", int), ("top-p", float)):
         p.add_argument(f"--{flag}", type=kind, help="default for every target that takes it")
@@ -223,7 +225,8 @@ def _generate(p: argparse.ArgumentParser):
 
         targets = [t.strip() for t in args.target.split(",") if t.strip()]
         written = run_generate(args.model, args.tokenizers, args.input, targets, args.out, args.schedule,
-                               args.overrides, args.seed, args.num_samples, args.device, scheme=args.scheme,
+                               args.overrides, args.seed, args.num_samples, args.device, args.precision,
+                               scheme=args.scheme,
                                steps=args.steps, temperature=args.temperature, guidance=args.guidance,
                                top_k=args.top_k, top_p=args.top_p)
         print("\n".join(str(p) for p in written))

@@ -156,7 +156,7 @@ def write_outputs(pipe: Pipeline, inputs: dict[str, Any], result: dict[str, Gene
 
 def run_generate(model: str, tokenizers: str, inputs: list[str], targets: list[str], out: str | os.PathLike,
                  schedule: str | None = None, overrides: list[str] = (), seed: int = 0, num_samples: int = 1,
-                 device: str = "cpu", **defaults) -> list[Path]:
+                 device: str = "cpu", precision: str = "auto", **defaults) -> list[Path]:
     """What ``fourm generate`` does: read inputs, generate the targets in order, write files and a grid.
 
     Everything is checked (inputs, model, tokenizers, targets, the out folder) before any work, and
@@ -172,7 +172,7 @@ def run_generate(model: str, tokenizers: str, inputs: list[str], targets: list[s
         if key in raw:
             raise ValueError(f"--input {key} is given twice")
         raw[key] = value
-    pipe = Pipeline.from_pretrained(model, tokenizers, device)
+    pipe = Pipeline.from_pretrained(model, tokenizers, device, precision)
     for key in raw:
         pipe.model_keys(key)  # a modality the model does not know: its one-line error before any work
     schedule_targets = parse_targets(pipe, targets, schedule, list(overrides), defaults)

@@ -31,6 +31,7 @@ from fourm.generation.state import GenerationState
 from fourm.kinds import handler, resize
 from fourm.modalities import CORPUS, MODALITIES
 from fourm.model.fourm import FourM
+from fourm.model.precision import check_precision, resolve_precision
 from fourm.tokenization.base import TokenizerMismatchError, check_tokenizer, load_tokenizers
 
 MASK = "[MASK]"  # in a caption: a span for the model to fill
@@ -63,10 +64,14 @@ class Pipeline:
         tokenizers: model modality -> tokenizer (``fourm.tokenization.base.load_tokenizers``);
             needed for raw inputs and decoded outputs of tokenized modalities.
         specials: text special ids (default: those of a sequence tokenizer, else the standard layout).
+        precision: what MaskGIT and ROAR compute in: ``fp32``, ``bf16``, or ``auto`` (bf16 where a
+            timed matmul finds it faster on the model's device, decided once here).
     """
 
-    def __init__(self, model: FourM, tokenizers: dict | None = None, specials: TextSpecials | None = None):
+    def __init__(self, model: FourM, tokenizers: dict | None = None, specials: TextSpecials | None = None,
+                 precision: str = "fp32"):
         self.model = model.eval()
+        self.precision = resolve_precision(check_precision(precision), model.embed.mask_token.device)
         self.tokenizers = dict(tokenizers or {})
         self.specs = model.specs
         for name, tokenizer in self.tokenizers.items():  # a swapped tokenizer fails here, not after generating
@@ -84,7 +89,7 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike, tokenizers: str | os.PathLike | None = None,
-                        device: str = "cpu") -> Pipeline:
+                        device: str = "cpu", precision: str = "auto") -> Pipeline:
         """A saved FourM folder and a tokenizers folder (only the model's modalities are loaded)."""
         fourm = FourM.from_pretrained(model, device)
         toks = {}
@@ -94,7 +99,7 @@ class Pipeline:
                 raise FileNotFoundError(f"tokenizers folder {folder} does not exist")
             present = [n for n in fourm.names if (folder / n / "config.json").is_file()]
             toks = load_tokenizers(folder, present, device) if present else {}
-        return cls(fourm, toks)
+        return cls(fourm, toks, precision=precision)
 
     # ------------------------------------------------------------------------------ names
     def model_keys(self, key: str) -> list[str]:
@@ -251,7 +256,7 @@ class Pipeline:
                 if state.fully_known(target.modality):
                     raise ValueError(f"target {target.modality!r} is also fully given as an input: "
                                      f"leave it out, or mask part of it")
-            run_schedule(self.model, state, schedule, generator=generator)
+            run_schedule(self.model, state, schedule, generator=generator, precision=self.precision)
             parts.append({t.modality: Generated(state.tokens(t.modality),
                                                 self.decode(t.modality, state.tokens(t.modality))) for t in schedule})
         if len(parts) == 1:

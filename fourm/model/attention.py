@@ -36,51 +36,57 @@ def attention_mask(allowed: Tensor) -> AttentionMask:
     return AttentionMask((allowed | ~has_key)[:, None], has_key[:, None])
 
 
-# (device type, dtype) -> whether SDPA runs faster on fp32 copies of the inputs: filled by timing
-_SDPA_UPCAST: dict[tuple[str, torch.dtype], bool] = {}
+# (device type, dtype, with backward) -> whether SDPA runs faster on fp32 copies: filled by timing
+_SDPA_UPCAST: dict[tuple[str, torch.dtype, bool], bool] = {}
 
 
-def sdpa_upcast(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether attention in ``dtype`` is faster done in fp32 on this device (timed once per process).
+def sdpa_upcast(device: torch.device, dtype: torch.dtype, backward: bool = True) -> bool:
+    """Whether attention in ``dtype`` is faster done in fp32 on this device, for training
+    (``backward``) or inference (timed once per process and case).
 
-    torch's CPU flash kernel is slower in bf16 than in fp32, even where bf16 matmuls are native:
-    forward + backward at the reference's tiny shapes took 41 ms against 21 ms with fp32 copies
-    (2-core Xeon with AMX). Whether that holds is measured here, not assumed from the CPU, so a
-    future kernel that wins in bf16 is used as it is. GPUs keep their low-precision kernels.
-    Call it outside ``torch.compile`` (the training loop does, when it picks bf16) so compiled
-    code only reads the decision.
+    torch's CPU flash kernel is slower in bf16 than in fp32 for the backward pass, even where bf16
+    matmuls are native: forward + backward at the reference's tiny shapes took 41 ms against 21 ms
+    with fp32 copies (2-core Xeon with AMX), while its bf16 forward alone is the faster. Whether that
+    holds is measured here, not assumed from the CPU, so a future kernel that wins in bf16 is used as
+    it is. GPUs keep their low-precision kernels. Call it outside ``torch.compile`` (the training
+    loop does, when it picks bf16) so compiled code only reads the decision.
     """
-    key = (device.type, dtype)
+    key = (device.type, dtype, backward)
     if key not in _SDPA_UPCAST:
-        _SDPA_UPCAST[key] = device.type == "cpu" and dtype != torch.float32 and _time_upcast(device, dtype)
+        _SDPA_UPCAST[key] = device.type == "cpu" and dtype != torch.float32 and _time_upcast(device, dtype, backward)
     return _SDPA_UPCAST[key]
 
 
-def _time_upcast(device: torch.device, dtype: torch.dtype) -> bool:
-    """Time SDPA forward + backward at (8, 6, 128, 64) with a mask in ``dtype`` and on fp32 copies
-    (about 0.3 s in all); fp32 must win by 10% (its casts cost a little)."""
+def _time_upcast(device: torch.device, dtype: torch.dtype, backward: bool) -> bool:
+    """Time SDPA at (8, 6, 128, 64) with a mask, in ``dtype`` and on fp32 copies (about 0.3 s in all);
+    fp32 must win by 10% (its casts cost a little)."""
     import time
 
-    q, k, v = (torch.randn(8, 6, 128, 64, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
-    allowed = torch.ones(8, 1, 128, 128, dtype=torch.bool, device=device).tril()
+    # the first call may come from generation, under no_grad or inference_mode
+    with torch.inference_mode(False), torch.enable_grad():
+        q, k, v = (torch.randn(8, 6, 128, 64, device=device, dtype=dtype, requires_grad=backward) for _ in range(3))
+        allowed = torch.ones(8, 1, 128, 128, dtype=torch.bool, device=device).tril()
 
-    def step(upcast: bool) -> float:
-        start = time.perf_counter()
-        a, b, c = (t.float() for t in (q, k, v)) if upcast else (q, k, v)
-        F.scaled_dot_product_attention(a, b, c, attn_mask=allowed).to(dtype).sum().backward()
-        return time.perf_counter() - start
+        def step(upcast: bool) -> float:
+            start = time.perf_counter()
+            a, b, c = (t.float() for t in (q, k, v)) if upcast else (q, k, v)
+            out = F.scaled_dot_product_attention(a, b, c, attn_mask=allowed).to(dtype)
+            if backward:
+                out.sum().backward()
+            return time.perf_counter() - start
 
-    timings = {}
-    for upcast in (False, True):
-        step(upcast)  # warm-up: kernel selection, first-touch
-        timings[upcast] = sorted(step(upcast) for _ in range(3))[1]  # the median
+        timings = {}
+        for upcast in (False, True):
+            step(upcast)  # warm-up: kernel selection, first-touch
+            timings[upcast] = sorted(step(upcast) for _ in range(3))[1]  # the median
     return timings[True] * 1.1 < timings[False]
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask | None, dropout: float = 0.0) -> Tensor:
     """(B, H, Nq, d), (B, H, Nk, d) x2 -> (B, Nq, H * d)."""
     dtype = q.dtype
-    upcast = dtype != torch.float32 and sdpa_upcast(q.device, dtype)
+    backward = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    upcast = dtype != torch.float32 and sdpa_upcast(q.device, dtype, backward)
     if upcast:
         q, k, v = q.float(), k.float(), v.float()
     # autocast would cast the fp32 copies straight back to bf16

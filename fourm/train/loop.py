@@ -14,7 +14,6 @@ or shards under FSDP2 (``parallel: fsdp``, see :mod:`fourm.train.parallel`), wit
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import time
@@ -30,6 +29,7 @@ from tqdm import tqdm
 from fourm.config import save_config
 from fourm.io import write_json
 from fourm.model.attention import sdpa_upcast
+from fourm.model.precision import resolve_precision
 from fourm.train.checkpoint import resume_checkpoint, save_checkpoint
 from fourm.train.curves import MetricsLog
 from fourm.train.parallel import PARALLEL, build_sharded, gradient_sync, local, model_state
@@ -79,38 +79,6 @@ class Task(Protocol):
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Held-out metrics of the unwrapped model (run on the main process)."""
-
-
-@functools.cache
-def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmuls run clearly faster than fp32 here, decided by timing both (once per process).
-
-    On CPUs with AMX or AVX512-BF16 bf16 is several times faster; without them it is emulated and
-    several times slower (7.6x measured on an AVX2 EPYC). CPU flags only hint at which: a VM may hide
-    them or the library may not use them, so the decision is a measurement of what this process gets
-    (a (256, 512) x (512, 512) matmul, about 10 ms in all). On CUDA, bf16 is used wherever supported.
-    """
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    timings = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a, b = torch.randn(256, 512, dtype=dtype), torch.randn(512, 512, dtype=dtype)
-        a @ b  # warm-up: kernel selection, first-touch
-        runs = []
-        for _ in range(3):
-            start = time.perf_counter()
-            a @ b
-            runs.append(time.perf_counter() - start)
-        timings[dtype] = sorted(runs)[1]  # the median
-    return timings[torch.bfloat16] * 1.25 < timings[torch.float32]
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "bf16" if fast_bf16(device) else "fp32"
-    return precision
 
 
 def lr_lambda(cfg: TrainConfig):

@@ -137,6 +137,30 @@ def test_same_seed_same_tokens_other_seed_other_tokens(model):
     assert not torch.equal(a[0], c[0])
 
 
+def test_bf16_runs_the_parallel_schemes_in_bf16_and_autoregression_in_fp32(model, monkeypatch):
+    """precision=bf16: MaskGIT and ROAR forwards under bf16 autocast, the cached caption steps in fp32;
+    a seed still gives the same tokens, and they are valid ids."""
+    seen = {}
+
+    def recording(name, run):
+        def wrapped(*args):
+            seen.setdefault(name, set()).add(torch.is_autocast_enabled("cpu"))
+            return run(*args)
+        return wrapped
+
+    for name, run in list(sampler.SCHEMES.items()):
+        monkeypatch.setitem(sampler.SCHEMES, name, recording(name, run))
+    schedule = build_schedule(["tok_depth", Target("caption", max_tokens=6), Target("tok_rgb", scheme="roar")],
+                              model.specs, ["rgb"])
+    states = [generate(model, conditioned(model), schedule, seed=3, precision="bf16") for _ in range(2)]
+    assert seen == {"maskgit": {True}, "ar": {False}, "roar": {True}}
+    assert torch.equal(states[0].grids["tok_depth"][0], states[1].grids["tok_depth"][0])
+    depth = states[0].grids["tok_depth"][0]
+    assert depth.min() >= 0 and depth.max() < model.specs["tok_depth"].vocab_size
+    with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32"):
+        generate(model, conditioned(model), schedule, precision="fp16")
+
+
 def test_chained_targets_read_the_earlier_targets_as_inputs(model, monkeypatch):
     state = conditioned(model, batch=2)
     del state.grids["tok_rgb"]

@@ -50,10 +50,24 @@ def test_bf16_attention_upcast_runs_in_fp32_under_autocast(monkeypatch):
     in_fp32 = attend(q.float(), k.float(), v.float(), mask).bfloat16()
     outs = {}
     for upcast in (False, True):
-        monkeypatch.setitem(attention._SDPA_UPCAST, ("cpu", torch.bfloat16), upcast)
+        monkeypatch.setitem(attention._SDPA_UPCAST, ("cpu", torch.bfloat16, False), upcast)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             outs[upcast] = attend(q, k, v, mask)
         assert outs[upcast].dtype == torch.bfloat16
     assert torch.equal(outs[True], in_fp32)
     assert not torch.equal(outs[False], in_fp32)  # the bf16 kernel rounds inside: a different path ran
     assert not attention.sdpa_upcast(torch.device("cpu"), torch.float32)  # fp32 has nothing to gain
+
+
+def test_the_upcast_decision_is_timed_in_any_grad_mode(monkeypatch):
+    """The first bf16 attention may come from generation (inference mode): the timing still runs."""
+    monkeypatch.setattr(attention, "_SDPA_UPCAST", {})
+    q = torch.randn(1, 2, 4, 8).bfloat16()
+    with torch.inference_mode():
+        assert attend(q, q, q, None).dtype == torch.bfloat16
+    with torch.no_grad():
+        attend(q, q, q, None)
+    assert set(attention._SDPA_UPCAST) == {("cpu", torch.bfloat16, False)}
+    q.requires_grad_()
+    attend(q, q, q, None).float().sum().backward()
+    assert ("cpu", torch.bfloat16, True) in attention._SDPA_UPCAST and q.grad is not None

@@ -148,7 +148,7 @@ def test_auto_precision_is_decided_by_timing_not_by_cpu_flags(monkeypatch, bf16_
     """Three timed fp32 matmuls then three bf16 ones: bf16 only when clearly (1.25x) faster."""
     import itertools
 
-    from fourm.train import loop
+    from fourm.model import precision
 
     steps = iter([1.0] * 3 + [bf16_time] * 3)
     clock = itertools.count()
@@ -158,13 +158,13 @@ def test_auto_precision_is_decided_by_timing_not_by_cpu_flags(monkeypatch, bf16_
         ticks.append(float(next(clock)))
         return ticks[-1] if len(ticks) % 2 else ticks[-2] + next(steps)
 
-    monkeypatch.setattr(loop.time, "perf_counter", perf_counter)
-    loop.fast_bf16.cache_clear()
+    monkeypatch.setattr(precision.time, "perf_counter", perf_counter)
+    precision.fast_bf16.cache_clear()
     try:
-        assert loop.resolve_precision("auto", torch.device("cpu")) == chosen
+        assert precision.resolve_precision("auto", torch.device("cpu")) == chosen
     finally:
-        loop.fast_bf16.cache_clear()
-    assert loop.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+        precision.fast_bf16.cache_clear()
+    assert precision.resolve_precision("fp32", torch.device("cpu")) == "fp32"
 
 
 def test_a_sharded_checkpoint_is_not_resumed_by_a_replicated_run(tmp_path):
