@@ -22,6 +22,7 @@ figures (the public implementation on this machine) are printed beside ours.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -45,7 +46,7 @@ class Case:
     reference: str = ""  # the public implementation, this machine
 
 
-def build_cases(model) -> list[Case]:
+def build_cases(model, precision: str = "fp32") -> list[Case]:
     g = torch.Generator().manual_seed(0)
     specs = model.specs
 
@@ -62,7 +63,7 @@ def build_cases(model) -> list[Case]:
 
     def to_image(batch: int, **target) -> Callable[[], object]:
         schedule = build_schedule([Target("tok_rgb", steps=8, **target)], specs, ["caption"])
-        return lambda: generate(model, caption_state(batch), schedule, seed=0)
+        return lambda: generate(model, caption_state(batch), schedule, seed=0, precision=precision)
 
     def to_caption(length: int, use_cache: bool) -> Callable[[], object]:
         from fourm.generation import sampler
@@ -103,13 +104,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--cases", help="comma-separated substrings of case names to run")
     p.add_argument("--device", default="cpu", help="where the model runs (cuda: wall times synchronise the device)")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "auto"],
+                   help="what MaskGIT and ROAR compute in; several: their cases side by side, interleaved")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = create_model("tiny", "tok_rgb,caption", ModalityScale(224, 16)).eval().to(args.device)
     sync = torch.cuda.synchronize if model.embed.mask_token.is_cuda else (lambda: None)
-    cases = build_cases(model)
+    cases = build_cases(model, args.precision[0])
+    for precision in args.precision[1:]:  # the parallel cases again (autoregression stays in fp32)
+        cases += [dataclasses.replace(c, name=f"{c.name} {precision}") for c in build_cases(model, precision)
+                  if c.name.startswith(("maskgit", "roar"))]
     if args.cases:
         wanted = [c.strip() for c in args.cases.split(",")]
         cases = [c for c in cases if any(w in c.name for w in wanted)]
