@@ -45,7 +45,7 @@ def build_page(server: Server):
                 with gr.Column(scale=1):
                     gr.Markdown("**Inputs** (any subset)")
                     files = {key: gr.File(label=f"{key} file" + (" (16-bit PNG mm, or .npy m)" if key == "depth"
-                                                                 else ""), elem_id=f"upload-{key}", height=90,
+                                                                 else ""), elem_id=f"upload-{key}", height=110,
                                           visible=key in inputs)
                              for key in UPLOADS}
                     scene = gr.Dropdown([NO_SCENE, *server.scenes], value=NO_SCENE, label="held-out scene",
@@ -74,8 +74,11 @@ def build_page(server: Server):
                         seed = gr.Number(0, label="seed", precision=0, elem_id="seed")
                     button = gr.Button("Generate", variant="primary", elem_id="generate")
             status = gr.Textbox(label="status", interactive=False, elem_id="status")
-            given = gr.Gallery(label="given", columns=6, height=TILE + 40, format="png", elem_id="given")
-            results = gr.Gallery(label="generated", columns=6, height=TILE + 60, format="png", elem_id="results")
+            # png: the tiles as rendered, lossless (Gradio's default is webp); fixed columns keep tiles at their size
+            given = gr.Gallery(label="given", columns=6, height=TILE // 2 + 90, format="png", object_fit="contain",
+                               fit_columns=False, elem_id="given")
+            results = gr.Gallery(label="generated", columns=6, height=TILE + 90, format="png", object_fit="contain",
+                                 fit_columns=False, elem_id="results")
             archive = gr.File(label="outputs (corpus formats, tokens.json, grid.png)", elem_id="archive")
 
         def fill_table(names, rows):
@@ -85,18 +88,18 @@ def build_page(server: Server):
 
         targets.change(fill_table, [targets, table], table, api_name=False, queue=False)
 
-        def run(*values):
-            (rgb, depth, semseg, scene_key, from_scene, caption_text, boxes_text, chosen, rows, scheme_name,
-             steps_n, temperature_v, guidance_v, seed_n) = values
+        def run(rgb, depth, semseg, scene_key, from_scene, caption_text, boxes_text, chosen, rows, scheme_name,
+                steps_n, temperature_v, guidance_v, seed_n):
             request = GenerateRequest(
                 files={"rgb": rgb, "depth": depth, "semseg": semseg}, caption=caption_text or "",
                 boxes=boxes_text or "", scene=None if scene_key in (None, NO_SCENE) else scene_key,
                 scene_modalities=list(from_scene or []), targets=list(chosen or []), settings=rows or [],
-                scheme=scheme_name or AUTO, steps=int(steps_n or 8), temperature=float(temperature_v or 0),
-                guidance=float(guidance_v or 0), seed=int(seed_n or 0))
+                scheme=scheme_name or AUTO, steps=int(steps_n or 8),
+                temperature=float(1.0 if temperature_v is None else temperature_v), guidance=float(guidance_v or 0),
+                seed=int(seed_n or 0))
             try:
                 for update in server.generate(request):
-                    yield update.given, update.tiles, update.status, update.archive
+                    yield update.given, update.tiles, update.status, update.archive and str(update.archive)
             except BAD_INPUT as e:
                 message = one_line(e)
                 yield [], [], f"error: {message}", None
@@ -118,7 +121,8 @@ def build_page(server: Server):
                                            label="query embedder", scale=1)
                 search_button = gr.Button("Search", variant="primary", elem_id="search")
                 search_status = gr.Textbox(label="status", interactive=False, elem_id="search-status")
-                hits = gr.Gallery(label="hits", columns=8, height=TILE + 80, format="png", elem_id="hits")
+                hits = gr.Gallery(label="hits", columns=8, height=TILE + 90, format="png", object_fit="contain",
+                                  fit_columns=False, elem_id="hits")
 
                 def search(text, image, count, how):
                     try:
