@@ -88,15 +88,15 @@ def build_page(server: Server):
 
         targets.change(fill_table, [targets, table], table, api_name=False, queue=False)
 
-        def run(rgb, depth, semseg, scene_key, from_scene, caption_text, boxes_text, chosen, rows, scheme_name,
-                steps_n, temperature_v, guidance_v, seed_n):
+        # the parameters name the HTTP API's fields (gradio_client: predict(rgb=..., targets=..., api_name="/generate"))
+        def run(rgb, depth, semseg, scene, scene_modalities, caption, boxes, targets, settings, scheme, steps,
+                temperature, guidance, seed):
             request = GenerateRequest(
-                files={"rgb": rgb, "depth": depth, "semseg": semseg}, caption=caption_text or "",
-                boxes=boxes_text or "", scene=None if scene_key in (None, NO_SCENE) else scene_key,
-                scene_modalities=list(from_scene or []), targets=list(chosen or []), settings=rows or [],
-                scheme=scheme_name or AUTO, steps=int(steps_n or 8),
-                temperature=float(1.0 if temperature_v is None else temperature_v), guidance=float(guidance_v or 0),
-                seed=int(seed_n or 0))
+                files={"rgb": rgb, "depth": depth, "semseg": semseg}, caption=caption or "", boxes=boxes or "",
+                scene=None if scene in (None, NO_SCENE) else scene, scene_modalities=list(scene_modalities or []),
+                targets=list(targets or []), settings=settings or [], scheme=scheme or AUTO, steps=int(steps or 8),
+                temperature=float(1.0 if temperature is None else temperature), guidance=float(guidance or 0),
+                seed=int(seed or 0))
             try:
                 for update in server.generate(request):
                     yield update.given, update.tiles, update.status, update.archive and str(update.archive)
@@ -124,9 +124,9 @@ def build_page(server: Server):
                 hits = gr.Gallery(label="hits", columns=8, height=TILE + 90, format="png", object_fit="contain",
                                   fit_columns=False, elem_id="hits")
 
-                def search(text, image, count, how):
+                def search(caption, image, k, embedder):
                     try:
-                        tiles, line = server.search(text or "", image, int(count or 8), how)
+                        tiles, line = server.search(caption or "", image, int(k or 8), embedder)
                     except BAD_INPUT as e:
                         message = one_line(e)
                         yield [], f"error: {message}"
