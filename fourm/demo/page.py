@@ -141,8 +141,8 @@ def build_page(server: Server):
 def serve(model: str, tokenizers: str, index: str | None = None, corpus: str | None = None,
           host: str = "127.0.0.1", port: int = 7860, device: str = "cpu") -> None:
     """Load the model (and index) and serve the page until interrupted."""
+    server = Server(model, tokenizers, index, corpus, device=device)  # bad paths fail before gradio loads
     gr = _gradio()
-    server = Server(model, tokenizers, index, corpus, device=device)
     page = build_page(server)
     # one request at a time on the model (Server.lock guards it too, for calls that bypass the queue);
     # other tabs wait in the queue and see their place in it

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fourm.cli import main
 from fourm.demo.serve import TILE, GenerateRequest, Server
 from fourm.generation import Pipeline
 from fourm.retrieval.index import search_samples
@@ -113,3 +114,9 @@ def test_a_scene_gives_its_modalities_and_search_needs_an_index(server, serve_ru
     assert not bare.scenes and bare.targets() == ["tok_rgb", "tok_depth", "caption", "tok_caption_global"]
     with pytest.raises(ValueError, match="start fourm serve with --index"):
         bare.search("a red cube")
+
+
+def test_the_command_reports_a_missing_model_in_one_line(tmp_path, capsys):
+    assert main(["serve", "--model", str(tmp_path / "nowhere"), "--tokenizers", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fourm serve: error:") and "nowhere" in err and "\n" not in err
