@@ -277,11 +277,17 @@ def _read_upload(key: str, path: str | os.PathLike) -> Any:
         if key == "rgb":  # any image Pillow reads, whatever its name says
             with Image.open(path) as image:
                 return np.asarray(image.convert("RGB"))
-        return read_input(f"{key}=@{path}", "upload")[1]
+        value = np.asarray(read_input(f"{key}=@{path}", "upload")[1])
     except (OSError, ValueError) as e:
         what = "an image" if key == "rgb" else "a PNG or .npy file"
         raise ValueError(f"the {key} upload {path.name!r} is not {what} that can be read "
                          f"({str(e).replace(str(path), path.name).splitlines()[0]})") from None
+    # a map of one value per pixel; class ids are whole numbers (a depth .npy given as semseg is not)
+    if value.ndim != 2 or (key == "semseg" and value.dtype.kind not in "iu"):
+        need = "integer class ids" if key == "semseg" else "one value per pixel"
+        raise ValueError(f"the {key} upload {path.name!r} holds a {value.dtype} array of shape {value.shape}: "
+                         f"{key} needs an (H, W) map of {need}")
+    return value
 
 
 def _read_boxes(text: str) -> list[dict]:

@@ -93,12 +93,15 @@ def test_search_ranks_as_the_library_and_shows_each_hit(server):
      "takes scheme maskgit or roar"),
     (dict(caption="a cube", targets=["depth"], temperature=-1), "need temperature >= 0"),
     (dict(boxes="[{]", targets=["depth"]), "boxes are not valid JSON"),
+    (dict(files={"semseg": "DEPTH"}, targets=["tok_rgb"]), "semseg needs an (H, W) map of integer class ids"),
+    (dict(files={"depth": "PHOTO"}, targets=["tok_rgb"]), "depth needs an (H, W) map of one value per pixel"),
     (dict(scene="scene-9999", targets=["depth"]), "scene 'scene-9999' is not one of the served scenes"),
 ])
 def test_bad_input_is_one_clear_line(server, photo, tmp_path, request_args, message):
-    notes = tmp_path / "notes.txt"
+    notes, depth = tmp_path / "notes.txt", tmp_path / "depth.npy"
     notes.write_text("not an image")
-    files = {k: {"NOTES": str(notes), "PHOTO": str(photo)}[v] for k, v in request_args.pop("files", {}).items()}
+    np.save(depth, np.ones((8, 8), np.float32))
+    files = {k: {"NOTES": notes, "PHOTO": photo, "DEPTH": depth}[v] for k, v in request_args.pop("files", {}).items()}
     with pytest.raises(ValueError) as info:
         list(server.generate(GenerateRequest(files=files, **request_args)))
     assert message in str(info.value) and "\n" not in str(info.value)
