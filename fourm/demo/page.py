@@ -114,11 +114,12 @@ def build_page(server: Server):
                 gr.Markdown(f"Rank the {len(server.index)} scenes of `{server.index.info['corpus']}` by their "
                             f"{server.index.modality} vectors ({server.index.info['spec']['embedder']} gallery)")
                 with gr.Row():
-                    query_text = gr.Textbox(label="caption", elem_id="query-caption", scale=2)
-                    query_image = gr.File(label="image", elem_id="query-image", height=90, scale=1)
-                    k = gr.Number(8, label="k", precision=0, minimum=1, maximum=100, scale=0)
-                    embedder = gr.Dropdown(list(EMBEDDERS), value=server.index.info["query_embedder"],
-                                           label="query embedder", scale=1)
+                    query_text = gr.Textbox(label="caption", elem_id="query-caption", scale=3)
+                    query_image = gr.File(label="image", elem_id="query-image", height=110, scale=2)
+                    with gr.Column(scale=1):
+                        k = gr.Number(8, label="k", precision=0, minimum=1, maximum=100)
+                        embedder = gr.Dropdown(list(EMBEDDERS), value=server.index.info["query_embedder"],
+                                               label="query embedder")
                 search_button = gr.Button("Search", variant="primary", elem_id="search")
                 search_status = gr.Textbox(label="status", interactive=False, elem_id="search-status")
                 hits = gr.Gallery(label="hits", columns=8, height=TILE + 90, format="png", object_fit="contain",
