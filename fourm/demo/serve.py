@@ -18,8 +18,10 @@ global state, so concurrent requests neither mix nor change each other's samples
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -123,7 +125,8 @@ class Server:
             self.scenes = {s["__key__"]: s for s in reader.head(scenes)}
             self.classes = reader.manifest.get("classes") or {}
         self.lock = threading.Lock()  # one request on the model at a time, whoever serves the page
-        self.outputs = Path(tempfile.mkdtemp(prefix="fourm-serve-"))
+        self.outputs = Path(tempfile.mkdtemp(prefix="fourm-serve-"))  # each request's zip (the page copies it)
+        atexit.register(shutil.rmtree, self.outputs, ignore_errors=True)
 
     # ------------------------------------------------------------------------------ what the model offers
     def targets(self) -> list[str]:
