@@ -87,6 +87,8 @@ def build_page(server: Server):
             return [kept.get(n, [n, "", None, None, None]) for n in names or []]
 
         targets.change(fill_table, [targets, table], table, api_name=False, queue=False)
+        scene.change(lambda key: server.scene_tiles(None if key == NO_SCENE else key), scene, given, api_name=False,
+                     queue=False)  # a look at the scene before generating
 
         # the parameters name the HTTP API's fields (gradio_client: predict(rgb=..., targets=..., api_name="/generate"))
         def run(rgb, depth, semseg, scene, scene_modalities, caption, boxes, targets, settings, scheme, steps,
@@ -118,7 +120,9 @@ def build_page(server: Server):
                     query_image = gr.File(label="image", elem_id="query-image", height=110, scale=2)
                     with gr.Column(scale=1):
                         k = gr.Number(8, label="k", precision=0, minimum=1, maximum=100)
-                        embedder = gr.Dropdown(list(EMBEDDERS), value=server.index.info["query_embedder"],
+                        # a query carries no corpus vectors: the model or the labeller embeds it
+                        embedder = gr.Dropdown([e for e in EMBEDDERS if e != "corpus"],
+                                               value=server.index.info["query_embedder"],
                                                label="query embedder")
                 search_button = gr.Button("Search", variant="primary", elem_id="search")
                 search_status = gr.Textbox(label="status", interactive=False, elem_id="search-status")

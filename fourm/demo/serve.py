@@ -138,6 +138,12 @@ class Server:
         sources = {s.source for s in self.pipe.specs.values()}
         return [k for k in CORPUS if k in sources]
 
+    def scene_tiles(self, key: str | None) -> list[tuple[Image.Image, str]]:
+        """The picture of a served scene (none for None), to show what picking it gives."""
+        if key is None or key not in self.scenes or "rgb" not in self.scenes[key]:
+            return []
+        return [(render("rgb", self.scenes[key]["rgb"], size=TILE), f"scene {key}")]
+
     # ------------------------------------------------------------------------------ requests
     def read_inputs(self, request: GenerateRequest) -> dict[str, Any]:
         """The request's inputs as raw corpus values, ``{corpus key: value}``; one clear error for a bad one."""

@@ -111,6 +111,8 @@ def test_a_scene_gives_its_modalities_and_search_needs_an_index(server, serve_ru
     request = GenerateRequest(scene="scene-0002", scene_modalities=["rgb", "caption"], targets=["depth"], steps=2)
     final = last(server.generate(request))
     assert [t for _, t in final.given] == ["given: rgb", "given: caption"] and len(final.tiles) == 1
+    (tile, title), = server.scene_tiles("scene-0002")
+    assert title == "scene scene-0002" and tile.size == (TILE, TILE) and server.scene_tiles(None) == []
     with pytest.raises(ValueError, match="no query"):
         server.search("  ")
     bare = Server(serve_run["model"], serve_run["tokenizers"])
