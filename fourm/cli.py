@@ -234,6 +234,26 @@ def _generate(p: argparse.ArgumentParser):
     return run
 
 
+@command("serve", "an interactive page (Gradio) for chained generation and retrieval, at http://HOST:PORT")
+def _serve(p: argparse.ArgumentParser):
+    p.add_argument("--model", required=True, help="FourM folder (save_pretrained)")
+    p.add_argument("--tokenizers", required=True, help="folder with one tokenizer per modality")
+    p.add_argument("--index", help="a `fourm index` folder: enables search (its corpus gives the scenes)")
+    p.add_argument("--corpus", help="held-out scenes to pick inputs from (default: the index's corpus)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines too")
+    p.add_argument("--device", default="cpu")
+
+    def run(args):
+        from fourm.demo.page import serve
+        from fourm.retrieval.embed import use_labellers
+
+        use_labellers(functools.partial(lookup, "labeller"))  # caption queries embedded by MiniLM, as retrieve's
+        serve(args.model, args.tokenizers, args.index, args.corpus, args.host, args.port, args.device)
+
+    return run
+
+
 @command("demo", "the main job on the built-in scenes: corpus, tokenizers, training, generation, evaluation, report")
 def _demo(p: argparse.ArgumentParser):
     p.add_argument("--out", help="output folder (default runs/demo); finished stages in it are reused")

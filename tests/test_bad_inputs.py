@@ -294,6 +294,12 @@ CASES = {
     "generate: a text file as rgb": (
         lambda w, t: [*GEN, "--model", str(w.model), "--tokenizers", str(w.toks), "--input",
                       f"rgb={file_at(t, 'x.txt', 'words')}", "--out", str(t / "g")], ["x.txt"]),
+    # serve: everything is loaded before the page starts, so a bad path stops it with one line
+    "serve: no model": (lambda w, t: ["serve", "--model", str(t / "none"), "--tokenizers", str(w.toks)], ["none"]),
+    "serve: not an index": (lambda w, t: ["serve", "--model", str(w.model), "--tokenizers", str(w.toks), "--index",
+                                          str(t / "noindex")], ["noindex", "not an index"]),
+    "serve: no corpus": (lambda w, t: ["serve", "--model", str(w.model), "--tokenizers", str(w.toks), "--corpus",
+                                       str(t / "nocorpus")], ["nocorpus"]),
     # demo
     "demo: malformed config": (lambda w, t: ["demo", "--config", str(file_at(t, "d.yaml", "corpus: {scenes: 1\n")),
                                              "--out", str(t / "d")], ["d.yaml", "YAML"]),

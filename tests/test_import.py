@@ -2,7 +2,7 @@ import subprocess
 import sys
 
 HEAVY = ["transformers", "diffusers", "webdataset", "accelerate", "matplotlib", "sentence_transformers",
-         "omegaconf", "skimage", "tokenizers", "vector_quantize_pytorch"]
+         "omegaconf", "skimage", "tokenizers", "vector_quantize_pytorch", "gradio"]
 
 
 def test_import_fourm_is_cheap():

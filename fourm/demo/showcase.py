@@ -85,12 +85,16 @@ def save_chains(generator, corpus: str | os.PathLike, out: str | os.PathLike, sa
 
 
 def save_retrieval(model: str | os.PathLike, tokenizers: str | os.PathLike, corpus: str | os.PathLike,
-                   out: str | os.PathLike, queries: int = 4, gallery: int | None = 64, k: int = 5) -> dict:
+                   out: str | os.PathLike, queries: int = 4, gallery: int | None = 64, k: int = 5,
+                   index_out: str | os.PathLike | None = None) -> dict:
     """Caption -> image with :mod:`fourm.retrieval.index`, 4M-21 style: the gallery is the model's prediction of
     ``tok_caption_global`` from each held-out image, a caption query the model's prediction from the caption.
-    One row per query: the caption, then the ``k`` best images, the true one framed in green."""
+    One row per query: the caption, then the ``k`` best images, the true one framed in green. With
+    ``index_out`` the gallery is saved there too (``fourm serve --index`` searches it)."""
     index = build_index(corpus, "tok_caption_global", from_="model", inputs=["rgb"], model=model,
                         tokenizers=tokenizers, limit=gallery, progress=False)
+    if index_out is not None:
+        index.save(index_out)
     data, _ = _heldout(corpus, gallery)
     by_key = {s["__key__"]: s for s in data}
     asked = data[:queries]

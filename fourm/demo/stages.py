@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -172,7 +173,8 @@ def _generate(cfg: DemoConfig) -> dict:
 
 def _retrieve(cfg: DemoConfig) -> dict:
     return save_retrieval(cfg.path("fourm", "model"), cfg.path("tokenizers"), cfg.path("heldout"),
-                          cfg.path("pictures"), queries=cfg.generate.samples, gallery=cfg.evaluate.samples)
+                          cfg.path("pictures"), queries=cfg.generate.samples, gallery=cfg.evaluate.samples,
+                          index_out=cfg.path("index"))
 
 
 def _evaluate(cfg: DemoConfig) -> dict:
@@ -215,7 +217,8 @@ STAGES: list[Stage] = [
     Stage("tokenize", _tokenize, lambda c: list(c.model.modalities), ("tokens",)),
     Stage("train", _train, lambda c: asdict(train_config(c)), ("fourm",)),
     Stage("generate", _generate, lambda c: asdict(c.generate)),
-    Stage("retrieve", _retrieve, lambda c: [c.generate.samples, c.evaluate.samples]),
+    # "index": runs from before the stage saved its gallery redo it, so that `fourm serve --index` finds one
+    Stage("retrieve", _retrieve, lambda c: [c.generate.samples, c.evaluate.samples, "index"], ("index",)),
     Stage("evaluate", _evaluate, lambda c: asdict(c.evaluate)),
     Stage("report", _report, lambda c: None, cached=False),
 ]
@@ -263,4 +266,16 @@ def run_demo(cfg: DemoConfig, stages: list[str] | None = None) -> dict[str, dict
         results[stage.name] = {"fingerprint": fingerprint, "seconds": round(seconds, 1), "summary": summary}
         write_json(stamp_path, results[stage.name])
     print(f"demo: {time.perf_counter() - total:.0f} s this run; report: {out / 'report.html'}")
+    print(f"explore it in a browser: {serve_command(cfg)}")
     return results
+
+
+def serve_command(cfg: DemoConfig) -> str:
+    """The ``fourm serve`` line for a demo run's model, tokenizers, index and held-out scenes."""
+    parts = ["fourm serve", f"--model {shlex.quote(str(cfg.path('fourm', 'model')))}",
+             f"--tokenizers {shlex.quote(str(cfg.path('tokenizers')))}"]
+    if cfg.path("index", "index.json").is_file():  # the retrieve stage ran: its corpus is the held-out scenes
+        parts.append(f"--index {shlex.quote(str(cfg.path('index')))}")
+    else:
+        parts.append(f"--corpus {shlex.quote(str(cfg.path('heldout')))}")
+    return " ".join(parts)

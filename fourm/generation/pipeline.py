@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -54,6 +55,16 @@ def _is_tokens(value) -> bool:
     if isinstance(value, np.ndarray):
         return value.ndim == 1 and value.dtype.kind in "iu"
     return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, (int, np.integer)) for v in value)
+
+
+def seeded(seed: int | None) -> torch.Generator:
+    """A generator of its own for one request (a fresh seed for None): requests never share global RNG state."""
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
 
 
 class Pipeline:
@@ -242,29 +253,34 @@ class Pipeline:
         if not samples:
             raise ValueError("no samples to generate")
         size = batch_size or len(samples)
-        generator = torch.Generator()
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(seed)
+        generator = seeded(seed)
         parts: list[dict[str, Generated]] = []
         for start in tqdm(range(0, len(samples), size), desc="generate", unit="batch", disable=len(samples) <= size):
-            state = self.state(samples[start:start + size])
-            schedule = build_schedule([self._target_entry(t) for t in targets], self.specs,
-                                      [n for n in self.specs if state.has(n)], **defaults)
-            for target in schedule:
-                if state.fully_known(target.modality):
-                    raise ValueError(f"target {target.modality!r} is also fully given as an input: "
-                                     f"leave it out, or mask part of it")
-            run_schedule(self.model, state, schedule, generator=generator, precision=self.precision)
-            parts.append({t.modality: Generated(state.tokens(t.modality),
-                                                self.decode(t.modality, state.tokens(t.modality))) for t in schedule})
+            parts.append(dict(self.generate_steps(samples[start:start + size], targets, generator, **defaults)))
         if len(parts) == 1:
             return parts[0]
         return {name: Generated(torch.cat([p[name].tokens for p in parts]) if isinstance(first.tokens, torch.Tensor)
                                 else [t for p in parts for t in p[name].tokens],
                                 None if first.values is None else [v for p in parts for v in p[name].values])
                 for name, first in parts[0].items()}
+
+    def generate_steps(self, conditions: dict | list[dict], targets: list[str | Target | dict],
+                       generator: torch.Generator, **defaults) -> Iterator[tuple[str, Generated]]:
+        """One batch of :meth:`generate`, yielding ``(target, Generated)`` as each target of the chain
+        finishes, so that a caller (``fourm serve``) can show it before the next one starts. Everything
+        is checked before the first target runs; ``generator`` draws every sample, in schedule order,
+        so the tokens are those :meth:`generate` gives for the same seed."""
+        state = self.state(conditions)
+        schedule = build_schedule([self._target_entry(t) for t in targets], self.specs,
+                                  [n for n in self.specs if state.has(n)], **defaults)
+        for target in schedule:
+            if state.fully_known(target.modality):
+                raise ValueError(f"target {target.modality!r} is also fully given as an input: "
+                                 f"leave it out, or mask part of it")
+        for target in schedule:
+            run_schedule(self.model, state, [target], generator=generator, precision=self.precision)
+            tokens = state.tokens(target.modality)
+            yield target.modality, Generated(tokens, self.decode(target.modality, tokens))
 
     def _target_entry(self, target: str | Target | dict):
         """Model keys for a target's modality and for the conditions its guidance weighs."""

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fourm.demo.stages import STAGES, load_demo_config
+from fourm.demo.stages import STAGES, load_demo_config, serve_command
 
 
 def test_stages_run_in_the_documented_order():
@@ -35,6 +35,18 @@ def test_quick_demo_writes_the_report_with_the_table(tmp_path):
     assert page.count("data:image/png;base64,") >= 6
     again = subprocess.run(cmd, check=True, timeout=300, capture_output=True, text=True).stdout
     assert again.count("reused") == len(STAGES) - 1  # everything but the report comes from the cache
+    assert (out / "index" / "index.json").is_file()  # the retrieval gallery, for fourm serve --index
+    assert again.strip().splitlines()[-1].endswith(serve_command(load_demo_config(out=str(out))))
+
+
+def test_the_serve_command_names_the_run_and_its_index_once_made(tmp_path):
+    cfg = load_demo_config(out=str(tmp_path / "my run"))
+    run = tmp_path / "my run"
+    assert serve_command(cfg) == (f"fourm serve --model '{run}/fourm/model' --tokenizers '{run}/tokenizers' "
+                                  f"--corpus '{run}/heldout'")  # quoted: a path with a space stays one argument
+    (run / "index").mkdir(parents=True)
+    (run / "index" / "index.json").write_text("{}")
+    assert serve_command(cfg).endswith(f"--index '{run}/index'")
 
 
 def test_finished_stages_are_reused_and_changed_ones_redone(tmp_path, monkeypatch):
