@@ -204,6 +204,29 @@ class SequenceKind(KindHandler):
         return value[: m.max_tokens].astype(np.int32)
 
 
+@register_kind
+class PointCloudKind(KindHandler):
+    """Point-BERT style tokens: per group of points a (centre cell, shape code) pair, groups in raster
+    order of their cells; one vocabulary holds both (cells after the codes), 1D positions, targets
+    predicted in parallel. The traits of a global, but its own kind: a point cloud is no embedding that
+    retrieval can search (it asks for ``Kind.GLOBAL``), and its count is checked in pairs."""
+
+    kind = Kind.POINT_CLOUD
+
+    def store(self, m: Modality, value: np.ndarray, key: str) -> np.ndarray:
+        if m.tokens % 2:
+            raise ValueError(f"{m.key} has {m.tokens} tokens: a point cloud's come in (cell, shape) pairs")
+        return super().store(m, value, key)
+
+
+@register_kind
+class TimeSeriesKind(KindHandler):
+    """A multichannel signal cut into patches of time, each patch a few codes of a 1D VQ-VAE, in time
+    order; 1D positions, targets predicted in parallel (the traits of a global, not one: see above)."""
+
+    kind = Kind.TIME_SERIES
+
+
 class ContinuousKind(KindHandler):
     """Raw values, input only: ``Batch.continuous`` carries them and an encoder id is the index of the
     patch / vector a token embeds."""

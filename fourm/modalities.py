@@ -42,6 +42,8 @@ class Kind(str, Enum):
     SEQUENCE = "sequence"  # text-like tokens of the shared WordPiece vocabulary, 1D positions
     EMBEDDING_SEQUENCE = "embedding_sequence"  # frozen vectors, projected linearly; input only
     GLOBAL = "global"  # a few tokens of an MLP VQ-VAE over one vector
+    POINT_CLOUD = "point_cloud"  # (centre cell, group shape) token pairs of a Point-BERT style VQ-VAE
+    TIME_SERIES = "time_series"  # patch codes of a 1D VQ-VAE over a multichannel signal, in time order
 
 
 @dataclass(frozen=True)
@@ -150,12 +152,18 @@ CORPUS: dict[str, CorpusModality] = {
         CorpusModality("color_palette", Storage("json"), "palette", "color_palette",
                        "1-7 dominant colours [[r, g, b], ...], most frequent first"),
         CorpusModality("metadata", Storage("json"), "metadata", "metadata", "image statistics {field: value}"),
+        # float32: class ids and 0-255 colours exactly, and metres without a storage step to explain
+        CorpusModality("point_cloud", Storage("npy", "float32"), "points", None,
+                       "points (N, 7): x, y, z (camera frame), r, g, b (0-255), class (-1 = none)"),
+        CorpusModality("imu", Storage("npy", "float32"), "series", None,
+                       "IMU (T, 6): accelerometer m/s^2 and gyroscope rad/s, camera frame"),
     ]
 }
 
 # ----------------------------------------------------------------------------- model modalities
 _TEXT_VOCAB = 30_000  # one WordPiece vocabulary shared by every sequence modality (REFERENCE.md)
 _IMAGE, _MLP, _WORDPIECE = "vqvae_image", "vqvae_mlp", "wordpiece"
+_POINT, _SERIES = "vqvae_point", "vqvae_series"
 
 MODALITIES: dict[str, Modality] = {
     m.key: m
@@ -181,6 +189,10 @@ MODALITIES: dict[str, Modality] = {
         Modality("det", Kind.SEQUENCE, "det", _WORDPIECE, _TEXT_VOCAB, max_tokens=256),
         Modality("color_palette", Kind.SEQUENCE, "color_palette", _WORDPIECE, _TEXT_VOCAB, max_tokens=23),
         Modality("metadata", Kind.SEQUENCE, "metadata", _WORDPIECE, _TEXT_VOCAB, max_tokens=40),
+        # 64 groups (Point-BERT's count for 1024 points) x (cell of 8^3, shape code of 512)
+        Modality("tok_point_cloud", Kind.POINT_CLOUD, "point_cloud", _POINT, 1024, max_tokens=128),
+        # 8 patches of 8 samples x 2 codes of 512
+        Modality("tok_imu", Kind.TIME_SERIES, "imu", _SERIES, 512, max_tokens=16),
     ]
 }
 

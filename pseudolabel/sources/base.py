@@ -61,4 +61,6 @@ def parse_source(spec: str, **options) -> Source:
         raise ValueError(f"source {spec!r} has no argument: use scenes:N, folder:PATH or wds:PATTERN")
     cls = lookup("source", name)
     accepted = {f.name for f in dataclasses.fields(cls)}
+    if options.get("series") and "series" not in accepted:  # silently dropped, the corpus would lack them
+        raise ValueError(f"source {name!r} renders no extra series ({', '.join(options['series'])}): only scenes do")
     return cls.from_arg(arg, **{k: v for k, v in options.items() if k in accepted})

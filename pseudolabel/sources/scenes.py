@@ -26,6 +26,7 @@ import numpy as np
 from einops import rearrange
 
 from fourm.data.scenes import CLASSES, COLOURS, SHAPES, SIZES  # the scenes' words, shared with the evaluation
+from pseudolabel.sources import scene_series
 from pseudolabel.sources.base import Source, source
 
 _EPS = 1e-4  # smallest t accepted: keeps shadow rays from hitting the surface they leave
@@ -203,6 +204,7 @@ class Camera:
     eye: np.ndarray  # (3, 1)
     rot: np.ndarray  # (3, 3) world -> camera; rows: right, up, back (the camera's x, y, z in the world)
     tan_half_fov: float = math.tan(math.radians(FOV_DEGREES) / 2)
+    target: np.ndarray | None = None  # (3,) the point looked at (a camera move orbits it)
 
     @classmethod
     def look_at(cls, eye, target) -> Camera:
@@ -211,7 +213,7 @@ class Camera:
         back = (eye - target) / np.linalg.norm(eye - target)
         right = np.array([back[2], 0.0, -back[0]]) / math.hypot(back[0], back[2])  # world up x back
         up = np.array([back[1] * right[2], back[2] * right[0] - back[0] * right[2], -back[1] * right[0]])
-        return cls(eye[:, None], np.stack([right, up, back]))
+        return cls(eye[:, None], np.stack([right, up, back]), target=target)
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> Camera:
@@ -299,10 +301,22 @@ class Scene:
         )
 
 
-def render_scene(seed: int, image_size: int = 64) -> dict:
-    """Scene ``seed`` at ``image_size`` px: rgb, depth, normal, semseg, sam_instance, det, caption, poses."""
+SERIES = ("point_cloud", "imu")  # what a scene adds on request (pseudolabel.sources.scene_series)
+
+
+def render_scene(seed: int, image_size: int = 64, series: tuple[str, ...] = ()) -> dict:
+    """Scene ``seed`` at ``image_size`` px: rgb, depth, normal, semseg, sam_instance, det, caption, poses,
+    and the ``series`` asked for (of ``SERIES``)."""
     rng = np.random.default_rng(seed)
-    return render(Scene.sample(rng), image_size, rng)
+    scene = Scene.sample(rng)
+    out = render(scene, image_size, rng)
+    if "point_cloud" in series:
+        out["point_cloud"] = scene_series.point_cloud(out, scene.camera)
+    if "imu" in series:
+        # a stream of its own: the other series stay what they were without the move
+        move = scene_series.Trajectory.sample(scene.camera, np.random.default_rng([seed, 1]))
+        out["imu"] = move.imu(scene_series.imu_times())
+    return out
 
 
 def render(scene: Scene, size: int, rng: np.random.Generator, with_objects: bool = False) -> dict:
@@ -447,8 +461,14 @@ class Scenes(Source):
     count: int = 64
     image_size: int = 64
     seed: int = 0
+    series: tuple[str, ...] = ()  # extra series of SERIES to render (pseudolabel's `series` setting)
 
     def __post_init__(self):
+        self.series = tuple(self.series)
+        unknown = [s for s in self.series if s not in SERIES]
+        if unknown:
+            raise ValueError(f"scenes: unknown series {', '.join(map(repr, unknown))}; known: {', '.join(SERIES)}")
+        self.provides = (*type(self).provides, *self.series)  # this source's, beside the class's default
         # here, before a plan is written: a count of 0 made an empty corpus and exit 0, a size of 0
         # a ZeroDivisionError deep in the renderer
         if self.count < 1:
@@ -474,7 +494,7 @@ class Scenes(Source):
 
     def shard(self, index: int, shard_size: int) -> Iterator[dict]:
         for i in range(index * shard_size, min(self.count, (index + 1) * shard_size)):
-            yield {"__key__": f"scene-{i:08d}", **render_scene(self.seed * 1_000_003 + i, self.image_size)}
+            yield {"__key__": f"scene-{i:08d}", **render_scene(self.seed * 1_000_003 + i, self.image_size, self.series)}
 
     def extra_classes(self) -> dict:
         return {"semseg": list(CLASSES), "det": list(SHAPES)}
