@@ -18,6 +18,8 @@ FAMILIES = Registry("tokenizer family", {  # family -> the module that trains it
     "vqvae_mlp": "tokenizers_train.vector",
     "wordpiece": "tokenizers_train.text",
     "diffusion": "tokenizers_train.diffusion",
+    "vqvae_point": "tokenizers_train.points",
+    "vqvae_series": "tokenizers_train.series",
 }, sort=True)
 
 
