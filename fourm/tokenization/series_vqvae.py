@@ -89,12 +89,21 @@ class SeriesVQOutput(NamedTuple):
     aux_loss: torch.Tensor  # commitment
 
 
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm of each patch's channels ``(B, dim, L)``. Not GroupNorm: its statistics span the whole
+    signal, so a change at the end of it would move the tokens of the start."""
+
+    def forward(self, x):
+        return rearrange(super().forward(rearrange(x, "b d l -> b l d")), "b l d -> b d l")
+
+
 class ResidualConv(nn.Module):
-    """``x + conv(gelu(conv(norm(x))))`` over patches ``(B, dim, L)``: each patch sees its neighbours."""
+    """``x + conv(gelu(conv(norm(x))))`` over patches ``(B, dim, L)``: each block widens a token's view by
+    one patch each side, so tokens stay local (a patch and its neighbours)."""
 
     def __init__(self, dim: int):
         super().__init__()
-        self.norm = nn.GroupNorm(1, dim)
+        self.norm = ChannelNorm(dim)
         self.conv1 = nn.Conv1d(dim, dim, 3, padding=1)
         self.conv2 = nn.Conv1d(dim, dim, 3, padding=1)
 
@@ -120,9 +129,9 @@ class SeriesVQVAE(nn.Module, PretrainedMixin):
         latent = c.codes_per_patch * c.codebook_dim
         self.encoder = nn.Sequential(nn.Conv1d(c.channels, c.dim, c.patch_size, stride=c.patch_size),
                                      *[ResidualConv(c.dim) for _ in range(c.depth)],
-                                     nn.GroupNorm(1, c.dim), nn.Conv1d(c.dim, latent, 1))
+                                     ChannelNorm(c.dim), nn.Conv1d(c.dim, latent, 1))
         self.decoder = nn.Sequential(nn.Conv1d(latent, c.dim, 1), *[ResidualConv(c.dim) for _ in range(c.depth)],
-                                     nn.GroupNorm(1, c.dim),
+                                     ChannelNorm(c.dim),
                                      nn.ConvTranspose1d(c.dim, c.channels, c.patch_size, stride=c.patch_size))
         self.quantizer = VectorQuantize(
             dim=c.codebook_dim, codebook_size=c.codebook_size, use_cosine_sim=c.use_cosine_sim, decay=c.decay,
