@@ -148,6 +148,7 @@ def test_point_clouds_and_imu_go_from_scenes_through_tokens_masking_and_a_fourm(
     and a tiny FourM's loss with both modalities as inputs and as targets."""
     from fourm.data.corpus import CorpusReader
     from fourm.data.tokenize import TokenizeConfig, tokenize_corpus
+    from fourm.generation import Pipeline
     from fourm.tokenization.point_vqvae import PointVQVAE, PointVQVAEConfig
     from fourm.tokenization.series_vqvae import SeriesVQVAE, SeriesVQVAEConfig
     from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
@@ -185,3 +186,10 @@ def test_point_clouds_and_imu_go_from_scenes_through_tokens_masking_and_a_fourm(
     for name in names:  # the ids reached their tables, the targets their heads
         grad = model.embed.tables[name].weight.grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+    # any-to-any: a point cloud generated from an IMU signal, decoded back into a cloud, and back
+    pipe = Pipeline(model.eval(), {"tok_point_cloud": points, "tok_imu": imu})
+    out = pipe.generate({"imu": samples[0]["imu"]}, ["tok_point_cloud"], num_samples=2)
+    assert out["tok_point_cloud"].tokens.shape == (2, 16) and out["tok_point_cloud"].values[0].shape == (128, 7)
+    back = pipe.generate({"point_cloud": out["tok_point_cloud"].values[1]}, ["tok_imu"])
+    assert back["tok_imu"].values[0].shape == (64, 6)
