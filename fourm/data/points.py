@@ -14,10 +14,12 @@ Shapes: ``B`` batch, ``N`` points, ``G`` groups (centres), ``k`` points per grou
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from einops import rearrange
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch is imported by the functions that compute with it: sources and renderers need numpy only
+    from torch import Tensor
 
 FIELDS = ("x", "y", "z", "r", "g", "b", "class")
 NUM_FIELDS = len(FIELDS)
@@ -60,6 +62,9 @@ def farthest_point_sample(xyz: Tensor, n: int) -> Tensor:
     points alone (not on a random start). The loop runs over picks, which depend on each other by
     definition; each pick is one vectorised pass over every point of every cloud.
     """
+    import torch
+    from einops import rearrange
+
     if xyz.ndim != 3 or xyz.shape[-1] != 3:
         raise ValueError(f"expected points (B, N, 3), got {tuple(xyz.shape)}")
     b, num = xyz.shape[:2]
@@ -112,6 +117,8 @@ def farthest_points(xyz: np.ndarray, n: int) -> np.ndarray:
 def knn(query: Tensor, xyz: Tensor, k: int) -> Tensor:
     """Indices ``(B, G, k)`` of the ``k`` points of ``xyz (B, N, 3)`` nearest each ``query (B, G, 3)``,
     nearest first."""
+    import torch
+
     if k > xyz.shape[1]:
         raise ValueError(f"cannot group {k} neighbours out of {xyz.shape[1]} points")
     return torch.cdist(query.float(), xyz.float()).topk(k, dim=-1, largest=False).indices
@@ -119,6 +126,8 @@ def knn(query: Tensor, xyz: Tensor, k: int) -> Tensor:
 
 def gather(values: Tensor, idx: Tensor) -> Tensor:
     """``values (B, N, F)`` at ``idx (B, ...)`` -> ``(B, ..., F)``."""
+    import torch
+
     b = values.shape[0]
     flat = idx.reshape(b, -1)
     out = torch.take_along_dim(values, flat[..., None].expand(-1, -1, values.shape[-1]), dim=1)
@@ -130,6 +139,8 @@ def chamfer(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     Euclidean distance from each point to the other set's nearest, averaged over both directions
     (in the points' units), per set ``(...)``; also the nearest ``b`` of each ``a`` (..., M) and
     the nearest ``a`` of each ``b`` (..., N)."""
+    import torch
+
     dist = torch.cdist(a.float(), b.float())
     to_b, near_b = dist.min(-1)
     to_a, near_a = dist.min(-2)
