@@ -1,7 +1,8 @@
 """Renderers of the non-image modalities: a point cloud as two scatter views, a time series as lines.
 
-Registered in :data:`fourm.viz.render.RENDERERS` like the others (``render.py`` imports this module
-last), drawn with numpy and Pillow only: a scatter of 1024 points is one array assignment.
+Registered in :data:`fourm.viz.render.RENDERERS` like the others (the package ``fourm.viz`` imports this
+module beside ``render.py``), drawn with numpy and Pillow only: a scatter of 1024 points is one array
+assignment.
 """
 
 from __future__ import annotations

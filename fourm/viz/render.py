@@ -502,6 +502,3 @@ def image_grid(rows: list[list[Image.Image | None]], titles: list[list[str | Non
                 grid.paste(image.convert("RGB"), (xs[c], y + title_h))
         y += title_h + row_h[r] + gap
     return grid
-
-
-from fourm.viz import plots  # noqa: E402, F401  (registers the point-cloud and series renderers; needs the helpers above)
