@@ -5,8 +5,9 @@
 Held-out signals are the scenes' IMU of camera moves with seed ``--seed`` (computed here, no rendering;
 training corpora use seed 0), or the ``imu`` series of ``--corpus``. Rows
 (``tokenizers_train.series.evaluate_signals``): the round trip ``decode(encode(x))``, and two trivial
-baselines, the held-out mean signal and another sample's signal (the tokenizer bound is 0). ``nrmse`` is
-the RMSE over each channel's held-out deviation, averaged: the mean signal scores 1.
+baselines, the held-out mean signal (per time step) and another sample's signal (the tokenizer bound is
+0). ``nrmse`` is the RMSE over each channel's held-out deviation, averaged: each channel's overall mean
+would score 1.
 """
 
 from __future__ import annotations
