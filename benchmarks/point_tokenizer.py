@@ -12,17 +12,30 @@ to the other cloud's nearest point both ways):
 * ``cells only``: every rebuilt point moved to its group's cell centre: what the codes add over positions;
 * ``another scene``: the next scene's cloud, a trivial baseline (the tokenizer bound is 0).
 
-Speeds: clouds/s of ``encode`` and ``decode`` in batches of ``--batch``, median of 3 timed passes, and
-scenes/s of the source at 64 px with and without ``point_cloud`` and ``imu`` (one core each).
+Speeds: clouds/s of ``encode`` and ``decode`` in batches of ``--batch``, and scenes/s of the source at
+64 px with and without ``point_cloud`` and ``imu``, one thread; each counted in CPU seconds of this
+process (``time.process_time``, median of 3 passes after a warm-up), so that a machine shared with other
+jobs gives the rate of one free core rather than of its share of one.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
-from timing import timed
+
+def cpu_timed(fn, repeats: int = 3) -> float:
+    """Median CPU seconds of ``fn`` over ``repeats`` calls after an untimed warm-up (one thread: its wall
+    time on a free core)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -85,14 +98,15 @@ def main() -> None:
     batch = list(np.asarray(x[:args.batch]))
     with torch.no_grad():
         ids = model.encode(batch)
-        encode_s = timed(lambda: model.encode(batch))
-        decode_s = timed(lambda: model.decode(ids))
+        encode_s = cpu_timed(lambda: model.encode(batch))
+        decode_s = cpu_timed(lambda: model.decode(ids))
     print(f"\nencode {len(batch) / encode_s:8.1f} clouds/s   decode {len(batch) / decode_s:8.1f} clouds/s "
-          f"(batch {len(batch)}, {args.threads} thread(s))")
+          f"(batch {len(batch)}, {args.threads} thread(s), per CPU second)")
     n = 32
+    print("scenes/s per CPU second:")
     for series in ((), ("point_cloud",), SERIES):
-        seconds = timed(lambda series=series: [render_scene(i, 64, series) for i in range(n)], repeats=1)
-        print(f"scenes source at 64 px with {', '.join(series) or 'no extra series':22} {n / seconds:6.1f} scenes/s")
+        seconds = cpu_timed(lambda series=series: [render_scene(i, 64, series) for i in range(n)])
+        print(f"  scenes source at 64 px with {', '.join(series) or 'no extra series':22} {n / seconds:6.1f} scenes/s")
 
 
 if __name__ == "__main__":

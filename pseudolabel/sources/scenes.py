@@ -498,3 +498,11 @@ class Scenes(Source):
 
     def extra_classes(self) -> dict:
         return {"semseg": list(CLASSES), "det": list(SHAPES)}
+
+    def describe(self) -> dict:
+        out = super().describe()
+        if self.series:  # as JSON keeps it, so that a resumed run's plan compares equal
+            out["series"] = list(self.series)
+        else:  # a plan written before series existed still matches: resumable as it was
+            del out["series"]
+        return out

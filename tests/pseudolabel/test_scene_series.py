@@ -22,6 +22,8 @@ def test_series_are_opt_in_and_leave_the_rest_unchanged():
     assert extra["point_cloud"].shape == (NUM_POINTS, 7) and extra["imu"].shape == (IMU_SAMPLES, 6)
     source = parse_source("scenes:3", image_size=16, seed=0, series=("imu",))
     assert source.provides == (*Scenes.provides, "imu") and "imu" in next(source.shard(0, 2))
+    # a corpus planned before series existed resumes: its plan's source has no series key
+    assert "series" not in Scenes(count=2).describe() and source.describe()["series"] == ["imu"]
     with pytest.raises(ValueError, match="unknown series 'lidar'; known: point_cloud, imu"):
         Scenes(count=2, series=("lidar",))
 
