@@ -21,21 +21,10 @@ jobs gives the rate of one free core rather than of its share of one.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
-
-def cpu_timed(fn, repeats: int = 3) -> float:
-    """Median CPU seconds of ``fn`` over ``repeats`` calls after an untimed warm-up (one thread: its wall
-    time on a free core)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return statistics.median(times)
+from timing import cpu_timed
 
 
 def main() -> None:

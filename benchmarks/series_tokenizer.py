@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from timing import timed
+from timing import cpu_timed
 
 
 def main() -> None:
@@ -65,9 +65,9 @@ def main() -> None:
     print(f"codes: usage {s['usage']:.3f}, perplexity {s['perplexity']:.0f} of {c.codebook_size}")
     batch = x[:args.batch]
     ids = model.encode(batch)
-    encode_s, decode_s = timed(lambda: model.encode(batch)), timed(lambda: model.decode(ids))
+    encode_s, decode_s = cpu_timed(lambda: model.encode(batch)), cpu_timed(lambda: model.decode(ids))
     print(f"\nencode {len(batch) / encode_s:8.0f} signals/s   decode {len(batch) / decode_s:8.0f} signals/s "
-          f"(batch {len(batch)}, 1 thread)")
+          f"(batch {len(batch)}, 1 thread, per CPU second)")
 
 
 if __name__ == "__main__":
