@@ -27,9 +27,8 @@ from fourm.data.points import NUM_FIELDS, backproject, resample
 NUM_POINTS = 1024
 CROP_RADIUS = 3.5  # metres: objects stand within 1.7 m of the centre, the largest reaches 2.6 m
 DURATION = 1.0  # seconds of camera motion
-IMU_RATE = 64  # Hz: 64 samples over the move, 8 per frame of an 8-frame video at 8 fps
+IMU_RATE = 64  # Hz: 64 samples over the move (8 per frame, were the move filmed at 8 fps)
 IMU_SAMPLES = int(DURATION * IMU_RATE)
-NUM_FRAMES = 8
 GRAVITY = np.array([0.0, -9.81, 0.0])  # world y up
 _H = 1e-3  # seconds, the finite-difference step
 
@@ -87,10 +86,6 @@ class Trajectory:
 
 def imu_times() -> np.ndarray:
     return np.arange(IMU_SAMPLES) / IMU_RATE
-
-
-def frame_times() -> np.ndarray:
-    return np.arange(NUM_FRAMES) * (DURATION / NUM_FRAMES)
 
 
 def point_cloud(out: dict, camera, num_points: int = NUM_POINTS) -> np.ndarray:
