@@ -65,8 +65,8 @@ def test_folder_source_resamples_and_skips_bad_files(tmp_path):
 
 def test_pipeline_writes_a_point_cloud_corpus(tmp_path):
     np.save(tmp_path / "a.npy", XYZ)
-    manifest = run_pipeline(PseudolabelConfig(source=f"points:{tmp_path}", out=str(tmp_path / "corpus")),
-                            progress=False)
-    assert list(manifest["modalities"]) == ["point_cloud"]  # the image labellers have no rgb to read
+    manifest = run_pipeline(PseudolabelConfig(source=f"points:{tmp_path}", out=str(tmp_path / "corpus"),
+                                              labellers=[]), progress=False)
+    assert list(manifest["modalities"]) == ["point_cloud"]
     cloud = next(iter(CorpusReader(tmp_path / "corpus", ["point_cloud"])))["point_cloud"]
     assert cloud.shape == (1024, 7) and np.array_equal(np.unique(cloud[:, :3], axis=0), np.unique(XYZ, axis=0))
