@@ -227,6 +227,27 @@ class TimeSeriesKind(KindHandler):
     kind = Kind.TIME_SERIES
 
 
+@register_kind
+class VideoKind(KindHandler):
+    """``frames`` frames of image tokens, frame after frame, each a square patch grid in raster order (the
+    RGB tokenizer's ids); a token's position is its frame's plus its patch's (factorised, as ViViT's
+    arXiv 2103.15691), so the same patch in two frames differs by time alone; targets in parallel."""
+
+    kind = Kind.VIDEO
+    frames: ClassVar[int] = 8
+
+    def positions(self, m: Modality, dim: int) -> Tensor:
+        from einops import repeat
+
+        from fourm.model.positions import sincos_1d, sincos_2d  # in here: fourm.model imports this module
+
+        side = math.isqrt(m.tokens // self.frames)
+        if side * side * self.frames != m.tokens:
+            raise ValueError(f"{m.key} has {m.tokens} tokens: not {self.frames} frames of a square grid")
+        grid = repeat(sincos_2d(side, dim), "n d -> (f n) d", f=self.frames)
+        return grid + repeat(sincos_1d(self.frames, dim), "f d -> (f n) d", n=side * side)
+
+
 class ContinuousKind(KindHandler):
     """Raw values, input only: ``Batch.continuous`` carries them and an encoder id is the index of the
     patch / vector a token embeds."""

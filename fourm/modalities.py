@@ -44,6 +44,7 @@ class Kind(str, Enum):
     GLOBAL = "global"  # a few tokens of an MLP VQ-VAE over one vector
     POINT_CLOUD = "point_cloud"  # (centre cell, group shape) token pairs of a Point-BERT style VQ-VAE
     TIME_SERIES = "time_series"  # patch codes of a 1D VQ-VAE over a multichannel signal, in time order
+    VIDEO = "video"  # frames of image tokens (the RGB tokenizer's), positions in time and on the patch grid
 
 
 @dataclass(frozen=True)
@@ -157,13 +158,14 @@ CORPUS: dict[str, CorpusModality] = {
                        "points (N, 7): x, y, z (camera frame), r, g, b (0-255), class (-1 = none)"),
         CorpusModality("imu", Storage("npy", "float32"), "series", None,
                        "IMU (T, 6): accelerometer m/s^2 and gyroscope rad/s, camera frame"),
+        CorpusModality("video", Storage("npy", "uint8"), "frames", None, "frames (F, H, W, 3), 8-bit RGB"),
     ]
 }
 
 # ----------------------------------------------------------------------------- model modalities
 _TEXT_VOCAB = 30_000  # one WordPiece vocabulary shared by every sequence modality (REFERENCE.md)
 _IMAGE, _MLP, _WORDPIECE = "vqvae_image", "vqvae_mlp", "wordpiece"
-_POINT, _SERIES = "vqvae_point", "vqvae_series"
+_POINT, _SERIES, _VIDEO = "vqvae_point", "vqvae_series", "vqvae_video"
 
 MODALITIES: dict[str, Modality] = {
     m.key: m
@@ -193,6 +195,8 @@ MODALITIES: dict[str, Modality] = {
         Modality("tok_point_cloud", Kind.POINT_CLOUD, "point_cloud", _POINT, 1024, max_tokens=128),
         # 8 patches of 8 samples x 2 codes of 512
         Modality("tok_imu", Kind.TIME_SERIES, "imu", _SERIES, 512, max_tokens=16),
+        # 8 frames of tok_rgb's grid (196 tokens at full scale, 64 at the cpu scale's): a token corpus states it
+        Modality("tok_video", Kind.VIDEO, "video", _VIDEO, 16384, max_tokens=8 * 196),
     ]
 }
 

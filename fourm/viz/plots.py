@@ -1,4 +1,5 @@
-"""Renderers of the non-image modalities: a point cloud as two scatter views, a time series as lines.
+"""Renderers beyond single images: a point cloud as two scatter views, a time series as lines, a video as
+a contact sheet.
 
 Registered in :data:`fourm.viz.render.RENDERERS` like the others (the package ``fourm.viz`` imports this
 module beside ``render.py``), drawn with numpy and Pillow only: a scatter of 1024 points is one array
@@ -6,6 +7,8 @@ assignment.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -89,4 +92,24 @@ def render_series(value, context: RenderContext) -> Image.Image:
             draw.line(list(zip(u.tolist(), v[:, c].tolist(), strict=True)), fill=_LINE_COLOURS[c], width=1)
         _tag(draw, (2, bottom + 2), f"ch {3 * p}-{3 * p + block.shape[1] - 1}: {lo:.3g}..{hi:.3g}",
              (255, 255, 255), font, size)
+    return image
+
+
+@renderer("frames")
+def render_frames(value, context: RenderContext) -> Image.Image:
+    """A video ``(F, H, W, 3)`` as a contact sheet: frames left to right, top to bottom, numbered."""
+    video = np.asarray(value)
+    if video.ndim != 4 or video.shape[-1] != 3 or len(video) == 0:
+        raise ValueError(f"frames renderer: expected frames (F, H, W, 3), got shape {video.shape}")
+    size = context.size
+    columns = math.ceil(math.sqrt(len(video)))
+    cell = size // columns
+    image = Image.new("RGB", (size, size), _BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    font = _font(max(8, _font_px(size) * 2 // 3))
+    for i, frame in enumerate(video.astype(np.uint8)):  # F frames, one paste each
+        row, col = divmod(i, columns)
+        image.paste(Image.fromarray(frame).resize((cell - 2, cell - 2), Image.Resampling.BOX),
+                    (col * cell + 1, row * cell + 1))
+        draw.text((col * cell + 3, row * cell + 2), str(i), fill=(255, 255, 255), font=font)
     return image

@@ -1,4 +1,4 @@
-"""Series a scene adds when asked (``Scenes(series=...)``): a point cloud, a camera move and its IMU.
+"""Series a scene adds when asked (``Scenes(series=...)``): a point cloud, a camera move's IMU and video.
 
 * ``point_cloud``: the scene's exact depth back-projected into the camera frame of the view, with each
   pixel's rendered colour and class, cropped to the scene (world points within ``CROP_RADIUS`` of its
@@ -10,6 +10,8 @@
   reads +9.81 up at rest) and gyroscope ``gx, gy, gz`` (rad/s), both in the camera frame, sampled at
   ``IMU_RATE`` Hz over ``DURATION`` s. Exact up to the finite differences of the analytic path
   (central, step ``_H``: errors of order ``_H^2``, micro-units).
+* ``video``: ``uint8 (NUM_FRAMES, H, W, 3)``, the scene ray cast from the moving camera at 8 fps; frame 0
+  is the scene's ``rgb``, and frame ``i`` is seen at IMU sample ``8 i``.
 
 The path comes from its own random stream (seeded by the scene's seed), so asking for these series
 leaves every other series of a scene byte-identical.
@@ -27,8 +29,9 @@ from fourm.data.points import NUM_FIELDS, backproject, resample
 NUM_POINTS = 1024
 CROP_RADIUS = 3.5  # metres: objects stand within 1.7 m of the centre, the largest reaches 2.6 m
 DURATION = 1.0  # seconds of camera motion
-IMU_RATE = 64  # Hz: 64 samples over the move (8 per frame, were the move filmed at 8 fps)
+IMU_RATE = 64  # Hz: 64 samples over the move, 8 per video frame
 IMU_SAMPLES = int(DURATION * IMU_RATE)
+NUM_FRAMES = 8  # video frames over the move (8 fps), the first at the scene's own camera
 GRAVITY = np.array([0.0, -9.81, 0.0])  # world y up
 _H = 1e-3  # seconds, the finite-difference step
 
@@ -86,6 +89,11 @@ class Trajectory:
 
 def imu_times() -> np.ndarray:
     return np.arange(IMU_SAMPLES) / IMU_RATE
+
+
+def frame_times() -> np.ndarray:
+    """Times of the video frames: frame ``i`` is IMU sample ``i * IMU_RATE / NUM_FRAMES``."""
+    return np.arange(NUM_FRAMES) * (DURATION / NUM_FRAMES)
 
 
 def point_cloud(out: dict, camera, num_points: int = NUM_POINTS) -> np.ndarray:

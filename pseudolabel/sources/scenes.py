@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -301,7 +301,7 @@ class Scene:
         )
 
 
-SERIES = ("point_cloud", "imu")  # what a scene adds on request (pseudolabel.sources.scene_series)
+SERIES = ("point_cloud", "imu", "video")  # what a scene adds on request (pseudolabel.sources.scene_series)
 
 
 def render_scene(seed: int, image_size: int = 64, series: tuple[str, ...] = ()) -> dict:
@@ -312,10 +312,17 @@ def render_scene(seed: int, image_size: int = 64, series: tuple[str, ...] = ()) 
     out = render(scene, image_size, rng)
     if "point_cloud" in series:
         out["point_cloud"] = scene_series.point_cloud(out, scene.camera)
-    if "imu" in series:
+    if "imu" in series or "video" in series:
         # a stream of its own: the other series stay what they were without the move
         move = scene_series.Trajectory.sample(scene.camera, np.random.default_rng([seed, 1]))
+    if "imu" in series:
         out["imu"] = move.imu(scene_series.imu_times())
+    if "video" in series:  # frame 0 is the view itself; the others are the same scene from the moving camera
+        times = scene_series.frame_times()[1:]
+        cameras = [Camera(eye[:, None], rot, target=move.target) for eye, rot in
+                   zip(move.eye(times), move.rotations(times), strict=True)]
+        frames = [render(replace(scene, camera=cam), image_size, np.random.default_rng(0))["rgb"] for cam in cameras]
+        out["video"] = np.stack([out["rgb"], *frames])
     return out
 
 

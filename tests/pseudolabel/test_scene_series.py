@@ -7,7 +7,7 @@ import pytest
 
 from fourm.data.points import backproject
 from pseudolabel.sources.base import parse_source
-from pseudolabel.sources.scene_series import GRAVITY, IMU_SAMPLES, NUM_POINTS, Trajectory, imu_times
+from pseudolabel.sources.scene_series import GRAVITY, IMU_SAMPLES, NUM_FRAMES, NUM_POINTS, Trajectory, imu_times
 from pseudolabel.sources.scenes import SERIES, Camera, Scene, Scenes, render_scene
 
 SIZE = 48
@@ -15,16 +15,20 @@ SIZE = 48
 
 def test_series_are_opt_in_and_leave_the_rest_unchanged():
     plain, extra = render_scene(5, SIZE), render_scene(5, SIZE, SERIES)
-    assert set(extra) == set(plain) | {"point_cloud", "imu"}
+    assert set(extra) == set(plain) | {"point_cloud", "imu", "video"}
     for key, value in plain.items():
         assert np.array_equal(np.asarray(value), np.asarray(extra[key])) if isinstance(value, np.ndarray) \
             else value == extra[key]
     assert extra["point_cloud"].shape == (NUM_POINTS, 7) and extra["imu"].shape == (IMU_SAMPLES, 6)
+    video = extra["video"]
+    assert video.shape == (NUM_FRAMES, SIZE, SIZE, 3) and video.dtype == np.uint8
+    assert np.array_equal(video[0], plain["rgb"])  # the move starts at the scene's own view
+    assert all(not np.array_equal(a, b) for a, b in zip(video[:-1], video[1:], strict=True))  # and moves
     source = parse_source("scenes:3", image_size=16, seed=0, series=("imu",))
     assert source.provides == (*Scenes.provides, "imu") and "imu" in next(source.shard(0, 2))
     # a corpus planned before series existed resumes: its plan's source has no series key
     assert "series" not in Scenes(count=2).describe() and source.describe()["series"] == ["imu"]
-    with pytest.raises(ValueError, match="unknown series 'lidar'; known: point_cloud, imu"):
+    with pytest.raises(ValueError, match="unknown series 'lidar'; known: point_cloud, imu, video"):
         Scenes(count=2, series=("lidar",))
 
 

@@ -36,6 +36,7 @@ SYNTHETIC = {
     "points": lambda rng: np.concatenate([rng.uniform(-1, 1, (200, 3)), rng.integers(0, 256, (200, 3)),
                                           rng.integers(-1, 6, (200, 1))], axis=1).astype(np.float32),
     "series": lambda rng: rng.standard_normal((64, 6)).astype(np.float32),
+    "frames": lambda rng: rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
 }
 
 
