@@ -42,3 +42,16 @@ def test_shipped_config_trains_and_saves(corpus, tmp_path, name):
     scores = [row for row in rows if any(k.startswith("eval/") for k in row)]
     key = "eval/chamfer" if name == "point_cloud" else "eval/nrmse"
     assert scores and scores[-1][key] > 0 and 0 < scores[-1]["eval/usage"] <= 1
+
+
+def test_video_config_wraps_the_rgb_tokenizer_of_the_same_folder(corpus, tmp_path):
+    from fourm.tokenization.vqvae import ImageVQConfig, ImageVQVAE
+
+    with pytest.raises(FileNotFoundError, match="no RGB tokenizer at"):
+        train_tokenizer("configs/tokenizers/video.yaml", corpus, tmp_path, progress=False)
+    rgb = ImageVQVAE(ImageVQConfig(image_size=24, patch_size=8, dim=16, encoder_depth=1, decoder_depth=1, heads=2,
+                                   codebook_size=16, codebook_dim=4))
+    rgb.save_pretrained(tmp_path / "tok_rgb")
+    video = train_tokenizer("configs/tokenizers/video.yaml", corpus, tmp_path, progress=False)
+    loaded = load_tokenizers(tmp_path)
+    assert sorted(loaded) == ["tok_rgb", "tok_video"] and loaded["tok_video"].num_tokens == 8 * 9 == video.num_tokens
