@@ -18,3 +18,15 @@ def timed(fn: Callable[[], object], repeats: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def cpu_timed(fn: Callable[[], object], repeats: int = 3) -> float:
+    """Median CPU seconds of this process over ``repeats`` calls of ``fn`` after a warm-up call. For
+    one-thread work this is its wall time on a free core, whatever else shares the machine."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return statistics.median(times)

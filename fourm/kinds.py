@@ -204,6 +204,50 @@ class SequenceKind(KindHandler):
         return value[: m.max_tokens].astype(np.int32)
 
 
+@register_kind
+class PointCloudKind(KindHandler):
+    """Point-BERT style tokens: per group of points a (centre cell, shape code) pair, groups in raster
+    order of their cells; one vocabulary holds both (cells after the codes), 1D positions, targets
+    predicted in parallel. The traits of a global, but its own kind: a point cloud is no embedding that
+    retrieval can search (it asks for ``Kind.GLOBAL``), and its count is checked in pairs."""
+
+    kind = Kind.POINT_CLOUD
+
+    def store(self, m: Modality, value: np.ndarray, key: str) -> np.ndarray:
+        if m.tokens % 2:
+            raise ValueError(f"{m.key} has {m.tokens} tokens: a point cloud's come in (cell, shape) pairs")
+        return super().store(m, value, key)
+
+
+@register_kind
+class TimeSeriesKind(KindHandler):
+    """A multichannel signal cut into patches of time, each patch a few codes of a 1D VQ-VAE, in time
+    order; 1D positions, targets predicted in parallel (the traits of a global, not one: see above)."""
+
+    kind = Kind.TIME_SERIES
+
+
+@register_kind
+class VideoKind(KindHandler):
+    """``frames`` frames of image tokens, frame after frame, each a square patch grid in raster order (the
+    RGB tokenizer's ids); a token's position is its frame's plus its patch's (factorised, as ViViT's
+    arXiv 2103.15691), so the same patch in two frames differs by time alone; targets in parallel."""
+
+    kind = Kind.VIDEO
+    frames: ClassVar[int] = 8
+
+    def positions(self, m: Modality, dim: int) -> Tensor:
+        from einops import repeat
+
+        from fourm.model.positions import sincos_1d, sincos_2d  # in here: fourm.model imports this module
+
+        side = math.isqrt(m.tokens // self.frames)
+        if side * side * self.frames != m.tokens:
+            raise ValueError(f"{m.key} has {m.tokens} tokens: not {self.frames} frames of a square grid")
+        grid = repeat(sincos_2d(side, dim), "n d -> (f n) d", f=self.frames)
+        return grid + repeat(sincos_1d(self.frames, dim), "f d -> (f n) d", n=side * side)
+
+
 class ContinuousKind(KindHandler):
     """Raw values, input only: ``Batch.continuous`` carries them and an encoder id is the index of the
     patch / vector a token embeds."""

@@ -42,6 +42,9 @@ class Kind(str, Enum):
     SEQUENCE = "sequence"  # text-like tokens of the shared WordPiece vocabulary, 1D positions
     EMBEDDING_SEQUENCE = "embedding_sequence"  # frozen vectors, projected linearly; input only
     GLOBAL = "global"  # a few tokens of an MLP VQ-VAE over one vector
+    POINT_CLOUD = "point_cloud"  # (centre cell, group shape) token pairs of a Point-BERT style VQ-VAE
+    TIME_SERIES = "time_series"  # patch codes of a 1D VQ-VAE over a multichannel signal, in time order
+    VIDEO = "video"  # frames of image tokens (the RGB tokenizer's), positions in time and on the patch grid
 
 
 @dataclass(frozen=True)
@@ -150,12 +153,19 @@ CORPUS: dict[str, CorpusModality] = {
         CorpusModality("color_palette", Storage("json"), "palette", "color_palette",
                        "1-7 dominant colours [[r, g, b], ...], most frequent first"),
         CorpusModality("metadata", Storage("json"), "metadata", "metadata", "image statistics {field: value}"),
+        # float32: class ids and 0-255 colours exactly, and metres without a storage step to explain
+        CorpusModality("point_cloud", Storage("npy", "float32"), "points", None,
+                       "points (N, 7): x, y, z (camera frame), r, g, b (0-255), class (-1 = none)"),
+        CorpusModality("imu", Storage("npy", "float32"), "series", None,
+                       "IMU (T, 6): accelerometer m/s^2 and gyroscope rad/s, camera frame"),
+        CorpusModality("video", Storage("npy", "uint8"), "frames", None, "frames (F, H, W, 3), 8-bit RGB"),
     ]
 }
 
 # ----------------------------------------------------------------------------- model modalities
 _TEXT_VOCAB = 30_000  # one WordPiece vocabulary shared by every sequence modality (REFERENCE.md)
 _IMAGE, _MLP, _WORDPIECE = "vqvae_image", "vqvae_mlp", "wordpiece"
+_POINT, _SERIES, _VIDEO = "vqvae_point", "vqvae_series", "vqvae_video"
 
 MODALITIES: dict[str, Modality] = {
     m.key: m
@@ -181,6 +191,12 @@ MODALITIES: dict[str, Modality] = {
         Modality("det", Kind.SEQUENCE, "det", _WORDPIECE, _TEXT_VOCAB, max_tokens=256),
         Modality("color_palette", Kind.SEQUENCE, "color_palette", _WORDPIECE, _TEXT_VOCAB, max_tokens=23),
         Modality("metadata", Kind.SEQUENCE, "metadata", _WORDPIECE, _TEXT_VOCAB, max_tokens=40),
+        # 64 groups (Point-BERT's count for 1024 points) x (cell of 8^3, shape code of 512)
+        Modality("tok_point_cloud", Kind.POINT_CLOUD, "point_cloud", _POINT, 1024, max_tokens=128),
+        # 8 patches of 8 samples x 2 codes of 512
+        Modality("tok_imu", Kind.TIME_SERIES, "imu", _SERIES, 512, max_tokens=16),
+        # 8 frames of tok_rgb's grid (196 tokens at full scale, 64 at the cpu scale's): a token corpus states it
+        Modality("tok_video", Kind.VIDEO, "video", _VIDEO, 16384, max_tokens=8 * 196),
     ]
 }
 

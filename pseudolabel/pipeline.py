@@ -44,6 +44,7 @@ class PseudolabelConfig:
     batch_size: int = 16  # samples per labeller call
     image_size: int | None = 64  # square side of every image; None keeps folder images as they are
     seed: int = 0
+    series: list[str] = field(default_factory=list)  # extra series a source renders: scenes point_cloud, imu
     # read when the config is made, not when the module is imported (a launcher sets them per process)
     rank: int = field(default_factory=lambda: int(os.environ.get("RANK", 0)))
     world_size: int = field(default_factory=lambda: int(os.environ.get("WORLD_SIZE", 1)))
@@ -63,7 +64,8 @@ class PseudolabelConfig:
 
 # ----------------------------------------------------------------------------- planning
 def build_source(cfg: PseudolabelConfig) -> Source:
-    return parse_source(cfg.source, image_size=cfg.image_size, seed=cfg.seed)
+    series = {"series": tuple(cfg.series)} if cfg.series else {}  # asked for: a source without them refuses
+    return parse_source(cfg.source, image_size=cfg.image_size, seed=cfg.seed, **series)
 
 
 def plan_labellers(provides: tuple[str, ...], names: list[str] | None,

@@ -12,7 +12,7 @@ from fourm.registry import Registry
 
 # Modules that define sources and labellers; each registers its classes on import.
 _MODULES = {
-    "source": ["pseudolabel.sources.scenes", "pseudolabel.sources.files"],
+    "source": ["pseudolabel.sources.scenes", "pseudolabel.sources.files", "pseudolabel.sources.points"],
     "labeller": [
         "pseudolabel.labellers.classical",
         "pseudolabel.labellers.metadata",

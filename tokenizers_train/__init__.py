@@ -18,6 +18,9 @@ FAMILIES = Registry("tokenizer family", {  # family -> the module that trains it
     "vqvae_mlp": "tokenizers_train.vector",
     "wordpiece": "tokenizers_train.text",
     "diffusion": "tokenizers_train.diffusion",
+    "vqvae_point": "tokenizers_train.points",
+    "vqvae_series": "tokenizers_train.series",
+    "vqvae_video": "tokenizers_train.video",
 }, sort=True)
 
 

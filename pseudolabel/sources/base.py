@@ -58,7 +58,9 @@ def parse_source(spec: str, **options) -> Source:
     """
     name, _, arg = spec.partition(":")
     if not arg:
-        raise ValueError(f"source {spec!r} has no argument: use scenes:N, folder:PATH or wds:PATTERN")
+        raise ValueError(f"source {spec!r} has no argument: use scenes:N, folder:PATH, wds:PATTERN or points:PATH")
     cls = lookup("source", name)
     accepted = {f.name for f in dataclasses.fields(cls)}
+    if options.get("series") and "series" not in accepted:  # silently dropped, the corpus would lack them
+        raise ValueError(f"source {name!r} renders no extra series ({', '.join(options['series'])}): only scenes do")
     return cls.from_arg(arg, **{k: v for k, v in options.items() if k in accepted})

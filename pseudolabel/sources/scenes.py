@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
 from einops import rearrange
 
 from fourm.data.scenes import CLASSES, COLOURS, SHAPES, SIZES  # the scenes' words, shared with the evaluation
+from pseudolabel.sources import scene_series
 from pseudolabel.sources.base import Source, source
 
 _EPS = 1e-4  # smallest t accepted: keeps shadow rays from hitting the surface they leave
@@ -206,6 +207,7 @@ class Camera:
     eye: np.ndarray  # (3, 1)
     rot: np.ndarray  # (3, 3) world -> camera; rows: right, up, back (the camera's x, y, z in the world)
     tan_half_fov: float = math.tan(math.radians(FOV_DEGREES) / 2)
+    target: np.ndarray | None = None  # (3,) the point looked at (a camera move orbits it)
 
     @classmethod
     def look_at(cls, eye, target) -> Camera:
@@ -214,7 +216,7 @@ class Camera:
         back = (eye - target) / np.linalg.norm(eye - target)
         right = np.array([back[2], 0.0, -back[0]]) / math.hypot(back[0], back[2])  # world up x back
         up = np.array([back[1] * right[2], back[2] * right[0] - back[0] * right[2], -back[1] * right[0]])
-        return cls(eye[:, None], np.stack([right, up, back]))
+        return cls(eye[:, None], np.stack([right, up, back]), target=target)
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> Camera:
@@ -302,10 +304,29 @@ class Scene:
         )
 
 
-def render_scene(seed: int, image_size: int = 64) -> dict:
-    """Scene ``seed`` at ``image_size`` px: rgb, depth, normal, semseg, sam_instance, det, caption, poses."""
+SERIES = ("point_cloud", "imu", "video")  # what a scene adds on request (pseudolabel.sources.scene_series)
+
+
+def render_scene(seed: int, image_size: int = 64, series: tuple[str, ...] = ()) -> dict:
+    """Scene ``seed`` at ``image_size`` px: rgb, depth, normal, semseg, sam_instance, det, caption, poses,
+    and the ``series`` asked for (of ``SERIES``)."""
     rng = np.random.default_rng(seed)
-    return render(Scene.sample(rng), image_size, rng)
+    scene = Scene.sample(rng)
+    out = render(scene, image_size, rng)
+    if "point_cloud" in series:
+        out["point_cloud"] = scene_series.point_cloud(out, scene.camera)
+    if "imu" in series or "video" in series:
+        # a stream of its own: the other series stay what they were without the move
+        move = scene_series.Trajectory.sample(scene.camera, np.random.default_rng([seed, 1]))
+    if "imu" in series:
+        out["imu"] = move.imu(scene_series.imu_times())
+    if "video" in series:  # frame 0 is the view itself; the others are the same scene from the moving camera
+        times = scene_series.frame_times()[1:]
+        cameras = [Camera(eye[:, None], rot, target=move.target) for eye, rot in
+                   zip(move.eye(times), move.rotations(times), strict=True)]
+        frames = [render(replace(scene, camera=cam), image_size, np.random.default_rng(0))["rgb"] for cam in cameras]
+        out["video"] = np.stack([out["rgb"], *frames])
+    return out
 
 
 def render(scene: Scene, size: int, rng: np.random.Generator, with_objects: bool = False) -> dict:
@@ -450,8 +471,14 @@ class Scenes(Source):
     count: int = 64
     image_size: int = 64
     seed: int = 0
+    series: tuple[str, ...] = ()  # extra series of SERIES to render (pseudolabel's `series` setting)
 
     def __post_init__(self):
+        self.series = tuple(self.series)
+        unknown = [s for s in self.series if s not in SERIES]
+        if unknown:
+            raise ValueError(f"scenes: unknown series {', '.join(map(repr, unknown))}; known: {', '.join(SERIES)}")
+        self.provides = (*type(self).provides, *self.series)  # this source's, beside the class's default
         # here, before a plan is written: a count of 0 made an empty corpus and exit 0, a size of 0
         # a ZeroDivisionError deep in the renderer
         if self.count < 1:
@@ -477,7 +504,15 @@ class Scenes(Source):
 
     def shard(self, index: int, shard_size: int) -> Iterator[dict]:
         for i in range(index * shard_size, min(self.count, (index + 1) * shard_size)):
-            yield {"__key__": f"scene-{i:08d}", **render_scene(self.seed * 1_000_003 + i, self.image_size)}
+            yield {"__key__": f"scene-{i:08d}", **render_scene(self.seed * 1_000_003 + i, self.image_size, self.series)}
 
     def extra_classes(self) -> dict:
         return {"semseg": list(CLASSES), "det": list(SHAPES)}
+
+    def describe(self) -> dict:
+        out = super().describe()
+        if self.series:  # as JSON keeps it, so that a resumed run's plan compares equal
+            out["series"] = list(self.series)
+        else:  # a plan written before series existed still matches: resumable as it was
+            del out["series"]
+        return out

@@ -33,6 +33,10 @@ SYNTHETIC = {
                            "keypoints": rng.uniform(0.2, 0.8, (33, 3)).round(3).tolist()}],
     "palette": lambda rng: [[255, 0, 0], [0, 128, 255], [20, 20, 20]],
     "metadata": lambda rng: {"brightness": 0.4321, "num_instances": 3},
+    "points": lambda rng: np.concatenate([rng.uniform(-1, 1, (200, 3)), rng.integers(0, 256, (200, 3)),
+                                          rng.integers(-1, 6, (200, 1))], axis=1).astype(np.float32),
+    "series": lambda rng: rng.standard_normal((64, 6)).astype(np.float32),
+    "frames": lambda rng: rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
 }
 
 
@@ -134,3 +138,27 @@ def test_import_is_cheap():
     code = ("import sys, fourm.viz.render; heavy = {'matplotlib', 'transformers', 'webdataset'};"
             "assert not heavy & set(sys.modules), heavy & set(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_points_front_view_shows_the_nearer_point_and_the_top_view_its_class():
+    from fourm.viz.render import class_colours
+
+    # a red point in front of a blue one (z towards the viewer), and two corner points setting the scale
+    cloud = np.float32([[0, 0, 1, 255, 0, 0, 2], [0, 0, -1, 0, 0, 255, 3], [-2, -2, -2, 0, 0, 0, -1],
+                        [2, 2, 2, 0, 0, 0, -1]])
+    tile = np.asarray(render("point_cloud", cloud, size=SIZE))
+    front, top = tile[:, : SIZE // 2], tile[:, SIZE // 2:]
+    assert (front == [255, 0, 0]).all(-1).any() and not (front == [0, 0, 255]).all(-1).any()
+    assert (top == class_colours()[2]).all(-1).any() and (top == class_colours()[3]).all(-1).any()
+    with pytest.raises(ValueError, match=r"points renderer: expected points \(N, 7\)"):
+        render("point_cloud", np.zeros((4, 3)))
+
+
+def test_series_draws_each_channel_and_refuses_bad_shapes():
+    signal = np.zeros((32, 3), np.float32)
+    signal[16:, 0] = 1.0  # a step in channel 0: its colour appears at two heights
+    tile = np.asarray(render("imu", signal, size=SIZE))
+    red_rows = np.nonzero((tile == [214, 39, 40]).all(-1).any(1))[0]
+    assert red_rows.max() - red_rows.min() > SIZE // 2
+    with pytest.raises(ValueError, match=r"series renderer: expected finite values \(T, C\)"):
+        render("imu", np.zeros(5))

@@ -1,0 +1,115 @@
+"""Renderers beyond single images: a point cloud as two scatter views, a time series as lines, a video as
+a contact sheet.
+
+Registered in :data:`fourm.viz.render.RENDERERS` like the others (the package ``fourm.viz`` imports this
+module beside ``render.py``), drawn with numpy and Pillow only: a scatter of 1024 points is one array
+assignment.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from fourm.data.points import NO_CLASS, check_points
+from fourm.viz.render import RenderContext, _font, _font_px, _tag, class_colours, renderer
+
+_BACKGROUND = (250, 250, 248)
+_LINE_COLOURS = [(214, 39, 40), (44, 160, 44), (31, 119, 180)]  # per channel of a panel: x, y, z
+
+
+def _scatter(panel: np.ndarray, u: np.ndarray, v: np.ndarray, depth: np.ndarray, colours: np.ndarray) -> None:
+    """Draw points at ``u, v`` in [0, 1] (v down) on ``panel (h, w, 3)`` as 2x2 squares, far to near, so
+    that near points cover far ones (numpy's fancy assignment keeps the last write of a pixel)."""
+    h, w = panel.shape[:2]
+    order = np.argsort(-depth, kind="stable")
+    cols = np.clip((u[order] * (w - 2)).astype(np.intp), 0, w - 2)
+    rows = np.clip((v[order] * (h - 2)).astype(np.intp), 0, h - 2)
+    for dr in (0, 1):
+        for dc in (0, 1):
+            panel[rows + dr, cols + dc] = colours[order]
+
+
+def _unit(values: np.ndarray, lo: float, span: float) -> np.ndarray:
+    return (values - lo) / span
+
+
+@renderer("points")
+def render_points(value, context: RenderContext) -> Image.Image:
+    """Left: the cloud seen from the front (x right, y up), in its colours; right: from above (x right,
+    z down the tile: near the viewer at the bottom), in its class colours (grey: no class). One scale
+    for both views and all axes, so shapes keep their proportions."""
+    points = check_points(value, "points renderer")
+    xyz, rgb, cls = points[:, :3], points[:, 3:6].clip(0, 255).astype(np.uint8), points[:, 6].astype(np.intp)
+    size = context.size
+    half = size // 2
+    lo, hi = xyz.min(0), xyz.max(0)
+    span = float((hi - lo).max()) or 1.0
+    centre = (lo + hi) / 2
+    x = _unit(xyz[:, 0], centre[0] - span / 2, span)
+    y = _unit(xyz[:, 1], centre[1] - span / 2, span)
+    z = _unit(xyz[:, 2], centre[2] - span / 2, span)
+    tile = np.full((size, size, 3), _BACKGROUND, np.uint8)
+    _scatter(tile[:, :half], x, 1 - y, -z, rgb)  # front: the nearest (largest z) drawn last
+    labels = np.where(cls == NO_CLASS, 0, cls)
+    colours = np.where((cls == NO_CLASS)[:, None], np.uint8(160), class_colours()[labels % 256])
+    _scatter(tile[:, half:], x, z, y.copy() * -1 + 1, colours)  # top: the highest (largest y) drawn last
+    image = Image.fromarray(tile)
+    draw = ImageDraw.Draw(image)
+    draw.line([(half, 0), (half, size)], fill=(200, 200, 200))
+    font = _font(_font_px(size))
+    _tag(draw, (2, size - 2), "front", (255, 255, 255), font, size)
+    _tag(draw, (half + 2, size - 2), "top", (255, 255, 255), font, size)
+    return image
+
+
+@renderer("series")
+def render_series(value, context: RenderContext) -> Image.Image:
+    """A (T, C) signal as lines, three channels a panel (an IMU: accelerometer above, gyroscope below),
+    each panel scaled to its own range (printed on it)."""
+    series = np.asarray(value, dtype=np.float64)
+    if series.ndim != 2 or min(series.shape) == 0 or not np.isfinite(series).all():
+        raise ValueError(f"series renderer: expected finite values (T, C), got shape {series.shape}")
+    size = context.size
+    image = Image.new("RGB", (size, size), _BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    font = _font(_font_px(size))
+    steps, channels = series.shape
+    panels = -(-channels // 3)
+    height = size / panels
+    u = np.linspace(2, size - 3, steps) if steps > 1 else np.full(1, size / 2)
+    for p in range(panels):
+        block = series[:, 3 * p: 3 * p + 3]
+        lo, hi = float(block.min()), float(block.max())
+        pad = (hi - lo) * 0.08 or 1.0
+        top, bottom = p * height + 4, (p + 1) * height - 4
+        v = bottom - (block - (lo - pad)) / (hi - lo + 2 * pad) * (bottom - top)  # (T, c)
+        if p:
+            draw.line([(0, p * height), (size, p * height)], fill=(200, 200, 200))
+        for c in range(block.shape[1]):  # a few channels, each one polyline of T vertices
+            draw.line(list(zip(u.tolist(), v[:, c].tolist(), strict=True)), fill=_LINE_COLOURS[c], width=1)
+        _tag(draw, (2, bottom + 2), f"ch {3 * p}-{3 * p + block.shape[1] - 1}: {lo:.3g}..{hi:.3g}",
+             (255, 255, 255), font, size)
+    return image
+
+
+@renderer("frames")
+def render_frames(value, context: RenderContext) -> Image.Image:
+    """A video ``(F, H, W, 3)`` as a contact sheet: frames left to right, top to bottom, numbered."""
+    video = np.asarray(value)
+    if video.ndim != 4 or video.shape[-1] != 3 or len(video) == 0:
+        raise ValueError(f"frames renderer: expected frames (F, H, W, 3), got shape {video.shape}")
+    size = context.size
+    columns = math.ceil(math.sqrt(len(video)))
+    cell = size // columns
+    image = Image.new("RGB", (size, size), _BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    font = _font(max(8, _font_px(size) * 2 // 3))
+    for i, frame in enumerate(video.astype(np.uint8)):  # F frames, one paste each
+        row, col = divmod(i, columns)
+        image.paste(Image.fromarray(frame).resize((cell - 2, cell - 2), Image.Resampling.BOX),
+                    (col * cell + 1, row * cell + 1))
+        draw.text((col * cell + 3, row * cell + 2), str(i), fill=(255, 255, 255), font=font)
+    return image
