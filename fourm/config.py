@@ -42,8 +42,8 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: 
         raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
     try:
         cfg = OmegaConf.structured(cls)
-        if path is not None:
-            cfg = OmegaConf.merge(cfg, read_yaml_mapping(path))
+        for layer in read_config_layers(path) if path is not None else ():
+            cfg = OmegaConf.merge(cfg, layer)
         explicit = {k: v for k, v in values.items() if v is not None}
         if explicit:
             cfg = OmegaConf.merge(cfg, explicit)
@@ -125,6 +125,27 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict:
         raise ConfigError(f"config file {path} must hold a mapping of settings (key: value), "
                           f"not a {'list' if isinstance(data, list) else 'single value'}")
     return data
+
+
+def read_config_layers(path: str | os.PathLike) -> list[dict]:
+    """The YAML at ``path`` after the files it extends, the first base first: a file that starts with
+    ``extends: other.yaml`` (relative to it) holds only what it changes (mappings merge, lists and
+    values replace), so a preset is its differences from the one it builds on."""
+    layers: list[dict] = []
+    chain: list[Path] = []
+    next_path: Path | None = Path(path)
+    while next_path is not None:
+        here = next_path.resolve()
+        if here in chain:
+            raise ConfigError(f"config file {chain[0]} extends itself (through {here})")
+        chain.append(here)
+        data = read_yaml_mapping(next_path)
+        parent = data.pop("extends", None)
+        if parent is not None and not isinstance(parent, str):
+            raise ConfigError(f"config file {next_path}: extends must name a YAML file, not {parent!r}")
+        layers.insert(0, data)
+        next_path = None if parent is None else next_path.parent / parent
+    return layers
 
 
 def config_to_yaml(cfg) -> str:

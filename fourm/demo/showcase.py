@@ -58,12 +58,12 @@ def save_reconstructions(tokenizers: str | os.PathLike, corpus: str | os.PathLik
 
 
 def save_chains(generator, corpus: str | os.PathLike, out: str | os.PathLike, samples: int = 4,
-                seed: int = 0) -> dict[str, str]:
-    """One grid per entry of ``CHAINS``: for each held-out sample a row of generations, the truth below it."""
+                seed: int = 0, chains: dict[str, tuple[str, list[str]]] | None = None) -> dict[str, str]:
+    """One grid per chain (default ``CHAINS``): for each held-out sample a row of generations, the truth below it."""
     data, classes = _heldout(corpus, samples)
     Path(out).mkdir(parents=True, exist_ok=True)
     written = {}
-    for name, (given, targets) in CHAINS.items():
+    for name, (given, targets) in (CHAINS if chains is None else chains).items():
         missing = [m for m in [given, *targets] if m not in generator.modalities]
         if missing:
             written[name] = f"skipped: the model has no {', '.join(missing)}"

@@ -25,7 +25,7 @@ from pathlib import Path
 from fourm.config import load_config, read_yaml_mapping
 from fourm.data.tokenize import TokenizeConfig, tokenize_corpus
 from fourm.demo.report import write_report
-from fourm.demo.showcase import save_chains, save_reconstructions, save_retrieval
+from fourm.demo.showcase import CHAINS, save_chains, save_reconstructions, save_retrieval
 from fourm.eval.evaluate import EvaluateConfig, GenerationUnavailable, load_generator, run_evaluation
 from fourm.io import read_json, write_json
 from fourm.modalities import get_modality
@@ -46,6 +46,7 @@ class CorpusSettings:
     shard_size: int = 64
     image_size: int = 64
     workers: int = 1  # labelling processes
+    series: list[str] = field(default_factory=list)  # extra series the scenes render (point_cloud, imu, video, ...)
 
 
 @dataclass
@@ -78,6 +79,8 @@ class DemoConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     generate: SampleSettings = field(default_factory=SampleSettings)
     evaluate: SampleSettings = field(default_factory=lambda: SampleSettings(samples=None))
+    # picture name -> [given modality, targets in order]: chains drawn beside showcase.CHAINS
+    chains: dict[str, list[str]] = field(default_factory=dict)
     quick: list[str] = field(default_factory=list)  # the --quick overrides
 
     def path(self, *parts: str) -> Path:
@@ -102,7 +105,7 @@ def _corpus(cfg: DemoConfig) -> dict:
         print(f"  {name}: {count} scenes (seed {seed})")
         manifest = run_pipeline(PseudolabelConfig(source=f"scenes:{count}", out=str(cfg.path(name)), seed=seed,
                                                   shard_size=c.shard_size, image_size=c.image_size,
-                                                  workers=c.workers))
+                                                  workers=c.workers, series=list(c.series)))
         summary[name] = {"samples": manifest["num_samples"], "modalities": list(manifest["modalities"])}
     for i in range(4):
         save_sample_grid(cfg.path("corpus"), i, cfg.path("pictures", f"sample-{i}.png"))
@@ -167,8 +170,9 @@ def _generator(cfg: DemoConfig):
 
 
 def _generate(cfg: DemoConfig) -> dict:
+    chains = {**CHAINS, **{name: (given, targets) for name, (given, *targets) in cfg.chains.items()}}
     return save_chains(_generator(cfg), cfg.path("heldout"), cfg.path("pictures"), samples=cfg.generate.samples,
-                       seed=cfg.generate.seed)
+                       seed=cfg.generate.seed, chains=chains)
 
 
 def _retrieve(cfg: DemoConfig) -> dict:
@@ -210,13 +214,14 @@ class Stage:
 
 STAGES: list[Stage] = [
     # the number of workers changes how fast, not what: it is left out of the fingerprint
-    Stage("corpus", _corpus, lambda c: {k: v for k, v in asdict(c.corpus).items() if k != "workers"},
-          ("corpus", "heldout")),
+    # (no series asked: the fingerprint of runs from before there were series, so they are reused)
+    Stage("corpus", _corpus, lambda c: {k: v for k, v in asdict(c.corpus).items()
+                                        if k != "workers" and (k != "series" or v)}, ("corpus", "heldout")),
     Stage("tokenizers", _tokenizers, lambda c: {n: tokenizer_overrides(c, n)[1] for n in c.tokenizers.configs},
           ("tokenizers",)),
     Stage("tokenize", _tokenize, lambda c: list(c.model.modalities), ("tokens",)),
     Stage("train", _train, lambda c: asdict(train_config(c)), ("fourm",)),
-    Stage("generate", _generate, lambda c: asdict(c.generate)),
+    Stage("generate", _generate, lambda c: {**asdict(c.generate), **({"chains": c.chains} if c.chains else {})}),
     # "index": runs from before the stage saved its gallery redo it, so that `fourm serve --index` finds one
     Stage("retrieve", _retrieve, lambda c: [c.generate.samples, c.evaluate.samples, "index"], ("index",)),
     Stage("evaluate", _evaluate, lambda c: asdict(c.evaluate)),

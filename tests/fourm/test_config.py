@@ -27,6 +27,20 @@ def test_merge_order_defaults_yaml_flags_overrides(tmp_path):
     assert isinstance(cfg.inner, Inner)
 
 
+def test_a_config_extends_another_with_only_its_differences(tmp_path):
+    (tmp_path / "base.yaml").write_text("steps: 20\ninner:\n  rate: 0.5\n  names: [a, b]\n")
+    (tmp_path / "presets").mkdir()
+    child = tmp_path / "presets" / "child.yaml"
+    child.write_text("extends: ../base.yaml\ninner:\n  names: [c]\n")  # relative to the file that extends
+    assert load_config(Outer, child, ["steps=5"]) == Outer(steps=5, inner=Inner(rate=0.5, names=["c"]))
+    (tmp_path / "base.yaml").write_text("extends: presets/child.yaml\nsteps: 1\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(Outer, child)
+    child.write_text("extends: ../missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml does not exist"):
+        load_config(Outer, child)
+
+
 def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(Outer, overrides=["inner.rate=2.5"])
     save_config(cfg, tmp_path / "config.yaml")

@@ -22,6 +22,27 @@ def test_quick_is_overrides_of_the_same_config():
     assert load_demo_config(overrides=["corpus.scenes=7"], quick=True).corpus.scenes == 7  # the user has the last word
 
 
+def test_the_omni_preset_is_the_default_plus_what_it_adds():
+    """configs/demo_omni.yaml extends demo.yaml: the default's settings, its series, tokenizers, modalities
+    and chains on top; every chain names modalities the model trains on, every tokenizer config exists."""
+    from pathlib import Path
+
+    from fourm.demo.stages import TOKENIZER_CONFIGS, _fingerprint
+    from fourm.modalities import get_modality
+
+    default = load_demo_config()
+    omni = load_demo_config(Path(__file__).parents[3] / "configs" / "demo_omni.yaml")
+    assert omni.model.overrides == default.model.overrides and omni.corpus.scenes == default.corpus.scenes
+    assert set(omni.corpus.series) == {"point_cloud", "imu", "video"}
+    assert set(default.model.modalities) < set(omni.model.modalities)
+    assert all((TOKENIZER_CONFIGS / f"{n}.yaml").is_file() for n in omni.tokenizers.configs)
+    assert all(m in omni.model.modalities for given, *targets in omni.chains.values() for m in [given, *targets])
+    assert all(get_modality(m).source in omni.corpus.series for m in ("tok_point_cloud", "tok_imu", "tok_video"))
+    corpus_settings = STAGES[0].settings
+    assert "series" not in corpus_settings(default)  # runs from before series existed keep their corpus
+    assert _fingerprint("", corpus_settings(omni)) != _fingerprint("", corpus_settings(default))
+
+
 @pytest.mark.slow
 def test_quick_demo_writes_the_report_with_the_table(tmp_path):
     out = tmp_path / "demo"
