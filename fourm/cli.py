@@ -224,6 +224,22 @@ def _features(p: argparse.ArgumentParser):
     return run
 
 
+@command("finetune", "a task head on a trained FourM's encoder: frozen (probe), full or LoRA fine-tuning")
+def _finetune(p: argparse.ArgumentParser):
+    p.add_argument("--config", help="YAML config, e.g. configs/finetune/count.yaml")
+    p.add_argument("--out", help="run folder (overrides the config's)")
+    p.add_argument("overrides", nargs="*", help="key=value settings, e.g. regime=lora samples=256 train.steps=200")
+
+    def run(args):
+        from fourm.transfer.finetune import FinetuneConfig, run_finetune
+
+        cfg = load_config(FinetuneConfig, args.config, args.overrides, out=args.out)
+        _, scores = run_finetune(cfg)
+        print(f"{cfg.out}: held-out " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+    return run
+
+
 @command("generate", "chained any-to-any generation: raw inputs in, each target as a file plus a grid PNG")
 def _generate(p: argparse.ArgumentParser):
     p.add_argument("--model", required=True, help="FourM folder (save_pretrained)")
