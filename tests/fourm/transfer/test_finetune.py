@@ -78,7 +78,7 @@ def test_lora_adapter_saves_loads_and_merges_to_the_same_outputs(model_dir, toke
     assert trainable == 2 * 4 * ((64 + 192) + (64 + 64) + (64 + 352) + (176 + 64))
 
 
-def test_labels_from_a_csv_file(model_dir, tokenizers_dir, scenes, tmp_path):
+def test_labels_from_a_csv_file(model_dir, tokenizers_dir, scenes, tmp_path, capsys):
     from fourm.data.corpus import CorpusReader
 
     rows = [(s["__key__"], len(s["det"])) for s in CorpusReader(scenes, ["det"])]
@@ -91,6 +91,8 @@ def test_labels_from_a_csv_file(model_dir, tokenizers_dir, scenes, tmp_path):
     bad = [*ARGS, f"model={model_dir}", f"tokenizers={tokenizers_dir}", f"corpus={scenes}", f"out={tmp_path / 'b'}",
            "task=classification", f"labels={tmp_path / 'short.csv'}"]
     assert main(["finetune", *bad]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"has no label for 3 of 24 samples (first: '{rows[-3][0]}')" in error, error
 
 
 @pytest.mark.parametrize("change,message", [
