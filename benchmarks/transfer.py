@@ -43,7 +43,8 @@ def make_scenes(folder: Path, count: int, seed: int) -> Path:
 
 
 def run(args, scenes: Path, task: str, size: int, init: str, regime: str, out: Path) -> dict:
-    overrides = [f"model={args.model}", f"tokenizers={args.tokenizers}", f"corpus={scenes}", f"out={out}",
+    overrides = [f"model={args.model}", f"corpus={scenes}", f"out={out}",
+                 *([f"tokenizers={args.tokenizers}"] if args.tokenizers else []),
                  f"labels={task}", f"init={init}", f"regime={regime}", f"samples={size}",
                  f"heldout={args.heldout}", f"limit={max(args.sizes) + args.heldout}", f"batch_size={args.batch_size}",
                  f"train.steps={args.steps}", f"train.lr={args.lr if regime == 'frozen' else args.lora_lr}",
