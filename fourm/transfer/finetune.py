@@ -58,6 +58,7 @@ class LoraSettings:
 @dataclass
 class HeadSettings:
     hidden: int = 0  # 0: linear probe; > 0: an MLP head with one hidden layer of this width
+    pool: str = "mean"  # pooled tasks: mean of every input token | grid: the image input's patch tokens side by side
 
 
 @dataclass
@@ -148,8 +149,8 @@ class FinetunedFourM(nn.Module, PretrainedMixin):
         fourm = FourM(config.fourm) if fourm is None else fourm
         for name in config.inputs:
             fourm.modality_index(name)  # a head over a modality the model lacks: one line
-        if config.head.dense and config.head.modality not in config.inputs:
-            raise ValueError(f"the dense head reads {config.head.modality}, which is not an input")
+        if config.head.reads_grid and config.head.modality not in config.inputs:
+            raise ValueError(f"the head reads {config.head.modality}, which is not an input")
         self.head = TaskHead(config.head)
         for name, p in fourm.named_parameters():
             p.requires_grad_(config.regime == "full" and name.startswith(_ENCODER_SIDE))
@@ -164,7 +165,7 @@ class FinetunedFourM(nn.Module, PretrainedMixin):
 
     def forward(self, batch: Batch) -> Tensor:
         trunk, head = self.trunk, self.config.head
-        if not head.dense:
+        if not head.reads_grid:
             return self.head(trunk.encode_features(batch, "mean", self.config.inputs).values)
         out = trunk.encode_features(batch, "none", self.config.inputs)
         # the output token of each patch of the head's modality, in grid order (B, P, D)
@@ -209,16 +210,18 @@ class FinetuneTask:
         classes = cfg.classes or (LABELS[cfg.labels].classes if cfg.labels in LABELS else None)
         self.targets, self.classes = encode_labels(values, self.data.keys, task, classes)
         fourm = self.pipeline.model
-        dense = {}
-        if task.startswith("dense"):
+        grid = {}
+        if task.startswith("dense") or cfg.head.pool == "grid":
             grids = [n for n in self.data.modalities if handler(fourm.specs[n]).grid]
             if not grids:
-                raise ValueError(f"a dense head needs an image input; the inputs are {', '.join(self.data.modalities)}")
+                raise ValueError(f"a dense or grid-pooled head needs an image input; the inputs are "
+                                 f"{', '.join(self.data.modalities)}")
             spec = fourm.specs[grids[0]]  # the first image input's patches carry the map
-            dense = dict(modality=grids[0], grid=math.isqrt(spec.tokens), patch=spec.patch_size)
+            grid = dict(modality=grids[0], grid=math.isqrt(spec.tokens), patch=spec.patch_size)
+        if task.startswith("dense"):
             self.targets = _resize_maps(self.targets, fourm.config.scale.image_size)
         self.head = HeadConfig(task=task, num_outputs=len(self.classes) if self.classes else 1, dim=fourm.config.dim,
-                               hidden=cfg.head.hidden, **dense)
+                               hidden=cfg.head.hidden, pool=cfg.head.pool, **grid)
         n = len(self.data)
         if not 0 < cfg.heldout < n:
             raise ValueError(f"cannot hold out {cfg.heldout} of the {n} samples read")

@@ -1,6 +1,7 @@
 """Task heads on FourM's encoder: pooled classification, multi-label, regression, and dense maps.
 
-A pooled head reads the mean of the encoder's output tokens (``FourM.encode_features``); a dense
+A pooled head reads the mean of the encoder's output tokens (``FourM.encode_features``), or with
+``pool: grid`` the output tokens of every patch of one grid input side by side; a dense
 head reads the output token of each patch of one grid modality (``rgb``) and predicts that patch's
 ``p x p`` pixels: a linear map to ``C * p * p`` values rearranged into the image (the pixel-shuffle
 upsampling of Shi et al. 2016, arXiv 1609.05158), which at these patch sizes costs one matmul and
@@ -30,8 +31,11 @@ class HeadConfig:
     num_outputs: int = 1  # classes (labels for multilabel; 1 for regression)
     dim: int = 128  # the encoder's width
     hidden: int = 0  # 0: a linear probe; > 0: one hidden GELU layer of this width
-    modality: str | None = None  # dense heads: the grid input whose tokens are read (rgb)
-    grid: int = 0  # dense heads: patches per side
+    # pooled tasks: mean (the mean of every input token) | grid (the grid modality's patch tokens, side by
+    # side: a linear map that can tell where something is, which a mean cannot)
+    pool: str = "mean"
+    modality: str | None = None  # dense heads and pool grid: the grid input whose tokens are read (rgb)
+    grid: int = 0  # patches per side of that input
     patch: int = 0  # dense heads: pixels per patch side
 
     def __post_init__(self):
@@ -40,12 +44,19 @@ class HeadConfig:
         if self.num_outputs < 1 or self.hidden < 0:
             raise ValueError(f"head.num_outputs must be >= 1 and head.hidden >= 0, not {self.num_outputs}, "
                              f"{self.hidden}")
-        if self.dense and (self.modality is None or self.grid < 1 or self.patch < 1):
-            raise ValueError("a dense head needs the grid modality it reads, its grid and its patch size")
+        if self.pool not in ("mean", "grid"):
+            raise ValueError(f"head.pool must be mean or grid, not {self.pool!r}")
+        if self.reads_grid and (self.modality is None or self.grid < 1 or (self.dense and self.patch < 1)):
+            raise ValueError("a dense or grid-pooled head needs the grid modality it reads, its grid and patch size")
 
     @property
     def dense(self) -> bool:
         return self.task.startswith("dense")
+
+    @property
+    def reads_grid(self) -> bool:
+        """The head reads the grid modality's patch tokens (B, P, D), not a mean (B, D)."""
+        return self.dense or self.pool == "grid"
 
 
 @register_pretrained("fourm_head")
@@ -59,14 +70,18 @@ class TaskHead(nn.Module, PretrainedMixin):
         super().__init__()
         self.config = config
         out = config.num_outputs * (config.patch ** 2 if config.dense else 1)
-        width = config.hidden or config.dim
+        flat = config.pool == "grid" and not config.dense
+        features = config.dim * (config.grid ** 2 if flat else 1)
         self.norm = nn.LayerNorm(config.dim)  # probes train faster on standardised features
-        self.hidden = nn.Sequential(nn.Linear(config.dim, config.hidden), nn.GELU()) if config.hidden else nn.Identity()
-        self.out = nn.Linear(width, out)
+        self.hidden = nn.Sequential(nn.Linear(features, config.hidden), nn.GELU()) if config.hidden else nn.Identity()
+        self.out = nn.Linear(config.hidden or features, out)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.out(self.hidden(self.norm(x)))
         c = self.config
+        x = self.norm(x)
+        if c.pool == "grid" and not c.dense:
+            x = rearrange(x, "b p d -> b (p d)")
+        y = self.out(self.hidden(x))
         if c.dense:
             y = rearrange(y, "b (h w) (c p1 p2) -> b c (h p1) (w p2)", h=c.grid, p1=c.patch, p2=c.patch)
         return y.squeeze(1) if c.task in ("regression", "dense_regression") else y

@@ -29,11 +29,12 @@ def encoder_state(fourm: FourM) -> dict:
     return {k: v.clone() for k, v in fourm.state_dict().items() if not k.startswith(("decoder", "heads"))}
 
 
-@pytest.mark.parametrize("regime,labels", [("frozen", "count"), ("full", "colour_shape"), ("lora", "semseg")])
-def test_each_regime_lowers_the_loss(model_dir, tokenizers_dir, scenes, tmp_path, regime, labels):
+@pytest.mark.parametrize("regime,labels,pool", [("frozen", "count", "grid"), ("full", "colour_shape", "mean"),
+                                                ("lora", "semseg", "mean")])
+def test_each_regime_lowers_the_loss(model_dir, tokenizers_dir, scenes, tmp_path, regime, labels, pool):
     before = encoder_state(FourM.from_pretrained(model_dir))
     model, scores = run_finetune(config(model_dir, tokenizers_dir, scenes, tmp_path, f"regime={regime}",
-                                        f"labels={labels}"), progress=False)
+                                        f"labels={labels}", f"head.pool={pool}"), progress=False)
     curve = losses(tmp_path)
     assert len(curve) == 30 and sum(curve[-5:]) / 5 < 0.8 * sum(curve[:5]) / 5, curve
     after = encoder_state(model.merged())
