@@ -46,6 +46,7 @@ def run(args, scenes: Path, task: str, size: int, init: str, regime: str, out: P
     overrides = [f"model={args.model}", f"corpus={scenes}", f"out={out}",
                  *([f"tokenizers={args.tokenizers}"] if args.tokenizers else []),
                  f"labels={task}", f"init={init}", f"regime={regime}", f"samples={size}",
+                 *([f"head.pool={args.pool}"] if task != "semseg" else []),
                  f"heldout={args.heldout}", f"limit={max(args.sizes) + args.heldout}", f"batch_size={args.batch_size}",
                  f"train.steps={args.steps}", f"train.lr={args.lr if regime == 'frozen' else args.lora_lr}",
                  "train.warmup_steps=10", "train.eval_every=0", "train.save_every=0", "train.log_every=50",
@@ -93,6 +94,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--lora-lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pool", default="mean", help="pooled tasks' head: mean | grid (patch tokens side by side)")
     p.add_argument("--speed", action="store_true")
     p.add_argument("--out", help="also write the rows as JSON here")
     args = p.parse_args()
