@@ -201,6 +201,45 @@ def _retrieve(p: argparse.ArgumentParser):
     return run
 
 
+@command("features", "encoder features of a corpus from any input subset, pooled, into a safetensors file")
+def _features(p: argparse.ArgumentParser):
+    p.add_argument("--model", required=True, help="FourM folder (save_pretrained)")
+    p.add_argument("--tokenizers", help="tokenizers folder (for raw series that the model reads as tokens)")
+    p.add_argument("--corpus", required=True, help="a raw corpus or a token corpus")
+    p.add_argument("--inputs", default="rgb", help="comma-separated input modalities, e.g. rgb,depth")
+    p.add_argument("--out", required=True, help="FILE.safetensors: features, valid, keys in its metadata")
+    p.add_argument("--pool", default="mean", help="mean | modality (one mean per input) | none (every token)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=int, help="only the first N samples")
+    p.add_argument("--device", default="cpu")
+
+    def run(args):
+        from fourm.transfer.features import run_features
+
+        inputs = [s for s in args.inputs.split(",") if s]
+        path, count, rate = run_features(args.model, args.corpus, inputs, args.out, args.tokenizers, args.pool,
+                                         args.batch_size, args.limit, args.device)
+        print(f"{path}: {count} samples, pool {args.pool}, {rate:.1f} samples/s through the encoder")
+
+    return run
+
+
+@command("finetune", "a task head on a trained FourM's encoder: frozen (probe), full or LoRA fine-tuning")
+def _finetune(p: argparse.ArgumentParser):
+    p.add_argument("--config", help="YAML config, e.g. configs/finetune/count.yaml")
+    p.add_argument("--out", help="run folder (overrides the config's)")
+    p.add_argument("overrides", nargs="*", help="key=value settings, e.g. regime=lora samples=256 train.steps=200")
+
+    def run(args):
+        from fourm.transfer.finetune import FinetuneConfig, run_finetune
+
+        cfg = load_config(FinetuneConfig, args.config, args.overrides, out=args.out)
+        _, scores = run_finetune(cfg)
+        print(f"{cfg.out}: held-out " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+    return run
+
+
 @command("generate", "chained any-to-any generation: raw inputs in, each target as a file plus a grid PNG")
 def _generate(p: argparse.ArgumentParser):
     p.add_argument("--model", required=True, help="FourM folder (save_pretrained)")

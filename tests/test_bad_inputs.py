@@ -300,6 +300,16 @@ CASES = {
                                           str(t / "noindex")], ["noindex", "not an index"]),
     "serve: no corpus": (lambda w, t: ["serve", "--model", str(w.model), "--tokenizers", str(w.toks), "--corpus",
                                        str(t / "nocorpus")], ["nocorpus"]),
+    # features and finetune: the transfer commands
+    "features: unknown input": (lambda w, t: ["features", "--model", str(w.model), "--tokenizers", str(w.toks),
+                                              "--corpus", str(w.raw), "--inputs", "nosuch", "--out",
+                                              str(t / "f.safetensors")], ["nosuch"]),
+    "features: no corpus": (lambda w, t: ["features", "--model", str(w.model), "--corpus", str(t / "none"),
+                                          "--out", str(t / "f.safetensors")], ["none"]),
+    "finetune: unknown regime": (lambda w, t: ["finetune", "--out", str(t / "ft"), f"model={w.model}",
+                                               f"corpus={w.raw}", "regime=qlora"], ["qlora"]),
+    "finetune: no model": (lambda w, t: ["finetune", "--out", str(t / "ft"), f"model={t / 'none'}",
+                                         f"corpus={w.raw}"], ["none"]),
     # demo
     "demo: malformed config": (lambda w, t: ["demo", "--config", str(file_at(t, "d.yaml", "corpus: {scenes: 1\n")),
                                              "--out", str(t / "d")], ["d.yaml", "YAML"]),

@@ -210,8 +210,13 @@ class Pipeline:
         samples = [conditions] * num_samples if isinstance(conditions, dict) else list(conditions)
         if not samples:
             raise ValueError("no samples to generate")
-        state = GenerationState(self.specs, len(samples), self.specials)
-        for name, values in self.tokenize(samples).items():
+        return self.state_of(self.tokenize(samples), len(samples))
+
+    def state_of(self, tokenized: dict[str, list], batch_size: int) -> GenerationState:
+        """The generation state of :meth:`tokenize`'s output (tokenizing once, batching many times:
+        fine-tuning re-batches the same tokenized samples every epoch)."""
+        state = GenerationState(self.specs, batch_size, self.specials)
+        for name, values in tokenized.items():
             spec, present = self.specs[name], [v is not None for v in values]
             kind = handler(spec)
             if kind.state_slot == "sequence":

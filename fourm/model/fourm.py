@@ -126,6 +126,23 @@ class FourMConfig:
         return out
 
 
+POOLS = ("mean", "modality", "none")
+
+
+class Features(NamedTuple):
+    """What :meth:`FourM.encode_features` returns; ``valid`` says which rows hold something.
+
+    pool ``mean``: values (B, D), valid (B,) (the sample had an input token);
+    ``modality``: values (B, M, D) for the M requested modalities, valid (B, M) (zeros where absent);
+    ``none``: values (B, Ne, D) every encoder token, valid (B, Ne), with ``mod`` / ``pos`` (B, Ne).
+    """
+
+    values: Tensor
+    valid: Tensor
+    mod: Tensor | None = None
+    pos: Tensor | None = None
+
+
 class ModalityLogits(NamedTuple):
     index: Tensor  # (n,) positions of the tokens in the flattened (B * N) token list, ascending
     logits: Tensor  # (n, vocab_size of the modality)
@@ -238,6 +255,36 @@ class FourM(nn.Module, PretrainedMixin):
         for blk in self.encoder:
             x = blk(x, mask)
         return self.encoder_norm(x), valid
+
+    def encode_features(self, batch: Batch, pool: str = "mean", modalities: list[str] | None = None) -> Features:
+        """Encoder outputs of the batch's input tokens of ``modalities`` (default: every input it has),
+        pooled; decoder fields of ``batch`` are ignored (nothing is predicted).
+
+        Tokens of the other modalities are dropped before the encoder, not after: features of rgb
+        alone must not have seen the depth the batch also carries. Pooling averages only valid
+        tokens, so padding and modalities a sample lacks do not move its features.
+        """
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
+        names = self.names if modalities is None else list(modalities)
+        index = torch.tensor([self.modality_index(n) for n in names], device=batch.enc_mod.device)
+        keep = batch.enc_valid & torch.isin(batch.enc_mod, index)
+        empty = batch.enc_ids.new_zeros(batch.enc_ids.shape[0], 0)
+        sub = Batch(batch.enc_ids, batch.enc_mod, batch.enc_pos, keep, dec_ids=empty, dec_target=empty, dec_mod=empty,
+                    dec_pos=empty, dec_group=empty, dec_valid=empty.bool(),
+                    continuous={n: v for n, v in batch.continuous.items() if n in names})
+        memory, valid = self.encode(sub)
+        if pool == "none":
+            return Features(memory.masked_fill(~valid[..., None], 0.0), valid, batch.enc_mod, batch.enc_pos)
+        if pool == "mean":
+            weight = valid.to(memory.dtype)
+            total = torch.einsum("bn,bnd->bd", weight, memory)
+            return Features(total / weight.sum(1, keepdim=True).clamp(min=1), valid.any(1))
+        # per modality: a (B, M, Ne) one-hot of each token's requested modality
+        onehot = (batch.enc_mod[:, None, :] == index[None, :, None]) & valid[:, None, :]
+        weight = onehot.to(memory.dtype)
+        total = torch.einsum("bmn,bnd->bmd", weight, memory)
+        return Features(total / weight.sum(2, keepdim=True).clamp(min=1), onehot.any(2))
 
     # ------------------------------------------------------------------------------ decoder
     def _queries(self, ids: Tensor, mod: Tensor, pos: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:

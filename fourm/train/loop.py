@@ -80,6 +80,9 @@ class Task(Protocol):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Held-out metrics of the unwrapped model (run on the main process)."""
 
+    # optional: ``after_step(model, step)``, called with the unwrapped model after optimizer step ``step``
+    # (1-based), for what an optimizer cannot express (a staged unfreezing keeping part of a tensor fixed)
+
 
 def lr_lambda(cfg: TrainConfig):
     def fn(step: int) -> float:
@@ -161,6 +164,8 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         step += 1
+        if hasattr(task, "after_step"):
+            task.after_step(accelerator.unwrap_model(model), step)
         # tensors stay on the device until a log step: one host sync per log_every steps, not per step
         window.append({"loss": loss.detach(), **logs})
         if step % cfg.log_every == 0 or step == cfg.steps:

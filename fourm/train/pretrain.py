@@ -23,6 +23,7 @@ from fourm.modalities import ModalityScale
 from fourm.model import sizes
 from fourm.model.fourm import FourM
 from fourm.train.loop import TrainConfig, train
+from fourm.transfer.new_modality import StagedUnfreezing, add_modalities, grown_config
 
 
 @dataclass
@@ -52,6 +53,9 @@ class ModelConfig:
     modalities: list[str] | None = None  # None: every modality the (first) token corpus holds
     overrides: dict[str, Any] = field(default_factory=dict)  # any FourMConfig field (dim, use_tied_heads, scale...)
     init: str | None = None  # start from this pretrained FourM (fine-tuning) instead of from scratch
+    # with init: modalities of the corpus that the checkpoint lacks are added (fourm.transfer.new_modality);
+    # for the first frozen_steps steps only their new weights train, then the whole model
+    frozen_steps: int = 0
 
 
 @dataclass
@@ -99,24 +103,36 @@ class FourMTask:
         return sizes.model_config(self.cfg.model.size, list(self.modalities), scale, max_tokens=max_tokens, **overrides)
 
     def build_model(self):
+        self.staging, self._micro = None, 0
         if self.cfg.model.init:
             model = FourM.from_pretrained(self.cfg.model.init)
-            missing = set(self.modalities) - set(model.config.modalities)
-            if missing:
-                raise ValueError(f"{self.cfg.model.init} does not know {', '.join(sorted(missing))}")
+            new = [n for n in self.modalities if n not in model.config.modalities]
+            if new:  # the checkpoint's weights, and fresh ones for what it does not know
+                config = grown_config(model.config, self.model_config(), list(self.modalities))
+                model = add_modalities(model, config)
+                if self.cfg.model.frozen_steps > 0:
+                    self.staging = StagedUnfreezing(model, new, self.cfg.model.frozen_steps)
             return model.train()
         return FourM(self.model_config())
 
     def train_batches(self, start_step: int, rank: int, world_size: int):
         d = self.cfg.data
+        self._micro = start_step * self.cfg.train.grad_accum
         # the loop counts optimizer steps; the stream counts micro-batches
         return loader.train_batches(self.train_set, self.masker, start_step * self.cfg.train.grad_accum, rank,
                              world_size, d.batch_size, self.cfg.train.seed, d.num_workers)
 
     def loss(self, model, batch):
+        if getattr(self, "staging", None) is not None:  # freeze or unfreeze before this step's forward
+            self.staging.update(getattr(model, "module", model), self._micro // self.cfg.train.grad_accum)
+            self._micro += 1
         device = next(model.parameters()).device
         out = model(batch.to(device))
         return out.loss, {f"loss/{m}": v for m, v in out.modality_losses.items()}  # detached tensors
+
+    def after_step(self, model, step: int) -> None:
+        if getattr(self, "staging", None) is not None:
+            self.staging.after_step(model, step)
 
     def evaluate(self, model) -> dict[str, float]:
         """Held-out cross-entropy per target modality, and its ratio to the unigram baseline."""

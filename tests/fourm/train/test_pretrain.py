@@ -147,16 +147,19 @@ def test_two_processes_train_together_with_ddp_and_with_fsdp(token_corpus, tmp_p
         torch.testing.assert_close(weights(fsdp / "sparse")[name], value, rtol=0, atol=0, msg=name)
 
 
-def test_fine_tuning_from_a_model_that_lacks_a_modality_is_refused(token_corpus, tmp_path):
+def test_fine_tuning_from_a_model_that_lacks_a_modality_grows_it(token_corpus, tmp_path):
+    """Was refused; now the model gets the modality (fourm.transfer.new_modality, tested there in full)."""
     from fourm.train.pretrain import FourMTask
 
     task = FourMTask(config(token_corpus, tmp_path / "run"))
     wide = task.model_config()
     narrower = replace(wide, modalities=["tok_rgb", "caption"], scale=replace(wide.scale, vocab_sizes={}),
                        max_tokens={}, input_dims={})
-    FourM(narrower).save_pretrained(tmp_path / "narrow")
-    with pytest.raises(ValueError, match=r"narrow does not know tok_depth"):
-        FourMTask(config(token_corpus, tmp_path / "run", f"model.init={tmp_path / 'narrow'}")).build_model()
+    narrow = FourM(narrower)
+    narrow.save_pretrained(tmp_path / "narrow")
+    grown = FourMTask(config(token_corpus, tmp_path / "run", f"model.init={tmp_path / 'narrow'}")).build_model()
+    assert grown.names == ["tok_rgb", "tok_depth", "caption"]
+    assert torch.equal(grown.heads["caption"].weight, narrow.heads["caption"].weight)
 
 
 def test_model_overrides_change_the_corpus_scale_and_old_names_are_refused(token_corpus, tmp_path):
