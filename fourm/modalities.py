@@ -157,13 +157,15 @@ CORPUS: dict[str, CorpusModality] = {
                        "points (N, 7): x, y, z (camera frame), r, g, b (0-255), class (-1 = none)"),
         CorpusModality("imu", Storage("npy", "float32"), "series", None,
                        "IMU (T, 6): accelerometer m/s^2 and gyroscope rad/s, camera frame"),
+        # int16 at its true length (the array's length records it): fourm.data.audio
+        CorpusModality("speech", Storage("npy", "int16"), "speech", None, "16 kHz mono audio int16 (N,), at most 8 s"),
     ]
 }
 
 # ----------------------------------------------------------------------------- model modalities
 _TEXT_VOCAB = 30_000  # one WordPiece vocabulary shared by every sequence modality (REFERENCE.md)
 _IMAGE, _MLP, _WORDPIECE = "vqvae_image", "vqvae_mlp", "wordpiece"
-_POINT, _SERIES = "vqvae_point", "vqvae_series"
+_POINT, _SERIES, _SPEECH = "vqvae_point", "vqvae_series", "vqvae_speech"
 
 MODALITIES: dict[str, Modality] = {
     m.key: m
@@ -193,6 +195,8 @@ MODALITIES: dict[str, Modality] = {
         Modality("tok_point_cloud", Kind.POINT_CLOUD, "point_cloud", _POINT, 1024, max_tokens=128),
         # 8 patches of 8 samples x 2 codes of 512
         Modality("tok_imu", Kind.TIME_SERIES, "imu", _SERIES, 512, max_tokens=16),
+        # 8 s of log-mel frames (50 a second), 50 patches of 8 frames x 2 codes of 512
+        Modality("tok_speech", Kind.TIME_SERIES, "speech", _SPEECH, 512, max_tokens=100),
     ]
 }
 

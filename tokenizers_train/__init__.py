@@ -20,6 +20,7 @@ FAMILIES = Registry("tokenizer family", {  # family -> the module that trains it
     "diffusion": "tokenizers_train.diffusion",
     "vqvae_point": "tokenizers_train.points",
     "vqvae_series": "tokenizers_train.series",
+    "vqvae_speech": "tokenizers_train.speech",
 }, sort=True)
 
 

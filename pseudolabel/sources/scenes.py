@@ -301,7 +301,7 @@ class Scene:
         )
 
 
-SERIES = ("point_cloud", "imu")  # what a scene adds on request (pseudolabel.sources.scene_series)
+SERIES = ("point_cloud", "imu", "speech")  # what a scene adds on request (scene_series; speech: tts)
 
 
 def render_scene(seed: int, image_size: int = 64, series: tuple[str, ...] = ()) -> dict:
@@ -316,6 +316,10 @@ def render_scene(seed: int, image_size: int = 64, series: tuple[str, ...] = ()) 
         # a stream of its own: the other series stay what they were without the move
         move = scene_series.Trajectory.sample(scene.camera, np.random.default_rng([seed, 1]))
         out["imu"] = move.imu(scene_series.imu_times())
+    if "speech" in series:  # the caption spoken; the voice from a stream of its own, as the move's
+        from pseudolabel.sources import tts  # in here: eSpeak loads only for corpora that ask for speech
+
+        out["speech"] = tts.speak(out["caption"], tts.sample_voice(np.random.default_rng([seed, 2])))
     return out
 
 
