@@ -36,6 +36,7 @@ SYNTHETIC = {
     "points": lambda rng: np.concatenate([rng.uniform(-1, 1, (200, 3)), rng.integers(0, 256, (200, 3)),
                                           rng.integers(-1, 6, (200, 1))], axis=1).astype(np.float32),
     "series": lambda rng: rng.standard_normal((64, 6)).astype(np.float32),
+    "speech": lambda rng: (rng.standard_normal(8000) * 3000).astype(np.int16),
 }
 
 
@@ -161,3 +162,12 @@ def test_series_draws_each_channel_and_refuses_bad_shapes():
     assert red_rows.max() - red_rows.min() > SIZE // 2
     with pytest.raises(ValueError, match=r"series renderer: expected finite values \(T, C\)"):
         render("imu", np.zeros(5))
+
+
+def test_speech_draws_its_spectrogram_low_pitch_low():
+    t = np.arange(16_000) / 16_000  # one second of 300 Hz: a bright band near the bottom, dark above
+    tile = np.asarray(render("speech", (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), size=SIZE))
+    brightness = tile[:, : SIZE // 16].astype(float).sum(-1).mean(1)  # the first half second, by row
+    assert brightness[SIZE * 3 // 4:].max() > 3 * brightness[: SIZE // 2].max()
+    with pytest.raises(ValueError, match=r"speech: expected mono samples"):
+        render("speech", np.zeros((4, 2), np.float32))
