@@ -6,8 +6,9 @@ run the ``espeak-ng`` program, which that package does not ship, so this module 
 own C API (``speak_lib.h``) through ``ctypes``: synchronous synthesis into a callback that collects the
 22.05 kHz int16 samples, resampled to 16 kHz (``fourm.data.audio.resample``, soxr).
 
-The library keeps one global state, some of which outlives a call: :class:`Espeak` loads it afresh for
-each utterance, behind a lock, so that a text in a voice always gives the same samples.
+The library keeps one global state, some of which outlives a call, and seeds its random numbers from
+the clock: :class:`Espeak` loads it afresh for each utterance and seeds them, so that a text in a voice
+always gives the same samples.
 
 Per scene, :func:`sample_voice` draws a voice (English accents x eSpeak's male and female variants),
 a rate and a pitch from the scene's random stream, so a scene always sounds the same and scenes differ.
@@ -33,6 +34,7 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _RATE, _PITCH = 1, 3  # espeak_PARAMETER
+_RAND_SEED = 1  # eSpeak's own random numbers (pitch flutter): fixed, so that a text in a voice has one sound
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 
@@ -54,14 +56,19 @@ def sample_voice(rng: np.random.Generator) -> Voice:
 
 
 class Espeak:
-    """eSpeak NG through its C API, loaded afresh for every utterance.
+    """eSpeak NG through its C API, loaded afresh for every utterance, its random numbers seeded.
 
-    Why afresh: the library keeps state in file-level variables that neither ``espeak_Terminate`` nor a
-    new ``espeak_Initialize`` resets (nor ``espeak_ng_SetRandSeed``: measured, the same text in the same
-    voice came out different on every call, a few samples in; the state of one call leaks into the
-    next). A scene must sound the same whichever scenes a process spoke before it (a corpus is rebuilt
-    and compared byte for byte), so each call ``dlopen``s the library, speaks and ``dlclose``s it:
-    ~15 ms, a fraction of the synthesis. A lock serialises callers (the library is one global state).
+    A scene must sound the same whatever a process spoke before it and whenever it runs (a corpus is
+    rebuilt and compared byte for byte, shards are made by any worker), and measured, eSpeak breaks both:
+
+    * it keeps state in file-level variables that neither ``espeak_Terminate`` nor a new
+      ``espeak_Initialize`` resets (the same text in the same voice came out different on every call
+      of a process, from a few samples in), so each call ``dlopen``s the library, speaks and
+      ``dlclose``s it (~15 ms, a fraction of the synthesis);
+    * ``espeak_Initialize`` seeds its random numbers from the clock (the same call a second later
+      differed), so each call seeds them with ``espeak_ng_SetRandSeed`` after it.
+
+    A lock serialises callers (the library is one global state).
     """
 
     _lock = threading.Lock()
@@ -88,6 +95,7 @@ class Espeak:
         lib.espeak_SetSynthCallback.argtypes = [_CALLBACK]
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
                                      ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
         return lib
@@ -105,6 +113,7 @@ class Espeak:
                 if self.rate <= 0:
                     raise OSError(f"eSpeak NG failed to start (espeak_Initialize returned {self.rate})")
                 lib.espeak_SetSynthCallback(self._callback)
+                lib.espeak_ng_SetRandSeed(_RAND_SEED)  # Initialize seeds it from the clock
                 if lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
                     raise ValueError(f"eSpeak NG has no voice {voice.name!r}")
                 lib.espeak_SetParameter(_RATE, int(voice.rate), 0)
