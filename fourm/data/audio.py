@@ -64,8 +64,9 @@ def to_float(audio) -> np.ndarray:
 
 
 def to_int16(audio) -> np.ndarray:
-    """Float samples in [-1, 1] -> ``int16`` (clipped), the corpus form."""
-    return np.clip(np.rint(np.asarray(audio, np.float64) * 32767.0), -32768, 32767).astype(np.int16)
+    """Float samples in [-1, 1] -> ``int16`` (clipped), the corpus form. The scale is :func:`to_float`'s
+    (32768, as soundfile's), so that int16 -> float -> int16 gives every sample back."""
+    return np.clip(np.rint(np.asarray(audio, np.float64) * 32768.0), -32768, 32767).astype(np.int16)
 
 
 def pad(audio, length: int = MAX_SAMPLES) -> np.ndarray:

@@ -91,3 +91,19 @@ def test_audio_folder_with_transcripts(tmp_path):
     assert isinstance(second, Skipped) and "no transcript b.txt" in second.reason
     with pytest.raises(FileNotFoundError, match="does not exist"):
         parse_source(f"audio:{tmp_path / 'nowhere'}")
+
+
+def test_audio_folder_becomes_a_corpus_of_speech_and_captions(tmp_path):
+    from fourm.data.corpus import CorpusReader
+    from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
+
+    (tmp_path / "in").mkdir()
+    clips = {name: speak(text) for name, text in (("one", "a red cube"), ("two", "a blue sphere"))}
+    for name, clip in clips.items():
+        soundfile.write(tmp_path / "in" / f"{name}.wav", clip, SAMPLE_RATE, subtype="PCM_16")
+        (tmp_path / "in" / f"{name}.txt").write_text(f"{name} said\n")
+    run_pipeline(PseudolabelConfig(source=f"audio:{tmp_path / 'in'}", out=str(tmp_path / "c"), labellers=[]),
+                 progress=False)
+    samples = list(CorpusReader(tmp_path / "c", ["speech", "caption"]))
+    assert [s["caption"] for s in samples] == ["one said", "two said"]
+    assert all(np.array_equal(s["speech"], clips[s["caption"].split()[0]]) for s in samples)
