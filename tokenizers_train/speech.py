@@ -15,13 +15,11 @@ from pathlib import Path
 
 import torch
 
-from fourm.tokenization.speech_vqvae import SpeechVQVAE, SpeechVQVAEConfig
+from fourm.tokenization.speech_vqvae import VOICED_DB, SpeechVQVAE, SpeechVQVAEConfig
 from fourm.train.loop import TrainConfig, train
 from tokenizers_train.data import load_series, tokenizer_dir
 from tokenizers_train.family import check_config
 from tokenizers_train.series import SeriesTask, evaluate_signals
-
-VOICED_DB = 10.0  # a frame whose loudest mel bin is this far above the floor holds sound
 
 
 @dataclass

@@ -53,6 +53,10 @@ class SpeechVQVAEConfig(SeriesVQVAEConfig):
         return MelSpec(self.sample_rate, self.n_fft, self.hop_length, self.n_mels, self.max_samples)
 
 
+VOICED_DB = 10.0  # a frame whose loudest mel bin is this far above the floor holds sound
+_TAIL_FRAMES = 5  # kept after the last voiced frame (100 ms): the fade of the last sound
+
+
 @register_pretrained("vqvae_speech")
 class SpeechVQVAE(SeriesVQVAE):
     """Speech tokenizer (a :class:`~fourm.tokenization.base.ModalityTokenizer`).
@@ -79,7 +83,13 @@ class SpeechVQVAE(SeriesVQVAE):
 
     @torch.no_grad()
     def decode(self, ids) -> list[np.ndarray]:
-        """Ids -> ``int16`` audio at 16 kHz, ``T * hop_length`` samples (Griffin-Lim phases)."""
+        """Ids -> ``int16`` audio at 16 kHz (Griffin-Lim phases), cut after the last frame with sound: the
+        tokens carry no length, and a clip padded with seconds of near-silence is not the clip."""
         c = self.config
-        spectrograms = self.decode_spectrograms(ids).cpu().numpy()
-        return [to_int16(mel_to_audio(s, c.mel, c.griffin_lim_iters)) for s in spectrograms]
+        clips = []
+        for s in self.decode_spectrograms(ids).cpu().numpy():
+            voiced = np.flatnonzero(s.max(-1) > c.mel.floor_db + VOICED_DB)
+            end = min(len(s), int(voiced[-1]) + 1 + _TAIL_FRAMES) if len(voiced) else 0
+            end = max(end, -(-c.n_fft // c.hop_length))  # a window's worth at least: silence stays short, not empty
+            clips.append(to_int16(mel_to_audio(s[:end], c.mel, c.griffin_lim_iters)))
+        return clips

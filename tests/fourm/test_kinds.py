@@ -239,6 +239,6 @@ def test_speech_goes_from_scenes_through_tokens_masking_and_a_fourm(tmp_path):
 
     pipe = Pipeline(model.eval(), {"tok_speech": speech, "tok_imu": imu})
     said = pipe.generate({"imu": samples[0]["imu"]}, ["tok_speech"])["tok_speech"]
-    assert said.tokens.shape == (1, 20) and said.values[0].dtype == np.int16 and said.values[0].shape == (25_600,)
+    assert said.tokens.shape == (1, 20) and said.values[0].dtype == np.int16 and 0 < len(said.values[0]) <= 25_600
     back = pipe.generate({"speech": said.values[0]}, ["tok_imu"])
     assert back["tok_imu"].values[0].shape == (64, 6)

@@ -46,8 +46,14 @@ def test_round_trip_shapes_save_load_and_learning(clips, tmp_path):
     assert ids.shape == (3, 10) and int(ids.min()) >= 0 and int(ids.max()) < 32
     spectrograms = model.decode_spectrograms(ids)
     assert spectrograms.shape == (3, 40, 64)
-    audio = model.decode(ids[:1])  # Griffin-Lim: int16 at 16 kHz, the padded clip's length
-    assert audio[0].dtype == np.int16 and audio[0].shape == (12_800,) and np.abs(audio[0]).max() > 100
+    audio = model.decode(ids[:1])  # Griffin-Lim: int16 at 16 kHz, cut after the last sound
+    assert audio[0].dtype == np.int16 and np.abs(audio[0]).max() > 100
+    assert 0 < len(audio[0]) <= 12_800 and len(audio[0]) % 320 == 0
+    quiet = SpeechVQVAE(SpeechVQVAEConfig(**TINY)).eval()  # a spectrogram of silence: one FFT window (2 frames)
+    quiet.fit_normalization(torch.full((2, 40, 64), -50.0))
+    quiet.decoder[-1].weight.data.zero_()
+    quiet.decoder[-1].bias.data.zero_()
+    assert len(quiet.decode(ids[:1])[0]) == 640
     scores = evaluate_speech(model, x)
     assert scores["l1_db_voiced"] > scores["l1_db"] * 0.5 and 0 < scores["usage"] <= 1
 
