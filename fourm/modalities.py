@@ -159,13 +159,15 @@ CORPUS: dict[str, CorpusModality] = {
         CorpusModality("imu", Storage("npy", "float32"), "series", None,
                        "IMU (T, 6): accelerometer m/s^2 and gyroscope rad/s, camera frame"),
         CorpusModality("video", Storage("npy", "uint8"), "frames", None, "frames (F, H, W, 3), 8-bit RGB"),
+        # int16 at its true length (the array's length records it): fourm.data.audio
+        CorpusModality("speech", Storage("npy", "int16"), "speech", None, "16 kHz mono audio int16 (N,), at most 8 s"),
     ]
 }
 
 # ----------------------------------------------------------------------------- model modalities
 _TEXT_VOCAB = 30_000  # one WordPiece vocabulary shared by every sequence modality (REFERENCE.md)
 _IMAGE, _MLP, _WORDPIECE = "vqvae_image", "vqvae_mlp", "wordpiece"
-_POINT, _SERIES, _VIDEO = "vqvae_point", "vqvae_series", "vqvae_video"
+_POINT, _SERIES, _VIDEO, _SPEECH = "vqvae_point", "vqvae_series", "vqvae_video", "vqvae_speech"
 
 MODALITIES: dict[str, Modality] = {
     m.key: m
@@ -197,6 +199,8 @@ MODALITIES: dict[str, Modality] = {
         Modality("tok_imu", Kind.TIME_SERIES, "imu", _SERIES, 512, max_tokens=16),
         # 8 frames of tok_rgb's grid (196 tokens at full scale, 64 at the cpu scale's): a token corpus states it
         Modality("tok_video", Kind.VIDEO, "video", _VIDEO, 16384, max_tokens=8 * 196),
+        # 8 s of log-mel frames (50 a second), 50 patches of 8 frames x 2 codes of 512
+        Modality("tok_speech", Kind.TIME_SERIES, "speech", _SPEECH, 512, max_tokens=100),
     ]
 }
 

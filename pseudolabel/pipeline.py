@@ -44,7 +44,7 @@ class PseudolabelConfig:
     batch_size: int = 16  # samples per labeller call
     image_size: int | None = 64  # square side of every image; None keeps folder images as they are
     seed: int = 0
-    series: list[str] = field(default_factory=list)  # extra series a source renders: scenes point_cloud, imu
+    series: list[str] = field(default_factory=list)  # extra series a source renders: scenes point_cloud, imu, speech
     # read when the config is made, not when the module is imported (a launcher sets them per process)
     rank: int = field(default_factory=lambda: int(os.environ.get("RANK", 0)))
     world_size: int = field(default_factory=lambda: int(os.environ.get("WORLD_SIZE", 1)))

@@ -21,6 +21,7 @@ FAMILIES = Registry("tokenizer family", {  # family -> the module that trains it
     "vqvae_point": "tokenizers_train.points",
     "vqvae_series": "tokenizers_train.series",
     "vqvae_video": "tokenizers_train.video",
+    "vqvae_speech": "tokenizers_train.speech",
 }, sort=True)
 
 

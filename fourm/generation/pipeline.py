@@ -159,9 +159,14 @@ class Pipeline:
         spec, size = self.specs[name], self.model.config.scale.image_size
         kind = handler(spec)
         out: list = [None] * len(values)
-        raw = [i for i, v in enumerate(values) if v is not None and not _is_tokens(v)]
+        # speech is stored as an integer vector, as token ids are: under its corpus key it is the raw clip
+        stored = CORPUS.get(key)
+        raw_ints = key != name and stored is not None and stored.storage.ext == "npy" \
+            and np.dtype(stored.storage.dtype or "float32").kind in "iu"
+        ids = [v is not None and not raw_ints and _is_tokens(v) for v in values]
+        raw = [i for i, v in enumerate(values) if v is not None and not ids[i]]
         for i, v in enumerate(values):
-            if v is not None and _is_tokens(v):
+            if ids[i]:
                 if kind.continuous:
                     raise ValueError(f"{key}: {name} takes raw values, not token ids")
                 out[i] = [int(t) for t in v] if kind.autoregressive else np.asarray(v, dtype=np.int64)

@@ -1,5 +1,5 @@
 """Renderers beyond single images: a point cloud as two scatter views, a time series as lines, a video as
-a contact sheet.
+a contact sheet, speech as its log-mel spectrogram.
 
 Registered in :data:`fourm.viz.render.RENDERERS` like the others (the package ``fourm.viz`` imports this
 module beside ``render.py``), drawn with numpy and Pillow only: a scatter of 1024 points is one array
@@ -113,3 +113,32 @@ def render_frames(value, context: RenderContext) -> Image.Image:
                     (col * cell + 1, row * cell + 1))
         draw.text((col * cell + 3, row * cell + 2), str(i), fill=(255, 255, 255), font=font)
     return image
+# magma-like anchors, dark (the floor: silence) to bright (loud)
+_RAMP = np.array([(0, 0, 4), (80, 18, 123), (182, 54, 121), (251, 136, 97), (252, 253, 191)], np.float64)
+
+
+def spectrogram_image(features: np.ndarray, size: int, floor_db: float, label: str = "") -> Image.Image:
+    """A log-mel spectrogram ``(T, n_mels)`` in dB as a square tile: time to the right, pitch up, colour
+    from ``floor_db`` (dark) to the clip's peak (bright)."""
+    db = np.asarray(features, dtype=np.float64)
+    if db.ndim != 2 or min(db.shape) == 0 or not np.isfinite(db).all():
+        raise ValueError(f"spectrogram: expected finite values (T, n_mels), got shape {db.shape}")
+    top = max(float(db.max()), floor_db + 1.0)
+    level = np.clip((db.T[::-1] - floor_db) / (top - floor_db), 0, 1) * (len(_RAMP) - 1)  # (n_mels, T), low bins down
+    low = np.minimum(level.astype(np.intp), len(_RAMP) - 2)
+    frac = (level - low)[..., None]
+    pixels = (_RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac).astype(np.uint8)
+    image = Image.fromarray(pixels).resize((size, size), Image.NEAREST)
+    if label:
+        _tag(ImageDraw.Draw(image), (2, size - 2), label, (255, 255, 255), _font(_font_px(size)), size)
+    return image
+
+
+@renderer("speech")
+def render_speech(value, context: RenderContext) -> Image.Image:
+    """Audio (16 kHz samples) as its log-mel spectrogram (the tokenizer's features), with its length."""
+    from fourm.data.audio import SAMPLE_RATE, MelSpec, log_mel, to_float
+
+    audio = to_float(value)  # the clear error on a bad value, before librosa sees it
+    spec = MelSpec()
+    return spectrogram_image(log_mel(audio, spec), context.size, spec.floor_db, f"{len(audio) / SAMPLE_RATE:.2f} s")

@@ -1,4 +1,5 @@
-"""Look at a corpus: one sample, every modality side by side, so labels can be checked by eye."""
+"""Look at a corpus: one sample, every modality side by side, so labels can be checked by eye (and
+by ear: a sample's speech is written beside the picture as ``<out>.speech.wav``)."""
 
 from __future__ import annotations
 
@@ -16,4 +17,8 @@ def save_sample_grid(corpus: str | os.PathLike, index: int, out: str | os.PathLi
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sample_grid(sample, reader.modalities, classes=reader.manifest.get("classes")).save(out)
+    if "speech" in sample:  # a picture of a sound is half of it
+        from fourm.data.audio import write_wav
+
+        write_wav(out.with_suffix(".speech.wav"), sample["speech"])
     return out

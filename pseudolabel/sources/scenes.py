@@ -304,7 +304,7 @@ class Scene:
         )
 
 
-SERIES = ("point_cloud", "imu", "video")  # what a scene adds on request (pseudolabel.sources.scene_series)
+SERIES = ("point_cloud", "imu", "video", "speech")  # what a scene adds on request (scene_series; speech: tts)
 
 
 def render_scene(seed: int, image_size: int = 64, series: tuple[str, ...] = ()) -> dict:
@@ -326,6 +326,10 @@ def render_scene(seed: int, image_size: int = 64, series: tuple[str, ...] = ()) 
                    zip(move.eye(times), move.rotations(times), strict=True)]
         frames = [render(replace(scene, camera=cam), image_size, np.random.default_rng(0))["rgb"] for cam in cameras]
         out["video"] = np.stack([out["rgb"], *frames])
+    if "speech" in series:  # the caption spoken; the voice from a stream of its own, as the move's
+        from pseudolabel.sources import tts  # in here: eSpeak loads only for corpora that ask for speech
+
+        out["speech"] = tts.speak(out["caption"], tts.sample_voice(np.random.default_rng([seed, 2])))
     return out
 
 

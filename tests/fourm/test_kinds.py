@@ -202,3 +202,52 @@ def test_point_clouds_imu_and_video_go_from_scenes_through_tokens_masking_and_a_
     assert back["tok_imu"].values[0].shape == (64, 6)
     clip = pipe.generate({"imu": samples[0]["imu"]}, ["tok_video"])["tok_video"].values[0]
     assert clip.shape == (8, 32, 32, 3) and clip.dtype == np.uint8
+
+
+def test_speech_goes_from_scenes_through_tokens_masking_and_a_fourm(tmp_path):
+    """The scenes' spoken captions, end to end: an (untrained) speech tokenizer, `fourm tokenize`, the
+    token loader, masking and a tiny FourM's loss with speech as an input and a target beside the IMU;
+    then speech generated from an IMU signal comes back as audio, and an IMU signal from that audio."""
+    from fourm.data.corpus import CorpusReader
+    from fourm.data.tokenize import TokenizeConfig, tokenize_corpus
+    from fourm.generation import Pipeline
+    from fourm.tokenization.series_vqvae import SeriesVQVAE, SeriesVQVAEConfig
+    from fourm.tokenization.speech_vqvae import SpeechVQVAE, SpeechVQVAEConfig
+    from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
+
+    corpus, tokenizers, tokens = tmp_path / "corpus", tmp_path / "tokenizers", tmp_path / "tokens"
+    run_pipeline(PseudolabelConfig(source="scenes:8", out=str(corpus), image_size=16, labellers=[],
+                                   series=["speech", "imu"]), progress=False)
+    samples = list(CorpusReader(corpus, ["speech", "imu"]))
+    vq = dict(codebook_size=16, codebook_dim=4, use_kmeans_init=False)
+    speech = SpeechVQVAE(SpeechVQVAEConfig(max_samples=25_600, dim=16, depth=1, **vq))  # 1.6 s: 80 frames, 20 ids
+    speech.fit_normalization(speech.to_tensor([s["speech"] for s in samples]))
+    speech.save_pretrained(tokenizers / "tok_speech")
+    imu = SeriesVQVAE(SeriesVQVAEConfig(dim=16, depth=1, **vq))
+    imu.fit_normalization(imu.to_tensor([s["imu"] for s in samples]))
+    imu.save_pretrained(tokenizers / "tok_imu")
+    tokenize_corpus(TokenizeConfig(corpus=str(corpus), tokenizers=str(tokenizers), out=str(tokens)), progress=False)
+
+    names = ["tok_speech", "tok_imu"]
+    data = TokenDataset.from_corpus(tokens, names)
+    specs = data.modalities
+    assert (specs["tok_speech"].tokens, specs["tok_speech"].vocab_size) == (20, 16)
+    assert np.array_equal(data[5]["tok_speech"], speech.encode([samples[5]["speech"]])[0].numpy())
+
+    scale = ModalityScale(32, 8, vocab_sizes={n: specs[n].vocab_size for n in names})
+    model = create_model("nano", names, scale, max_tokens={n: specs[n].tokens for n in names})
+    masker = Masker(model.specs, MaskingConfig(input_budget=16, target_budget=16))
+    batch = make_batch(data, masker, np.arange(8), [[0, j] for j in range(8)])
+    m = list(model.specs).index("tok_speech")
+    assert (batch.enc_mod[batch.enc_valid] == m).any() and (batch.dec_mod[batch.dec_valid] == m).any()
+    out = model(batch)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    grad = model.embed.tables["tok_speech"].weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+    pipe = Pipeline(model.eval(), {"tok_speech": speech, "tok_imu": imu})
+    said = pipe.generate({"imu": samples[0]["imu"]}, ["tok_speech"])["tok_speech"]
+    assert said.tokens.shape == (1, 20) and said.values[0].dtype == np.int16 and 0 < len(said.values[0]) <= 25_600
+    back = pipe.generate({"speech": said.values[0]}, ["tok_imu"])
+    assert back["tok_imu"].values[0].shape == (64, 6)

@@ -1,5 +1,5 @@
-"""Point-cloud and time-series tokenizer training: the shipped configs run through `train-tokenizer` on a
-corpus with the scenes' point_cloud and imu series, and save loadable tokenizers with held-out scores."""
+"""Point-cloud, time-series and speech tokenizer training: the shipped configs run through `train-tokenizer`
+on a corpus with the scenes' point_cloud, imu and speech series, and save loadable tokenizers with held-out scores."""
 
 import pytest
 
@@ -16,8 +16,10 @@ CASES = {
     "point_cloud": ["model.num_points=128", "model.num_groups=8", "model.group_size=16", "model.grid_size=4",
                     "model.dim=16", "model.codebook_size=16", "model.codebook_dim=4"],
     "imu": ["model.dim=16", "model.depth=1", "model.codebook_size=16", "model.codebook_dim=4"],
+    "speech": ["model.max_samples=12800", "model.dim=16", "model.depth=1", "model.codebook_size=16",
+               "model.codebook_dim=4"],
 }
-MODALITY = {"point_cloud": "tok_point_cloud", "imu": "tok_imu"}
+MODALITY = {"point_cloud": "tok_point_cloud", "imu": "tok_imu", "speech": "tok_speech"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,7 +42,7 @@ def test_shipped_config_trains_and_saves(corpus, tmp_path, name):
     assert list(loaded) == [MODALITY[name]] and loaded[MODALITY[name]].vocab_size == model.vocab_size
     rows = read_metrics(tmp_path / "runs" / MODALITY[name] / "metrics.jsonl")
     scores = [row for row in rows if any(k.startswith("eval/") for k in row)]
-    key = "eval/chamfer" if name == "point_cloud" else "eval/nrmse"
+    key = {"point_cloud": "eval/chamfer", "speech": "eval/l1_db_voiced"}.get(name, "eval/nrmse")
     assert scores and scores[-1][key] > 0 and 0 < scores[-1]["eval/usage"] <= 1
 
 

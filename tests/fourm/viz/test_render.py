@@ -37,6 +37,7 @@ SYNTHETIC = {
                                           rng.integers(-1, 6, (200, 1))], axis=1).astype(np.float32),
     "series": lambda rng: rng.standard_normal((64, 6)).astype(np.float32),
     "frames": lambda rng: rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
+    "speech": lambda rng: (rng.standard_normal(8000) * 3000).astype(np.int16),
 }
 
 
@@ -162,3 +163,27 @@ def test_series_draws_each_channel_and_refuses_bad_shapes():
     assert red_rows.max() - red_rows.min() > SIZE // 2
     with pytest.raises(ValueError, match=r"series renderer: expected finite values \(T, C\)"):
         render("imu", np.zeros(5))
+
+
+def test_speech_draws_its_spectrogram_low_pitch_low():
+    t = np.arange(16_000) / 16_000  # one second of 300 Hz: a bright band near the bottom, dark above
+    tile = np.asarray(render("speech", (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), size=SIZE))
+    brightness = tile[:, : SIZE // 16].astype(float).sum(-1).mean(1)  # the first half second, by row
+    assert brightness[SIZE * 3 // 4:].max() > 3 * brightness[: SIZE // 2].max()
+    with pytest.raises(ValueError, match=r"speech: expected mono samples"):
+        render("speech", np.zeros((4, 2), np.float32))
+
+
+def test_show_writes_a_speech_sample_as_a_picture_and_a_wav(tmp_path):
+    import soundfile
+
+    from fourm.data.corpus import storage_entry, write_manifest, write_shard
+    from fourm.viz.show import save_sample_grid
+
+    clip = (np.sin(np.arange(8000) * 0.2) * 8000).astype(np.int16)
+    storages = {"speech": CORPUS["speech"].storage, "caption": CORPUS["caption"].storage}
+    write_shard(tmp_path / "c", 0, [{"__key__": "s0", "speech": clip, "caption": "hello"}], storages)
+    write_manifest(tmp_path / "c", {"modalities": {k: storage_entry(v) for k, v in storages.items()}})
+    png = save_sample_grid(tmp_path / "c", 0, tmp_path / "out" / "s.png")
+    audio, rate = soundfile.read(png.with_suffix(".speech.wav"), dtype="int16")
+    assert Image.open(png).size[0] > 0 and rate == 16_000 and np.array_equal(audio, clip)
