@@ -6,8 +6,9 @@ memory, which keeps a CPU busy with the model instead of PNG decoding.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from tqdm import tqdm
@@ -45,6 +46,37 @@ def index_batches(n: int, batch_size: int, seed: int, start_step: int, rank: int
         start = offset * global_batch + rank * batch_size
         yield order[start:start + batch_size]
         step += 1
+
+
+class TensorTask:
+    """A :class:`fourm.train.loop.Task` over in-memory tensors, the shape every vector / signal / cloud
+    tokenizer trains in: seeded random batches, the model's own loss, held-out metrics. A family sets
+    ``model_class`` (built from ``cfg.model``, normalised on the training set), ``score`` (model, held-out
+    tensor -> metrics) and which loss terms it logs (name -> output attribute)."""
+
+    model_class: ClassVar[type]
+    score: ClassVar[Callable[[Any, torch.Tensor], dict[str, float]]]
+    logged: ClassVar[dict[str, str]] = {"recon": "recon_loss", "commit": "aux_loss"}
+
+    def __init__(self, cfg, train_x: torch.Tensor, eval_x: torch.Tensor):
+        self.cfg, self.train_x, self.eval_x = cfg, train_x, eval_x
+
+    def build_model(self):
+        model = self.model_class(self.cfg.model)
+        model.fit_normalization(self.train_x)
+        return model
+
+    def train_batches(self, start_step: int, rank: int, world_size: int):
+        micro = start_step * self.cfg.train.grad_accum
+        for idx in index_batches(len(self.train_x), self.cfg.batch_size, self.cfg.train.seed, micro, rank, world_size):
+            yield self.train_x[idx]
+
+    def loss(self, model, batch):
+        out = model(batch)
+        return out.loss, {name: getattr(out, attr).detach() for name, attr in self.logged.items()}
+
+    def evaluate(self, model) -> dict[str, float]:
+        return type(self).score(model, self.eval_x)
 
 
 def tokenizer_dir(out: str | Path, key: str) -> Path:

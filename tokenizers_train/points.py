@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ import torch
 from fourm.data.points import NO_CLASS, chamfer
 from fourm.tokenization.point_vqvae import PointVQVAE, PointVQVAEConfig
 from fourm.train.loop import TrainConfig, train
-from tokenizers_train.data import index_batches, load_series, tokenizer_dir
+from tokenizers_train.data import TensorTask, load_series, tokenizer_dir
 from tokenizers_train.family import check_config, code_stats
 
 
@@ -65,28 +66,12 @@ def evaluate_clouds(model: PointVQVAE, x: torch.Tensor, batch_size: int = 64) ->
             **code_stats(torch.cat(ids), model.config.codebook_size)}
 
 
-class PointTask:
+class PointTask(TensorTask):
     """A :class:`fourm.train.loop.Task`: random batches of in-memory clouds, Chamfer + colour + class loss."""
 
-    def __init__(self, cfg: Config, train_x: torch.Tensor, eval_x: torch.Tensor):
-        self.cfg, self.train_x, self.eval_x = cfg, train_x, eval_x
-
-    def build_model(self) -> PointVQVAE:
-        model = PointVQVAE(self.cfg.model)
-        model.fit_normalization(self.train_x)
-        return model
-
-    def train_batches(self, start_step: int, rank: int, world_size: int):
-        micro = start_step * self.cfg.train.grad_accum
-        for idx in index_batches(len(self.train_x), self.cfg.batch_size, self.cfg.train.seed, micro, rank, world_size):
-            yield self.train_x[idx]
-
-    def loss(self, model, batch):
-        out = model(batch)
-        return out.loss, {"chamfer": out.chamfer.detach(), "commit": out.aux_loss.detach()}
-
-    def evaluate(self, model) -> dict[str, float]:
-        return evaluate_clouds(model, self.eval_x)
+    model_class = PointVQVAE
+    score = staticmethod(evaluate_clouds)
+    logged: ClassVar[dict[str, str]] = {"chamfer": "chamfer", "commit": "aux_loss"}
 
 
 def load_clouds(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ import torch
 
 from fourm.tokenization.series_vqvae import SeriesVQVAE, SeriesVQVAEConfig
 from fourm.train.loop import TrainConfig, train
-from tokenizers_train.data import index_batches, load_series, tokenizer_dir
+from tokenizers_train.data import TensorTask, load_series, tokenizer_dir
 from tokenizers_train.family import check_config, code_stats
 
 
@@ -49,28 +49,11 @@ def evaluate_signals(model: SeriesVQVAE, x: torch.Tensor, batch_size: int = 256)
     return {**scores, **code_stats(ids, model.vocab_size)}
 
 
-class SeriesTask:
+class SeriesTask(TensorTask):
     """A :class:`fourm.train.loop.Task`: random batches of in-memory signals, standardised MSE."""
 
-    def __init__(self, cfg: Config, train_x: torch.Tensor, eval_x: torch.Tensor):
-        self.cfg, self.train_x, self.eval_x = cfg, train_x, eval_x
-
-    def build_model(self) -> SeriesVQVAE:
-        model = SeriesVQVAE(self.cfg.model)
-        model.fit_normalization(self.train_x)
-        return model
-
-    def train_batches(self, start_step: int, rank: int, world_size: int):
-        micro = start_step * self.cfg.train.grad_accum
-        for idx in index_batches(len(self.train_x), self.cfg.batch_size, self.cfg.train.seed, micro, rank, world_size):
-            yield self.train_x[idx]
-
-    def loss(self, model, batch):
-        out = model(batch)
-        return out.loss, {"recon": out.recon_loss.detach(), "commit": out.aux_loss.detach()}
-
-    def evaluate(self, model) -> dict[str, float]:
-        return evaluate_signals(model, self.eval_x)
+    model_class = SeriesVQVAE
+    score = staticmethod(evaluate_signals)
 
 
 def run(cfg: Config, out: Path, progress: bool = True) -> SeriesVQVAE:

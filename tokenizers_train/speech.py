@@ -51,13 +51,8 @@ def evaluate_speech(model: SpeechVQVAE, x: torch.Tensor, batch_size: int = 64) -
 
 
 class SpeechTask(SeriesTask):
-    def build_model(self) -> SpeechVQVAE:
-        model = SpeechVQVAE(self.cfg.model)
-        model.fit_normalization(self.train_x)
-        return model
-
-    def evaluate(self, model) -> dict[str, float]:
-        return evaluate_speech(model, self.eval_x)
+    model_class = SpeechVQVAE
+    score = staticmethod(evaluate_speech)
 
 
 def run(cfg: Config, out: Path, progress: bool = True) -> SpeechVQVAE:

@@ -27,7 +27,7 @@ import torch
 from fourm.tokenization.coders import NUM_KEYPOINTS
 from fourm.tokenization.mlp_vqvae import VectorVQVAE, VectorVQVAEConfig, values_to_vectors
 from fourm.train.loop import TrainConfig, train
-from tokenizers_train.data import index_batches, load_series, tokenizer_dir
+from tokenizers_train.data import TensorTask, load_series, tokenizer_dir
 from tokenizers_train.family import check_config, code_stats
 
 
@@ -81,28 +81,11 @@ def evaluate_vectors(model: VectorVQVAE, x: torch.Tensor, batch_size: int = 1024
 
 
 # ----------------------------------------------------------------------------- task
-class VectorTask:
+class VectorTask(TensorTask):
     """A :class:`fourm.train.loop.Task`: random batches of in-memory vectors, VQ-VAE loss, held-out metrics."""
 
-    def __init__(self, cfg: Config, train_x: torch.Tensor, eval_x: torch.Tensor):
-        self.cfg, self.train_x, self.eval_x = cfg, train_x, eval_x
-
-    def build_model(self) -> VectorVQVAE:
-        model = VectorVQVAE(self.cfg.model)
-        model.fit_normalization(self.train_x)
-        return model
-
-    def train_batches(self, start_step: int, rank: int, world_size: int):
-        micro = start_step * self.cfg.train.grad_accum
-        for idx in index_batches(len(self.train_x), self.cfg.batch_size, self.cfg.train.seed, micro, rank, world_size):
-            yield self.train_x[idx]
-
-    def loss(self, model, batch):
-        out = model(batch)
-        return out.loss, {"recon": out.recon_loss.item(), "commit": out.aux_loss.item()}
-
-    def evaluate(self, model) -> dict[str, float]:
-        return evaluate_vectors(model, self.eval_x)
+    model_class = VectorVQVAE
+    score = staticmethod(evaluate_vectors)
 
 
 # ----------------------------------------------------------------------------- data

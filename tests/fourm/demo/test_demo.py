@@ -37,7 +37,8 @@ def test_the_omni_preset_is_the_default_plus_what_it_adds():
     assert set(default.model.modalities) < set(omni.model.modalities)
     assert all((TOKENIZER_CONFIGS / f"{n}.yaml").is_file() for n in omni.tokenizers.configs)
     assert all(m in omni.model.modalities for given, *targets in omni.chains.values() for m in [given, *targets])
-    assert all(get_modality(m).source in omni.corpus.series for m in ("tok_point_cloud", "tok_imu", "tok_video", "tok_speech"))
+    new = ("tok_point_cloud", "tok_imu", "tok_video", "tok_speech")
+    assert all(get_modality(m).source in omni.corpus.series for m in new)
     corpus_settings = STAGES[0].settings
     assert "series" not in corpus_settings(default)  # runs from before series existed keep their corpus
     assert _fingerprint("", corpus_settings(omni)) != _fingerprint("", corpus_settings(default))
