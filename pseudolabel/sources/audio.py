@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from fourm.data.audio import MAX_SECONDS, SAMPLE_RATE, read_audio
-from pseudolabel.sources.base import Skipped, Source, source
-from pseudolabel.sources.files import _safe_key
+from pseudolabel.sources.base import Skipped, source
+from pseudolabel.sources.files import FileFolder, _safe_key
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -27,43 +27,26 @@ def transcript_of(path: Path) -> Path:
 
 
 @source
-class Audio(Source):
+class Audio(FileFolder):
     """Every audio file below ``path``, in sorted order; shard ``i`` is files ``[i*K, (i+1)*K)``."""
 
     name: ClassVar[str] = "audio"
     provides: ClassVar[tuple[str, ...]] = ("speech",)
-    path: str = "."
+    suffixes: ClassVar[tuple[str, ...]] = AUDIO_SUFFIXES
+    files_are: ClassVar[str] = "audio"
     transcripts: bool | None = None
     max_seconds: float = MAX_SECONDS
 
     def __post_init__(self):
-        root = Path(self.path)
-        if not root.is_dir():
-            raise FileNotFoundError(f"audio folder {self.path!r} does not exist")
         if not self.max_seconds > 0:
             raise ValueError(f"audio: max_seconds must be positive, not {self.max_seconds}")
-        self._files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
-        if not self._files:
-            raise ValueError(f"no {'/'.join(e[1:] for e in AUDIO_SUFFIXES)} audio files below {self.path!r}")
+        super().__post_init__()
         if self.transcripts is None:  # decided here, once: every shard must agree on the series
             self.transcripts = all(transcript_of(p).is_file() for p in self._files)
         self.provides = ("speech", "caption") if self.transcripts else ("speech",)
 
-    @classmethod
-    def from_arg(cls, arg: str, **options) -> Audio:
-        return cls(path=arg, **options)
-
-    def num_shards(self, shard_size: int) -> int:
-        return -(-len(self._files) // shard_size)
-
-    def num_samples(self) -> int:
-        return len(self._files)
-
     def shard(self, index: int, shard_size: int) -> Iterator[dict | Skipped]:
-        root = Path(self.path)
-        for i in range(index * shard_size, min((index + 1) * shard_size, len(self._files))):
-            path = self._files[i]
-            rel = str(path.relative_to(root))
+        for i, path, rel in self.files(index, shard_size):
             sample = {"__key__": _safe_key(f"{i:08d}", str(Path(rel).with_suffix("")))}
             if self.transcripts:
                 text = transcript_of(path)

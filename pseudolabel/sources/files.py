@@ -10,6 +10,7 @@ damage.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import io
 import re
@@ -100,24 +101,25 @@ def _safe_key(prefix: str, name: str) -> str:
     return f"{prefix}_{re.sub(r'[^A-Za-z0-9_-]+', '_', name)[:80]}"
 
 
-@source
-class Folder(Source):
-    """Every jpg/png/webp file below ``path``, in sorted order; shard ``i`` is files ``[i*K, (i+1)*K)``."""
+@dataclasses.dataclass
+class FileFolder(Source):
+    """Every file below ``path`` with one of ``suffixes``, in sorted order; shard ``i`` is files
+    ``[i*K, (i+1)*K)``. The folder sources (images, point clouds, audio) differ only in how a file is read."""
 
-    name: ClassVar[str] = "folder"
+    suffixes: ClassVar[tuple[str, ...]]
+    files_are: ClassVar[str]  # what the files are, for the messages: "image", "point", "audio"
     path: str = "."
-    image_size: int | None = 64
 
     def __post_init__(self):
         root = Path(self.path)
         if not root.is_dir():
-            raise FileNotFoundError(f"image folder {self.path!r} does not exist")
-        self._files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            raise FileNotFoundError(f"{self.files_are} folder {self.path!r} does not exist")
+        self._files = sorted(p for p in root.rglob("*") if p.suffix.lower() in self.suffixes and p.is_file())
         if not self._files:
-            raise ValueError(f"no {'/'.join(e[1:] for e in IMAGE_SUFFIXES)} images below {self.path!r}")
+            raise ValueError(f"no {'/'.join(e[1:] for e in self.suffixes)} {self.files_are} files below {self.path!r}")
 
     @classmethod
-    def from_arg(cls, arg: str, **options) -> Folder:
+    def from_arg(cls, arg: str, **options) -> FileFolder:
         return cls(path=arg, **options)
 
     def num_shards(self, shard_size: int) -> int:
@@ -126,11 +128,24 @@ class Folder(Source):
     def num_samples(self) -> int:
         return len(self._files)
 
-    def shard(self, index: int, shard_size: int) -> Iterator[dict | Skipped]:
+    def files(self, index: int, shard_size: int) -> Iterator[tuple[int, Path, str]]:
+        """Shard ``index``'s files: (index in the folder, path, path relative to the folder)."""
         root = Path(self.path)
         for i in range(index * shard_size, min((index + 1) * shard_size, len(self._files))):
-            path = self._files[i]
-            rel = str(path.relative_to(root))
+            yield i, self._files[i], str(self._files[i].relative_to(root))
+
+
+@source
+class Folder(FileFolder):
+    """Every jpg/png/webp file below ``path``, in sorted order; shard ``i`` is files ``[i*K, (i+1)*K)``."""
+
+    name: ClassVar[str] = "folder"
+    suffixes: ClassVar[tuple[str, ...]] = IMAGE_SUFFIXES
+    files_are: ClassVar[str] = "image"
+    image_size: int | None = 64
+
+    def shard(self, index: int, shard_size: int) -> Iterator[dict | Skipped]:
+        for i, path, rel in self.files(index, shard_size):
             if path.stat().st_size == 0:
                 yield Skipped(rel, "empty file")
                 continue

@@ -23,8 +23,8 @@ from typing import ClassVar
 import numpy as np
 
 from fourm.data.points import NO_CLASS, NUM_FIELDS, check_points, resample
-from pseudolabel.sources.base import Skipped, Source, source
-from pseudolabel.sources.files import _safe_key
+from pseudolabel.sources.base import Skipped, source
+from pseudolabel.sources.files import FileFolder, _safe_key
 
 POINT_SUFFIXES = (".ply", ".npy", ".xyz", ".txt")
 _GREY = 128.0
@@ -92,39 +92,22 @@ def read_points(path: str | Path) -> np.ndarray:
 
 
 @source
-class Points(Source):
+class Points(FileFolder):
     """Every point file below ``path``, in sorted order; shard ``i`` is files ``[i*K, (i+1)*K)``."""
 
     name: ClassVar[str] = "points"
     provides: ClassVar[tuple[str, ...]] = ("point_cloud",)
-    path: str = "."
+    suffixes: ClassVar[tuple[str, ...]] = POINT_SUFFIXES
+    files_are: ClassVar[str] = "point"
     num_points: int = 1024
 
     def __post_init__(self):
-        root = Path(self.path)
-        if not root.is_dir():
-            raise FileNotFoundError(f"point folder {self.path!r} does not exist")
         if self.num_points < 1:
             raise ValueError(f"points: num_points must be at least 1, not {self.num_points}")
-        self._files = sorted(p for p in root.rglob("*") if p.suffix.lower() in POINT_SUFFIXES and p.is_file())
-        if not self._files:
-            raise ValueError(f"no {'/'.join(e[1:] for e in POINT_SUFFIXES)} point files below {self.path!r}")
-
-    @classmethod
-    def from_arg(cls, arg: str, **options) -> Points:
-        return cls(path=arg, **options)
-
-    def num_shards(self, shard_size: int) -> int:
-        return -(-len(self._files) // shard_size)
-
-    def num_samples(self) -> int:
-        return len(self._files)
+        super().__post_init__()
 
     def shard(self, index: int, shard_size: int) -> Iterator[dict | Skipped]:
-        root = Path(self.path)
-        for i in range(index * shard_size, min((index + 1) * shard_size, len(self._files))):
-            path = self._files[i]
-            rel = str(path.relative_to(root))
+        for i, path, rel in self.files(index, shard_size):
             try:
                 cloud = read_points(path)
             except Exception as e:  # plyfile, numpy and text parsing raise many types on bad files

@@ -57,7 +57,7 @@ def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         parse_source(f"folder:{tmp_path / 'nope'}")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no png/jpg/jpeg/bmp/webp/tif/tiff images"):
+    with pytest.raises(ValueError, match="no png/jpg/jpeg/bmp/webp/tif/tiff image files"):
         parse_source(f"folder:{tmp_path / 'empty'}")
 
 
