@@ -36,6 +36,23 @@ class ModalityTokenizer(Protocol):
     def save_pretrained(self, path: str | os.PathLike) -> Path: ...
 
 
+class FactsFromConfig:
+    """``modality``, ``vocab_size`` and ``num_tokens`` read from ``self.config``: for the tokenizers whose
+    config derives them (the vector, point-cloud and series VQ-VAEs)."""
+
+    @property
+    def modality(self) -> str:
+        return self.config.modality
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.config.num_tokens
+
+
 class TokenizerMismatchError(ValueError):
     """A tokenizer that does not fit the modality (vocabulary or token count) it is used for."""
 

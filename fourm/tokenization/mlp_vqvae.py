@@ -43,6 +43,7 @@ from einops import rearrange
 from torch import nn
 
 from fourm.pretrained import PretrainedMixin, register_pretrained
+from fourm.tokenization.base import FactsFromConfig
 from fourm.tokenization.coders import NUM_KEYPOINTS, POSE_DIM, pose_to_vector, vector_to_keypoints
 
 POSE_SOURCES = ("human_poses",)
@@ -165,7 +166,7 @@ def _mlp(dim_in: int, dim: int, dim_out: int, depth: int, mlp_ratio: int) -> nn.
 
 
 @register_pretrained("vqvae_mlp")
-class VectorVQVAE(nn.Module, PretrainedMixin):
+class VectorVQVAE(FactsFromConfig, nn.Module, PretrainedMixin):
     """MLP VQ-VAE tokenizer of one vector per sample (a :class:`~fourm.tokenization.base.ModalityTokenizer`).
 
     ``encode(values) -> LongTensor (B, N)``; ``decode(ids) -> list`` of values in corpus units. The
@@ -194,19 +195,6 @@ class VectorVQVAE(nn.Module, PretrainedMixin):
         # per-dimension standardisation of the (l2-normalised) input; set by fit_normalization
         self.register_buffer("shift", torch.zeros(c.input_dim))
         self.register_buffer("scale", torch.ones(c.input_dim))
-
-    # ------------------------------------------------------------------ ModalityTokenizer facts
-    @property
-    def modality(self) -> str:
-        return self.config.modality
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def num_tokens(self) -> int:
-        return self.config.num_tokens
 
     # ------------------------------------------------------------------ values <-> raw vectors
     def to_vectors(self, values: Any) -> torch.Tensor:

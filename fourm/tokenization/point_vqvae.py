@@ -39,6 +39,7 @@ from fourm.data.points import (
     resample,
 )
 from fourm.pretrained import PretrainedMixin, register_pretrained
+from fourm.tokenization.base import FactsFromConfig
 
 
 @dataclass
@@ -141,7 +142,7 @@ class MiniPointNet(nn.Module):
 
 
 @register_pretrained("vqvae_point")
-class PointVQVAE(nn.Module, PretrainedMixin):
+class PointVQVAE(FactsFromConfig, nn.Module, PretrainedMixin):
     """Point-cloud tokenizer (a :class:`~fourm.tokenization.base.ModalityTokenizer`).
 
     ``encode(clouds) -> LongTensor (B, 2G)`` (cell, code) pairs; ``decode(ids) -> list`` of ``float32
@@ -166,19 +167,7 @@ class PointVQVAE(nn.Module, PretrainedMixin):
         self.register_buffer("centre", torch.zeros(3))
         self.register_buffer("scale", torch.ones(()))
 
-    # ------------------------------------------------------------------ ModalityTokenizer facts
-    @property
-    def modality(self) -> str:
-        return self.config.modality
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def num_tokens(self) -> int:
-        return self.config.num_tokens
-
+    # ------------------------------------------------------------------ shapes
     @property
     def point_outputs(self) -> int:
         return 3 + 3 + self.config.num_classes

@@ -27,6 +27,7 @@ from einops import rearrange
 from torch import nn
 
 from fourm.pretrained import PretrainedMixin, register_pretrained
+from fourm.tokenization.base import FactsFromConfig
 
 
 @dataclass
@@ -112,7 +113,7 @@ class ResidualConv(nn.Module):
 
 
 @register_pretrained("vqvae_series")
-class SeriesVQVAE(nn.Module, PretrainedMixin):
+class SeriesVQVAE(FactsFromConfig, nn.Module, PretrainedMixin):
     """Time-series tokenizer (a :class:`~fourm.tokenization.base.ModalityTokenizer`).
 
     ``encode(values) -> LongTensor (B, L * n)``; ``decode(ids) -> list`` of ``float32 (T, C)``. The
@@ -139,19 +140,6 @@ class SeriesVQVAE(nn.Module, PretrainedMixin):
             commitment_weight=c.commitment_weight)
         self.register_buffer("shift", torch.zeros(c.channels))  # per-channel standardisation: fit_normalization
         self.register_buffer("scale", torch.ones(c.channels))
-
-    # ------------------------------------------------------------------ ModalityTokenizer facts
-    @property
-    def modality(self) -> str:
-        return self.config.modality
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def num_tokens(self) -> int:
-        return self.config.num_tokens
 
     # ------------------------------------------------------------------ values <-> tensors
     def to_tensor(self, values: Any) -> torch.Tensor:
