@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from fourm.modalities import CORPUS, Kind, Modality
+from fourm.modalities import CORPUS, VIDEO_FRAMES, Kind, Modality
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -234,7 +234,7 @@ class VideoKind(KindHandler):
     arXiv 2103.15691), so the same patch in two frames differs by time alone; targets in parallel."""
 
     kind = Kind.VIDEO
-    frames: ClassVar[int] = 8
+    frames: ClassVar[int] = VIDEO_FRAMES
 
     def positions(self, m: Modality, dim: int) -> Tensor:
         from einops import repeat

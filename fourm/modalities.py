@@ -167,6 +167,8 @@ CORPUS: dict[str, CorpusModality] = {
 # ----------------------------------------------------------------------------- model modalities
 _TEXT_VOCAB = 30_000  # one WordPiece vocabulary shared by every sequence modality (REFERENCE.md)
 _IMAGE, _MLP, _WORDPIECE = "vqvae_image", "vqvae_mlp", "wordpiece"
+# frames of a video clip: the scenes render, the tokenizer and the video kind all read it here
+VIDEO_FRAMES = 8
 _POINT, _SERIES, _VIDEO, _SPEECH = "vqvae_point", "vqvae_series", "vqvae_video", "vqvae_speech"
 
 MODALITIES: dict[str, Modality] = {
@@ -198,7 +200,7 @@ MODALITIES: dict[str, Modality] = {
         # 8 patches of 8 samples x 2 codes of 512
         Modality("tok_imu", Kind.TIME_SERIES, "imu", _SERIES, 512, max_tokens=16),
         # 8 frames of tok_rgb's grid (196 tokens at full scale, 64 at the cpu scale's): a token corpus states it
-        Modality("tok_video", Kind.VIDEO, "video", _VIDEO, 16384, max_tokens=8 * 196),
+        Modality("tok_video", Kind.VIDEO, "video", _VIDEO, 16384, max_tokens=VIDEO_FRAMES * 196),
         # 8 s of log-mel frames (50 a second), 50 patches of 8 frames x 2 codes of 512
         Modality("tok_speech", Kind.TIME_SERIES, "speech", _SPEECH, 512, max_tokens=100),
     ]

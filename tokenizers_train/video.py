@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fourm.modalities import VIDEO_FRAMES
 from fourm.pretrained import load_pretrained
 from fourm.tokenization.video import VideoTokenizer
 from fourm.tokenization.vqvae import ImageVQVAE
@@ -21,7 +22,7 @@ class Config:
     family: str = "vqvae_video"
     corpus: str | None = None  # unused: the frames' tokenizer is trained on rgb
     modality: str = "tok_video"
-    num_frames: int = 8
+    num_frames: int = VIDEO_FRAMES
     rgb_tokenizer: str | None = None  # a tok_rgb folder; None: <out>/tok_rgb
 
     def __post_init__(self):

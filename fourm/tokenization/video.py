@@ -18,6 +18,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from fourm.modalities import VIDEO_FRAMES
 from fourm.pretrained import PretrainedMixin, register_pretrained
 from fourm.tokenization.vqvae import ImageVQConfig, ImageVQVAE
 
@@ -28,7 +29,7 @@ class VideoConfig:
 
     modality: str = "tok_video"
     source: str = "video"
-    num_frames: int = 8
+    num_frames: int = VIDEO_FRAMES
     image: ImageVQConfig = field(default_factory=ImageVQConfig)
 
     def __post_init__(self):
@@ -48,7 +49,7 @@ class VideoTokenizer(nn.Module, PretrainedMixin):
         self.frames = ImageVQVAE(config.image)
 
     @classmethod
-    def wrap(cls, image: ImageVQVAE, num_frames: int = 8) -> VideoTokenizer:
+    def wrap(cls, image: ImageVQVAE, num_frames: int = VIDEO_FRAMES) -> VideoTokenizer:
         """A video tokenizer whose frames go through ``image`` (a trained RGB tokenizer), weights and all."""
         model = cls(VideoConfig(num_frames=num_frames, image=image.config))
         model.frames.load_state_dict(image.state_dict())

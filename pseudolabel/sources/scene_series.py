@@ -25,13 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from fourm.data.points import NUM_FIELDS, backproject, resample
+from fourm.modalities import VIDEO_FRAMES
 
 NUM_POINTS = 1024
 CROP_RADIUS = 3.5  # metres: objects stand within 1.7 m of the centre, the largest reaches 2.6 m
 DURATION = 1.0  # seconds of camera motion
 IMU_RATE = 64  # Hz: 64 samples over the move, 8 per video frame
 IMU_SAMPLES = int(DURATION * IMU_RATE)
-NUM_FRAMES = 8  # video frames over the move (8 fps), the first at the scene's own camera
+NUM_FRAMES = VIDEO_FRAMES  # video frames over the move (8 fps), the first at the scene's own camera
 GRAVITY = np.array([0.0, -9.81, 0.0])  # world y up
 _H = 1e-3  # seconds, the finite-difference step
 
