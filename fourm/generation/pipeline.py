@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from fourm.data.masking import TextSpecials
 from fourm.generation.sampler import generate as run_schedule
+from fourm.generation.sampler import seeded
 from fourm.generation.schedule import Target, build_schedule
 from fourm.generation.state import GenerationState
 from fourm.kinds import handler, resize
@@ -55,16 +56,6 @@ def _is_tokens(value) -> bool:
     if isinstance(value, np.ndarray):
         return value.ndim == 1 and value.dtype.kind in "iu"
     return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, (int, np.integer)) for v in value)
-
-
-def seeded(seed: int | None) -> torch.Generator:
-    """A generator of its own for one request (a fresh seed for None): requests never share global RNG state."""
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    return generator
 
 
 class Pipeline:

@@ -187,6 +187,16 @@ def autoregressive(model: FourM, state: GenerationState, target: Target, generat
                         for tpl, gen in zip(templates, generated, strict=True)]
 
 
+def seeded(seed: int | None) -> torch.Generator:
+    """A generator of its own for one run or request (a fresh seed for None): never global RNG state."""
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
 # The schemes that run in bf16 where the machine computes it faster (``precision``): their forwards
 # are whole grids, where bf16 matmuls pay (MaskGIT and ROAR 1.35-1.5x on a 2-core Xeon with AMX). A
 # cached ``ar`` step is one token a row, where casts and small kernels cost more than they save
@@ -199,12 +209,7 @@ def generate(model: FourM, state: GenerationState, schedule: list[Target], seed:
     """Run ``schedule`` in order on ``state`` (updated in place and returned); each finished target
     is an input of the next. The model runs in eval mode without gradients; ``precision`` (auto, bf16,
     fp32; see ``fourm.model.precision``) is what the parallel schemes compute in, logits sampled in fp32."""
-    if generator is None:
-        generator = torch.Generator()
-        if seed is not None:
-            generator.manual_seed(seed)
-        else:
-            generator.seed()
+    generator = seeded(seed) if generator is None else generator
     device = model.embed.mask_token.device
     bf16 = resolve_precision(check_precision(precision), device) == "bf16"
     with inference(model):
