@@ -96,7 +96,52 @@ def test_colours_shown_by_hand():
     assert hits == {"named": 0.5, "false_alarms": 0.75}
 
 
-MODEL_MODALITIES = ["tok_rgb", "tok_depth", "tok_normal", "tok_semseg", "det", "caption", "tok_caption_global"]
+def test_word_error_rate_by_hand():
+    # "the blue sphere" -> "a blue cone sphere": one substitution, one deletion; case and full stops are no error
+    truth = ["a red cube.", "a blue cone sphere"]
+    assert metrics.word_error_rate(["A Red Cube", "the blue sphere"], truth) == pytest.approx(2 / 7)
+    assert metrics.word_error_rate(truth, truth) == 0.0
+    assert metrics.word_error_rate(["a a a a"], ["a"]) == 3.0  # a loop's insertions: past 1
+    assert metrics.word_error_rate([""], ["a cube"]) == 1.0  # nothing said: every word deleted
+    with pytest.raises(ValueError, match="at least one word"):
+        metrics.word_error_rate(["a cube"], ["..."])
+
+
+def _cloud(xyz, classes) -> np.ndarray:
+    xyz = np.asarray(xyz, np.float32)
+    return np.concatenate([xyz, np.zeros((len(xyz), 3), np.float32), np.asarray(classes, np.float32)[:, None]], 1)
+
+
+def test_point_class_accuracy_reads_the_nearest_predicted_point():
+    truth = _cloud([[0, 0, 0], [1, 0, 0], [0, 2, 0], [5, 5, 5]], [0, 1, 2, -1])  # the last point is unlabelled
+    # fewer points, in another order, slightly off: nearest (0, 0, 0.1) -> 0, (1.1, 0, 0) -> 1, (0, 1.5, 0) -> 1
+    pred = _cloud([[0, 1.5, 0], [1.1, 0, 0], [0, 0, 0.1]], [1, 1, 0])
+    assert metrics.point_class_accuracy([pred], [truth]) == pytest.approx(2 / 3)
+    assert metrics.point_class_accuracy([truth, pred], [truth, truth]) == pytest.approx((3 + 2) / 6)
+    with pytest.raises(ValueError, match="no labelled"):
+        metrics.point_class_accuracy([pred], [_cloud([[0, 0, 0]], [-1])])
+
+
+def test_chamfer_distance_by_hand():
+    one, two = _cloud([[0, 0, 0]], [0]), _cloud([[0, 0, 0], [3, 4, 0]], [0, 0])
+    # one -> two: 0; two -> one: (0 + 5) / 2; halved
+    assert metrics.chamfer_distance([one], [two]) == pytest.approx(1.25)
+    assert metrics.chamfer_distance([two], [one]) == pytest.approx(1.25)
+    assert metrics.chamfer_distance([two, one], [two, one]) == 0.0
+
+
+def test_frame_errors_by_hand():
+    black, grey = np.zeros((2, 2, 3), np.uint8), np.full((2, 2, 3), 10, np.uint8)
+    assert metrics.psnr([grey], [black]) == pytest.approx(10 * math.log10(255**2 / 100))
+    assert metrics.frame_l1([grey, black], [black, black]) == 5.0  # over the set: half the pixels off by 10
+    assert metrics.psnr([black], [black]) == math.inf
+    assert metrics.psnr([np.full((2, 2, 3), 255, np.uint8)], [black]) == pytest.approx(0.0)  # uint8 does not wrap
+    with pytest.raises(ValueError, match="shape"):
+        metrics.frame_l1([black[:1]], [black])
+
+
+MODEL_MODALITIES = ["tok_rgb", "tok_depth", "tok_normal", "tok_semseg", "det", "caption", "tok_caption_global",
+                    "tok_speech", "tok_point_cloud", "tok_imu", "tok_video"]
 
 
 class _Oracle:
@@ -110,11 +155,10 @@ class _Oracle:
     def generate(self, conditions, targets, seed=0, **settings):
         from fourm.modalities import MODALITIES
 
-        (given, values), = conditions.items()
-        key = "rgb" if given == "tok_rgb" else given
         index = []
-        for v in values:  # find each input's scene (generated images are real ones here)
-            hits = [i for i, s in enumerate(self.samples) if _same(s[key], v)]
+        for row in range(len(next(iter(conditions.values())))):  # find each input's scene by any condition
+            hits = [i for i, s in enumerate(self.samples)
+                    if any(_same(s[MODALITIES[m].source], v[row]) for m, v in conditions.items())]
             index.append(hits[0] if hits else 0)
         if self.shuffle:
             index = [(i + 1) % len(self.samples) for i in index]
@@ -125,7 +169,9 @@ class _Oracle:
 
 
 def _same(a, b) -> bool:
-    return a == b if isinstance(a, str) else np.array_equal(np.asarray(a), np.asarray(b))
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return np.array_equal(np.asarray(a), np.asarray(b))
 
 
 class _Identity:
@@ -136,6 +182,42 @@ class _Identity:
 
     def decode(self, ids):
         return list(ids)
+
+
+class _FrameIds:
+    """A lossless video 'tokenizer': one id per frame, the frame's place in a table of the frames it has seen,
+    frame after frame as the video tokenizer's ids are."""
+
+    def __init__(self):
+        self.frames: list[np.ndarray] = []
+
+    def _id(self, frame: np.ndarray) -> int:
+        hits = [i for i, f in enumerate(self.frames) if np.array_equal(f, frame)]
+        if not hits:
+            self.frames.append(frame)
+        return hits[0] if hits else len(self.frames) - 1
+
+    def encode(self, videos):
+        return np.array([[self._id(f) for f in v] for v in videos])
+
+    def decode(self, ids):
+        return [np.stack([self.frames[i] for i in row]) for row in np.asarray(ids)]
+
+
+def _lossless_tokenizers() -> dict:
+    return {m: _FrameIds() if m == "tok_video" else _Identity() for m in MODEL_MODALITIES}
+
+
+@pytest.fixture(scope="module")
+def omni_scenes(tmp_path_factory):
+    """Held-out scenes with the series beyond vision (configs/demo_omni.yaml's)."""
+    from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
+
+    out = tmp_path_factory.mktemp("heldout_omni")
+    series = ["point_cloud", "imu", "video", "speech"]
+    run_pipeline(PseudolabelConfig(source="scenes:8", out=str(out), seed=3, shard_size=8,
+                                   labellers=["canny_edge", "normal"], series=series), progress=False)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -154,14 +236,15 @@ def _fake_caption_global(samples):
         s["caption_global"] = np.eye(len(samples))[i]
 
 
-def test_perfect_model_meets_the_upper_bound_and_beats_the_baseline(scenes, monkeypatch):
+def test_perfect_model_meets_the_upper_bound_and_beats_the_baseline(omni_scenes, monkeypatch):
     from fourm.data.corpus import CorpusReader
 
+    scenes = omni_scenes
     reader = CorpusReader(scenes)
     samples = reader.head(len(reader))
     _fake_caption_global(samples)
     monkeypatch.setattr(CorpusReader, "head", lambda self, n: samples[:n])
-    tokenizers = {m: _Identity() for m in MODEL_MODALITIES}
+    tokenizers = _lossless_tokenizers()
     table = evaluate(_Oracle(samples), tokenizers, scenes, samples=8, progress=False)
     rows = table["rows"]
     assert {r["task"] for r in rows} == set(TASKS) and not table["skipped"]
@@ -173,14 +256,20 @@ def test_perfect_model_meets_the_upper_bound_and_beats_the_baseline(scenes, monk
     assert by[("RGB -> semseg", "mIoU")]["model"] == 1.0
     assert by[("caption -> RGB", "named colours shown")]["model"] == 1.0  # the judge sees real scenes' colours
     assert by[("caption -> RGB", "colours shown not named")]["model"] == 0.0
+    assert by[("speech -> caption", "word error rate")]["model"] == 0.0  # the raw clips found their scenes
+    assert by[("RGB -> point cloud", "per-point class accuracy")]["model"] == 1.0
+    assert by[("IMU + first frame -> last frame", "mean abs error (0-255)")]["model"] == 0.0
     text = format_table(table)
     assert "RGB -> normals" in text and "!" not in text.splitlines()[3]
 
-    wrong = evaluate(_Oracle(samples, shuffle=True), tokenizers, scenes, samples=8, progress=False)
+    wrong = evaluate(_Oracle(samples, shuffle=True), _lossless_tokenizers(), scenes, samples=8, progress=False)
     worse = {(r["task"], r["metric"]): r for r in wrong["rows"]}
     assert worse[("RGB -> depth", "abs rel")]["model"] > 0
     assert worse[("caption -> image retrieval", "recall@1")]["model"] == 0.0
     assert not math.isnan(worse[("RGB -> caption", "colour + shape named right")]["model"])
+    assert worse[("speech -> caption", "word error rate")]["model"] > 0.2
+    assert worse[("RGB -> point cloud", "Chamfer distance (m)")]["model"] > 0.1
+    assert worse[("IMU + first frame -> last frame", "PSNR (dB)")]["model"] < 30
 
 
 def test_rgb_goes_to_every_modality_that_reads_it(scenes):
@@ -213,6 +302,10 @@ def test_missing_modalities_skip_their_rows(scenes):
     table = evaluate(Depth(), tokenizers, scenes, samples=4, progress=False)
     assert [r["task"] for r in table["rows"]] == ["RGB -> depth", "RGB -> depth"]
     assert "RGB -> caption" in table["skipped"]
+    # rows whose modalities neither the model nor the corpus has (a run without speech) are no omission
+    assert {"speech -> caption", "RGB -> point cloud", "IMU + first frame -> last frame"} <= set(table["absent"])
+    assert not set(table["absent"]) & set(table["skipped"])
+    assert "not measured" in format_table(table)
     assert evaluate(Depth(), tokenizers, scenes, progress=False)["samples"] == 8  # by default every scene
 
 
