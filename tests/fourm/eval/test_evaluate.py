@@ -337,3 +337,58 @@ def test_captions_are_sampled_draws_times_against_other_scenes(scenes):
     with pytest.raises(ValueError, match="draws"):
         evaluate(Sampler(), {"tok_rgb": _Identity(), "caption": _Identity()}, scenes, samples=2,
                  tasks=["RGB -> caption"], progress=False, draws=0)
+
+
+def test_rows_beyond_vision_run_on_a_real_pipeline(omni_scenes):
+    """The three rows through a nano FourM and tiny untrained tokenizers: the raw clips, clouds and IMU
+    series are tokenized by the pipeline, and the video is generated around its given first frame."""
+    from fourm.eval.evaluate import PipelineGenerator
+    from fourm.generation import Pipeline
+    from fourm.modalities import ModalityScale
+    from fourm.model.sizes import create_model
+    from fourm.tokenization.point_vqvae import PointVQVAE, PointVQVAEConfig
+    from fourm.tokenization.series_vqvae import SeriesVQVAE, SeriesVQVAEConfig
+    from fourm.tokenization.speech_vqvae import SpeechVQVAE, SpeechVQVAEConfig
+    from fourm.tokenization.text import SequenceTokenizer, TextConfig, build_vocabulary, new_tokenizer, reserved_tokens
+    from fourm.tokenization.video import VideoTokenizer
+    from fourm.tokenization.vqvae import ImageVQConfig, ImageVQVAE
+
+    torch.manual_seed(0)
+    vq = dict(codebook_size=16, codebook_dim=4, use_kmeans_init=False)
+    image = dict(image_size=64, patch_size=16, dim=16, encoder_depth=1, decoder_depth=1, heads=2, codebook_size=16,
+                 codebook_dim=4)
+    words = ["a", "small", "large", "red", "blue", "green", "cube", "sphere", "cone", "cylinder", "of", "the"]
+    tokenizers = {
+        "tok_rgb": ImageVQVAE(ImageVQConfig(**image)),
+        "caption": SequenceTokenizer(TextConfig("caption", 4608, num_mask_codes=8, num_pose_codes=8),
+                                     new_tokenizer(build_vocabulary(words, 4608, 8, 8), reserved_tokens(8, 8))),
+        "tok_speech": SpeechVQVAE(SpeechVQVAEConfig(max_samples=12_800, dim=16, depth=1, **vq)),
+        "tok_point_cloud": PointVQVAE(PointVQVAEConfig(num_points=128, num_groups=8, group_size=16, grid_size=4,
+                                                       dim=16, **vq)),
+        "tok_imu": SeriesVQVAE(SeriesVQVAEConfig(dim=16, depth=1, **vq)),
+        "tok_video": VideoTokenizer.wrap(ImageVQVAE(ImageVQConfig(**image))),  # 8 frames of 4 x 4 tokens
+    }
+    tokenizers = {n: t.eval() if isinstance(t, torch.nn.Module) else t for n, t in tokenizers.items()}
+    sized = {n: t for n, t in tokenizers.items() if n != "caption"}
+    scale = ModalityScale(64, 16, vocab_sizes={"caption": 4608} | {n: t.vocab_size for n, t in sized.items()})
+    model = create_model("nano", list(tokenizers), scale,
+                         max_tokens={"caption": 48} | {n: t.num_tokens for n, t in sized.items()})
+    made = []
+
+    class Recording(PipelineGenerator):
+        def generate(self, conditions, targets, seed=0, **settings):
+            out = super().generate(conditions, targets, seed, **settings)
+            made.append((conditions, out))
+            return out
+
+    generator = Recording(Pipeline(model.eval(), tokenizers), batch_size=4, steps=1, temperature=0.0)
+    names = ["speech -> caption", "RGB -> point cloud", "IMU + first frame -> last frame"]
+    table = evaluate(generator, tokenizers, omni_scenes, samples=4, tasks=names, draws=1, progress=False)
+    assert [r["task"] for r in table["rows"]] == [names[0], *[names[1]] * 2, *[names[2]] * 2]
+    assert all(math.isfinite(r[k]) for r in table["rows"] for k in ("model", "baseline", "upper"))
+    conditions, out = made[-1]
+    assert set(conditions) == {"tok_imu", "tok_video"}
+    videos = [np.asarray(v) for v in out["tok_video"]]
+    first = tokenizers["tok_video"].decode(np.asarray(conditions["tok_video"]).clip(min=0))
+    for video, given in zip(videos, first, strict=True):  # the given first frame is kept, the others generated
+        np.testing.assert_array_equal(video[0], given[0])
