@@ -280,7 +280,8 @@ def test_xray_thermal_and_hyperspectral_go_from_scenes_through_tokens_and_a_four
     names = list(made)
     data = TokenDataset.from_corpus(tokens, names)
     assert all((data.modalities[n].tokens, data.modalities[n].vocab_size) == (4, 16) for n in names)
-    assert np.array_equal(data[3]["tok_hyperspectral"], made["tok_hyperspectral"].encode([samples[3]["hyperspectral"]])[0])
+    bands_3 = made["tok_hyperspectral"].encode([samples[3]["hyperspectral"]])[0]
+    assert np.array_equal(data[3]["tok_hyperspectral"], bands_3)
     scale = ModalityScale(16, 8, vocab_sizes=dict.fromkeys(names, 16))
     model = create_model("nano", names, scale)
     batch = make_batch(data, Masker(model.specs, MaskingConfig(input_budget=6, target_budget=6)), np.arange(8),
