@@ -20,8 +20,9 @@ storage            value
 =================  ===============================================================================
 png, uint8, C=3    ``np.uint8 (H, W, 3)``
 png, uint8, C=1    ``np.uint8 (H, W)`` (class ids, or edges as 0/255)
-png, uint16        ``np.uint16 (H, W)`` (instance ids), or float after ``scale`` (depth in metres)
+png, uint16        ``np.uint16 (H, W)`` (instance ids), or float after ``scale`` (metres, attenuation, kelvin)
 npy                ``np.ndarray`` (float16 features ``(h, w, C)``, vectors ``(C,)``, ``(L, C)``)
+npy, uint8         ``np.uint8`` frames ``(F, H, W, 3)``, hyperspectral bands ``(H, W, C)``
 json               ``list`` / ``dict``
 txt                ``str``
 =================  ===============================================================================
