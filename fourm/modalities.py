@@ -161,6 +161,9 @@ CORPUS: dict[str, CorpusModality] = {
         CorpusModality("video", Storage("npy", "uint8"), "frames", None, "frames (F, H, W, 3), 8-bit RGB"),
         # int16 at its true length (the array's length records it): fourm.data.audio
         CorpusModality("speech", Storage("npy", "int16"), "speech", None, "16 kHz mono audio int16 (N,), at most 8 s"),
+        CorpusModality("scene_graph", Storage("json"), "graph", None,
+                       "objects and relations: {nodes: [{size, colour, class}], edges: [{subject, relation, object}]}"),
+        CorpusModality("table", Storage("json"), "table", None, "rows: [{column: number or words}]"),
     ]
 }
 
@@ -203,6 +206,9 @@ MODALITIES: dict[str, Modality] = {
         Modality("tok_video", Kind.VIDEO, "video", _VIDEO, 16384, max_tokens=VIDEO_FRAMES * 196),
         # 8 s of log-mel frames (50 a second), 50 patches of 8 frames x 2 codes of 512
         Modality("tok_speech", Kind.TIME_SERIES, "speech", _SPEECH, 512, max_tokens=100),
+        # a scene's 4 objects and 12 edges are ~90 tokens; a table's 4 rows of 8 cells ~70
+        Modality("scene_graph", Kind.SEQUENCE, "scene_graph", _WORDPIECE, _TEXT_VOCAB, max_tokens=256),
+        Modality("table", Kind.SEQUENCE, "table", _WORDPIECE, _TEXT_VOCAB, max_tokens=256),
     ]
 }
 

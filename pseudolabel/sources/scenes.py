@@ -26,7 +26,7 @@ import numpy as np
 from einops import rearrange
 
 from fourm.data.scenes import CLASSES, COLOURS, SHAPES, SIZES  # the scenes' words, shared with the evaluation
-from pseudolabel.sources import scene_series
+from pseudolabel.sources import scene_series, scene_structure
 from pseudolabel.sources.base import Source, source
 
 _EPS = 1e-4  # smallest t accepted: keeps shadow rays from hitting the surface they leave
@@ -304,7 +304,8 @@ class Scene:
         )
 
 
-SERIES = ("point_cloud", "imu", "video", "speech")  # what a scene adds on request (scene_series; speech: tts)
+# what a scene adds on request (scene_series; speech: tts; scene_graph and table: scene_structure)
+SERIES = ("point_cloud", "imu", "video", "speech", "scene_graph", "table")
 
 
 def render_scene(seed: int, image_size: int = 64, series: tuple[str, ...] = ()) -> dict:
@@ -312,7 +313,12 @@ def render_scene(seed: int, image_size: int = 64, series: tuple[str, ...] = ()) 
     and the ``series`` asked for (of ``SERIES``)."""
     rng = np.random.default_rng(seed)
     scene = Scene.sample(rng)
-    out = render(scene, image_size, rng)
+    structured = [s for s in ("scene_graph", "table") if s in series]
+    out = render(scene, image_size, rng, with_objects=bool(structured))
+    if structured:  # from the objects the view shows (the caption's), read off the scene's 3D positions
+        objects, visible = out.pop("objects"), out.pop("visible_fraction")
+        for key in structured:
+            out[key] = scene_structure.SERIES[key](objects, visible, scene.camera)
     if "point_cloud" in series:
         out["point_cloud"] = scene_series.point_cloud(out, scene.camera)
     if "imu" in series or "video" in series:
@@ -336,7 +342,8 @@ def render_scene(seed: int, image_size: int = 64, series: tuple[str, ...] = ()) 
 def render(scene: Scene, size: int, rng: np.random.Generator, with_objects: bool = False) -> dict:
     """Ray cast ``scene`` into ``size`` x ``size`` pixels; ``rng`` only varies the caption's wording.
     ``with_objects`` adds ``"objects"``: the visible scene objects, left to right (for probes
-    that need each object's words in image order; a corpus has no such series)."""
+    that need each object's words in image order; a corpus has no such series), and
+    ``"visible_fraction"``: the share of each one's silhouette in the frame that no other object hides."""
     objects, cam, light, checker = scene.objects, scene.camera, scene.light, scene.checker
     horizon, zenith, ground_rgb = scene.horizon, scene.zenith, scene.ground_rgb
     d_img = cam.rays(size)  # (3, H, W)
@@ -391,7 +398,7 @@ def render(scene: Scene, size: int, rng: np.random.Generator, with_objects: bool
     for obj, mine in zip(objects, masks, strict=True):
         semseg[mine] = CLASSES.index(obj.shape)
 
-    instance, det, visible = _instances(masks, depth, objects, size)
+    instance, det, visible, order = _instances(masks, depth, objects, size)
     return {
         "rgb": rearrange(rgb, "c (h w) -> h w c", h=size),
         "depth": depth.reshape(size, size).astype(np.float32),
@@ -401,12 +408,16 @@ def render(scene: Scene, size: int, rng: np.random.Generator, with_objects: bool
         "det": det,
         "caption": _caption(visible, checker, rng),
         "human_poses": [],
-        **({"objects": [obj for obj, _, _ in visible]} if with_objects else {}),
+        **({"objects": [obj for obj, _, _ in visible],
+            # the object's own hits (t_all[1 + k], whatever lies in front) are its whole silhouette
+            "visible_fraction": [float(masks[k].sum() / np.isfinite(t_all[1 + k]).sum()) for k in order]}
+           if with_objects else {}),
     }
 
 
 def _instances(masks: list[np.ndarray], depth: np.ndarray, objects: list[SceneObject], size: int):
-    """Ids 1..N for the visible objects, left to right; their boxes; (object, x centre, depth) for captions.
+    """Ids 1..N for the visible objects, left to right; their boxes; (object, x centre, depth) for captions;
+    their indices in ``objects``.
 
     masks: one (H * W,) bool per object; depth: (H * W,). An object under the pixel threshold keeps its
     class in semseg (that stays exact) but gets no instance, box or mention.
@@ -425,7 +436,8 @@ def _instances(masks: list[np.ndarray], depth: np.ndarray, objects: list[SceneOb
     for i, (_, k, *_rest) in enumerate(found):
         instance[masks[k]] = i + 1
     det = [{"box": box, "label": obj.shape, "score": 1.0} for _, _, obj, box, _ in found]
-    return instance.reshape(size, size), det, [(obj, float(cx), float(z)) for cx, _, obj, _, z in found]
+    return (instance.reshape(size, size), det, [(obj, float(cx), float(z)) for cx, _, obj, _, z in found],
+            [k for _, k, *_rest in found])
 
 
 # ----------------------------------------------------------------------------- the caption
