@@ -31,8 +31,14 @@ from fourm.data.corpus import CorpusReader, read_manifest
 from fourm.io import write_json
 from fourm.tokenization.bins import NUM_BINS
 from fourm.tokenization.coders import MASK_CODERS, POSE_CODERS
-from fourm.tokenization.serializers import METADATA_FIELDS, SERIALIZERS
-from fourm.tokenization.structured import NODE_FIELDS, TABLE_BINS, default_columns, infer_columns
+from fourm.tokenization.serializers import (
+    METADATA_FIELDS,
+    NODE_FIELDS,
+    SERIALIZERS,
+    TABLE_BINS,
+    default_columns,
+    infer_columns,
+)
 from fourm.tokenization.text import SequenceTokenizer, TextConfig, alphabet, new_tokenizer, reserved_tokens
 from fourm.tokenization.words import normalize_text, split_words
 from tokenizers_train.data import tokenizer_dir
@@ -57,7 +63,7 @@ class Config:
     # exact) or 64 (one per pixel, within half a pixel)
     box_bins: int = NUM_BINS
     # the table's schema, [[column, [lo, hi] or null], ...]; null: the scenes' when the corpus's tables have
-    # their columns, else read from the corpus (fourm.tokenization.structured.infer_columns)
+    # their columns, else read from the corpus (fourm.tokenization.serializers.infer_columns)
     table_columns: list | None = None
     table_bins: int = TABLE_BINS  # levels per number column of a table
     modalities: list[str] = field(default_factory=list)  # empty: every sequence modality of the corpus

@@ -37,8 +37,14 @@ from fourm.modalities import SCALE_PRESETS, get_modality
 from fourm.pretrained import CONFIG_NAME, FORMAT_VERSION, build_config, read_config, register_pretrained, resolve_path
 from fourm.tokenization.bins import NUM_BINS
 from fourm.tokenization.coders import MASK_CODERS, POSE_CODERS, MaskCoder, PoseCoder
-from fourm.tokenization.serializers import MAX_COLORS, METADATA_FIELDS, SERIALIZERS, get_serializer
-from fourm.tokenization.structured import TABLE_BINS, default_columns  # registers scene_graph and table
+from fourm.tokenization.serializers import (
+    MAX_COLORS,
+    METADATA_FIELDS,
+    SERIALIZERS,
+    TABLE_BINS,
+    default_columns,
+    get_serializer,
+)
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -73,7 +79,7 @@ class TextConfig:
             tokens ``v0=0 .. v3=box_bins-1`` of the (unchanged) vocabulary. Fewer levels are fewer
             tokens for a small model to learn; palettes and metadata keep 1000.
         table_columns / table_bins: the table's schema and levels per number column
-            (:class:`fourm.tokenization.structured.TableSerializer`); default: the built-in scenes' table.
+            (:class:`fourm.tokenization.serializers.TableSerializer`); default: the built-in scenes' table.
     """
 
     modality: str

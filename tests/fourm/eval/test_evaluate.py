@@ -73,6 +73,20 @@ def test_parse_and_score_caption_objects():
     assert metrics.caption_object_scores([truth], [truth]) == {"shape": 1.0, "colour_shape": 1.0, "recall": 1.0}
 
 
+def test_objects_of_captions_and_tables_agree_as_sets():
+    caption = "a large red cube to the left of a blue cone, and a small green sphere right of the large red cube."
+    said = metrics.object_triples(caption)
+    assert said == [("large", "red", "cube"), (None, "blue", "cone"), ("small", "green", "sphere"),
+                    ("large", "red", "cube")]
+    rows = [{"class": "cube", "colour": "red", "size": "large", "x": 0.1}, {"class": "cone", "colour": "blue"},
+            {"class": "sphere", "colour": "green", "size": "large"}]
+    assert metrics.row_triples(rows)[1] == (None, "blue", "cone")
+    # sets: the repeated cube counts once; 2 of 3 objects in both
+    assert metrics.object_agreement([metrics.row_triples(rows)], [said]) == pytest.approx(2 * 2 / 6)
+    assert metrics.object_agreement([[], []], [[], said]) == 0.0
+    assert metrics.object_agreement([[]], [[]]) == 1.0
+
+
 def test_classify_colours_keeps_hue_under_shading():
     colours, _, _ = metrics.scene_vocabulary()
     names = list(colours)
@@ -96,7 +110,8 @@ def test_colours_shown_by_hand():
     assert hits == {"named": 0.5, "false_alarms": 0.75}
 
 
-MODEL_MODALITIES = ["tok_rgb", "tok_depth", "tok_normal", "tok_semseg", "det", "caption", "tok_caption_global"]
+MODEL_MODALITIES = ["tok_rgb", "tok_depth", "tok_normal", "tok_semseg", "det", "caption", "tok_caption_global",
+                    "scene_graph", "table"]
 
 
 class _Oracle:
@@ -144,7 +159,8 @@ def scenes(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("heldout")
     run_pipeline(PseudolabelConfig(source="scenes:8", out=str(out), seed=3, shard_size=8,
-                                   labellers=["canny_edge", "normal"]), progress=False)
+                                   labellers=["canny_edge", "normal"], series=["scene_graph", "table"]),
+                 progress=False)
     return out
 
 
@@ -173,6 +189,9 @@ def test_perfect_model_meets_the_upper_bound_and_beats_the_baseline(scenes, monk
     assert by[("RGB -> semseg", "mIoU")]["model"] == 1.0
     assert by[("caption -> RGB", "named colours shown")]["model"] == 1.0  # the judge sees real scenes' colours
     assert by[("caption -> RGB", "colours shown not named")]["model"] == 0.0
+    assert by[("scene graph -> RGB", "named colours shown")]["model"] == 1.0
+    assert by[("caption -> table", "objects agree (F1)")]["model"] == 1.0
+    assert by[("table -> caption", "objects agree (F1)")]["model"] == 1.0
     text = format_table(table)
     assert "RGB -> normals" in text and "!" not in text.splitlines()[3]
 

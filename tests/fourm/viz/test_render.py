@@ -38,6 +38,12 @@ SYNTHETIC = {
     "series": lambda rng: rng.standard_normal((64, 6)).astype(np.float32),
     "frames": lambda rng: rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
     "speech": lambda rng: (rng.standard_normal(8000) * 3000).astype(np.int16),
+    "graph": lambda rng: {"nodes": [{"size": "large", "colour": "red", "class": "cube"}, {"class": "teddy bear"},
+                                    {"colour": "blue", "class": "cone"}],
+                          "edges": [{"subject": 0, "relation": "left of", "object": 1},
+                                    {"subject": 0, "relation": "behind", "object": 1},
+                                    {"subject": 2, "relation": "on", "object": 0}]},
+    "table": lambda rng: [{"class": "cube", "colour": "red", "x": float(x), "visible": 0.5} for x in rng.random(3)],
 }
 
 
@@ -55,7 +61,8 @@ def test_every_corpus_entry_renders(name):
 @pytest.mark.parametrize("kind", sorted(SYNTHETIC))
 def test_renderers_survive_empty_and_absent_context(kind):
     """No rgb, no classes, and the empty form of each list-valued label."""
-    value = [] if kind in ("boxes", "poses", "palette") else SYNTHETIC[kind](np.random.default_rng(1))
+    empty = {"boxes": [], "poses": [], "palette": [], "table": [], "graph": {"nodes": [], "edges": []}}
+    value = empty[kind] if kind in empty else SYNTHETIC[kind](np.random.default_rng(1))
     image = RENDERERS[kind](value, RenderContext(size=64))
     assert image.size == (64, 64) and image.mode == "RGB"
 
@@ -187,3 +194,11 @@ def test_show_writes_a_speech_sample_as_a_picture_and_a_wav(tmp_path):
     png = save_sample_grid(tmp_path / "c", 0, tmp_path / "out" / "s.png")
     audio, rate = soundfile.read(png.with_suffix(".speech.wav"), dtype="int16")
     assert Image.open(png).size[0] > 0 and rate == 16_000 and np.array_equal(audio, clip)
+
+
+def test_graph_nodes_take_their_colour_and_tables_fit_the_tile():
+    graph = {"nodes": [{"colour": "red", "class": "cube"}], "edges": []}
+    pixels = np.asarray(render("scene_graph", graph, size=96)).reshape(-1, 3)
+    assert (pixels == (200, 40, 40)).all(1).sum() > 100  # the node's disc, in the scenes' red
+    wide = [{f"column {i}": i * 1.5 for i in range(12)}]
+    assert render("table", wide, size=64).size == (64, 64)
