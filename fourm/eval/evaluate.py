@@ -22,6 +22,11 @@ where an object is, so each image token's most likely value alone is the backgro
 pass, the 10000-step model's images showed none of the named colours (0.000), its sampled ones 0.80.
 The other rows are predictions and take each token's most likely value.
 
+Scene graphs and tables (issue 18, rows needing ``configs/demo_omni.yaml``'s ``scene_graph`` and ``table``):
+scene graph -> RGB is judged as caption -> RGB is, on the colours of the graph's nodes; caption -> table and
+table -> caption score the agreement of the (size, colour, class) objects that the table's rows and the
+caption name (:func:`fourm.eval.metrics.object_agreement`), beside another scene's table or caption.
+
 Rows are a registry (``TASKS``); each task asks the model for what it needs through a
 :class:`Generator`, whose answers are cached so that chained rows reuse them.
 """
