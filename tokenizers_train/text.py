@@ -200,8 +200,10 @@ def table_errors(values: list, decoded: list, columns: list[list], bins: int) ->
                     same = same and got.get(name) == normalize_text(str(value))
                 elif name in got:
                     level = (span[1] - span[0]) / (bins - 1)
-                    error = abs(min(max(float(value), span[0]), span[1]) - got[name]) / level
-                    worst, same = max(worst, error), same and error <= 0.5 + 1e-6
+                    error = abs(min(max(float(value), span[0]), span[1]) - got[name])
+                    # 1e-6: decoded numbers are rounded to 6 places, and a value halfway between levels is
+                    # half a level off either way
+                    worst, same = max(worst, error / level), same and error <= level / 2 + 1e-6
         exact.append(same)
     return {"exact_within_bins": float(np.mean(exact)) if exact else 1.0, "max_error_levels": round(worst, 4)}
 
