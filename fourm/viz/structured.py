@@ -11,7 +11,7 @@ import math
 
 from PIL import Image, ImageDraw
 
-from fourm.data.scenes import COLOURS
+from fourm.data.scenes import COLOURS, TABLE_COLUMNS
 from fourm.viz.render import RenderContext, _fit, _font, _font_px, _ink, _label_colour, _tag, _text_tile, renderer
 
 _BACKGROUND = (250, 250, 248)
@@ -80,7 +80,10 @@ def render_table(value, context: RenderContext) -> Image.Image:
     rows = list(value)
     if not rows:
         return _text_tile(["(empty table)"], context.size)
-    columns = list(dict.fromkeys(name for row in rows for name in row))
+    # the scenes' columns in their order (a corpus stores rows as JSON with sorted keys), then any others
+    found = list(dict.fromkeys(name for row in rows for name in row))
+    order = list(TABLE_COLUMNS)
+    columns = sorted(found, key=lambda n: (order.index(n), 0) if n in order else (len(order), found.index(n)))
     cells = [[name, *[_format(row[name]) if name in row else "" for row in rows]] for name in columns]  # by column
     font = _font(12)
     pad, height = 4, font.getbbox("Ag|")[3] + 6
@@ -98,4 +101,8 @@ def render_table(value, context: RenderContext) -> Image.Image:
             draw.rectangle(box, fill=fill, outline=_GRID)
             draw.text((x + pad, i * height + 3), text, fill=_ink(fill), font=font)
             x += places[j]
+    if max(image.size) <= context.size:  # never blown up: a small table stays at its legible size
+        tile = Image.new("RGB", (context.size, context.size), _BACKGROUND)
+        tile.paste(image, ((context.size - image.width) // 2, (context.size - image.height) // 2))
+        return tile
     return _fit(image, context.size)[0]
