@@ -54,7 +54,7 @@ def main() -> None:
         }
     few = seeds[:256]
     for name, series in (("scenes_per_s", ()), ("scenes_per_s_with_graph_and_table", ("scene_graph", "table"))):
-        report[name] = round(len(few) / cpu_timed(lambda s=series: [render_scene(x, args.size, s) for x in few], 1), 1)
+        report[name] = round(len(few) / cpu_timed(lambda s=series: [render_scene(x, args.size, s) for x in few]), 1)
     print(json.dumps(report, indent=2))
 
 
