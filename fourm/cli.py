@@ -245,7 +245,8 @@ def _generate(p: argparse.ArgumentParser):
     p.add_argument("--model", required=True, help="FourM folder (save_pretrained)")
     p.add_argument("--tokenizers", required=True, help="folder with one tokenizer per modality")
     p.add_argument("--input", action="append", default=[],
-                   help="modality=FILE, caption=TEXT or caption=@FILE (repeatable)")
+                   help="modality=FILE (image, .npy, .json; .wav/.flac/.ogg for speech), caption=TEXT or "
+                        "caption=@FILE (repeatable)")
     p.add_argument("--target", default="", help="comma-separated targets, generated in this order")
     p.add_argument("--schedule", help="YAML list of targets with their settings")
     p.add_argument("--out", required=True)

@@ -14,7 +14,8 @@ A handler answers, for its kind:
 * how it enters the model: a table of ids (``discrete``) or raw values in ``Batch.continuous`` that a
   projection embeds (``continuous``: :meth:`KindHandler.input_projection`, :meth:`KindHandler.embed`),
   and its fixed positions (:meth:`KindHandler.positions`: 2D over a patch grid or 1D),
-* how a generation state holds it (``state_slot``),
+* how a generation state holds it (``state_slot``), whether a condition's value is already token ids
+  or a raw value for its tokenizer (:meth:`KindHandler.reads_as_tokens`),
 * how raw values become model inputs (:meth:`KindHandler.model_input`).
 
 The registry's cheap commands (``fourm modalities``) read the handlers' traits, so this module
@@ -132,6 +133,19 @@ class KindHandler:
         raise TypeError(f"{_name(self.kind)} modalities are embedded by their token table")
 
     # ------------------------------------------------------------------ generation
+    def reads_as_tokens(self, m: Modality, value) -> bool:
+        """Whether a generation condition's ``value`` is token ids (else a raw value, for the tokenizer):
+        a 1-D integer array or tensor, or a non-empty list of ints. No raw value of an image, a vector, a
+        caption, a point cloud or a video is one; kinds whose raw values can be override this."""
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            return value.dim() == 1 and not value.dtype.is_floating_point
+        if isinstance(value, np.ndarray):
+            return value.ndim == 1 and value.dtype.kind in "iu"
+        return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, (int, np.integer))
+                                                                         for v in value)
+
     def model_input(self, m: Modality, value, image_size: int):
         """A raw value -> what the generation state holds (continuous kinds only; the others are
         tokenized by their tokenizer)."""
@@ -225,6 +239,11 @@ class TimeSeriesKind(KindHandler):
     order; 1D positions, targets predicted in parallel (the traits of a global, not one: see above)."""
 
     kind = Kind.TIME_SERIES
+
+    def reads_as_tokens(self, m: Modality, value) -> bool:
+        # a raw series may itself be a 1-D integer array (a 16 kHz int16 clip: speech): ids are told
+        # apart by their count, exactly the modality's tokens (a clip that short is a few milliseconds)
+        return super().reads_as_tokens(m, value) and len(value) == m.tokens
 
 
 @register_kind

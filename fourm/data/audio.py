@@ -25,6 +25,7 @@ import numpy as np
 SAMPLE_RATE = 16_000
 MAX_SECONDS = 8.0  # the longest scene caption (32 words) at the slowest scene voice takes ~7.7 s
 MAX_SAMPLES = int(SAMPLE_RATE * MAX_SECONDS)
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")  # what read_audio reads: the audio source, `fourm generate`
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ ground truth. For each row of the table (issue 6, after 4M-21's out-of-the-box r
 * **model**: the FourM prediction, generated from the given modality and decoded by the tokenizers;
 * **baseline**: a trivial answer that needs no image: the per-pixel mean depth / mean normal / most
   frequent class of the evaluated scenes themselves (which flatters the baseline), another scene's
-  boxes or caption, chance for retrieval;
+  boxes, caption or point cloud, the most frequent class at every exact point, the first frame of a
+  video copied as its last, chance for retrieval;
 * **upper bound**: the tokenizer round trip ``decode(encode(truth))``, the best any model predicting
   these tokens can do.
 
@@ -21,6 +22,12 @@ made by MaskGIT in ``sample_steps`` steps as `fourm generate` makes them. A capt
 where an object is, so each image token's most likely value alone is the background: with one argmax
 pass, the 10000-step model's images showed none of the named colours (0.000), its sampled ones 0.80.
 The other rows are predictions and take each token's most likely value.
+
+Beyond vision (issue 17, rows needing the modalities of ``configs/demo_omni.yaml``): speech -> caption
+(word error rate of the transcript, from the raw 16 kHz clip), RGB -> point cloud (per-point class
+accuracy of the decoded cloud at the exact points, and Chamfer distance), IMU + first frame -> last
+frame (PSNR and mean absolute error of the video's last frame generated from the IMU signal and the
+first frame's tokens).
 
 Scene graphs and tables (issue 18, rows needing ``configs/demo_omni.yaml``'s ``scene_graph`` and ``table``):
 scene graph -> RGB is judged as caption -> RGB is, on the colours of the graph's nodes; caption -> table and
@@ -141,9 +148,15 @@ class Context:
 
     def generate(self, target: str, given: str, values: list | None = None, tag: str = "") -> list:
         """``target`` generated from the model modality ``given`` (default: its corpus truth), memoised by tag."""
-        key = (target, given, tag)
+        return self.generate_from(target, {given: values}, tag)
+
+    def generate_from(self, target: str, given: dict[str, list | None], tag: str = "") -> list:
+        """``target`` generated from several model modalities at once (a value None: the corpus truth;
+        a list: one raw value or token array per scene, -1 marking tokens to generate), memoised by tag."""
+        key = (target, *given, tag)
         if key not in self._cache:
-            made = self.generator.generate(self.conditions(given, values), [target], seed=self.seed)
+            conditions = {m: v for name, values in given.items() for m, v in self.conditions(name, values).items()}
+            made = self.generator.generate(conditions, [target], seed=self.seed)
             self._cache[key] = list(made[target])
         return self._cache[key]
 
@@ -330,6 +343,63 @@ def _caption(ctx: Context) -> list[Row]:
             for k in labels]
 
 
+@task("speech -> caption", "tok_speech", "caption")
+def _speech_to_caption(ctx: Context) -> list[Row]:
+    """The caption transcribed from the spoken caption (the raw clip, tokenized by the speech tokenizer), its
+    words against the true caption's (:func:`fourm.eval.metrics.word_error_rate`), sampled ``ctx.draws``
+    times per scene as RGB -> caption is (:meth:`Context.sample` says why): greedy decoding of the quick omni
+    model looped to the length limit, a word error rate of 12 that measured the loop. Baseline: as many
+    other scenes' captions; upper bound: the caption tokenizer's round trip of the true caption."""
+    gt = ctx.truth("caption")
+    model = np.mean([metrics.word_error_rate(d, gt) for d in ctx.sample("caption", "tok_speech")])
+    others = [ctx.shuffled("caption", 1 + k % (len(gt) - 1)) for k in range(ctx.draws)]  # never the scene's own
+    base = np.mean([metrics.word_error_rate(o, gt) for o in others])
+    return [Row("speech -> caption", "word error rate", float(model), float(base),
+                metrics.word_error_rate(ctx.round_trip("caption", gt), gt), False, "another scene's caption")]
+
+
+@task("RGB -> point cloud", "tok_rgb", "tok_point_cloud")
+def _point_cloud(ctx: Context) -> list[Row]:
+    """The scene's point cloud generated from its image and decoded: each exact point reads the class of the
+    decoded point nearest it (:func:`fourm.eval.metrics.point_class_accuracy`), so the row needs the
+    geometry and the classes right. Baselines: every point of the true cloud given the most frequent class of
+    the evaluated clouds (exact geometry: it flatters the baseline); another scene's cloud for the Chamfer."""
+    gt = ctx.truth("point_cloud")
+    model, upper = ctx.generate("tok_point_cloud", "tok_rgb"), ctx.round_trip("tok_point_cloud", gt)
+    classes = np.concatenate([g[:, 6] for g in gt])
+    labelled = np.rint(classes[classes >= 0]).astype(np.int64)
+    mode = [np.concatenate([g[:, :6], np.full((len(g), 1), np.bincount(labelled).argmax(), g.dtype)], axis=1)
+            for g in gt]
+    return [Row("RGB -> point cloud", "per-point class accuracy", metrics.point_class_accuracy(model, gt),
+                metrics.point_class_accuracy(mode, gt), metrics.point_class_accuracy(upper, gt), True,
+                "most frequent class, exact points"),
+            Row("RGB -> point cloud", "Chamfer distance (m)", metrics.chamfer_distance(model, gt),
+                metrics.chamfer_distance(ctx.shuffled("point_cloud"), gt), metrics.chamfer_distance(upper, gt),
+                False, "another scene's cloud")]
+
+
+@task("IMU + first frame -> last frame", "tok_imu", "tok_video")
+def _last_frame(ctx: Context) -> list[Row]:
+    """The camera move's video generated from its IMU signal and the tokens of its first frame (the other
+    frames' tokens to generate), scored on its last frame, the one furthest from what was given. Baseline:
+    the first frame copied as the last (a camera that did not move); upper bound: the video tokenizer's
+    round trip of the true last frame."""
+    videos = ctx.truth("video")
+    tokenizer = ctx.tokenizers["tok_video"]
+    with torch.no_grad():
+        ids = np.asarray(tokenizer.encode(videos), dtype=np.int64)  # (B, F * N): frame after frame
+        upper = [v[-1] for v in tokenizer.decode(ids)]
+    first = np.full_like(ids, -1)
+    per_frame = ids.shape[1] // len(videos[0])
+    first[:, :per_frame] = ids[:, :per_frame]
+    made = [v[-1] for v in ctx.generate_from("tok_video", {"tok_imu": None, "tok_video": list(first)}, "first frame")]
+    last, still = [v[-1] for v in videos], [v[0] for v in videos]
+    return [Row("IMU + first frame -> last frame", "PSNR (dB)", metrics.psnr(made, last), metrics.psnr(still, last),
+                metrics.psnr(upper, last), True, "first frame as the last"),
+            Row("IMU + first frame -> last frame", "mean abs error (0-255)", metrics.frame_l1(made, last),
+                metrics.frame_l1(still, last), metrics.frame_l1(upper, last), False, "first frame as the last")]
+
+
 # ----------------------------------------------------------------------------- running and printing
 def evaluate(generator: Generator, tokenizers: dict, corpus: str | os.PathLike, samples: int | None = None,
              seed: int = 0, tasks: list[str] | None = None, progress: bool = True, draws: int = 4,
@@ -337,7 +407,9 @@ def evaluate(generator: Generator, tokenizers: dict, corpus: str | os.PathLike, 
     """The evaluation table over the first ``samples`` scenes of ``corpus`` (None: all of them):
     ``{"rows": [...], "samples": N}``.
 
-    Tasks whose modalities the model or the tokenizers lack are listed under ``"skipped"`` with the reason.
+    Tasks whose modalities the model or the tokenizers lack are listed under ``"skipped"`` with the reason;
+    those that need a modality neither the model nor the corpus has (the speech row of a run without
+    speech) are not this run's to measure, and are only named, under ``"absent"``.
     """
     reader = CorpusReader(corpus)
     if samples is not None and samples < 2:
@@ -348,29 +420,36 @@ def evaluate(generator: Generator, tokenizers: dict, corpus: str | os.PathLike, 
     ctx = Context(data, reader.manifest.get("classes", {}), tokenizers, generator, seed, draws, sample_steps)
     # a task needs its modalities in the model and a tokenizer for each (round trips, decoding)
     available = set(tokenizers) & set(generator.modalities)
-    rows, skipped = [], {}
+    rows, skipped, absent = [], {}, {}
     names = tasks or list(TASKS)
     for name in tqdm(names, desc="evaluate", unit="task", disable=not progress):
         TASKS.check(name)
         missing = [m for m in REQUIRES[name] if m not in available]
-        if missing:
+        nowhere = [MODALITIES[m].source for m in missing
+                   if m not in generator.modalities and MODALITIES[m].source not in reader.modalities]
+        if nowhere:
+            absent[name] = f"neither the model nor the corpus has {', '.join(nowhere)}"
+        elif missing:
             skipped[name] = f"no {', '.join(missing)}"
-            continue
-        rows.extend(TASKS[name](ctx))
+        else:
+            rows.extend(TASKS[name](ctx))
     return {"samples": len(data), "draws": draws, "sample_steps": sample_steps, "corpus": str(corpus),
-            "rows": [{**asdict(r), "beats_baseline": r.beats_baseline} for r in rows], "skipped": skipped}
+            "rows": [{**asdict(r), "beats_baseline": r.beats_baseline} for r in rows], "skipped": skipped,
+            "absent": absent}
 
 
 def format_table(table: dict) -> str:
     """The table as aligned text, one row per measure, best-of marks where the model beats the baseline."""
-    head = f"{'task':28} {'metric':28} {'model':>8} {'baseline':>9} {'upper':>8}  baseline is"
+    head = f"{'task':32} {'metric':28} {'model':>8} {'baseline':>9} {'upper':>8}  baseline is"
     lines = [f"evaluation on {table['samples']} held-out scenes", head, "-" * len(head)]
     for r in table["rows"]:
         mark = {True: " ", False: "!", None: "?"}[r["beats_baseline"]]
-        lines.append(f"{r['task']:28} {r['metric']:28} {_num(r['model']):>8}{mark}{_num(r['baseline']):>9} "
+        lines.append(f"{r['task']:32} {r['metric']:28} {_num(r['model']):>8}{mark}{_num(r['baseline']):>9} "
                      f"{_num(r['upper']):>8}  {r['baseline_is']}")
     for name, why in table.get("skipped", {}).items():
-        lines.append(f"{name:28} skipped: {why}")
+        lines.append(f"{name:32} skipped: {why}")
+    if table.get("absent"):
+        lines.append(f"not measured (the run has none of their modalities): {', '.join(table['absent'])}")
     lines.append("(! marks a row where the model does not beat the baseline)")
     return "\n".join(lines)
 

@@ -10,6 +10,10 @@ ids, boxes in [0, 1]), each summed over a whole evaluation set so one number des
 * boxes: precision and recall at IoU 0.5, a box matching at most one true box of the same label;
 * retrieval: recall@k, the share of queries whose own item ranks in the top k (in :mod:`fourm.eval.retrieval`);
 * objects named in text, colours shown in an image: the scene source's vocabulary of colours and shapes;
+* transcripts: word error rate (word edits over the true words; ``jiwer``);
+* point clouds: per-point class accuracy, each true point read at its nearest predicted point, and the
+  symmetric Chamfer distance;
+* frames: PSNR and mean absolute error of 8-bit images;
 * objects in a table or caption: how far two lists of (size, colour, class) agree.
 """
 
@@ -245,3 +249,88 @@ def named_colour_hits(images: list[np.ndarray], named: list[set[str]]) -> dict[s
         named_count, shown, hits = named_count + len(want), shown + len(seen), hits + len(want & seen)
     return {"named": hits / named_count if named_count else 1.0,
             "false_alarms": (shown - hits) / shown if shown else 0.0}
+
+
+# ----------------------------------------------------------------------------- transcripts
+def words(text: str) -> list[str]:
+    """Lower-case words of ``text``: case and punctuation are the tokenizer's business, not a word error."""
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def word_error_rate(pred: Iterable[str], gt: Iterable[str]) -> float:
+    """Word edits (substitutions, deletions, insertions) from each prediction to its truth, over the true
+    words, summed over the set (so a long caption weighs more than a short one); 0 is perfect and a
+    prediction that loops past its truth's length can exceed 1. Levenshtein alignment by ``jiwer``."""
+    import jiwer
+
+    hyp, ref = [" ".join(words(p)) for p in pred], [" ".join(words(g)) for g in gt]
+    if len(hyp) != len(ref):
+        raise ValueError(f"word error rate: {len(hyp)} predictions for {len(ref)} truths")
+    if not ref or not all(ref):
+        raise ValueError("word error rate: every true text needs at least one word")
+    return float(jiwer.wer(ref, hyp))
+
+
+# ----------------------------------------------------------------------------- point clouds
+def _nearest(query: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distance, index) of the point of ``points (M, 3)`` nearest each of ``query (N, 3)`` (a k-d tree)."""
+    from scipy.spatial import cKDTree
+
+    distance, index = cKDTree(np.asarray(points, np.float64)).query(np.asarray(query, np.float64))
+    return distance, index
+
+
+def point_class_accuracy(pred: Iterable[np.ndarray], gt: Iterable[np.ndarray]) -> float:
+    """Share of the labelled true points (class >= 0) whose nearest predicted point (by xyz) has their class,
+    over a set of clouds ``(N, 7)`` (x, y, z, r, g, b, class: :mod:`fourm.data.points`). Read at the nearest
+    point, not by index: a predicted cloud's points need not correspond to the true ones."""
+    right = total = 0
+    for p, g in zip(pred, gt, strict=True):
+        p, g = np.asarray(p, np.float64), np.asarray(g, np.float64)
+        g = g[g[:, 6] >= 0]
+        if not len(g):
+            continue
+        _, index = _nearest(g[:, :3], p[:, :3])
+        right += int((np.rint(p[index, 6]) == np.rint(g[:, 6])).sum())
+        total += len(g)
+    if not total:
+        raise ValueError("point class accuracy: no labelled true point")
+    return right / total
+
+
+def chamfer_distance(pred: Iterable[np.ndarray], gt: Iterable[np.ndarray]) -> float:
+    """Symmetric Chamfer distance (the mean distance from each point to the other cloud's nearest, both ways,
+    halved; in the clouds' units), averaged over the set (:func:`fourm.data.points.chamfer`, in numpy)."""
+    out = []
+    for p, g in zip(pred, gt, strict=True):
+        p, g = np.asarray(p)[:, :3], np.asarray(g)[:, :3]
+        out.append((_nearest(p, g)[0].mean() + _nearest(g, p)[0].mean()) / 2)
+    if not out:
+        raise ValueError("chamfer distance: no clouds")
+    return float(np.mean(out))
+
+
+# ----------------------------------------------------------------------------- frames
+def _frame_errors(pred: Iterable[np.ndarray], gt: Iterable[np.ndarray]) -> np.ndarray:
+    """Per-pixel differences of 8-bit images, flattened over the set (shapes must match)."""
+    diffs = []
+    for p, g in zip(pred, gt, strict=True):
+        p, g = np.asarray(p, np.float64), np.asarray(g, np.float64)
+        if p.shape != g.shape:
+            raise ValueError(f"frames: a predicted frame of shape {p.shape} for a true one of {g.shape}")
+        diffs.append((p - g).ravel())
+    if not diffs:
+        raise ValueError("frames: no frames")
+    return np.concatenate(diffs)
+
+
+def psnr(pred: Iterable[np.ndarray], gt: Iterable[np.ndarray]) -> float:
+    """Peak signal-to-noise ratio in dB of 8-bit images, from the mean squared error over the whole set
+    (higher is better; identical sets give infinity)."""
+    mse = float(np.mean(np.square(_frame_errors(pred, gt))))
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def frame_l1(pred: Iterable[np.ndarray], gt: Iterable[np.ndarray]) -> float:
+    """Mean absolute difference of 8-bit images, in levels of 0-255, over the whole set."""
+    return float(np.mean(np.abs(_frame_errors(pred, gt))))

@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 
 from fourm.config import load_config
+from fourm.data.audio import AUDIO_SUFFIXES, read_audio
 from fourm.data.codecs import IMAGE_SUFFIXES, CorruptSampleError, decode, encode
 from fourm.generation.pipeline import Generated, Pipeline
 from fourm.generation.schedule import PARALLEL_SCHEMES, SEQUENCE_SCHEMES, Target
@@ -42,7 +43,8 @@ def read_input(spec: str, flag: str = "--input") -> tuple[str, Any]:
     For text modalities the value is the text itself, always: ``caption=@notes.txt`` reads a file.
     (Trying the value as a path first made a caption that happened to name a file read that file,
     and a long caption fail as a too-long file name.) Other modalities take a file (image, .json,
-    .npy), with or without the ``@``.
+    .npy, or a .wav / .flac / .ogg clip, read as 16 kHz mono ``int16`` as the corpus keeps speech), with
+    or without the ``@``.
     """
     key, sep, text = spec.partition("=")
     key = key.strip()
@@ -63,6 +65,8 @@ def read_input(spec: str, flag: str = "--input") -> tuple[str, Any]:
             return key, np.load(path, allow_pickle=False)
         if suffix == ".json":
             return key, json.loads(path.read_text())
+        if suffix in AUDIO_SUFFIXES:
+            return key, read_audio(path)
         if storage.ext == "txt":
             words = path.read_text().strip()
             if not words:
@@ -73,9 +77,9 @@ def read_input(spec: str, flag: str = "--input") -> tuple[str, Any]:
                 return key, decode(path.read_bytes(), storage)  # depth in mm, class ids: the corpus' own PNGs
             with Image.open(path) as image:
                 return key, np.asarray(image.convert("RGB" if storage.channels == 3 else "L"))
-    except (OSError, ValueError, CorruptSampleError) as e:
+    except (OSError, ValueError, RuntimeError, CorruptSampleError) as e:  # RuntimeError: soundfile's on bad audio
         raise ValueError(f"{flag} {key}: cannot read {path}: {str(e).splitlines()[0]}") from None
-    raise ValueError(f"{flag} {key}: {path} is not an image, .json or .npy file")
+    raise ValueError(f"{flag} {key}: {path} is not an image, audio, .json or .npy file")
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -138,12 +142,13 @@ def write_outputs(pipe: Pipeline, inputs: dict[str, Any], result: dict[str, Gene
     write_json(out / "tokens.json", tokens)
     written.append(out / "tokens.json")
 
+    shown = {k: _drawable(pipe, k, v) for k, v in inputs.items()}
     rows = []
     for i in range(num_samples):
-        given = {k: (corpus_key(k), v) for k, v in inputs.items()}
+        given = {k: (corpus_key(k), shown[k]) for k in inputs if shown[k] is not None}
         made = {n: (corpus_key(n), g.values[i]) for n, g in result.items() if g.values is not None}
         backdrop = {**dict(given.values()), **dict(made.values())}.get("rgb")  # boxes and poses are drawn on it
-        cells = [*given.values(), *(made.get(n) for n in result)]
+        cells = [*(given.get(k) for k in inputs), *(made.get(n) for n in result)]
         rows.append([None if c is None else render(c[0], c[1], size=192, rgb=backdrop) for c in cells])
     titles = [f"input: {k}" for k in inputs] + list(result)
     grid = image_grid(rows, column_titles=titles, row_titles=[f"#{i}" for i in range(num_samples)]
@@ -152,6 +157,22 @@ def write_outputs(pipe: Pipeline, inputs: dict[str, Any], result: dict[str, Gene
         grid.save(tmp, format="PNG")
     written.append(out / "grid.png")
     return written
+
+
+def _drawable(pipe: Pipeline, key: str, value):
+    """An input as the grid draws it: a raw value as it is, token ids decoded by their tokenizer (None,
+    an empty cell, where some are still to generate or no tokenizer is loaded): renderers draw values."""
+    name = pipe.model_keys(key)[0]
+    spec = pipe.specs[name]
+    kind = handler(spec)
+    if not kind.reads_as_tokens(spec, value):
+        return value
+    if kind.autoregressive:
+        decoded = pipe.decode(name, [[int(t) for t in value]])
+    else:
+        ids = np.asarray(value, dtype=np.int64)
+        decoded = None if (ids < 0).any() else pipe.decode(name, ids[None])
+    return None if decoded is None else decoded[0]
 
 
 def run_generate(model: str, tokenizers: str, inputs: list[str], targets: list[str], out: str | os.PathLike,

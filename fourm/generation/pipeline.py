@@ -9,7 +9,10 @@ Condition keys may be model modalities (``tok_depth``, ``caption``, ``rgb``) or 
 (``depth`` is read as ``tok_depth``; ``rgb`` as raw pixels where the model reads them, else as
 ``tok_rgb``). A condition value is raw, or already tokens: a 1-D integer array/tensor (image and
 global tokens, -1 marking positions to generate), or a list of ids for a sequence. A caption may
-hold ``[MASK]`` where a span is to be filled.
+hold ``[MASK]`` where a span is to be filled. Which one a value is, is its kind's call
+(:meth:`fourm.kinds.KindHandler.reads_as_tokens`), under the model name and the corpus name alike: a
+16 kHz speech clip (``int16 (N,)``), raw points ``(N, 7)`` or an IMU series ``(T, 6)`` given as
+``tok_speech``, ``tok_point_cloud``, ``tok_imu`` are tokenized by the loaded tokenizer first.
 """
 
 from __future__ import annotations
@@ -48,14 +51,6 @@ class Generated(NamedTuple):
 class _Resolved:
     name: str  # model modality
     values: list  # per sample: model-ready value or None
-
-
-def _is_tokens(value) -> bool:
-    if isinstance(value, torch.Tensor):
-        return value.dim() == 1 and not value.dtype.is_floating_point
-    if isinstance(value, np.ndarray):
-        return value.ndim == 1 and value.dtype.kind in "iu"
-    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, (int, np.integer)) for v in value)
 
 
 class Pipeline:
@@ -150,11 +145,8 @@ class Pipeline:
         spec, size = self.specs[name], self.model.config.scale.image_size
         kind = handler(spec)
         out: list = [None] * len(values)
-        # speech is stored as an integer vector, as token ids are: under its corpus key it is the raw clip
-        stored = CORPUS.get(key)
-        raw_ints = key != name and stored is not None and stored.storage.ext == "npy" \
-            and np.dtype(stored.storage.dtype or "float32").kind in "iu"
-        ids = [v is not None and not raw_ints and _is_tokens(v) for v in values]
+        # tokens or raw, under either name: the kind's call (a speech clip is a 1-D integer array too)
+        ids = [v is not None and kind.reads_as_tokens(spec, v) for v in values]
         raw = [i for i, v in enumerate(values) if v is not None and not ids[i]]
         for i, v in enumerate(values):
             if ids[i]:

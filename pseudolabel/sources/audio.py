@@ -15,11 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
-from fourm.data.audio import MAX_SECONDS, SAMPLE_RATE, read_audio
+from fourm.data.audio import AUDIO_SUFFIXES, MAX_SECONDS, SAMPLE_RATE, read_audio
 from pseudolabel.sources.base import Skipped, source
 from pseudolabel.sources.files import FileFolder, _safe_key
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 
 def transcript_of(path: Path) -> Path:

@@ -110,8 +110,52 @@ def test_colours_shown_by_hand():
     assert hits == {"named": 0.5, "false_alarms": 0.75}
 
 
+def test_word_error_rate_by_hand():
+    # "the blue sphere" -> "a blue cone sphere": one substitution, one deletion; case and full stops are no error
+    truth = ["a red cube.", "a blue cone sphere"]
+    assert metrics.word_error_rate(["A Red Cube", "the blue sphere"], truth) == pytest.approx(2 / 7)
+    assert metrics.word_error_rate(truth, truth) == 0.0
+    assert metrics.word_error_rate(["a a a a"], ["a"]) == 3.0  # a loop's insertions: past 1
+    assert metrics.word_error_rate([""], ["a cube"]) == 1.0  # nothing said: every word deleted
+    with pytest.raises(ValueError, match="at least one word"):
+        metrics.word_error_rate(["a cube"], ["..."])
+
+
+def _cloud(xyz, classes) -> np.ndarray:
+    xyz = np.asarray(xyz, np.float32)
+    return np.concatenate([xyz, np.zeros((len(xyz), 3), np.float32), np.asarray(classes, np.float32)[:, None]], 1)
+
+
+def test_point_class_accuracy_reads_the_nearest_predicted_point():
+    truth = _cloud([[0, 0, 0], [1, 0, 0], [0, 2, 0], [5, 5, 5]], [0, 1, 2, -1])  # the last point is unlabelled
+    # fewer points, in another order, slightly off: nearest (0, 0, 0.1) -> 0, (1.1, 0, 0) -> 1, (0, 1.5, 0) -> 1
+    pred = _cloud([[0, 1.5, 0], [1.1, 0, 0], [0, 0, 0.1]], [1, 1, 0])
+    assert metrics.point_class_accuracy([pred], [truth]) == pytest.approx(2 / 3)
+    assert metrics.point_class_accuracy([truth, pred], [truth, truth]) == pytest.approx((3 + 2) / 6)
+    with pytest.raises(ValueError, match="no labelled"):
+        metrics.point_class_accuracy([pred], [_cloud([[0, 0, 0]], [-1])])
+
+
+def test_chamfer_distance_by_hand():
+    one, two = _cloud([[0, 0, 0]], [0]), _cloud([[0, 0, 0], [3, 4, 0]], [0, 0])
+    # one -> two: 0; two -> one: (0 + 5) / 2; halved
+    assert metrics.chamfer_distance([one], [two]) == pytest.approx(1.25)
+    assert metrics.chamfer_distance([two], [one]) == pytest.approx(1.25)
+    assert metrics.chamfer_distance([two, one], [two, one]) == 0.0
+
+
+def test_frame_errors_by_hand():
+    black, grey = np.zeros((2, 2, 3), np.uint8), np.full((2, 2, 3), 10, np.uint8)
+    assert metrics.psnr([grey], [black]) == pytest.approx(10 * math.log10(255**2 / 100))
+    assert metrics.frame_l1([grey, black], [black, black]) == 5.0  # over the set: half the pixels off by 10
+    assert metrics.psnr([black], [black]) == math.inf
+    assert metrics.psnr([np.full((2, 2, 3), 255, np.uint8)], [black]) == pytest.approx(0.0)  # uint8 does not wrap
+    with pytest.raises(ValueError, match="shape"):
+        metrics.frame_l1([black[:1]], [black])
+
+
 MODEL_MODALITIES = ["tok_rgb", "tok_depth", "tok_normal", "tok_semseg", "det", "caption", "tok_caption_global",
-                    "scene_graph", "table"]
+                    "tok_speech", "tok_point_cloud", "tok_imu", "tok_video", "scene_graph", "table"]
 
 
 class _Oracle:
@@ -125,11 +169,10 @@ class _Oracle:
     def generate(self, conditions, targets, seed=0, **settings):
         from fourm.modalities import MODALITIES
 
-        (given, values), = conditions.items()
-        key = "rgb" if given == "tok_rgb" else given
         index = []
-        for v in values:  # find each input's scene (generated images are real ones here)
-            hits = [i for i, s in enumerate(self.samples) if _same(s[key], v)]
+        for row in range(len(next(iter(conditions.values())))):  # find each input's scene by any condition
+            hits = [i for i, s in enumerate(self.samples)
+                    if any(_same(s[MODALITIES[m].source], v[row]) for m, v in conditions.items())]
             index.append(hits[0] if hits else 0)
         if self.shuffle:
             index = [(i + 1) % len(self.samples) for i in index]
@@ -140,7 +183,9 @@ class _Oracle:
 
 
 def _same(a, b) -> bool:
-    return a == b if isinstance(a, str) else np.array_equal(np.asarray(a), np.asarray(b))
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return np.array_equal(np.asarray(a), np.asarray(b))
 
 
 class _Identity:
@@ -153,14 +198,49 @@ class _Identity:
         return list(ids)
 
 
+class _FrameIds:
+    """A lossless video 'tokenizer': one id per frame, the frame's place in a table of the frames it has seen,
+    frame after frame as the video tokenizer's ids are."""
+
+    def __init__(self):
+        self.frames: list[np.ndarray] = []
+
+    def _id(self, frame: np.ndarray) -> int:
+        hits = [i for i, f in enumerate(self.frames) if np.array_equal(f, frame)]
+        if not hits:
+            self.frames.append(frame)
+        return hits[0] if hits else len(self.frames) - 1
+
+    def encode(self, videos):
+        return np.array([[self._id(f) for f in v] for v in videos])
+
+    def decode(self, ids):
+        return [np.stack([self.frames[i] for i in row]) for row in np.asarray(ids)]
+
+
+def _lossless_tokenizers() -> dict:
+    return {m: _FrameIds() if m == "tok_video" else _Identity() for m in MODEL_MODALITIES}
+
+
+@pytest.fixture(scope="module")
+def omni_scenes(tmp_path_factory):
+    """Held-out scenes with the series beyond vision (configs/demo_omni.yaml's)."""
+    from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
+
+    out = tmp_path_factory.mktemp("heldout_omni")
+    series = ["point_cloud", "imu", "video", "speech", "scene_graph", "table"]
+    run_pipeline(PseudolabelConfig(source="scenes:8", out=str(out), seed=3, shard_size=8,
+                                   labellers=["canny_edge", "normal"], series=series), progress=False)
+    return out
+
+
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
 
     out = tmp_path_factory.mktemp("heldout")
     run_pipeline(PseudolabelConfig(source="scenes:8", out=str(out), seed=3, shard_size=8,
-                                   labellers=["canny_edge", "normal"], series=["scene_graph", "table"]),
-                 progress=False)
+                                   labellers=["canny_edge", "normal"]), progress=False)
     return out
 
 
@@ -170,14 +250,15 @@ def _fake_caption_global(samples):
         s["caption_global"] = np.eye(len(samples))[i]
 
 
-def test_perfect_model_meets_the_upper_bound_and_beats_the_baseline(scenes, monkeypatch):
+def test_perfect_model_meets_the_upper_bound_and_beats_the_baseline(omni_scenes, monkeypatch):
     from fourm.data.corpus import CorpusReader
 
+    scenes = omni_scenes
     reader = CorpusReader(scenes)
     samples = reader.head(len(reader))
     _fake_caption_global(samples)
     monkeypatch.setattr(CorpusReader, "head", lambda self, n: samples[:n])
-    tokenizers = {m: _Identity() for m in MODEL_MODALITIES}
+    tokenizers = _lossless_tokenizers()
     table = evaluate(_Oracle(samples), tokenizers, scenes, samples=8, progress=False)
     rows = table["rows"]
     assert {r["task"] for r in rows} == set(TASKS) and not table["skipped"]
@@ -189,17 +270,23 @@ def test_perfect_model_meets_the_upper_bound_and_beats_the_baseline(scenes, monk
     assert by[("RGB -> semseg", "mIoU")]["model"] == 1.0
     assert by[("caption -> RGB", "named colours shown")]["model"] == 1.0  # the judge sees real scenes' colours
     assert by[("caption -> RGB", "colours shown not named")]["model"] == 0.0
+    assert by[("speech -> caption", "word error rate")]["model"] == 0.0  # the raw clips found their scenes
+    assert by[("RGB -> point cloud", "per-point class accuracy")]["model"] == 1.0
+    assert by[("IMU + first frame -> last frame", "mean abs error (0-255)")]["model"] == 0.0
     assert by[("scene graph -> RGB", "named colours shown")]["model"] == 1.0
     assert by[("caption -> table", "objects agree (F1)")]["model"] == 1.0
     assert by[("table -> caption", "objects agree (F1)")]["model"] == 1.0
     text = format_table(table)
     assert "RGB -> normals" in text and "!" not in text.splitlines()[3]
 
-    wrong = evaluate(_Oracle(samples, shuffle=True), tokenizers, scenes, samples=8, progress=False)
+    wrong = evaluate(_Oracle(samples, shuffle=True), _lossless_tokenizers(), scenes, samples=8, progress=False)
     worse = {(r["task"], r["metric"]): r for r in wrong["rows"]}
     assert worse[("RGB -> depth", "abs rel")]["model"] > 0
     assert worse[("caption -> image retrieval", "recall@1")]["model"] == 0.0
     assert not math.isnan(worse[("RGB -> caption", "colour + shape named right")]["model"])
+    assert worse[("speech -> caption", "word error rate")]["model"] > 0.2
+    assert worse[("RGB -> point cloud", "Chamfer distance (m)")]["model"] > 0.1
+    assert worse[("IMU + first frame -> last frame", "PSNR (dB)")]["model"] < 30
 
 
 def test_rgb_goes_to_every_modality_that_reads_it(scenes):
@@ -232,6 +319,11 @@ def test_missing_modalities_skip_their_rows(scenes):
     table = evaluate(Depth(), tokenizers, scenes, samples=4, progress=False)
     assert [r["task"] for r in table["rows"]] == ["RGB -> depth", "RGB -> depth"]
     assert "RGB -> caption" in table["skipped"]
+    # rows whose modalities neither the model nor the corpus has (a run without speech) are no omission
+    assert {"speech -> caption", "RGB -> point cloud", "IMU + first frame -> last frame", "scene graph -> RGB",
+            "caption -> table", "table -> caption"} <= set(table["absent"])
+    assert not set(table["absent"]) & set(table["skipped"])
+    assert "not measured" in format_table(table)
     assert evaluate(Depth(), tokenizers, scenes, progress=False)["samples"] == 8  # by default every scene
 
 
@@ -263,3 +355,58 @@ def test_captions_are_sampled_draws_times_against_other_scenes(scenes):
     with pytest.raises(ValueError, match="draws"):
         evaluate(Sampler(), {"tok_rgb": _Identity(), "caption": _Identity()}, scenes, samples=2,
                  tasks=["RGB -> caption"], progress=False, draws=0)
+
+
+def test_rows_beyond_vision_run_on_a_real_pipeline(omni_scenes):
+    """The three rows through a nano FourM and tiny untrained tokenizers: the raw clips, clouds and IMU
+    series are tokenized by the pipeline, and the video is generated around its given first frame."""
+    from fourm.eval.evaluate import PipelineGenerator
+    from fourm.generation import Pipeline
+    from fourm.modalities import ModalityScale
+    from fourm.model.sizes import create_model
+    from fourm.tokenization.point_vqvae import PointVQVAE, PointVQVAEConfig
+    from fourm.tokenization.series_vqvae import SeriesVQVAE, SeriesVQVAEConfig
+    from fourm.tokenization.speech_vqvae import SpeechVQVAE, SpeechVQVAEConfig
+    from fourm.tokenization.text import SequenceTokenizer, TextConfig, build_vocabulary, new_tokenizer, reserved_tokens
+    from fourm.tokenization.video import VideoTokenizer
+    from fourm.tokenization.vqvae import ImageVQConfig, ImageVQVAE
+
+    torch.manual_seed(0)
+    vq = dict(codebook_size=16, codebook_dim=4, use_kmeans_init=False)
+    image = dict(image_size=64, patch_size=16, dim=16, encoder_depth=1, decoder_depth=1, heads=2, codebook_size=16,
+                 codebook_dim=4)
+    words = ["a", "small", "large", "red", "blue", "green", "cube", "sphere", "cone", "cylinder", "of", "the"]
+    tokenizers = {
+        "tok_rgb": ImageVQVAE(ImageVQConfig(**image)),
+        "caption": SequenceTokenizer(TextConfig("caption", 4608, num_mask_codes=8, num_pose_codes=8),
+                                     new_tokenizer(build_vocabulary(words, 4608, 8, 8), reserved_tokens(8, 8))),
+        "tok_speech": SpeechVQVAE(SpeechVQVAEConfig(max_samples=12_800, dim=16, depth=1, **vq)),
+        "tok_point_cloud": PointVQVAE(PointVQVAEConfig(num_points=128, num_groups=8, group_size=16, grid_size=4,
+                                                       dim=16, **vq)),
+        "tok_imu": SeriesVQVAE(SeriesVQVAEConfig(dim=16, depth=1, **vq)),
+        "tok_video": VideoTokenizer.wrap(ImageVQVAE(ImageVQConfig(**image))),  # 8 frames of 4 x 4 tokens
+    }
+    tokenizers = {n: t.eval() if isinstance(t, torch.nn.Module) else t for n, t in tokenizers.items()}
+    sized = {n: t for n, t in tokenizers.items() if n != "caption"}
+    scale = ModalityScale(64, 16, vocab_sizes={"caption": 4608} | {n: t.vocab_size for n, t in sized.items()})
+    model = create_model("nano", list(tokenizers), scale,
+                         max_tokens={"caption": 48} | {n: t.num_tokens for n, t in sized.items()})
+    made = []
+
+    class Recording(PipelineGenerator):
+        def generate(self, conditions, targets, seed=0, **settings):
+            out = super().generate(conditions, targets, seed, **settings)
+            made.append((conditions, out))
+            return out
+
+    generator = Recording(Pipeline(model.eval(), tokenizers), batch_size=4, steps=1, temperature=0.0)
+    names = ["speech -> caption", "RGB -> point cloud", "IMU + first frame -> last frame"]
+    table = evaluate(generator, tokenizers, omni_scenes, samples=4, tasks=names, draws=1, progress=False)
+    assert [r["task"] for r in table["rows"]] == [names[0], *[names[1]] * 2, *[names[2]] * 2]
+    assert all(math.isfinite(r[k]) for r in table["rows"] for k in ("model", "baseline", "upper"))
+    conditions, out = made[-1]
+    assert set(conditions) == {"tok_imu", "tok_video"}
+    videos = [np.asarray(v) for v in out["tok_video"]]
+    first = tokenizers["tok_video"].decode(np.asarray(conditions["tok_video"]).clip(min=0))
+    for video, given in zip(videos, first, strict=True):  # the given first frame is kept, the others generated
+        np.testing.assert_array_equal(video[0], given[0])
