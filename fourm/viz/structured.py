@@ -30,7 +30,7 @@ def _fill(word: str | None) -> tuple[int, int, int]:
 def render_graph(value, context: RenderContext) -> Image.Image:
     """Nodes on a circle, the first at the left and the rest clockwise (the scenes list them left to right),
     each a disc in its colour labelled ``size class``; one line per related pair, labelled with every
-    relation of the pair read from the lower index (``left of, behind``), an arrowhead at the object."""
+    relation of the pair, a line each, read from subject to object, an arrowhead at the object."""
     size = context.size
     nodes, edges = list(value.get("nodes", [])), list(value.get("edges", []))
     if not nodes:
@@ -58,8 +58,8 @@ def render_graph(value, context: RenderContext) -> Image.Image:
                              for d in (0.4, -0.4)]], fill=_EDGE)
     for (s, o), relations in pairs.items():
         (x0, y0), (x1, y1) = places[s], places[o]
-        draw.text(((x0 + x1) / 2, (y0 + y1) / 2), ", ".join(relations), fill=(0, 0, 0), font=font, anchor="mm",
-                  stroke_width=2, stroke_fill=_BACKGROUND)
+        draw.multiline_text(((x0 + x1) / 2, (y0 + y1) / 2), "\n".join(relations), fill=(0, 0, 0), font=font,
+                            anchor="mm", align="center", stroke_width=2, stroke_fill=_BACKGROUND)
     for node, (x, y) in zip(nodes, places, strict=True):
         colour = _fill(node.get("colour"))
         draw.ellipse((x - disc, y - disc, x + disc, y + disc), fill=colour, outline=(0, 0, 0))
