@@ -77,6 +77,20 @@ def image_row(source: str, main: str) -> Row:
     return Row(f"tok_{source}", f"tok_{source}", score, config=source, main=main)
 
 
+def band_row(source: str, main: str) -> Row:
+    """An image-like band (X-ray, thermal, hyperspectral): the round trip beside the trivial baseline of the
+    evaluation's rows, the held-out mean map (``mean_map_*``)."""
+    def score(ctx: Context, tokenizer) -> dict[str, float]:
+        values = load_values(ctx.eval_corpus, source, ctx.samples)
+        stack = np.stack(values)
+        mean = stack.mean(0)
+        mean = (mean.round() if stack.dtype.kind in "iu" else mean).astype(stack.dtype)
+        baseline = tokenizer.codec.metrics(np.broadcast_to(mean, stack.shape), stack)
+        return {**image_figures(tokenizer, values, ctx.repeats), **{f"mean_map_{k}": v for k, v in baseline.items()}}
+
+    return Row(f"tok_{source}", f"tok_{source}", score, config=source, main=main)
+
+
 def photos(size: int) -> np.ndarray:
     """scikit-image's sample photos, centre-cropped square and resized to ``size`` px, uint8 RGB."""
     import skimage.data
@@ -109,18 +123,22 @@ ROWS: list[Row] = [
     image_row("semseg", "miou"),
     image_row("canny_edge", "f1"),
     image_row("sam_edge", "f1"),
+    band_row("xray", "rel_error"),
+    band_row("thermal", "rel_error"),
+    band_row("hyperspectral", "spectral_angle"),
 ]
 
 
 def ensure_eval_corpus(path: Path, samples: int) -> Path:
-    """Scenes with seed 1 (training corpora use seed 0), with the edge labellers."""
+    """Scenes with seed 1 (training corpora use seed 0), with the edge labellers and the image-like bands."""
     if (path / "manifest.json").is_file():
         return path
     from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
 
     print(f"rendering {samples} held-out scenes (seed 1) into {path}", flush=True)
     run_pipeline(PseudolabelConfig(source=f"scenes:{samples}", out=str(path), seed=1, workers=1,
-                                   labellers=["canny_edge", "sam_edge"]), progress=False)
+                                   labellers=["canny_edge", "sam_edge"],
+                                   series=["xray", "thermal", "hyperspectral"]), progress=False)
     return path
 
 

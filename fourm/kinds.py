@@ -57,7 +57,7 @@ def resize(value: np.ndarray, corpus_key: str, size: int) -> np.ndarray:
         return value
     storage = CORPUS[corpus_key].storage
     ids = storage.scale is None and storage.channels == 1
-    if value.dtype == np.uint8 and value.ndim == 3:
+    if value.dtype == np.uint8 and value.ndim == 3 and value.shape[-1] == 3:  # PIL takes RGB, not 32 bands
         return np.asarray(Image.fromarray(value).resize((size, size), Image.BILINEAR))
     tensor = torch.as_tensor(value.astype(np.float32))
     tensor = tensor[None, None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)[None]

@@ -20,8 +20,9 @@ storage            value
 =================  ===============================================================================
 png, uint8, C=3    ``np.uint8 (H, W, 3)``
 png, uint8, C=1    ``np.uint8 (H, W)`` (class ids, or edges as 0/255)
-png, uint16        ``np.uint16 (H, W)`` (instance ids), or float after ``scale`` (depth in metres)
+png, uint16        ``np.uint16 (H, W)`` (instance ids), or float after ``scale`` (metres, attenuation, kelvin)
 npy                ``np.ndarray`` (float16 features ``(h, w, C)``, vectors ``(C,)``, ``(L, C)``)
+npy, uint8         ``np.uint8`` frames ``(F, H, W, 3)``, hyperspectral bands ``(H, W, C)``
 json               ``list`` / ``dict``
 txt                ``str``
 =================  ===============================================================================
@@ -117,6 +118,10 @@ class Modality:
 
 
 # ----------------------------------------------------------------------------- corpus (stored data)
+# bands of a hyperspectral image (400-710 nm in 10 nm steps, fourm.data.spectra): the scenes, the
+# codec and the renderer all read it here
+HYPERSPECTRAL_BANDS = 32
+
 _PNG_RGB = Storage("png", "uint8", 3)
 _PNG_IDS = Storage("png", "uint8", 1)
 _FEATURES = Storage("npy", "float16")
@@ -161,6 +166,16 @@ CORPUS: dict[str, CorpusModality] = {
         CorpusModality("video", Storage("npy", "uint8"), "frames", None, "frames (F, H, W, 3), 8-bit RGB"),
         # int16 at its true length (the array's length records it): fourm.data.audio
         CorpusModality("speech", Storage("npy", "int16"), "speech", None, "16 kHz mono audio int16 (N,), at most 8 s"),
+        # X-ray: the line integral of attenuation (sum of mu * path length, dimensionless) along each
+        # camera ray, 0.001 steps up to 65 in 16 bits (a radiograph's transmission is exp(-value))
+        CorpusModality("xray", Storage("png", "uint16", 1, scale=1000.0), "xray", None,
+                       "X-ray attenuation integral along each ray (H, W), 0 = nothing in the way"),
+        # centi-kelvin in 16 bits: 0.01 K steps up to 655 K
+        CorpusModality("thermal", Storage("png", "uint16", 1, scale=100.0), "thermal", None,
+                       "thermal infrared brightness temperature (H, W) in kelvin"),
+        # gamma-encoded as the RGB is (sqrt of linear radiance, 8 bits), one plane per band
+        CorpusModality("hyperspectral", Storage("npy", "uint8"), "spectral", None,
+                       f"hyperspectral radiance (H, W, {HYPERSPECTRAL_BANDS}) in 8 bits, bands 400-710 nm"),
         CorpusModality("scene_graph", Storage("json"), "graph", None,
                        "objects and relations: {nodes: [{size, colour, class}], edges: [{subject, relation, object}]}"),
         CorpusModality("table", Storage("json"), "table", None, "rows: [{column: number or words}]"),
@@ -206,6 +221,10 @@ MODALITIES: dict[str, Modality] = {
         Modality("tok_video", Kind.VIDEO, "video", _VIDEO, 16384, max_tokens=VIDEO_FRAMES * 196),
         # 8 s of log-mel frames (50 a second), 50 patches of 8 frames x 2 codes of 512
         Modality("tok_speech", Kind.TIME_SERIES, "speech", _SPEECH, 512, max_tokens=100),
+        # image-like beyond RGB: one ViT VQ-VAE each, the hyperspectral one taking all its bands in
+        Modality("tok_xray", Kind.IMAGE, "xray", _IMAGE, 8192),
+        Modality("tok_thermal", Kind.IMAGE, "thermal", _IMAGE, 8192),
+        Modality("tok_hyperspectral", Kind.IMAGE, "hyperspectral", _IMAGE, 8192),
         # a scene's 4 objects and 12 edges are ~90 tokens; a table's 4 rows of 8 cells ~70
         Modality("scene_graph", Kind.SEQUENCE, "scene_graph", _WORDPIECE, _TEXT_VOCAB, max_tokens=256),
         Modality("table", Kind.SEQUENCE, "table", _WORDPIECE, _TEXT_VOCAB, max_tokens=256),

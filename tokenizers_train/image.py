@@ -118,7 +118,7 @@ def prepare(cfg: Config) -> tuple[ImageTokenizerTask, dict]:
         if not class_names:
             raise ValueError(f"{cfg.corpus} names no {source} classes: set model.num_classes")
         changes["num_classes"] = len(class_names)
-    if codec_class(cfg.model.codec or source).name == "features" and cfg.model.channels is None:
+    if codec_class(cfg.model.codec or source).channels_from_data and cfg.model.channels is None:
         changes["channels"] = int(np.asarray(train_values[0]).shape[-1])
     cfg.model = dataclasses.replace(cfg.model, **changes)
     side = cfg.model.image_size

@@ -236,6 +236,42 @@ def _semseg(ctx: Context) -> list[Row]:
                 "most frequent class per pixel")]
 
 
+def _mean_map(gt: list[np.ndarray]) -> list[np.ndarray]:
+    """The per-pixel mean of the evaluated scenes' maps, in their dtype, as each scene's answer."""
+    stack = np.stack(gt)
+    mean = stack.mean(0)
+    return [(mean.round() if stack.dtype.kind in "iu" else mean).astype(stack.dtype)] * len(gt)
+
+
+def _from_rgb(ctx: Context, name: str, target: str, series: str, measures: dict[str, Callable]) -> list[Row]:
+    """Rows of ``target`` predicted from RGB, one per ``measures`` entry (label -> fn(pred, gt) -> float,
+    lower is better), beside the mean map and the tokenizer's round trip."""
+    gt = ctx.truth(series)
+    answers = {"model": ctx.generate(target, "tok_rgb"), "baseline": _mean_map(gt),
+               "upper": ctx.round_trip(target, gt)}
+    return [Row(name, label, *(fn(answers[k], gt) for k in ("model", "baseline", "upper")), False, "mean map")
+            for label, fn in measures.items()]
+
+
+@task("RGB -> X-ray", "tok_rgb", "tok_xray")
+def _xray(ctx: Context) -> list[Row]:
+    return _from_rgb(ctx, "RGB -> X-ray", "tok_xray", "xray",
+                     {"relative error": lambda p, g: metrics.measure_errors(p, g)["rel_error"]})
+
+
+@task("RGB -> thermal", "tok_rgb", "tok_thermal")
+def _thermal(ctx: Context) -> list[Row]:
+    return _from_rgb(ctx, "RGB -> thermal", "tok_thermal", "thermal",
+                     {"relative error": lambda p, g: metrics.measure_errors(p, g)["rel_error"],
+                      "mean abs error (K)": lambda p, g: metrics.measure_errors(p, g)["mae"]})
+
+
+@task("RGB -> hyperspectral", "tok_rgb", "tok_hyperspectral")
+def _hyperspectral(ctx: Context) -> list[Row]:
+    return _from_rgb(ctx, "RGB -> hyperspectral", "tok_hyperspectral", "hyperspectral",
+                     {"spectral angle (deg)": metrics.spectral_angle_error})
+
+
 @task("RGB -> boxes", "tok_rgb", "det")
 def _boxes(ctx: Context) -> list[Row]:
     gt = ctx.truth("det")

@@ -7,6 +7,10 @@ ids, boxes in [0, 1]), each summed over a whole evaluation set so one number des
   (Eigen et al. 2014, https://arxiv.org/abs/1406.2283), over pixels of known depth;
 * normals: mean angle between predicted and true unit vectors, in degrees;
 * semantic segmentation: mean intersection-over-union over the classes present in truth or prediction;
+* X-ray, thermal: relative error, ``sum |p - g| / sum |g|`` over all pixels (an X-ray is 0 where a ray meets
+  nothing, so a per-pixel ratio has no value there), and the mean absolute error in the measure's units;
+* hyperspectral: the mean spectral angle between predicted and true linear spectra, in degrees (the
+  spectral angle mapper's measure, Kruse et al. 1993: blind to brightness, it judges the spectrum's shape);
 * boxes: precision and recall at IoU 0.5, a box matching at most one true box of the same label;
 * retrieval: recall@k, the share of queries whose own item ranks in the top k (in :mod:`fourm.eval.retrieval`);
 * objects named in text, colours shown in an image: the scene source's vocabulary of colours and shapes;
@@ -26,6 +30,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from fourm.data.scenes import COLOURS, SHAPES, SIZES
+from fourm.data.spectra import spectral_angle
 
 _EPS = 1e-6
 
@@ -42,6 +47,30 @@ def depth_errors(pred: Iterable[np.ndarray], gt: Iterable[np.ndarray]) -> dict[s
         raise ValueError("depth: no pixel of known depth")
     p, g = np.maximum(p[valid], _EPS), g[valid]  # a non-positive prediction counts as a tiny depth
     return {"abs_rel": float(np.mean(np.abs(p - g) / g)), "delta1": float(np.mean(np.maximum(p / g, g / p) < 1.25))}
+
+
+def _pixels(pred: Iterable[np.ndarray], gt: Iterable[np.ndarray], what: str) -> tuple[np.ndarray, np.ndarray]:
+    p = np.stack([np.asarray(x, np.float64) for x in pred])
+    g = np.stack([np.asarray(x, np.float64) for x in gt])
+    if p.shape != g.shape:
+        raise ValueError(f"{what}: predictions of shape {p.shape[1:]} for truths of {g.shape[1:]}")
+    return p, g
+
+
+def measure_errors(pred: Iterable[np.ndarray], gt: Iterable[np.ndarray]) -> dict[str, float]:
+    """``rel_error``, ``sum |p - g| / sum |g|``, and ``mae``, the mean absolute error, over every pixel."""
+    p, g = _pixels(pred, gt, "measure")
+    err = np.abs(p - g)
+    return {"rel_error": float(err.sum() / max(np.abs(g).sum(), _EPS)), "mae": float(err.mean())}
+
+
+def spectral_angle_error(pred: Iterable[np.ndarray], gt: Iterable[np.ndarray]) -> float:
+    """Mean spectral angle (degrees) over every pixel of stored hyperspectral images ``uint8 (H, W, C)``."""
+    p = np.stack([np.asarray(x) for x in pred])
+    g = np.stack([np.asarray(x) for x in gt])
+    if p.shape != g.shape:
+        raise ValueError(f"hyperspectral: predictions of shape {p.shape[1:]} for truths of {g.shape[1:]}")
+    return float(spectral_angle(p, g).mean())
 
 
 def normal_angle_error(pred: Iterable[np.ndarray], gt: Iterable[np.ndarray]) -> float:

@@ -49,7 +49,8 @@ class ModalityEmbeddings(nn.Module):
     """Content and position+modality embeddings of the modalities ``specs`` (resolved entries, in
     the model's modality order: index ``m`` in ``enc_mod`` / ``dec_mod`` is ``list(specs)[m]``)."""
 
-    def __init__(self, specs: dict[str, Modality], dim: int, image_size: int, pixel_stem: str = "linear"):
+    def __init__(self, specs: dict[str, Modality], dim: int, image_size: int, pixel_stem: str = "linear",
+                 position_scale: float = 1.0):
         super().__init__()
         self.specs, self.names, self.dim, self.image_size = specs, list(specs), dim, image_size
         self.kinds = {n: handler(s) for n, s in specs.items()}
@@ -69,7 +70,7 @@ class ModalityEmbeddings(nn.Module):
         # Scaled to the token tables' init (std 0.02, as nanoGPT's wte/wpe): raw sine-cosine entries
         # (RMS 0.7) would be ~35x longer than a token's content, and the trunk would first learn to
         # ignore what the tokens say (image targets stayed at the unigram loss without this).
-        positions = torch.cat(tables) * (0.02 * math.sqrt(2))
+        positions = torch.cat(tables) * (0.02 * math.sqrt(2) * position_scale)
         self.register_buffer("positions", positions, persistent=False)  # (sum of counts, D)
         self.register_buffer("pos_offset", counts.cumsum(0) - counts, persistent=False)  # (M,)
         self.register_buffer("pos_count", counts, persistent=False)

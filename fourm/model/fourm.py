@@ -73,6 +73,10 @@ class FourMConfig:
     # the share of the gradient that a per-modality mean over eight targets does not
     loss_weights: dict[str, float] = field(default_factory=dict)
     pixel_stem: str = "linear"  # how rgb pixels become tokens: a key of fourm.model.stems.PIXEL_STEMS
+    init_std: float = 0.02  # std of the linear and embedding weights at init (nanoGPT's, set at width 768)
+    # multiplies the fixed sine-cosine positions (fourm.model.embeddings: RMS 0.02 at 1.0). Where content
+    # outgrows them, attention cannot tell where a token is, and what a shape is lies in where its patches are
+    position_scale: float = 1.0
 
     def __post_init__(self):
         self.modalities = parse_modalities(self.modalities, MODALITIES)  # unknown name: error listing known
@@ -189,7 +193,8 @@ class FourM(nn.Module, PretrainedMixin):
         self.config = config
         self.specs = config.specs()
         self.names = list(self.specs)
-        self.embed = ModalityEmbeddings(self.specs, config.dim, config.scale.image_size, config.pixel_stem)
+        self.embed = ModalityEmbeddings(self.specs, config.dim, config.scale.image_size, config.pixel_stem,
+                                        config.position_scale)
         block = dict(dim=config.dim, heads=config.heads, mlp_ratio=config.mlp_ratio, use_bias=config.use_bias,
                      norm=config.norm, use_qk_norm=config.use_qk_norm, dropout=config.dropout)
         self.encoder = nn.ModuleList(EncoderBlock(**block) for _ in range(config.encoder_depth))
@@ -206,17 +211,17 @@ class FourM(nn.Module, PretrainedMixin):
             return
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=0.02)
+                nn.init.normal_(module.weight, std=self.config.init_std)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
-        nn.init.normal_(self.embed.modality, std=0.02)
-        nn.init.normal_(self.embed.mask_token, std=0.02)
+        nn.init.normal_(self.embed.modality, std=self.config.init_std)
+        nn.init.normal_(self.embed.mask_token, std=self.config.init_std)
         # residual branches scaled by depth so the stream's variance does not grow with it (GPT-2)
         for blocks in (self.encoder, self.decoder):
             for blk in blocks:
                 for name, p in blk.named_parameters():
                     if name.endswith(("proj.weight", "w3.weight")):
-                        nn.init.normal_(p, std=0.02 / math.sqrt(2 * len(blocks)))
+                        nn.init.normal_(p, std=self.config.init_std / math.sqrt(2 * len(blocks)))
 
     def modality_index(self, name: str) -> int:
         if name not in self.specs:

@@ -18,6 +18,9 @@ semseg         uint8 ids                  K one-hot             cross-entropy / 
 canny_edge...  uint8 0/255                1 in {0, 1}           BCE / F1 (1 px tolerance)
 mask           bool / 0-1 (H, W)          1 in {0, 1}           BCE / IoU, F1
 features       float16 (h, w, C)          C                     smooth-L1 + cosine / cosine
+xray           float32 attenuation >= 0   1: 2 exp(-a / 2) - 1  L1 + L2 / relative error
+thermal        float32 kelvin             1: (T - 290) / 50     L1 + L2 / relative error, kelvin
+hyperspectral  uint8 (H, W, C) bands      C in [-1, 1]          L1 + L2 / PSNR, spectral angle
 =============  =========================  ===================  ====================================
 """
 
@@ -32,7 +35,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from fourm.data.spectra import spectral_angle
 from fourm.kinds import rgb_to_model
+from fourm.modalities import HYPERSPECTRAL_BANDS
 from fourm.registry import Registry
 
 CODECS: Registry[type[PixelCodec]] = Registry("pixel codec", sort=True,
@@ -95,6 +100,7 @@ class PixelCodec:
     out_channels: int
     value_dims: ClassVar[int] = 3  # dims of one corpus value, (H, W) = 2 or (H, W, C) = 3
     supports_hflip: ClassVar[bool] = True  # a mirrored image is still a valid sample
+    channels_from_data: ClassVar[bool] = False  # C is the data's last axis (a trainer fills ``channels`` in)
 
     def __init__(self, num_classes: int | None = None, channels: int | None = None):
         pass
@@ -126,9 +132,9 @@ class RGBCodec(PixelCodec):
     in_channels = out_channels = 3
 
     def to_input(self, values) -> Tensor:
-        rgb = _stack(values, 4, "rgb")
-        if rgb.shape[-1] != 3:
-            raise ValueError(f"rgb: expected (H, W, 3) images, got {rgb.shape[1:]}")
+        rgb = _stack(values, 4, self.name)
+        if rgb.shape[-1] != self.in_channels:
+            raise ValueError(f"{self.name}: expected (H, W, {self.in_channels}) images, got {rgb.shape[1:]}")
         return rgb_to_model(rgb)
 
     def from_output(self, pred: Tensor) -> np.ndarray:
@@ -342,6 +348,7 @@ class FeatureCodec(PixelCodec):
     """
 
     supports_hflip = False  # a network's features of a mirrored image are not its mirrored features
+    channels_from_data = True
     cosine_weight = 1.0
 
     def __init__(self, num_classes: int | None = None, channels: int | None = None):
@@ -369,3 +376,78 @@ class FeatureCodec(PixelCodec):
         true = torch.from_numpy(_stack(true_values, 4, "features").astype(np.float32))
         cos = F.cosine_similarity(pred, true, dim=-1, eps=1e-6)
         return {"cosine": float(cos.mean()), "mse": float((pred - true).square().mean())}
+
+
+# ----------------------------------------------------------------------------- measures beyond vision
+class MeasureCodec(PixelCodec):
+    """One physical measure per pixel (H, W) through a fixed invertible map onto about [-1, 1]: the same
+    constants for every image, so units survive the round trip. Loss L1 + L2; metrics the relative error
+    ``sum |pred - true| / sum |true|`` (well defined where the truth is 0) and the mean absolute error."""
+
+    in_channels = out_channels = 1
+    value_dims = 2
+
+    def forward(self, values: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def inverse(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def to_input(self, values) -> Tensor:
+        return self.forward(torch.from_numpy(_stack(values, 3, self.name).astype(np.float32)))[:, None]
+
+    def from_output(self, pred: Tensor) -> np.ndarray:
+        return self.inverse(pred[:, 0].float()).cpu().numpy().astype(np.float32)
+
+    def loss(self, pred, target):
+        loss = _l1_l2(pred, target)
+        return loss, {"rec": loss.item()}
+
+    def metrics(self, pred_values, true_values):
+        pred = _stack(pred_values, 3, self.name).astype(np.float64)
+        true = _stack(true_values, 3, self.name).astype(np.float64)
+        err = np.abs(pred - true)
+        return {"rel_error": float(err.sum() / max(np.abs(true).sum(), 1e-12)), "mae": float(err.mean())}
+
+
+@register_codec("xray")
+class XrayCodec(MeasureCodec):
+    """The attenuation integral ``a`` as transmission, ``2 exp(-a / SCALE) - 1``: a radiograph's own
+    quantity, bounded however thick the object, most precise where the X-ray passes little matter."""
+
+    SCALE = 2.0
+
+    def forward(self, values):
+        return 2 * torch.exp(-values.clamp(min=0) / self.SCALE) - 1
+
+    def inverse(self, x):
+        return -self.SCALE * torch.log(((x + 1) / 2).clamp(1e-6, 1.0))
+
+
+@register_codec("thermal")
+class ThermalCodec(MeasureCodec):
+    """Kelvin, affinely: 240 K .. 340 K (a clear sky on a frosty day .. sunlit rubber on a hot one) to [-1, 1]."""
+
+    CENTRE, SCALE = 290.0, 50.0
+
+    def forward(self, values):
+        return (values - self.CENTRE) / self.SCALE
+
+    def inverse(self, x):
+        return x * self.SCALE + self.CENTRE
+
+
+@register_codec("hyperspectral")
+class HyperspectralCodec(RGBCodec):
+    """C bands stored as the RGB is (uint8, gamma-encoded), scaled as it is; C from ``channels`` (the data's
+    width; default the registry's band count). Metrics: PSNR, and the mean spectral angle (degrees) between
+    true and decoded linear spectra, the measure of hyperspectral work (Kruse et al. 1993)."""
+
+    channels_from_data = True
+
+    def __init__(self, num_classes: int | None = None, channels: int | None = None):
+        self.in_channels = self.out_channels = channels or HYPERSPECTRAL_BANDS
+
+    def metrics(self, pred_values, true_values):
+        pred, true = _stack(pred_values, 4, self.name), _stack(true_values, 4, self.name)
+        return {**super().metrics(pred, true), "spectral_angle": float(spectral_angle(pred, true).mean())}

@@ -47,7 +47,7 @@ class ImageVQConfig:
     # seams a per-patch linear head leaves between patches
     decoder_window: int | None = None
     num_classes: int | None = None  # semseg
-    channels: int | None = None  # feature width C of feature maps
+    channels: int | None = None  # width C of feature maps and of multiband (hyperspectral) images
     dim: int = 256
     encoder_depth: int = 4
     decoder_depth: int = 4

@@ -1,5 +1,6 @@
 """Renderers beyond single images: a point cloud as two scatter views, a time series as lines, a video as
-a contact sheet, speech as its log-mel spectrogram.
+a contact sheet, speech as its log-mel spectrogram, X-ray and thermal images colour-mapped, a hyperspectral
+image in false colour.
 
 Registered in :data:`fourm.viz.render.RENDERERS` like the others (the package ``fourm.viz`` imports this
 module beside ``render.py``), drawn with numpy and Pillow only: a scatter of 1024 points is one array
@@ -14,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from fourm.data.points import NO_CLASS, check_points
-from fourm.viz.render import RenderContext, _font, _font_px, _tag, class_colours, renderer
+from fourm.viz.render import RenderContext, _apply_colormap, _array_tile, _font, _font_px, _tag, class_colours, renderer
 
 _BACKGROUND = (250, 250, 248)
 _LINE_COLOURS = [(214, 39, 40), (44, 160, 44), (31, 119, 180)]  # per channel of a panel: x, y, z
@@ -142,3 +143,48 @@ def render_speech(value, context: RenderContext) -> Image.Image:
     audio = to_float(value)  # the clear error on a bad value, before librosa sees it
     spec = MelSpec()
     return spectrogram_image(log_mel(audio, spec), context.size, spec.floor_db, f"{len(audio) / SAMPLE_RATE:.2f} s")
+
+
+def _measure(value, what: str) -> np.ndarray:
+    image = np.asarray(value, dtype=np.float64)
+    if image.ndim != 2 or image.size == 0 or not np.isfinite(image).all():
+        raise ValueError(f"{what} renderer: expected finite values (H, W), got shape {image.shape}")
+    return image
+
+
+def _labelled(colours: np.ndarray, context: RenderContext, label: str) -> Image.Image:
+    tile = _array_tile(colours, context.size)
+    _tag(ImageDraw.Draw(tile), (2, context.size - 2), label, (255, 255, 255), _font(_font_px(context.size)),
+         context.size)
+    return tile
+
+
+@renderer("xray")
+def render_xray(value, context: RenderContext) -> Image.Image:
+    """An attenuation integral as a radiograph: ``1 - exp(-a)``, the share of the beam the matter stops, on
+    one fixed scale (bone: dense white, nothing black), so that two pictures compare by eye."""
+    attenuation = _measure(value, "xray")
+    stopped = 1 - np.exp(-np.clip(attenuation, 0, None))
+    return _labelled(_apply_colormap(stopped, "bone"), context, f"max {attenuation.max():.2f}")
+
+
+@renderer("thermal")
+def render_thermal(value, context: RenderContext) -> Image.Image:
+    """Kelvin in inferno (cold dark, hot bright), stretched between the image's 1st and 99th percentiles, as
+    thermal cameras show a scene; the range is printed on the tile."""
+    kelvin = _measure(value, "thermal")
+    lo, hi = np.percentile(kelvin, [1, 99])
+    t = (kelvin - lo) / (hi - lo) if hi > lo else np.full_like(kelvin, 0.5)
+    return _labelled(_apply_colormap(t, "inferno"), context, f"{lo:.0f}..{hi:.0f} K")
+
+
+@renderer("spectral")
+def render_spectral(value, context: RenderContext) -> Image.Image:
+    """A hyperspectral image ``(H, W, C)`` in false colour: the RGB its spectra imply
+    (:func:`fourm.data.spectra.false_colour`)."""
+    from fourm.data.spectra import false_colour
+
+    cube = np.asarray(value)
+    if cube.ndim != 3 or cube.shape[-1] < 3 or cube.dtype != np.uint8:
+        raise ValueError(f"spectral renderer: expected uint8 bands (H, W, C >= 3), got {cube.dtype} {cube.shape}")
+    return _labelled(false_colour(cube), context, f"{cube.shape[-1]} bands")

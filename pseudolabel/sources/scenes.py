@@ -26,7 +26,7 @@ import numpy as np
 from einops import rearrange
 
 from fourm.data.scenes import CLASSES, COLOURS, SHAPES, SIZES  # the scenes' words, shared with the evaluation
-from pseudolabel.sources import scene_series, scene_structure
+from pseudolabel.sources import scene_bands, scene_series, scene_structure
 from pseudolabel.sources.base import Source, source
 
 _EPS = 1e-4  # smallest t accepted: keeps shadow rays from hitting the surface they leave
@@ -304,8 +304,9 @@ class Scene:
         )
 
 
-# what a scene adds on request (scene_series; speech: tts; scene_graph and table: scene_structure)
-SERIES = ("point_cloud", "imu", "video", "speech", "scene_graph", "table")
+# what a scene adds on request (scene_series; speech: tts; the image-like bands: scene_bands;
+# scene_graph and table: scene_structure)
+SERIES = ("point_cloud", "imu", "video", "speech", "xray", "thermal", "hyperspectral", "scene_graph", "table")
 
 
 def render_scene(seed: int, image_size: int = 64, series: tuple[str, ...] = ()) -> dict:
@@ -313,12 +314,19 @@ def render_scene(seed: int, image_size: int = 64, series: tuple[str, ...] = ()) 
     and the ``series`` asked for (of ``SERIES``)."""
     rng = np.random.default_rng(seed)
     scene = Scene.sample(rng)
+    traced = trace(scene, image_size)
     structured = [s for s in ("scene_graph", "table") if s in series]
-    out = render(scene, image_size, rng, with_objects=bool(structured))
+    out = render(scene, image_size, rng, with_objects=bool(structured), traced=traced)
     if structured:  # from the objects the view shows (the caption's), read off the scene's 3D positions
         objects, visible = out.pop("objects"), out.pop("visible_fraction")
         for key in structured:
             out[key] = scene_structure.SERIES[key](objects, visible, scene.camera)
+    if "xray" in series:
+        out["xray"] = scene_bands.xray(scene, traced)
+    if "thermal" in series:  # the air's temperature from a stream of its own, as the move's
+        out["thermal"] = scene_bands.thermal(scene, traced, scene_bands.ambient(np.random.default_rng([seed, 3])))
+    if "hyperspectral" in series:
+        out["hyperspectral"] = scene_bands.hyperspectral(scene, traced, sky_colour)
     if "point_cloud" in series:
         out["point_cloud"] = scene_series.point_cloud(out, scene.camera)
     if "imu" in series or "video" in series:
@@ -339,13 +347,43 @@ def render_scene(seed: int, image_size: int = 64, series: tuple[str, ...] = ()) 
     return out
 
 
-def render(scene: Scene, size: int, rng: np.random.Generator, with_objects: bool = False) -> dict:
-    """Ray cast ``scene`` into ``size`` x ``size`` pixels; ``rng`` only varies the caption's wording.
-    ``with_objects`` adds ``"objects"``: the visible scene objects, left to right (for probes
-    that need each object's words in image order; a corpus has no such series), and
-    ``"visible_fraction"``: the share of each one's silhouette in the frame that no other object hides."""
+@dataclass(frozen=True)
+class Trace:
+    """What ray casting a scene gives every picture of it, per pixel ``N = H * W`` (component first).
+
+    The RGB and the bands a scene adds on request (``scene_bands``) are lit by the same light: each is
+    ``albedo * shade + spec`` in its own channels, faded into the horizon with ``fog``, sky where no ray hits.
+    """
+
+    size: int
+    d: np.ndarray  # (3, N) unit ray directions (world)
+    t: np.ndarray  # (N,) distance to the first hit, inf for the sky
+    which: np.ndarray  # (N,) -1 sky, 0 ground, 1 + k object k
+    masks: list[np.ndarray]  # (N,) bool per object: the pixels where it is the first hit
+    silhouette: np.ndarray  # (K,) per object: the pixels its own hits cover, whatever lies in front
+    normal: np.ndarray  # (3, N) world normals, 0 for the sky
+    albedo: np.ndarray  # (3, N) linear RGB albedo
+    sun: np.ndarray  # (N,) cosine of the sun on the surface, 0 in shadow
+    shade: np.ndarray  # (N,) ambient + diffuse light the albedo reflects
+    spec: np.ndarray  # (N,) white highlights of shiny objects
+    fog: np.ndarray  # (N,) how far the ground has faded into the horizon
+
+    @property
+    def hit(self) -> np.ndarray:
+        return self.which >= 0
+
+    def light(self, albedo: np.ndarray, fog_colour: np.ndarray, sky: np.ndarray) -> np.ndarray:
+        """``albedo (C, N)`` lit as the RGB is, with ``fog_colour (C,)`` and ``sky (C, N)``, in linear units."""
+        dtype = albedo.dtype  # many bands are lit in float32: half the memory traffic of float64
+        shade, spec, fog = (v.astype(dtype, copy=False) for v in (self.shade, self.spec, self.fog))
+        colour = albedo * shade + spec
+        colour = (1 - fog) * colour + fog * fog_colour.astype(dtype)[:, None]
+        return np.where(self.hit, colour, sky.astype(dtype, copy=False))
+
+
+def trace(scene: Scene, size: int) -> Trace:
+    """Ray cast ``scene`` into ``size`` x ``size`` pixels: hits, surfaces and their light."""
     objects, cam, light, checker = scene.objects, scene.camera, scene.light, scene.checker
-    horizon, zenith, ground_rgb = scene.horizon, scene.zenith, scene.ground_rgb
     d_img = cam.rays(size)  # (3, H, W)
     t_all = np.full((1 + len(objects), size, size), np.inf)  # ground, then each object
     t_all[0] = _hit_ground(cam.eye, d_img.reshape(3, -1)).reshape(size, size)
@@ -366,7 +404,7 @@ def render(scene: Scene, size: int, rng: np.random.Generator, with_objects: bool
     shiny = np.zeros(d.shape[1], bool)
     ground = which == 0
     normal[1, ground] = 1.0
-    albedo[:, ground] = (ground_rgb**2)[:, None]
+    albedo[:, ground] = (scene.ground_rgb**2)[:, None]
     if checker:  # 1 m tiles, low contrast so that the objects stay the salient thing
         odd = (np.floor(p[0]) + np.floor(p[2])) % 2 == 1
         albedo[:, ground & odd] *= 0.7
@@ -384,13 +422,32 @@ def render(scene: Scene, size: int, rng: np.random.Generator, with_objects: bool
     glossy = shiny & lit
     half = light[:, None] - d[:, glossy]
     spec[glossy] = 0.6 * np.maximum((half * normal[:, glossy]).sum(0) / np.linalg.norm(half, axis=0), 0) ** 40
-    colour = albedo * (0.22 * (0.6 + 0.4 * normal[1]) + 0.9 * np.where(lit, ndl, 0.0)) + spec
+    sun = np.where(lit, ndl, 0.0)
     fog = np.where(ground, np.clip((t - _FOG_START) / (_GROUND_RADIUS - _FOG_START), 0, 1), 0.0)
-    colour = (1 - fog) * colour + fog * (horizon**2)[:, None]
+    silhouette = np.isfinite(t_all[1:]).sum(1)
+    return Trace(size, d, t, which, masks, silhouette, normal, albedo, sun,
+                 0.22 * (0.6 + 0.4 * normal[1]) + 0.9 * sun, spec, fog)
+
+
+def sky_colour(scene: Scene, d: np.ndarray) -> np.ndarray:
+    """Linear sky colour ``(3, N)`` seen along directions ``d (3, N)``: the horizon's, bluer upwards."""
     up = np.sqrt(np.clip(d[1], 0, 1))
-    sky = ((1 - up) * horizon[:, None] + up * zenith[:, None]) ** 2
-    colour = np.where(hit, colour, sky)
+    return ((1 - up) * scene.horizon[:, None] + up * scene.zenith[:, None]) ** 2
+
+
+def render(scene: Scene, size: int, rng: np.random.Generator, with_objects: bool = False,
+           traced: Trace | None = None) -> dict:
+    """Ray cast ``scene`` into ``size`` x ``size`` pixels; ``rng`` only varies the caption's wording.
+    ``with_objects`` adds ``"objects"``: the visible scene objects, left to right (for probes
+    that need each object's words in image order; a corpus has no such series), and
+    ``"visible_fraction"``: the share of each one's silhouette in the frame that no other object hides.
+    ``traced``: the scene's :func:`trace` at ``size``, where the caller has it already."""
+    objects, cam = scene.objects, scene.camera
+    tr = traced or trace(scene, size)
+    d, t, which, hit, masks = tr.d, tr.t, tr.which, tr.hit, tr.masks
+    colour = tr.light(tr.albedo, scene.horizon**2, sky_colour(scene, d))
     rgb = np.round(np.sqrt(np.clip(colour, 0, 1)) * 255).astype(np.uint8)
+    normal = tr.normal
 
     depth = np.where(hit, t * (-cam.rot[2] @ d), 0.0)  # distance along the optical axis (-back)
     normal_cam = cam.rot @ normal  # zeros stay zeros for the sky
@@ -406,11 +463,11 @@ def render(scene: Scene, size: int, rng: np.random.Generator, with_objects: bool
         "semseg": semseg.reshape(size, size).astype(np.uint8),
         "sam_instance": instance,
         "det": det,
-        "caption": _caption(visible, checker, rng),
+        "caption": _caption(visible, scene.checker, rng),
         "human_poses": [],
         **({"objects": [obj for obj, _, _ in visible],
-            # the object's own hits (t_all[1 + k], whatever lies in front) are its whole silhouette
-            "visible_fraction": [float(masks[k].sum() / np.isfinite(t_all[1 + k]).sum()) for k in order]}
+            # the object's own hits (whatever lies in front) are its whole silhouette
+            "visible_fraction": [float(masks[k].sum() / tr.silhouette[k]) for k in order]}
            if with_objects else {}),
     }
 

@@ -251,3 +251,50 @@ def test_speech_goes_from_scenes_through_tokens_masking_and_a_fourm(tmp_path):
     assert said.tokens.shape == (1, 20) and said.values[0].dtype == np.int16 and 0 < len(said.values[0]) <= 25_600
     back = pipe.generate({"speech": said.values[0]}, ["tok_imu"])
     assert back["tok_imu"].values[0].shape == (64, 6)
+
+
+def test_xray_thermal_and_hyperspectral_go_from_scenes_through_tokens_and_a_fourm(tmp_path):
+    """The image-like bands, end to end: scenes with the three series, an image tokenizer each (untrained;
+    the hyperspectral one takes its 32 bands in), `fourm tokenize`, the loader, masking and a tiny FourM's loss
+    with each as input and target; then thermal generated from an X-ray and decoded in kelvin, and a
+    hyperspectral image from a thermal one."""
+    from fourm.data.corpus import CorpusReader
+    from fourm.data.tokenize import TokenizeConfig, tokenize_corpus
+    from fourm.generation import Pipeline
+    from fourm.tokenization.vqvae import ImageVQConfig, ImageVQVAE
+    from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
+
+    corpus, tokenizers, tokens = tmp_path / "corpus", tmp_path / "tokenizers", tmp_path / "tokens"
+    bands = ["xray", "thermal", "hyperspectral"]
+    run_pipeline(PseudolabelConfig(source="scenes:8", out=str(corpus), image_size=16, labellers=[], series=bands),
+                 progress=False)
+    samples = list(CorpusReader(corpus, bands))
+    made = {}
+    for band in bands:
+        made[f"tok_{band}"] = ImageVQVAE(ImageVQConfig(
+            modality=f"tok_{band}", source=band, image_size=16, patch_size=8, dim=16, encoder_depth=1,
+            decoder_depth=1, heads=2, codebook_size=16, codebook_dim=4))
+        made[f"tok_{band}"].save_pretrained(tokenizers / f"tok_{band}")
+    tokenize_corpus(TokenizeConfig(corpus=str(corpus), tokenizers=str(tokenizers), out=str(tokens)), progress=False)
+
+    names = list(made)
+    data = TokenDataset.from_corpus(tokens, names)
+    assert all((data.modalities[n].tokens, data.modalities[n].vocab_size) == (4, 16) for n in names)
+    bands_3 = made["tok_hyperspectral"].encode([samples[3]["hyperspectral"]])[0]
+    assert np.array_equal(data[3]["tok_hyperspectral"], bands_3)
+    scale = ModalityScale(16, 8, vocab_sizes=dict.fromkeys(names, 16))
+    model = create_model("nano", names, scale)
+    batch = make_batch(data, Masker(model.specs, MaskingConfig(input_budget=6, target_budget=6)), np.arange(8),
+                       [[0, j] for j in range(8)])
+    out = model(batch)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    for name in names:
+        grad = model.embed.tables[name].weight.grad
+        assert grad is not None and grad.abs().sum() > 0
+
+    pipe = Pipeline(model.eval(), made)
+    kelvin = pipe.generate({"xray": samples[0]["xray"]}, ["tok_thermal"])["tok_thermal"].values[0]
+    assert kelvin.shape == (16, 16) and kelvin.dtype == np.float32 and 150 < kelvin.mean() < 450
+    cube = pipe.generate({"thermal": samples[1]["thermal"]}, ["tok_hyperspectral"])["tok_hyperspectral"].values[0]
+    assert cube.shape == (16, 16, 32) and cube.dtype == np.uint8

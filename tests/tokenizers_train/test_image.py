@@ -112,3 +112,24 @@ def test_the_mask_part_learns_and_the_wordpiece_family_picks_it_up(corpus, tmp_p
     maps, _, _ = image.load_series(corpus, "sam_instance", 8)
     ious = [iou for m, d in zip(maps, tok.decode(tok.encode(maps)), strict=True) for iou in instance_ious(m, d)]
     assert np.mean(ious) > 0.8 and stats["sam_instance"]["mean_iou"] > 0.8
+
+
+@pytest.fixture(scope="module")
+def band_corpus(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("bands") / "corpus"
+    run_pipeline(PseudolabelConfig(source="scenes:24", out=str(out), image_size=16, shard_size=12, labellers=[],
+                                   series=["xray", "thermal", "hyperspectral"]), progress=False)
+    return str(out)
+
+
+@pytest.mark.parametrize("name", ["xray", "thermal", "hyperspectral"])
+def test_the_band_tokenizers_train_from_their_shipped_configs(band_corpus, tmp_path, name):
+    path = next(p for p in IMAGE_CONFIGS if p.stem == name)
+    model = train_tokenizer(path, band_corpus, tmp_path, [*TINY, "train.steps=3", "train.eval_every=3"],
+                            progress=False)
+    rows = read_metrics(tmp_path / "runs" / f"tok_{name}" / "metrics.jsonl")
+    scores = next(r for r in rows if "eval/usage" in r)
+    assert 0 < scores["eval/usage"] <= 1
+    assert ("eval/spectral_angle" if name == "hyperspectral" else "eval/rel_error") in scores
+    if name == "hyperspectral":  # the band count comes from the corpus
+        assert model.config.channels == 32 and model.codec.in_channels == 32

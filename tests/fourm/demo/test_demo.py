@@ -33,11 +33,13 @@ def test_the_omni_preset_is_the_default_plus_what_it_adds():
     default = load_demo_config()
     omni = load_demo_config(Path(__file__).parents[3] / "configs" / "demo_omni.yaml")
     assert omni.model.overrides == default.model.overrides and omni.corpus.scenes == default.corpus.scenes
-    assert set(omni.corpus.series) == {"point_cloud", "imu", "video", "speech", "scene_graph", "table"}
+    assert set(omni.corpus.series) == {"point_cloud", "imu", "video", "speech", "xray", "thermal", "hyperspectral",
+                                       "scene_graph", "table"}
     assert set(default.model.modalities) < set(omni.model.modalities)
     assert all((TOKENIZER_CONFIGS / f"{n}.yaml").is_file() for n in omni.tokenizers.configs)
     assert all(m in omni.model.modalities for given, *targets in omni.chains.values() for m in [given, *targets])
-    new = ("tok_point_cloud", "tok_imu", "tok_video", "tok_speech", "scene_graph", "table")
+    new = ("tok_point_cloud", "tok_imu", "tok_video", "tok_speech", "tok_xray", "tok_thermal", "tok_hyperspectral",
+           "scene_graph", "table")
     assert all(get_modality(m).source in omni.corpus.series for m in new)
     corpus_settings = STAGES[0].settings
     assert "series" not in corpus_settings(default)  # runs from before series existed keep their corpus

@@ -20,6 +20,16 @@ def test_depth_errors_by_hand():
     assert metrics.depth_errors([gt], [gt]) == {"abs_rel": 0.0, "delta1": 1.0}
 
 
+def test_band_measures_by_hand():
+    truth = [np.array([[0.0, 2.0]]), np.array([[1.0, 1.0]])]
+    scores = metrics.measure_errors([t + 0.5 for t in truth], truth)
+    assert scores == {"rel_error": pytest.approx(2.0 / 4.0), "mae": pytest.approx(0.5)}
+    flat = np.full((1, 1, 2), 200, np.uint8)  # linear (1, 1) against (1, 0): 45 degrees
+    tilted = np.array([[[200, 0]]], np.uint8)
+    assert metrics.spectral_angle_error([tilted], [flat]) == pytest.approx(45.0)
+    assert metrics.spectral_angle_error([flat // 2], [flat]) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_normal_angle_error_by_hand():
     up, right = np.array([0.0, 1.0, 0.0]), np.array([1.0, 0.0, 0.0])
     gt = np.stack([up, up, np.zeros(3)]).reshape(1, 3, 3)  # last pixel has no normal: ignored
@@ -155,7 +165,8 @@ def test_frame_errors_by_hand():
 
 
 MODEL_MODALITIES = ["tok_rgb", "tok_depth", "tok_normal", "tok_semseg", "det", "caption", "tok_caption_global",
-                    "tok_speech", "tok_point_cloud", "tok_imu", "tok_video", "scene_graph", "table"]
+                    "tok_speech", "tok_point_cloud", "tok_imu", "tok_video", "tok_xray", "tok_thermal",
+                    "tok_hyperspectral", "scene_graph", "table"]
 
 
 class _Oracle:
@@ -228,7 +239,7 @@ def omni_scenes(tmp_path_factory):
     from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
 
     out = tmp_path_factory.mktemp("heldout_omni")
-    series = ["point_cloud", "imu", "video", "speech", "scene_graph", "table"]
+    series = ["point_cloud", "imu", "video", "speech", "xray", "thermal", "hyperspectral", "scene_graph", "table"]
     run_pipeline(PseudolabelConfig(source="scenes:8", out=str(out), seed=3, shard_size=8,
                                    labellers=["canny_edge", "normal"], series=series), progress=False)
     return out
@@ -268,6 +279,8 @@ def test_perfect_model_meets_the_upper_bound_and_beats_the_baseline(omni_scenes,
     by = {(r["task"], r["metric"]): r for r in rows}
     assert by[("RGB -> depth", "abs rel")]["model"] == 0.0
     assert by[("RGB -> semseg", "mIoU")]["model"] == 1.0
+    assert by[("RGB -> X-ray", "relative error")]["model"] == 0.0 < by[("RGB -> X-ray", "relative error")]["baseline"]
+    assert by[("RGB -> hyperspectral", "spectral angle (deg)")]["model"] == pytest.approx(0.0, abs=1e-5)
     assert by[("caption -> RGB", "named colours shown")]["model"] == 1.0  # the judge sees real scenes' colours
     assert by[("caption -> RGB", "colours shown not named")]["model"] == 0.0
     assert by[("speech -> caption", "word error rate")]["model"] == 0.0  # the raw clips found their scenes
@@ -320,8 +333,9 @@ def test_missing_modalities_skip_their_rows(scenes):
     assert [r["task"] for r in table["rows"]] == ["RGB -> depth", "RGB -> depth"]
     assert "RGB -> caption" in table["skipped"]
     # rows whose modalities neither the model nor the corpus has (a run without speech) are no omission
-    assert {"speech -> caption", "RGB -> point cloud", "IMU + first frame -> last frame", "scene graph -> RGB",
-            "caption -> table", "table -> caption"} <= set(table["absent"])
+    assert {"speech -> caption", "RGB -> point cloud", "IMU + first frame -> last frame", "RGB -> X-ray",
+            "RGB -> thermal", "RGB -> hyperspectral", "scene graph -> RGB", "caption -> table",
+            "table -> caption"} <= set(table["absent"])
     assert not set(table["absent"]) & set(table["skipped"])
     assert "not measured" in format_table(table)
     assert evaluate(Depth(), tokenizers, scenes, progress=False)["samples"] == 8  # by default every scene

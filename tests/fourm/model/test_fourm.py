@@ -372,3 +372,17 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients():
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
     assert counters["stats"]["unique_graphs"] <= 2  # one encoder block, one decoder block
+
+
+def test_init_std_and_position_scale_are_the_models_and_survive_a_save(tmp_path):
+    """init_std sets the weights' spread at init; position_scale multiplies the fixed positions, and a
+    model saved with it loads to the same outputs (it is part of the forward pass, not of the init)."""
+    base, wide = make_model(), make_model(init_std=0.05, position_scale=4.0)
+    ratio = wide.encoder[0].mlp.w12.weight.std() / base.encoder[0].mlp.w12.weight.std()
+    assert 2.2 < ratio < 2.8
+    assert torch.allclose(wide.embed.positions, 4.0 * base.embed.positions)
+    batch = random_batch(tiny_config())
+    wide.save_pretrained(tmp_path / "m")
+    loaded = FourM.from_pretrained(tmp_path / "m")
+    assert loaded.config.position_scale == 4.0
+    assert torch.equal(run(loaded, batch)[2].loss, run(wide, batch)[2].loss)

@@ -16,7 +16,8 @@ SIDE, PATCH = 16, 4
 NUM_CLASSES, FEATURES = 6, 8
 MODALITY_OF = {"rgb": "tok_rgb", "depth": "tok_depth", "normal": "tok_normal", "semseg": "tok_semseg",
                "canny_edge": "tok_canny_edge", "sam_edge": "tok_sam_edge", "clip": "tok_clip",
-               "dinov2": "tok_dinov2", "imagebind": "tok_imagebind"}
+               "dinov2": "tok_dinov2", "imagebind": "tok_imagebind", "xray": "tok_xray", "thermal": "tok_thermal",
+               "hyperspectral": "tok_hyperspectral"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,6 +44,14 @@ def sample_values(name: str, n: int = 3, side: int = SIDE, seed: int = 0) -> np.
         return (rng.random((n, side, side)) < 0.1).astype(np.uint8) * 255
     if kind == "mask":
         return rng.random((n, side, side)) < 0.5
+    if kind == "xray":
+        a = rng.uniform(0, 4, (n, side, side)).astype(np.float32)
+        a[:, : side // 4] = 0  # rays that meet nothing
+        return a
+    if kind == "thermal":
+        return rng.uniform(240, 340, (n, side, side)).astype(np.float32)
+    if kind == "hyperspectral":  # FEATURES bands: the tokenizer takes any count
+        return rng.integers(0, 256, (n, side, side, FEATURES), dtype=np.uint8)
     return rng.normal(size=(n, side, side, FEATURES)).astype(np.float16)
 
 
@@ -55,7 +64,7 @@ def tiny(name: str = "rgb", **overrides) -> ImageVQVAE:
     cfg = dict(modality=MODALITY_OF.get(name, f"test_{name}"), source=name, image_size=SIDE, patch_size=PATCH,
                dim=32, encoder_depth=1, decoder_depth=1, heads=2, codebook_size=64, codebook_dim=8,
                num_classes=NUM_CLASSES if name == "semseg" else None,
-               channels=FEATURES if CODECS[name].name == "features" else None)
+               channels=FEATURES if CODECS[name].channels_from_data else None)
     return ImageVQVAE(ImageVQConfig(**{**cfg, **overrides}))
 
 
@@ -128,10 +137,19 @@ def test_metrics_on_known_errors():
     edge[0, 2, 2] = 255
     shifted = np.roll(edge, 1, axis=2)  # one pixel off: a hit within the 1 px tolerance
     assert get_codec("canny_edge").metrics(shifted, edge)["f1"] == pytest.approx(1.0)
+    kelvin = np.array([[[300.0, 200.0]]], np.float32)
+    assert get_codec("thermal").metrics(kelvin + 5, kelvin)["rel_error"] == pytest.approx(10 / 500)
+    xray = np.array([[[0.0, 2.0]]], np.float32)  # relative to the total: rays through nothing count too
+    assert get_codec("xray").metrics(xray + 1, xray)["rel_error"] == pytest.approx(1.0)
+    # a spectrum at half the brightness has the same shape: no spectral angle
+    bands = np.full((1, 1, 1, 8), 200, np.uint8)
+    spectral = get_codec("hyperspectral", channels=8).metrics(np.round(bands / np.sqrt(2)).astype(np.uint8), bands)
+    assert spectral["spectral_angle"] < 0.5 and spectral["psnr"] < 20
 
 
 # ----------------------------------------------------------------------------- the tokenizer
-@pytest.mark.parametrize("name", ["rgb", "depth", "normal", "semseg", "canny_edge", "mask", "clip"])
+@pytest.mark.parametrize("name", ["rgb", "depth", "normal", "semseg", "canny_edge", "mask", "clip", "xray", "thermal",
+                                  "hyperspectral"])
 def test_encode_decode_round_trip_in_corpus_units(name):
     model = tiny(name)
     values = sample_values(name)
@@ -224,3 +242,18 @@ def test_wrong_inputs_give_clear_errors():
         ImageVQConfig(modality="tok_depth", source="rgb")
     with pytest.raises(LookupError, match="no pixel codec"):
         get_codec("caption")
+
+
+def test_a_many_band_image_trains_through_one_tokenizer():
+    """The image family takes C input channels: 32 bands in, 32 out, gradients to the patch projection."""
+    model = tiny("hyperspectral", channels=32).train()
+    values = np.random.default_rng(0).integers(0, 256, (4, SIDE, SIDE, 32), dtype=np.uint8)
+    x = model.to_input(values)
+    assert x.shape == (4, 32, SIDE, SIDE) and model.encoder.proj_in.in_features == 32 * PATCH * PATCH
+    x_hat, _, aux = model(x)
+    loss, _ = model.codec.loss(x_hat, x)
+    (loss + aux).backward()
+    assert x_hat.shape == x.shape and model.encoder.proj_in.weight.grad.abs().sum() > 0
+    assert model.decode(model.encode(values)).shape == values.shape
+    with pytest.raises(ValueError, match=r"expected \(H, W, 32\) images"):
+        model.encode(values[..., :8])

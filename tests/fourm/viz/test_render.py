@@ -38,6 +38,9 @@ SYNTHETIC = {
     "series": lambda rng: rng.standard_normal((64, 6)).astype(np.float32),
     "frames": lambda rng: rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
     "speech": lambda rng: (rng.standard_normal(8000) * 3000).astype(np.int16),
+    "xray": lambda rng: rng.uniform(0, 3, (32, 32)).astype(np.float32),
+    "thermal": lambda rng: rng.uniform(250, 320, (32, 32)).astype(np.float32),
+    "spectral": lambda rng: rng.integers(0, 256, (32, 32, 32), dtype=np.uint8),
     "graph": lambda rng: {"nodes": [{"size": "large", "colour": "red", "class": "cube"}, {"class": "teddy bear"},
                                     {"colour": "blue", "class": "cone"}],
                           "edges": [{"subject": 0, "relation": "left of", "object": 1},
@@ -194,6 +197,29 @@ def test_show_writes_a_speech_sample_as_a_picture_and_a_wav(tmp_path):
     png = save_sample_grid(tmp_path / "c", 0, tmp_path / "out" / "s.png")
     audio, rate = soundfile.read(png.with_suffix(".speech.wav"), dtype="int16")
     assert Image.open(png).size[0] > 0 and rate == 16_000 and np.array_equal(audio, clip)
+
+
+def test_xray_dense_is_bright_and_thermal_hot_is_bright():
+    xray = np.zeros((8, 8), np.float32)
+    xray[:, 4:] = 3.0
+    pixels = np.asarray(render("xray", xray, size=8)).astype(int).sum(-1)
+    assert pixels[0, 6] > pixels[0, 1]
+    kelvin = np.full((8, 8), 260.0, np.float32)
+    kelvin[:, 4:] = 310.0
+    pixels = np.asarray(render("thermal", kelvin, size=8)).astype(int).sum(-1)
+    assert pixels[0, 6] > pixels[0, 1]
+    with pytest.raises(ValueError, match="expected finite values"):
+        render("thermal", np.zeros((4, 4, 2)))
+
+
+def test_hyperspectral_false_colour_is_the_rgb_its_spectra_came_from():
+    from fourm.data.spectra import false_colour, rgb_basis
+
+    red = np.array([0.8, 0.05, 0.05]) ** 2  # linear
+    cube = np.round(np.sqrt(rgb_basis() @ red) * 255).astype(np.uint8)
+    assert np.abs(false_colour(cube).astype(int) - np.round(np.sqrt(red) * 255)).max() <= 2
+    tile = np.asarray(render("hyperspectral", np.broadcast_to(cube, (8, 8, len(cube))).copy(), size=8))
+    assert tile[0, 0, 0] > 150 and tile[0, 0, 1] < 60
 
 
 def test_graph_nodes_take_their_colour_and_tables_fit_the_tile():
