@@ -48,7 +48,8 @@ def _modalities(p: argparse.ArgumentParser):
 
 @command("pseudolabel", "label a source and write an aligned corpus (resumable)")
 def _pseudolabel(p: argparse.ArgumentParser):
-    p.add_argument("--source", help="scenes:N | folder:PATH | wds:PATTERN | points:PATH | audio:PATH | rasters:PATH")
+    p.add_argument("--source",
+                   help="scenes:N | folder:PATH | wds:PATTERN | points:PATH | audio:PATH | rasters:PATH | csv:PATH")
     p.add_argument("--out", help="corpus folder")
     p.add_argument("--labellers", help="comma-separated labeller names (default: all that apply)")
     p.add_argument("--shard-size", type=int)

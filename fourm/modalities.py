@@ -176,6 +176,9 @@ CORPUS: dict[str, CorpusModality] = {
         # gamma-encoded as the RGB is (sqrt of linear radiance, 8 bits), one plane per band
         CorpusModality("hyperspectral", Storage("npy", "uint8"), "spectral", None,
                        f"hyperspectral radiance (H, W, {HYPERSPECTRAL_BANDS}) in 8 bits, bands 400-710 nm"),
+        CorpusModality("scene_graph", Storage("json"), "graph", None,
+                       "objects and relations: {nodes: [{size, colour, class}], edges: [{subject, relation, object}]}"),
+        CorpusModality("table", Storage("json"), "table", None, "rows: [{column: number or words}]"),
     ]
 }
 
@@ -222,6 +225,9 @@ MODALITIES: dict[str, Modality] = {
         Modality("tok_xray", Kind.IMAGE, "xray", _IMAGE, 8192),
         Modality("tok_thermal", Kind.IMAGE, "thermal", _IMAGE, 8192),
         Modality("tok_hyperspectral", Kind.IMAGE, "hyperspectral", _IMAGE, 8192),
+        # a scene's 4 objects and 12 edges are ~90 tokens; a table's 4 rows of 8 cells ~70
+        Modality("scene_graph", Kind.SEQUENCE, "scene_graph", _WORDPIECE, _TEXT_VOCAB, max_tokens=256),
+        Modality("table", Kind.SEQUENCE, "table", _WORDPIECE, _TEXT_VOCAB, max_tokens=256),
     ]
 }
 

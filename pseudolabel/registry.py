@@ -13,7 +13,7 @@ from fourm.registry import Registry
 # Modules that define sources and labellers; each registers its classes on import.
 _MODULES = {
     "source": ["pseudolabel.sources.scenes", "pseudolabel.sources.files", "pseudolabel.sources.points",
-               "pseudolabel.sources.audio", "pseudolabel.sources.rasters"],
+               "pseudolabel.sources.audio", "pseudolabel.sources.rasters", "pseudolabel.sources.tables"],
     "labeller": [
         "pseudolabel.labellers.classical",
         "pseudolabel.labellers.metadata",

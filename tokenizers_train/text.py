@@ -1,16 +1,18 @@
 """The ``wordpiece`` family: the shared vocabulary of the sequence modalities, learned from a corpus.
 
 WordPiece is counted, not trained by gradient descent, so this family does not use the shared loop:
-Hugging Face's ``WordPieceTrainer`` learns word pieces from the corpus captions, the class names of
-the manifest and the labels found in ``det``, and the metadata field names (plus any ``extra_text``
-files), with every reserved token of :mod:`fourm.tokenization.text` given as a special token so it
-stays whole. One :class:`~fourm.tokenization.text.SequenceTokenizer` folder is written per sequence
-modality of the corpus (``out/caption``, ``out/det`` ...); all hold the same vocabulary and each
-loads on its own. The instance-mask and pose codes come from trained coders when the tokenizers
-folder has them (``out/parts/sam_instance_mask``, ``out/parts/pose_vqvae``: train those first) and
-``mask_coder`` / ``pose_coder`` say ``auto``, else from the grid fallbacks; a trained coder is stored
-inside the folder of the modality that uses it. A summary (token counts, truncation, encode speed,
-round-trip quality, the coders used) goes to ``out/wordpiece_stats.json``.
+Hugging Face's ``WordPieceTrainer`` learns word pieces from the corpus captions, the class names of the
+manifest and the labels found in ``det``, the words of scene graphs and tables, and the metadata field
+names (plus any ``extra_text`` files), with every reserved token of :mod:`fourm.tokenization.text` given
+as a special token so it stays whole. One :class:`~fourm.tokenization.text.SequenceTokenizer` folder is
+written per sequence modality of the corpus (``out/caption``, ``out/det`` ...); all hold the same
+vocabulary and each loads on its own. The instance-mask and pose codes come from trained coders when the
+tokenizers folder has them (``out/parts/sam_instance_mask``, ``out/parts/pose_vqvae``: train those
+first) and ``mask_coder`` / ``pose_coder`` say ``auto``, else from the grid fallbacks; a trained coder
+is stored inside the folder of the modality that uses it. A summary (token counts, truncation, encode
+speed, round-trip quality, the coders used) goes to ``out/wordpiece_stats.json``.
+A table's schema (its columns, each number column's range) is the built-in scenes' when the corpus's
+tables have their columns, else read from the corpus's tables (``table_columns`` in the config sets it).
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ from fourm.data.corpus import CorpusReader, read_manifest
 from fourm.io import write_json
 from fourm.tokenization.bins import NUM_BINS
 from fourm.tokenization.coders import MASK_CODERS, POSE_CODERS
-from fourm.tokenization.serializers import METADATA_FIELDS, SERIALIZERS
+from fourm.tokenization.serializers import (
+    METADATA_FIELDS,
+    NODE_FIELDS,
+    SERIALIZERS,
+    TABLE_BINS,
+    default_columns,
+    infer_columns,
+)
 from fourm.tokenization.text import SequenceTokenizer, TextConfig, alphabet, new_tokenizer, reserved_tokens
 from fourm.tokenization.words import normalize_text, split_words
 from tokenizers_train.data import tokenizer_dir
@@ -53,6 +62,10 @@ class Config:
     # learns the value tokens from ~1000 scenes of 64 px only with far fewer: 65 (the pixel edges, boxes
     # exact) or 64 (one per pixel, within half a pixel)
     box_bins: int = NUM_BINS
+    # the table's schema, [[column, [lo, hi] or null], ...]; null: the scenes' when the corpus's tables have
+    # their columns, else read from the corpus (fourm.tokenization.serializers.infer_columns)
+    table_columns: list | None = None
+    table_bins: int = TABLE_BINS  # levels per number column of a table
     modalities: list[str] = field(default_factory=list)  # empty: every sequence modality of the corpus
     limit: int | None = None  # samples read from the corpus; None: all
     extra_text: list[str] = field(default_factory=list)  # text files (one document a line) to learn from too
@@ -63,10 +76,16 @@ class Config:
 
 
 def training_text(values: dict[str, list], manifest: dict, extra_text: list[str] = ()) -> list[str]:
-    """Captions, class names (manifest and det labels), metadata field names and extra documents."""
+    """Captions, class names (manifest and det labels), the words of scene graphs and tables, metadata field
+    names and extra documents."""
     texts = [str(c) for c in values.get("caption", [])]
     names = {n for names in manifest.get("classes", {}).values() for n in names}
     names |= {d["label"] for objects in values.get("det", []) for d in objects}
+    for graph in values.get("scene_graph", []):
+        names |= {str(node[f]) for node in graph.get("nodes", []) for f in NODE_FIELDS if node.get(f) is not None}
+        names |= {str(edge["relation"]) for edge in graph.get("edges", [])}
+    names |= {cell for rows in values.get("table", []) for row in rows for cell in row.values()
+              if isinstance(cell, str)}
     texts += sorted(names) + [name.replace("_", " ") for name in METADATA_FIELDS]
     for path in extra_text:
         texts += [line for line in Path(path).read_text().splitlines() if line.strip()]
@@ -152,12 +171,51 @@ def measure(tokenizer, values: list, batch_size: int = 256) -> dict:
     stats = {"samples": len(values), "mean_tokens": round(float(lengths.mean()), 2), "max_tokens": int(lengths.max()),
              "truncated": int((full > tokenizer.max_tokens).sum()),
              "encode_samples_per_s": round(len(values) / max(seconds, 1e-9), 1)}
-    stats.update(round_trip(tokenizer.modality, values, decoded))
+    stats.update(round_trip(tokenizer.modality, values, decoded, tokenizer))
     return stats
 
 
-def round_trip(modality: str, values: list, decoded: list) -> dict:
-    """One quality figure per modality: exact captions, box error, palette exactness, instance IoU."""
+def table_columns(cfg: Config, tables: list) -> list[list]:
+    """The schema the table tokenizer is given (see the module notes)."""
+    if cfg.table_columns is not None:
+        return cfg.table_columns
+    scenes = default_columns()
+    found = {name for rows in tables for row in rows for name in row}
+    return scenes if found <= {name for name, _ in scenes} else infer_columns(tables)
+
+
+def table_errors(values: list, decoded: list, columns: list[list], bins: int) -> dict:
+    """The share of tables that come back exactly (the schema's cells of every row: numbers within half a
+    level of their column's binning, words normalised) and the largest number error, in levels."""
+    spans = {name: span for name, span in columns}
+    worst, exact = 0.0, []
+    for rows, back in zip(values, decoded, strict=True):
+        same = len(rows) == len(back)
+        for row, got in zip(rows, back, strict=False):
+            kept = {n: v for n, v in row.items() if n in spans and v is not None}
+            same = same and set(kept) == set(got)
+            for name, value in kept.items():
+                span = spans[name]
+                if span is None:
+                    same = same and got.get(name) == normalize_text(str(value))
+                elif name in got:
+                    level = (span[1] - span[0]) / (bins - 1)
+                    error = abs(min(max(float(value), span[0]), span[1]) - got[name])
+                    # 1e-6: decoded numbers are rounded to 6 places, and a value halfway between levels is
+                    # half a level off either way
+                    worst, same = max(worst, error / level), same and error <= level / 2 + 1e-6
+        exact.append(same)
+    return {"exact_within_bins": float(np.mean(exact)) if exact else 1.0, "max_error_levels": round(worst, 4)}
+
+
+def round_trip(modality: str, values: list, decoded: list, tokenizer=None) -> dict:
+    """One quality figure per modality: exact captions, box error, palette exactness, instance IoU, exact
+    scene graphs, tables within their binning."""
+    if modality == "scene_graph":
+        return {"exact": float(np.mean([d == v for v, d in zip(values, decoded, strict=True)]))}
+    if modality == "table":
+        config = tokenizer.config
+        return table_errors(values, decoded, config.table_columns, config.table_bins)
     if modality == "caption":
         return {"exact": float(np.mean([d == normalize_text(v) for v, d in zip(values, decoded, strict=True)]))}
     if modality == "det":
@@ -207,7 +265,8 @@ def run(cfg: Config, out: Path, progress: bool = True) -> dict:
         tok = SequenceTokenizer.from_vocabulary(
             TextConfig(modality, vocab_size=cfg.vocab_size, num_mask_codes=cfg.num_mask_codes,
                        num_pose_codes=cfg.num_pose_codes, mask_coder=used["mask_coder"][0],
-                       pose_coder=used["pose_coder"][0], image_size=image_size, box_bins=cfg.box_bins), pieces,
+                       pose_coder=used["pose_coder"][0], image_size=image_size, box_bins=cfg.box_bins,
+                       table_columns=table_columns(cfg, values.get("table", [])), table_bins=cfg.table_bins), pieces,
             **{key: coder for key, (_, coder) in used.items() if coder is not None})
         tok.save_pretrained(Path(out) / modality)
         stats["vocab_size"] = tok.vocab_size

@@ -110,6 +110,14 @@ def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None,
             parts.append(f"<img src='{_png(path)}' alt='{html.escape(title)}'>")
         else:
             parts.append(f"<p class='missing'>not produced ({html.escape(rel)})</p>")
+    # the chains a config adds (`chains:`, such as configs/demo_omni.yaml's) have no section of their own
+    listed = {rel for rel, _, _ in SECTIONS}
+    for path in sorted((root / "pictures").glob("*.png")):
+        if f"pictures/{path.name}" not in listed and not path.stem.startswith("sample-"):
+            title = " -> ".join(part.replace("-", " ") for part in path.stem.split("-to-"))
+            parts.append(f"<h2>{html.escape(title)}</h2><p>A chain of the run's config: from each held-out "
+                         "sample's given modality (left), every target in turn; the truth in the row below.</p>"
+                         f"<img src='{_png(path)}' alt='{html.escape(title)}'>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>fourm demo</title><style>{STYLE}</style>"
             f"</head><body>{''.join(parts)}</body></html>\n")
     target = Path(out) if out else root / "report.html"

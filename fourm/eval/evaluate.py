@@ -29,6 +29,11 @@ accuracy of the decoded cloud at the exact points, and Chamfer distance), IMU + 
 frame (PSNR and mean absolute error of the video's last frame generated from the IMU signal and the
 first frame's tokens).
 
+Scene graphs and tables (issue 18, rows needing ``configs/demo_omni.yaml``'s ``scene_graph`` and ``table``):
+scene graph -> RGB is judged as caption -> RGB is, on the colours of the graph's nodes; caption -> table and
+table -> caption score the agreement of the (size, colour, class) objects that the table's rows and the
+caption name (:func:`fourm.eval.metrics.object_agreement`), beside another scene's table or caption.
+
 Rows are a registry (``TASKS``); each task asks the model for what it needs through a
 :class:`Generator`, whose answers are cached so that chained rows reuse them.
 """
@@ -297,19 +302,63 @@ def _retrieval(ctx: Context) -> list[Row]:
             for k in ks]
 
 
+def _judged_images(ctx: Context, name: str, given: str, named: list[set[str]]) -> list[Row]:
+    """Images sampled from ``given`` ``ctx.draws`` times per scene, judged without the model
+    (:func:`fourm.eval.metrics.named_colour_hits`): which of the ``named`` colours an image shows, and how
+    many of the colours it shows were not named; beside another scene's image and the RGB round trip."""
+    draws = [metrics.named_colour_hits(d, named) for d in ctx.sample("tok_rgb", given)]
+    model = {k: float(np.mean([d[k] for d in draws])) for k in draws[0]}
+    base = metrics.named_colour_hits(ctx.shuffled("rgb"), named)
+    upper = metrics.named_colour_hits(ctx.round_trip("tok_rgb", ctx.truth("rgb")), named)
+    return [Row(name, "named colours shown", model["named"], base["named"], upper["named"], True,
+                "another scene's image"),
+            Row(name, "colours shown not named", model["false_alarms"], base["false_alarms"],
+                upper["false_alarms"], False, "another scene's image")]
+
+
 @task("caption -> RGB", "caption", "tok_rgb")
 def _caption_to_rgb(ctx: Context) -> list[Row]:
-    """Images sampled ``ctx.draws`` times per scene, judged without the model (:func:`fourm.eval.metrics.colour_hits`):
-    which named colours an image shows, and how many of the colours it shows the caption did not name."""
-    captions = ctx.truth("caption")
-    draws = [metrics.colour_hits(d, captions) for d in ctx.sample("tok_rgb", "caption")]
-    model = {k: float(np.mean([d[k] for d in draws])) for k in draws[0]}
-    base = metrics.colour_hits(ctx.shuffled("rgb"), captions)
-    upper = metrics.colour_hits(ctx.round_trip("tok_rgb", ctx.truth("rgb")), captions)
-    return [Row("caption -> RGB", "named colours shown", model["named"], base["named"], upper["named"], True,
-                "another scene's image"),
-            Row("caption -> RGB", "colours shown not named", model["false_alarms"], base["false_alarms"],
-                upper["false_alarms"], False, "another scene's image")]
+    """Images judged by the colours the caption names (:func:`_judged_images`)."""
+    named = [{c for c, _ in metrics.parse_objects(caption) if c} for caption in ctx.truth("caption")]
+    return _judged_images(ctx, "caption -> RGB", "caption", named)
+
+
+@task("scene graph -> RGB", "scene_graph", "tok_rgb")
+def _graph_to_rgb(ctx: Context) -> list[Row]:
+    """Images judged by the colours of the graph's nodes (:func:`_judged_images`): the objects it shows."""
+    named = [{n.get("colour") for n in graph.get("nodes", []) if n.get("colour")} for graph in ctx.truth("scene_graph")]
+    return _judged_images(ctx, "scene graph -> RGB", "scene_graph", named)
+
+
+@task("caption -> table", "caption", "table")
+def _caption_to_table(ctx: Context) -> list[Row]:
+    """The objects (size, colour, class) of the table predicted from a caption against the caption's own
+    (:func:`fourm.eval.metrics.object_agreement`): another scene's table is the baseline, the true table's
+    round trip the bound."""
+    said = [metrics.object_triples(c) for c in ctx.truth("caption")]
+
+    def agreement(tables: list) -> float:
+        return metrics.object_agreement([metrics.row_triples(t) for t in tables], said)
+
+    return [Row("caption -> table", "objects agree (F1)", agreement(ctx.generate("table", "caption")),
+                agreement(ctx.shuffled("table")), agreement(ctx.round_trip("table", ctx.truth("table"))), True,
+                "another scene's table")]
+
+
+@task("table -> caption", "table", "caption")
+def _table_to_caption(ctx: Context) -> list[Row]:
+    """The objects of captions sampled ``ctx.draws`` times from a table against the table's rows (sampled for
+    the reason RGB -> caption is), beside as many other scenes' captions and the true caption's round trip."""
+    rows = [metrics.row_triples(t) for t in ctx.truth("table")]
+    gt = ctx.truth("caption")
+
+    def agreement(captions: list[str]) -> float:
+        return metrics.object_agreement([metrics.object_triples(c) for c in captions], rows)
+
+    model = float(np.mean([agreement(d) for d in ctx.sample("caption", "table")]))
+    base = float(np.mean([agreement(ctx.shuffled("caption", 1 + k % (len(gt) - 1))) for k in range(ctx.draws)]))
+    return [Row("table -> caption", "objects agree (F1)", model, base, agreement(ctx.round_trip("caption", gt)),
+                True, "another scene's caption")]
 
 
 @task("RGB -> caption", "tok_rgb", "caption")

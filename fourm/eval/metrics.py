@@ -17,7 +17,8 @@ ids, boxes in [0, 1]), each summed over a whole evaluation set so one number des
 * transcripts: word error rate (word edits over the true words; ``jiwer``);
 * point clouds: per-point class accuracy, each true point read at its nearest predicted point, and the
   symmetric Chamfer distance;
-* frames: PSNR and mean absolute error of 8-bit images.
+* frames: PSNR and mean absolute error of 8-bit images;
+* objects in a table or caption: how far two lists of (size, colour, class) agree.
 """
 
 from __future__ import annotations
@@ -152,13 +153,21 @@ def parse_objects(caption: str) -> list[tuple[str | None, str]]:
 
     Scene captions always say ``<size> <colour> <shape>``; a generated caption may drop the size or colour.
     """
+    return [(colour, shape) for _, colour, shape in object_triples(caption)]
+
+
+def object_triples(caption: str) -> list[tuple[str | None, str | None, str]]:
+    """``(size, colour, shape)`` for every shape word of ``caption``: the colour word right before it and the
+    size word before that (None where a generated caption drops one)."""
     colours, shapes, sizes = scene_vocabulary()
     words = re.findall(r"[a-z]+", caption.lower())
     found = []
     for i, w in enumerate(words):
         if w in shapes:
-            before = words[i - 1] if i else ""
-            found.append((before if before in colours else None, w))
+            j = i - 1
+            colour = words[j] if j >= 0 and words[j] in colours else None
+            j -= colour is not None
+            found.append((words[j] if j >= 0 and words[j] in sizes else None, colour, w))
     return found
 
 
@@ -185,6 +194,22 @@ def caption_object_scores(pred: Iterable[str], gt: Iterable[str]) -> dict[str, f
         true_found += len(truth) - len(pairs)
     return {"shape": right_shape / named if named else 0.0, "colour_shape": right_both / named if named else 0.0,
             "recall": true_found / true_total if true_total else 1.0}
+
+
+def row_triples(rows: list[dict]) -> list[tuple[str | None, str | None, str | None]]:
+    """``(size, colour, class)`` of every row of a table (the scenes' table columns)."""
+    return [(row.get("size"), row.get("colour"), row.get("class")) for row in rows]
+
+
+def object_agreement(pred: Iterable[list[tuple]], truth: Iterable[list[tuple]]) -> float:
+    """How far two descriptions of each scene's objects agree, as sets of ``(size, colour, class)`` (a caption
+    names an object twice when it places a third one by it): twice the objects in both over the objects in
+    either (F1), summed over the scenes; 1.0 when neither names any object."""
+    both = total = 0
+    for p, t in zip(pred, truth, strict=True):
+        p, t = set(p), set(t)
+        both, total = both + len(p & t), total + len(p) + len(t)
+    return 2 * both / total if total else 1.0
 
 
 def classify_colours(pixels: np.ndarray, min_saturation: float = 0.3) -> np.ndarray:
@@ -240,13 +265,19 @@ def colours_shown(rgb: np.ndarray, min_pixels: int = 8) -> set[str]:
 def colour_hits(images: list[np.ndarray], captions: list[str]) -> dict[str, float]:
     """Caption -> image, judged by colour: ``named`` = the share of the captions' chromatic colours the images
     show, ``false_alarms`` = the share of the colours the images show that their captions did not name."""
-    named = shown = hits = 0
+    return named_colour_hits(images, [{c for c, _ in parse_objects(caption) if c} for caption in captions])
+
+
+def named_colour_hits(images: list[np.ndarray], named: list[set[str]]) -> dict[str, float]:
+    """:func:`colour_hits` for colours named any way (a caption's, a scene graph's nodes'), a set per image."""
+    named_count = shown = hits = 0
     grey = achromatic_colours()
-    for image, caption in zip(images, captions, strict=True):
-        want = {c for c, _ in parse_objects(caption) if c and c not in grey}
+    for image, colours in zip(images, named, strict=True):
+        want = {c for c in colours if c and c not in grey}
         seen = colours_shown(image)
-        named, shown, hits = named + len(want), shown + len(seen), hits + len(want & seen)
-    return {"named": hits / named if named else 1.0, "false_alarms": (shown - hits) / shown if shown else 0.0}
+        named_count, shown, hits = named_count + len(want), shown + len(seen), hits + len(want & seen)
+    return {"named": hits / named_count if named_count else 1.0,
+            "false_alarms": (shown - hits) / shown if shown else 0.0}
 
 
 # ----------------------------------------------------------------------------- transcripts

@@ -37,7 +37,14 @@ from fourm.modalities import SCALE_PRESETS, get_modality
 from fourm.pretrained import CONFIG_NAME, FORMAT_VERSION, build_config, read_config, register_pretrained, resolve_path
 from fourm.tokenization.bins import NUM_BINS
 from fourm.tokenization.coders import MASK_CODERS, POSE_CODERS, MaskCoder, PoseCoder
-from fourm.tokenization.serializers import MAX_COLORS, METADATA_FIELDS, SERIALIZERS, get_serializer
+from fourm.tokenization.serializers import (
+    MAX_COLORS,
+    METADATA_FIELDS,
+    SERIALIZERS,
+    TABLE_BINS,
+    default_columns,
+    get_serializer,
+)
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -58,7 +65,8 @@ class TextConfig:
     """One sequence modality's tokenizer: the shared vocabulary's shape plus the serializer settings.
 
     Args:
-        modality: sequence modality key (caption, det, color_palette, metadata, sam_instance, human_poses).
+        modality: sequence modality key (caption, det, color_palette, metadata, sam_instance, human_poses,
+            scene_graph, table).
         vocab_size: ids in the vocabulary (reserved + learned + ``[unused_k]`` padding): the embedding size.
         num_mask_codes / num_pose_codes: code tokens reserved for the mask and pose tokenizers.
         mask_coder / pose_coder: names in ``MASK_CODERS`` / ``POSE_CODERS``: ``grid`` is built from the
@@ -70,6 +78,8 @@ class TextConfig:
         box_bins: levels per box coordinate (det, sam_instance, human_poses), 2 .. 1000: the value
             tokens ``v0=0 .. v3=box_bins-1`` of the (unchanged) vocabulary. Fewer levels are fewer
             tokens for a small model to learn; palettes and metadata keep 1000.
+        table_columns / table_bins: the table's schema and levels per number column
+            (:class:`fourm.tokenization.serializers.TableSerializer`); default: the built-in scenes' table.
     """
 
     modality: str
@@ -80,6 +90,8 @@ class TextConfig:
     pose_coder: str = "grid"
     image_size: int = SCALE_PRESETS["cpu"]["image_size"]
     box_bins: int = NUM_BINS
+    table_columns: list = dataclasses.field(default_factory=default_columns)
+    table_bins: int = TABLE_BINS
 
     def __post_init__(self):
         if self.modality not in SERIALIZERS:
@@ -192,7 +204,8 @@ class SequenceTokenizer:
             if coder.vocab_size > room:
                 raise ValueError(f"{type(coder).__name__} has {coder.vocab_size} codes, the vocabulary {room}")
         self.serializer = get_serializer(config.modality, mask_coder=self.mask_coder, pose_coder=self.pose_coder,
-                                         image_size=config.image_size, box_bins=config.box_bins)
+                                         image_size=config.image_size, box_bins=config.box_bins,
+                                         table_columns=config.table_columns, table_bins=config.table_bins)
 
     # ----------------------------------------------------------------------------- ids the model needs
     @property

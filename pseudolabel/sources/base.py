@@ -59,7 +59,7 @@ def parse_source(spec: str, **options) -> Source:
     name, _, arg = spec.partition(":")
     if not arg:
         raise ValueError(f"source {spec!r} has no argument: use scenes:N, folder:PATH, wds:PATTERN, points:PATH, "
-                         "audio:PATH or rasters:PATH")
+                         "audio:PATH, rasters:PATH or csv:PATH")
     cls = lookup("source", name)
     accepted = {f.name for f in dataclasses.fields(cls)}
     if options.get("series") and "series" not in accepted:  # silently dropped, the corpus would lack them

@@ -26,7 +26,7 @@ import numpy as np
 from einops import rearrange
 
 from fourm.data.scenes import CLASSES, COLOURS, SHAPES, SIZES  # the scenes' words, shared with the evaluation
-from pseudolabel.sources import scene_bands, scene_series
+from pseudolabel.sources import scene_bands, scene_series, scene_structure
 from pseudolabel.sources.base import Source, source
 
 _EPS = 1e-4  # smallest t accepted: keeps shadow rays from hitting the surface they leave
@@ -304,8 +304,9 @@ class Scene:
         )
 
 
-# what a scene adds on request (scene_series; speech: tts; the image-like bands: scene_bands)
-SERIES = ("point_cloud", "imu", "video", "speech", "xray", "thermal", "hyperspectral")
+# what a scene adds on request (scene_series; speech: tts; the image-like bands: scene_bands;
+# scene_graph and table: scene_structure)
+SERIES = ("point_cloud", "imu", "video", "speech", "xray", "thermal", "hyperspectral", "scene_graph", "table")
 
 
 def render_scene(seed: int, image_size: int = 64, series: tuple[str, ...] = ()) -> dict:
@@ -314,7 +315,12 @@ def render_scene(seed: int, image_size: int = 64, series: tuple[str, ...] = ()) 
     rng = np.random.default_rng(seed)
     scene = Scene.sample(rng)
     traced = trace(scene, image_size)
-    out = render(scene, image_size, rng, traced=traced)
+    structured = [s for s in ("scene_graph", "table") if s in series]
+    out = render(scene, image_size, rng, with_objects=bool(structured), traced=traced)
+    if structured:  # from the objects the view shows (the caption's), read off the scene's 3D positions
+        objects, visible = out.pop("objects"), out.pop("visible_fraction")
+        for key in structured:
+            out[key] = scene_structure.SERIES[key](objects, visible, scene.camera)
     if "xray" in series:
         out["xray"] = scene_bands.xray(scene, traced)
     if "thermal" in series:  # the air's temperature from a stream of its own, as the move's
@@ -354,6 +360,7 @@ class Trace:
     t: np.ndarray  # (N,) distance to the first hit, inf for the sky
     which: np.ndarray  # (N,) -1 sky, 0 ground, 1 + k object k
     masks: list[np.ndarray]  # (N,) bool per object: the pixels where it is the first hit
+    silhouette: np.ndarray  # (K,) per object: the pixels its own hits cover, whatever lies in front
     normal: np.ndarray  # (3, N) world normals, 0 for the sky
     albedo: np.ndarray  # (3, N) linear RGB albedo
     sun: np.ndarray  # (N,) cosine of the sun on the surface, 0 in shadow
@@ -417,8 +424,9 @@ def trace(scene: Scene, size: int) -> Trace:
     spec[glossy] = 0.6 * np.maximum((half * normal[:, glossy]).sum(0) / np.linalg.norm(half, axis=0), 0) ** 40
     sun = np.where(lit, ndl, 0.0)
     fog = np.where(ground, np.clip((t - _FOG_START) / (_GROUND_RADIUS - _FOG_START), 0, 1), 0.0)
-    return Trace(size, d, t, which, masks, normal, albedo, sun, 0.22 * (0.6 + 0.4 * normal[1]) + 0.9 * sun,
-                 spec, fog)
+    silhouette = np.isfinite(t_all[1:]).sum(1)
+    return Trace(size, d, t, which, masks, silhouette, normal, albedo, sun,
+                 0.22 * (0.6 + 0.4 * normal[1]) + 0.9 * sun, spec, fog)
 
 
 def sky_colour(scene: Scene, d: np.ndarray) -> np.ndarray:
@@ -431,8 +439,9 @@ def render(scene: Scene, size: int, rng: np.random.Generator, with_objects: bool
            traced: Trace | None = None) -> dict:
     """Ray cast ``scene`` into ``size`` x ``size`` pixels; ``rng`` only varies the caption's wording.
     ``with_objects`` adds ``"objects"``: the visible scene objects, left to right (for probes
-    that need each object's words in image order; a corpus has no such series). ``traced``: the
-    scene's :func:`trace` at ``size``, where the caller has it already."""
+    that need each object's words in image order; a corpus has no such series), and
+    ``"visible_fraction"``: the share of each one's silhouette in the frame that no other object hides.
+    ``traced``: the scene's :func:`trace` at ``size``, where the caller has it already."""
     objects, cam = scene.objects, scene.camera
     tr = traced or trace(scene, size)
     d, t, which, hit, masks = tr.d, tr.t, tr.which, tr.hit, tr.masks
@@ -446,7 +455,7 @@ def render(scene: Scene, size: int, rng: np.random.Generator, with_objects: bool
     for obj, mine in zip(objects, masks, strict=True):
         semseg[mine] = CLASSES.index(obj.shape)
 
-    instance, det, visible = _instances(masks, depth, objects, size)
+    instance, det, visible, order = _instances(masks, depth, objects, size)
     return {
         "rgb": rearrange(rgb, "c (h w) -> h w c", h=size),
         "depth": depth.reshape(size, size).astype(np.float32),
@@ -456,12 +465,16 @@ def render(scene: Scene, size: int, rng: np.random.Generator, with_objects: bool
         "det": det,
         "caption": _caption(visible, scene.checker, rng),
         "human_poses": [],
-        **({"objects": [obj for obj, _, _ in visible]} if with_objects else {}),
+        **({"objects": [obj for obj, _, _ in visible],
+            # the object's own hits (whatever lies in front) are its whole silhouette
+            "visible_fraction": [float(masks[k].sum() / tr.silhouette[k]) for k in order]}
+           if with_objects else {}),
     }
 
 
 def _instances(masks: list[np.ndarray], depth: np.ndarray, objects: list[SceneObject], size: int):
-    """Ids 1..N for the visible objects, left to right; their boxes; (object, x centre, depth) for captions.
+    """Ids 1..N for the visible objects, left to right; their boxes; (object, x centre, depth) for captions;
+    their indices in ``objects``.
 
     masks: one (H * W,) bool per object; depth: (H * W,). An object under the pixel threshold keeps its
     class in semseg (that stays exact) but gets no instance, box or mention.
@@ -480,7 +493,8 @@ def _instances(masks: list[np.ndarray], depth: np.ndarray, objects: list[SceneOb
     for i, (_, k, *_rest) in enumerate(found):
         instance[masks[k]] = i + 1
     det = [{"box": box, "label": obj.shape, "score": 1.0} for _, _, obj, box, _ in found]
-    return instance.reshape(size, size), det, [(obj, float(cx), float(z)) for cx, _, obj, _, z in found]
+    return (instance.reshape(size, size), det, [(obj, float(cx), float(z)) for cx, _, obj, _, z in found],
+            [k for _, k, *_rest in found])
 
 
 # ----------------------------------------------------------------------------- the caption

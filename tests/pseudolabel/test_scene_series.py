@@ -15,7 +15,8 @@ SIZE = 48
 
 def test_series_are_opt_in_and_leave_the_rest_unchanged():
     plain, extra = render_scene(5, SIZE), render_scene(5, SIZE, SERIES)
-    assert set(extra) == set(plain) | {"point_cloud", "imu", "video", "speech", "xray", "thermal", "hyperspectral"}
+    assert set(extra) == set(plain) | {"point_cloud", "imu", "video", "speech", "xray", "thermal", "hyperspectral",
+                                       "scene_graph", "table"}
     for key, value in plain.items():
         assert np.array_equal(np.asarray(value), np.asarray(extra[key])) if isinstance(value, np.ndarray) \
             else value == extra[key]
@@ -28,7 +29,8 @@ def test_series_are_opt_in_and_leave_the_rest_unchanged():
     assert source.provides == (*Scenes.provides, "imu") and "imu" in next(source.shard(0, 2))
     # a corpus planned before series existed resumes: its plan's source has no series key
     assert "series" not in Scenes(count=2).describe() and source.describe()["series"] == ["imu"]
-    with pytest.raises(ValueError, match="unknown series 'lidar'; known: point_cloud, imu, video, speech, xray"):
+    known = "point_cloud, imu, video, speech, xray, thermal, hyperspectral, scene_graph, table"
+    with pytest.raises(ValueError, match=f"unknown series 'lidar'; known: {known}"):
         Scenes(count=2, series=("lidar",))
 
 

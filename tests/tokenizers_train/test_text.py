@@ -82,3 +82,32 @@ def test_config_errors(corpus, tmp_path):
         train_tokenizer(CONFIG, str(corpus), tmp_path, ["nope=1"], progress=False)
     with pytest.raises(ValueError, match="no sequence series"):
         train_tokenizer(CONFIG, str(corpus), tmp_path, ["modalities=[tok_rgb]"], progress=False)
+
+
+def test_scene_graphs_and_tables_round_trip_exactly(tmp_path):
+    corpus = tmp_path / "corpus"
+    run_pipeline(PseudolabelConfig(source="scenes:12", out=str(corpus), shard_size=12, labellers=[],
+                                   series=["scene_graph", "table"]), progress=False)
+    stats = train_tokenizer(CONFIG, str(corpus), tmp_path / "tok", ["min_frequency=1",
+                                                                     "modalities=[caption,scene_graph,table]"],
+                            progress=False)
+    assert stats["scene_graph"]["exact"] == 1.0
+    assert stats["table"]["exact_within_bins"] == 1.0 and stats["table"]["max_error_levels"] <= 0.5 + 1e-4
+    toks = load_tokenizers(tmp_path / "tok")
+    assert toks["table"].config.table_columns[3] == ["x", [-3.0, 3.0]]  # the scenes' schema
+    graph = toks["scene_graph"]
+    for word in ("cylinder", "front"):  # node and relation words are learned whole
+        assert graph.token_to_id(word) is not None
+
+
+def test_a_csv_table_gets_a_schema_read_from_it(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("key,kind,speed\na,car,10\na,bus,2.5\nb,tram,40\n")
+    corpus = tmp_path / "corpus"
+    run_pipeline(PseudolabelConfig(source=f"csv:{path}", out=str(corpus)), progress=False)
+    stats = train_tokenizer(CONFIG, str(corpus), tmp_path / "tok", ["min_frequency=1", "table_bins=38"],
+                            progress=False)
+    table = load_tokenizers(tmp_path / "tok")["table"]
+    assert table.config.table_columns == [["kind", None], ["speed", [2.5, 40.0]]]
+    assert stats["table"]["exact_within_bins"] == 1.0
+    assert table.decode(table.encode([[{"kind": "Bus", "speed": 3.5}]])) == [[{"kind": "bus", "speed": 3.513514}]]

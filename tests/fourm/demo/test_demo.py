@@ -33,11 +33,13 @@ def test_the_omni_preset_is_the_default_plus_what_it_adds():
     default = load_demo_config()
     omni = load_demo_config(Path(__file__).parents[3] / "configs" / "demo_omni.yaml")
     assert omni.model.overrides == default.model.overrides and omni.corpus.scenes == default.corpus.scenes
-    assert set(omni.corpus.series) == {"point_cloud", "imu", "video", "speech", "xray", "thermal", "hyperspectral"}
+    assert set(omni.corpus.series) == {"point_cloud", "imu", "video", "speech", "xray", "thermal", "hyperspectral",
+                                       "scene_graph", "table"}
     assert set(default.model.modalities) < set(omni.model.modalities)
     assert all((TOKENIZER_CONFIGS / f"{n}.yaml").is_file() for n in omni.tokenizers.configs)
     assert all(m in omni.model.modalities for given, *targets in omni.chains.values() for m in [given, *targets])
-    new = ("tok_point_cloud", "tok_imu", "tok_video", "tok_speech", "tok_xray", "tok_thermal", "tok_hyperspectral")
+    new = ("tok_point_cloud", "tok_imu", "tok_video", "tok_speech", "tok_xray", "tok_thermal", "tok_hyperspectral",
+           "scene_graph", "table")
     assert all(get_modality(m).source in omni.corpus.series for m in new)
     corpus_settings = STAGES[0].settings
     assert "series" not in corpus_settings(default)  # runs from before series existed keep their corpus
@@ -113,6 +115,18 @@ def test_report_names_what_is_missing(tmp_path):
     assert "RGB -&gt; depth" in page and "0.100" in page and "class='good'" in page
     assert "sampled 4 times per scene" in page
     assert "not produced (pictures/chain-caption.png)" in page
+
+
+def test_report_shows_the_chains_a_config_adds(tmp_path):
+    from PIL import Image
+
+    from fourm.demo.report import write_report
+
+    (tmp_path / "pictures").mkdir()
+    for name in ("graph-to-rgb", "sample-1", "rgb-to-all"):
+        Image.new("RGB", (4, 4)).save(tmp_path / "pictures" / f"{name}.png")
+    page = write_report(tmp_path).read_text()
+    assert "<h2>graph -&gt; rgb</h2>" in page and page.count("<img") == 2  # rgb-to-all in its own section
 
 
 def test_report_lists_the_stages_it_is_given(tmp_path):

@@ -83,6 +83,20 @@ def test_parse_and_score_caption_objects():
     assert metrics.caption_object_scores([truth], [truth]) == {"shape": 1.0, "colour_shape": 1.0, "recall": 1.0}
 
 
+def test_objects_of_captions_and_tables_agree_as_sets():
+    caption = "a large red cube to the left of a blue cone, and a small green sphere right of the large red cube."
+    said = metrics.object_triples(caption)
+    assert said == [("large", "red", "cube"), (None, "blue", "cone"), ("small", "green", "sphere"),
+                    ("large", "red", "cube")]
+    rows = [{"class": "cube", "colour": "red", "size": "large", "x": 0.1}, {"class": "cone", "colour": "blue"},
+            {"class": "sphere", "colour": "green", "size": "large"}]
+    assert metrics.row_triples(rows)[1] == (None, "blue", "cone")
+    # sets: the repeated cube counts once; 2 of 3 objects in both
+    assert metrics.object_agreement([metrics.row_triples(rows)], [said]) == pytest.approx(2 * 2 / 6)
+    assert metrics.object_agreement([[], []], [[], said]) == 0.0
+    assert metrics.object_agreement([[]], [[]]) == 1.0
+
+
 def test_classify_colours_keeps_hue_under_shading():
     colours, _, _ = metrics.scene_vocabulary()
     names = list(colours)
@@ -152,7 +166,7 @@ def test_frame_errors_by_hand():
 
 MODEL_MODALITIES = ["tok_rgb", "tok_depth", "tok_normal", "tok_semseg", "det", "caption", "tok_caption_global",
                     "tok_speech", "tok_point_cloud", "tok_imu", "tok_video", "tok_xray", "tok_thermal",
-                    "tok_hyperspectral"]
+                    "tok_hyperspectral", "scene_graph", "table"]
 
 
 class _Oracle:
@@ -225,7 +239,7 @@ def omni_scenes(tmp_path_factory):
     from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
 
     out = tmp_path_factory.mktemp("heldout_omni")
-    series = ["point_cloud", "imu", "video", "speech", "xray", "thermal", "hyperspectral"]
+    series = ["point_cloud", "imu", "video", "speech", "xray", "thermal", "hyperspectral", "scene_graph", "table"]
     run_pipeline(PseudolabelConfig(source="scenes:8", out=str(out), seed=3, shard_size=8,
                                    labellers=["canny_edge", "normal"], series=series), progress=False)
     return out
@@ -272,6 +286,9 @@ def test_perfect_model_meets_the_upper_bound_and_beats_the_baseline(omni_scenes,
     assert by[("speech -> caption", "word error rate")]["model"] == 0.0  # the raw clips found their scenes
     assert by[("RGB -> point cloud", "per-point class accuracy")]["model"] == 1.0
     assert by[("IMU + first frame -> last frame", "mean abs error (0-255)")]["model"] == 0.0
+    assert by[("scene graph -> RGB", "named colours shown")]["model"] == 1.0
+    assert by[("caption -> table", "objects agree (F1)")]["model"] == 1.0
+    assert by[("table -> caption", "objects agree (F1)")]["model"] == 1.0
     text = format_table(table)
     assert "RGB -> normals" in text and "!" not in text.splitlines()[3]
 
@@ -317,7 +334,8 @@ def test_missing_modalities_skip_their_rows(scenes):
     assert "RGB -> caption" in table["skipped"]
     # rows whose modalities neither the model nor the corpus has (a run without speech) are no omission
     assert {"speech -> caption", "RGB -> point cloud", "IMU + first frame -> last frame", "RGB -> X-ray",
-            "RGB -> thermal", "RGB -> hyperspectral"} <= set(table["absent"])
+            "RGB -> thermal", "RGB -> hyperspectral", "scene graph -> RGB", "caption -> table",
+            "table -> caption"} <= set(table["absent"])
     assert not set(table["absent"]) & set(table["skipped"])
     assert "not measured" in format_table(table)
     assert evaluate(Depth(), tokenizers, scenes, progress=False)["samples"] == 8  # by default every scene

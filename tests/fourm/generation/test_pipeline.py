@@ -124,3 +124,30 @@ def test_cli_errors_are_one_line(model_dir, tokenizers_dir, photo, tmp_path, cap
                  str(tmp_path / "o"), *args])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_scene_graphs_and_tables_are_conditions_and_targets():
+    """A nano model over caption, scene_graph and table: a graph or table given as its value is tokenized (a
+    list of row dicts is not read as ids), and generated ones decode to graphs and row lists."""
+    from fourm.modalities import ModalityScale
+    from fourm.model.sizes import create_model
+    from fourm.tokenization.text import SequenceTokenizer, TextConfig, build_vocabulary, new_tokenizer, reserved_tokens
+
+    size, codes = 4608, 8  # conftest's vocabulary
+    words = build_vocabulary(["a", "small", "red", "cube"], size, codes, codes)
+    vocab = new_tokenizer(words, reserved_tokens(codes, codes))
+    toks = {m: SequenceTokenizer(TextConfig(m, size, num_mask_codes=codes, num_pose_codes=codes),
+                                 vocab) for m in ("caption", "scene_graph", "table")}
+    torch.manual_seed(0)
+    model = create_model("nano", "caption,scene_graph,table", ModalityScale(32, 8, vocab_sizes=dict.fromkeys(
+        toks, size)), max_tokens=dict.fromkeys(toks, 24)).eval()
+    pipe = Pipeline(model, toks)
+    graph = {"nodes": [{"size": "small", "colour": "red", "class": "cube"}], "edges": []}
+    table = [{"class": "cube", "colour": "red", "size": "small", "x": 0.5}]
+    tokens = pipe.tokenize({"scene_graph": graph, "table": table})
+    assert tokens["table"][0] == toks["table"].encode([table])[0]
+    assert tokens["scene_graph"][0] == toks["scene_graph"].encode([graph])[0]
+    out = pipe.generate({"table": table}, ["scene_graph", "caption"], seed=0, num_samples=2)
+    assert all(isinstance(g, dict) and set(g) == {"nodes", "edges"} for g in out["scene_graph"].values)
+    out = pipe.generate({"caption": "a small red cube"}, ["table"], seed=0)
+    assert isinstance(out["table"].values[0], list)

@@ -6,7 +6,15 @@ import pytest
 from fourm.modalities import MODALITIES, Kind
 from fourm.tokenization.bins import NUM_BINS, from_bin, parse_token, to_bin
 from fourm.tokenization.coders import GridMaskCoder, GridPoseCoder, MaskCoder, PoseCoder
-from fourm.tokenization.serializers import MAX_COLORS, METADATA_FIELDS, SERIALIZERS, get_serializer
+from fourm.tokenization.serializers import (
+    MAX_COLORS,
+    METADATA_FIELDS,
+    SERIALIZERS,
+    default_columns,
+    get_serializer,
+    infer_columns,
+)
+from fourm.tokenization.text import SequenceTokenizer, TextConfig, build_vocabulary, new_tokenizer, reserved_tokens
 from fourm.tokenization.words import join_words, normalize_text, split_words
 
 CAPTIONS = [
@@ -265,3 +273,74 @@ def test_malformed_units_are_dropped_and_the_rest_kept():
     sam = get_serializer("sam_instance")
     tokens = sam.to_tokens(make_instances(np.random.default_rng(0), n=2))
     assert len(np.unique(sam.from_tokens(tokens[:-1]))) == 2  # the second instance lost a code: dropped
+
+
+# ----------------------------------------------------------------------------- scene graphs and tables
+STRUCTURED_GRAPH = {
+    "nodes": [{"size": "large", "colour": "red", "class": "cube"}, {"colour": "light-blue", "class": "cone"},
+              {"size": "small", "colour": "green", "class": "traffic light"}],
+    "edges": [{"subject": 0, "relation": "left of", "object": 1},
+              {"subject": 2, "relation": "in front of", "object": 0}],
+}
+
+
+def test_scene_graph_round_trip_is_exact_and_readable():
+    ser = get_serializer("scene_graph")
+    tokens = ser.to_tokens(STRUCTURED_GRAPH)
+    assert tokens[:6] == ["v0=0", "large", ",", "red", ",", "cube"]
+    assert tokens[-5:] == ["v1=2", "in", "front", "of", "v2=0"]
+    assert ser.from_tokens(tokens) == STRUCTURED_GRAPH  # attributes may be missing, hyphenated or of several words
+
+
+def test_scene_graph_drops_what_does_not_parse():
+    ser = get_serializer("scene_graph")
+    tokens = ser.to_tokens(STRUCTURED_GRAPH)
+    # the second node loses a separator: gone, and the edge to it with it; the edge between the others stays
+    broken = tokens[:6] + ["v0=1", "light", "-", "blue", "cone"] + tokens[12:]
+    back = ser.from_tokens(broken)
+    assert [n["class"] for n in back["nodes"]] == ["cube", "traffic light"]
+    assert back["edges"] == [{"subject": 1, "relation": "in front of", "object": 0}]  # indices follow the nodes
+    assert ser.from_tokens(["v1=0", "v2=1", "v0=3", "a", ",", "b", ",", "c", "v0=3", ",", ","]) == {
+        "nodes": [{"size": "a", "colour": "b", "class": "c"}], "edges": []}  # a repeated index is dropped
+
+
+def test_table_numbers_within_half_a_level_and_words_normalised():
+    columns = [["name", None], ["score", [0.0, 10.0]], ["count", [0, 99]]]
+    ser = get_serializer("table", table_columns=columns, table_bins=11)
+    rows = [{"name": "Big Box", "score": 3.3, "count": 12}, {"score": 12.0}, {"count": 7, "name": "x"}]
+    tokens = ser.to_tokens(rows)
+    assert tokens[:6] == ["v0=0", "v2=0", "big", "box", "v2=1", "v3=3"]
+    back = ser.from_tokens(tokens)
+    assert back[0] == {"name": "big box", "score": 3.0, "count": pytest.approx(9.9)}  # 11 levels: steps of 1, 9.9
+    assert back[1] == {"score": 10.0}  # clipped to the column's range
+    assert list(back[2]) == ["name", "count"]  # cells in the schema's order
+
+
+def test_table_cells_outside_the_schema_are_left_out(caplog):
+    ser = get_serializer("table", table_columns=[["a", [0, 1]]])
+    back = ser.from_tokens(ser.to_tokens([{"a": 0.5, "b": "word"}, {"a": "not a number"}]))
+    assert back == [{"a": pytest.approx(0.5, abs=0.5 / 99 + 1e-6)}]  # the second row has no cell left
+    assert "'b' is not in the tokenizer's schema" in caplog.text and "holds numbers" in caplog.text
+    with pytest.raises(ValueError, match="lo < hi"):
+        get_serializer("table", table_columns=[["a", [1, 1]]])
+    with pytest.raises(ValueError, match="table_bins"):
+        get_serializer("table", table_bins=1)
+
+
+def test_infer_columns_reads_numbers_and_words_in_order_first_seen():
+    tables = [[{"id": 3, "kind": "car", "speed": 2.5}], [{"speed": -1, "kind": "bus", "id": "x7"}, {"w": 4}]]
+    assert infer_columns(tables) == [["id", None], ["kind", None], ["speed", [-1.0, 2.5]], ["w", [3.0, 5.0]]]
+    assert [name for name, _ in default_columns()] == ["class", "colour", "size", "x", "y", "z", "distance",
+                                                       "visible"]
+
+
+def test_table_schema_survives_save_and_load(tmp_path):
+    """A saved config sorts mapping keys: the schema is a list, so a column keeps its place (its token)."""
+    columns = [["zeta", [0, 1]], ["alpha", None]]
+    vocab = new_tokenizer(build_vocabulary(["alpha", "zeta"], 8192), reserved_tokens())
+    tok = SequenceTokenizer(TextConfig("table", table_columns=columns), vocab)
+    tok.save_pretrained(tmp_path / "table")
+    loaded = SequenceTokenizer.from_pretrained(tmp_path / "table")
+    tables = [[{"zeta": 0.25, "alpha": "hello"}]]
+    assert loaded.encode(tables) == tok.encode(tables)
+    assert loaded.decode(tok.encode(tables)) == [[{"zeta": pytest.approx(0.25, abs=0.006), "alpha": "hello"}]]

@@ -89,7 +89,14 @@ def realistic(modality: str, rng) -> list:
         "metadata": lambda: [METADATA, {"brightness": 0.2, "num_humans": 3}, {}],
         "sam_instance": lambda: [make_instances(rng, n=n) for n in (0, 2, 6)],
         "human_poses": lambda: [[], [make_person(rng)], [make_person(rng), make_person(rng)]],
+        "scene_graph": lambda: [{"nodes": [], "edges": []}, GRAPH],
+        "table": lambda: [[], [{"class": "cube", "colour": "red", "size": "large", "x": float(x), "y": -0.5,
+                                "z": -4.25, "distance": 4.3, "visible": 0.61} for x in rng.uniform(-3, 3, 4)]],
     }[modality]()
+
+
+GRAPH = {"nodes": [{"size": "large", "colour": "red", "class": "cube"}, {"size": "small", "class": "teddy bear"}],
+         "edges": [{"subject": 0, "relation": "left of", "object": 1}, {"subject": 1, "relation": "on", "object": 0}]}
 
 
 def check_close(modality: str, value, back):
@@ -111,6 +118,15 @@ def check_close(modality: str, value, back):
         assert back.shape == value.shape
         if value.any():
             assert np.mean(instance_ious(value, back)) > 0.85
+    elif modality == "scene_graph":
+        assert back == value  # exact
+    elif modality == "table":
+        assert len(back) == len(value)
+        for row, got in zip(value, back, strict=True):
+            assert list(got) == list(row)
+            assert all(got[k] == v for k, v in row.items() if isinstance(v, str))
+            # x in [-3, 3], 100 levels: within half a level
+            assert abs(got["x"] - row["x"]) <= 6 / 99 / 2 + 1e-6 and got["visible"] == pytest.approx(0.61, abs=0.005)
     elif modality == "human_poses":
         assert len(back) == len(value)
         for got in back:

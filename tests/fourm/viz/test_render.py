@@ -41,6 +41,12 @@ SYNTHETIC = {
     "xray": lambda rng: rng.uniform(0, 3, (32, 32)).astype(np.float32),
     "thermal": lambda rng: rng.uniform(250, 320, (32, 32)).astype(np.float32),
     "spectral": lambda rng: rng.integers(0, 256, (32, 32, 32), dtype=np.uint8),
+    "graph": lambda rng: {"nodes": [{"size": "large", "colour": "red", "class": "cube"}, {"class": "teddy bear"},
+                                    {"colour": "blue", "class": "cone"}],
+                          "edges": [{"subject": 0, "relation": "left of", "object": 1},
+                                    {"subject": 0, "relation": "behind", "object": 1},
+                                    {"subject": 2, "relation": "on", "object": 0}]},
+    "table": lambda rng: [{"class": "cube", "colour": "red", "x": float(x), "visible": 0.5} for x in rng.random(3)],
 }
 
 
@@ -58,7 +64,8 @@ def test_every_corpus_entry_renders(name):
 @pytest.mark.parametrize("kind", sorted(SYNTHETIC))
 def test_renderers_survive_empty_and_absent_context(kind):
     """No rgb, no classes, and the empty form of each list-valued label."""
-    value = [] if kind in ("boxes", "poses", "palette") else SYNTHETIC[kind](np.random.default_rng(1))
+    empty = {"boxes": [], "poses": [], "palette": [], "table": [], "graph": {"nodes": [], "edges": []}}
+    value = empty[kind] if kind in empty else SYNTHETIC[kind](np.random.default_rng(1))
     image = RENDERERS[kind](value, RenderContext(size=64))
     assert image.size == (64, 64) and image.mode == "RGB"
 
@@ -213,3 +220,11 @@ def test_hyperspectral_false_colour_is_the_rgb_its_spectra_came_from():
     assert np.abs(false_colour(cube).astype(int) - np.round(np.sqrt(red) * 255)).max() <= 2
     tile = np.asarray(render("hyperspectral", np.broadcast_to(cube, (8, 8, len(cube))).copy(), size=8))
     assert tile[0, 0, 0] > 150 and tile[0, 0, 1] < 60
+
+
+def test_graph_nodes_take_their_colour_and_tables_fit_the_tile():
+    graph = {"nodes": [{"colour": "red", "class": "cube"}], "edges": []}
+    pixels = np.asarray(render("scene_graph", graph, size=96)).reshape(-1, 3)
+    assert (pixels == (200, 40, 40)).all(1).sum() > 100  # the node's disc, in the scenes' red
+    wide = [{f"column {i}": i * 1.5 for i in range(12)}]
+    assert render("table", wide, size=64).size == (64, 64)
