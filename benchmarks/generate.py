@@ -33,6 +33,7 @@ import torch
 
 from fourm.generation import GenerationState, Target, build_schedule, generate
 from fourm.modalities import ModalityScale
+from fourm.model.precision import quantize_int8
 from fourm.model.sizes import create_model
 
 CAPTION_TOKENS = 24  # a caption of ~20 words
@@ -47,6 +48,9 @@ class Case:
 
 
 def build_cases(model, precision: str = "fp32") -> list[Case]:
+    weights = model  # the floor below reads the fp32 weights
+    if precision == "int8":  # what Pipeline(precision="int8") runs: a copy with int8 linear weights
+        model, precision = quantize_int8(model), "fp32"
     g = torch.Generator().manual_seed(0)
     specs = model.specs
 
@@ -77,10 +81,10 @@ def build_cases(model, precision: str = "fp32") -> list[Case]:
 
     # A cached token multiplies one row by every decoder weight and the caption head: at batch 1 that
     # reads ~96 MB of fp32 weights per token, far beyond the cache, so memory bandwidth sets the floor
-    device = model.embed.mask_token.device
-    layers = [m for n, m in model.decoder.named_modules()
+    device = weights.embed.mask_token.device
+    layers = [m for n, m in weights.decoder.named_modules()
               if isinstance(m, torch.nn.Linear) and not n.endswith("cross_attn.kv")]  # cross K/V: cached
-    read = [(torch.zeros(1, m.in_features, device=device), m.weight) for m in [*layers, model.heads["caption"]]]
+    read = [(torch.zeros(1, m.in_features, device=device), m.weight) for m in [*layers, weights.heads["caption"]]]
     read_mb = sum(w.numel() * w.element_size() for _, w in read) / 1e6
     a, w = torch.randn(196, 384, device=device), torch.randn(16384, 384, device=device)
     return [
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--cases", help="comma-separated substrings of case names to run")
     p.add_argument("--device", default="cpu", help="where the model runs (cuda: wall times synchronise the device)")
-    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "auto"],
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "auto", "int8"],
                    help="what MaskGIT and ROAR compute in; several: their cases side by side, interleaved")
     args = p.parse_args(argv)
     if args.threads:
@@ -113,9 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     model = create_model("tiny", "tok_rgb,caption", ModalityScale(224, 16)).eval().to(args.device)
     sync = torch.cuda.synchronize if model.embed.mask_token.is_cuda else (lambda: None)
     cases = build_cases(model, args.precision[0])
-    for precision in args.precision[1:]:  # the parallel cases again (autoregression stays in fp32)
+    for precision in args.precision[1:]:  # the parallel cases again (autoregression stays in fp32 or int8)
+        schemes = ("maskgit", "roar", "ar caption") if precision == "int8" else ("maskgit", "roar")
         cases += [dataclasses.replace(c, name=f"{c.name} {precision}") for c in build_cases(model, precision)
-                  if c.name.startswith(("maskgit", "roar"))]
+                  if c.name.startswith(schemes)]
     if args.cases:
         wanted = [c.strip() for c in args.cases.split(",")]
         cases = [c for c in cases if any(w in c.name for w in wanted)]

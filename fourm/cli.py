@@ -254,8 +254,9 @@ def _generate(p: argparse.ArgumentParser):
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="what MaskGIT and ROAR compute in (auto: bf16 where this machine runs it faster)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32", "int8"],
+                   help="what MaskGIT and ROAR compute in (auto: bf16 where this machine runs it faster); "
+                        "int8: every scheme on int8 linear weights (CPU; faster captions, outputs slightly changed)")
     for flag, kind in (("scheme", str), ("steps", int), ("temperature", float), ("guidance", float),
                        ("top-k", int), ("top-p", float)):
         p.add_argument(f"--{flag}", type=kind, help="default for every target that takes it")

@@ -91,6 +91,7 @@ class EvaluateConfig:
     draws: int = 4  # samples per scene for the rows that score a sample (RGB -> caption, caption -> RGB)
     sample_steps: int = 8  # MaskGIT steps of a sampled image (caption -> RGB), as `fourm generate` makes it
     device: str = "cpu"  # where the model runs ("cuda"); tokenizer round trips and metrics stay on the CPU
+    precision: str = "auto"  # what generation computes in (fourm.generation.Pipeline): auto | bf16 | fp32 | int8
     out: str | None = None  # write the table as JSON here
 
 
@@ -498,8 +499,8 @@ def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> dict:
     """Load the model and tokenizers, evaluate, print the table and write it as JSON when ``cfg.out`` is set."""
     if not Path(cfg.model).is_dir():
         raise FileNotFoundError(f"model folder {cfg.model} does not exist")
-    generator = load_generator(cfg.model, cfg.tokenizers, cfg.batch_size, cfg.device, steps=cfg.steps,
-                               temperature=cfg.temperature)
+    generator = load_generator(cfg.model, cfg.tokenizers, cfg.batch_size, cfg.device, cfg.precision,
+                               steps=cfg.steps, temperature=cfg.temperature)
     table = evaluate(generator, load_tokenizers(cfg.tokenizers), cfg.corpus, cfg.samples, cfg.seed, progress=progress,
                      draws=cfg.draws, sample_steps=cfg.sample_steps)
     print(format_table(table))
@@ -548,10 +549,10 @@ class PipelineGenerator:
 
 
 def load_generator(model: str | os.PathLike, tokenizers: str | os.PathLike, batch_size: int = 16,
-                   device: str = "cpu", **defaults) -> Generator:
+                   device: str = "cpu", precision: str = "auto", **defaults) -> Generator:
     """The model as a :class:`Generator` (through :mod:`fourm.generation`'s pipeline)."""
     try:
         from fourm.generation.pipeline import Pipeline
     except ImportError as e:
         raise GenerationUnavailable(f"generation (fourm.generation.pipeline, issue 5) is not importable: {e}") from e
-    return PipelineGenerator(Pipeline.from_pretrained(model, tokenizers, device=device), batch_size, **defaults)
+    return PipelineGenerator(Pipeline.from_pretrained(model, tokenizers, device, precision), batch_size, **defaults)

@@ -36,7 +36,7 @@ from fourm.generation.state import GenerationState
 from fourm.kinds import handler, resize
 from fourm.modalities import CORPUS, MODALITIES
 from fourm.model.fourm import FourM
-from fourm.model.precision import check_precision, resolve_precision
+from fourm.model.precision import GENERATION_PRECISIONS, check_precision, quantize_int8, resolve_precision
 from fourm.tokenization.base import TokenizerMismatchError, check_tokenizer, load_tokenizers
 
 MASK = "[MASK]"  # in a caption: a span for the model to fill
@@ -62,13 +62,17 @@ class Pipeline:
             needed for raw inputs and decoded outputs of tokenized modalities.
         specials: text special ids (default: those of a sequence tokenizer, else the standard layout).
         precision: what MaskGIT and ROAR compute in: ``fp32``, ``bf16``, or ``auto`` (bf16 where a
-            timed matmul finds it faster on the model's device, decided once here).
+            timed matmul finds it faster on the model's device, decided once here); or ``int8``: every
+            scheme on a copy of the model with int8 linear weights (CPU; captions 1.5-2x faster, outputs
+            slightly changed: ``fourm.model.precision.quantize_int8``).
     """
 
     def __init__(self, model: FourM, tokenizers: dict | None = None, specials: TextSpecials | None = None,
                  precision: str = "fp32"):
+        if check_precision(precision, GENERATION_PRECISIONS) == "int8":
+            model, precision = quantize_int8(model), "fp32"
         self.model = model.eval()
-        self.precision = resolve_precision(check_precision(precision), model.embed.mask_token.device)
+        self.precision = resolve_precision(precision, model.embed.mask_token.device)
         self.tokenizers = dict(tokenizers or {})
         self.specs = model.specs
         for name, tokenizer in self.tokenizers.items():  # a swapped tokenizer fails here, not after generating

@@ -204,3 +204,29 @@ def test_schedule_errors_name_the_problem(model):
         build_schedule([Target("tok_depth", condition_weights={"caption": 1.0})], model.specs, ["rgb"])
     with pytest.raises(ValueError, match="unknown scheme"):
         dataclasses.replace(Target("tok_depth"), scheme="diffusion")
+
+
+@torch.no_grad()
+def test_int8_weights_keep_the_outputs_close_and_a_pipeline_uses_them(model):
+    """quantize_int8: every linear of the trunk and heads holds int8 weights in a copy, the fp32 model is
+    left as it is, and what the encoder writes stays within a few percent of fp32's. Pipeline(precision=
+    "int8") generates with such a copy (valid ids); an unknown precision is named."""
+    from fourm.generation import Pipeline
+    from fourm.model.precision import quantize_int8
+
+    q = quantize_int8(model)
+    assert not any(type(m) is torch.nn.Linear for m in [*q.encoder.modules(), *q.decoder.modules(), *q.heads.modules()])
+    assert any(type(m) is torch.nn.Linear for m in model.decoder.modules())  # the original is untouched
+
+    batch = conditioned(model).encoder_batch()
+    fp32, int8 = model.encode(batch)[0], q.encode(batch)[0]
+    assert (int8 - fp32).abs().max() / fp32.abs().max() < 0.05
+
+    schedule = build_schedule(["tok_depth", Target("caption", max_tokens=6)], model.specs, ["rgb"])
+    pipe = Pipeline(model, precision="int8")
+    assert pipe.model is not model
+    out = generate(pipe.model, conditioned(model), schedule, seed=1)
+    assert all(0 <= i < model.specs["caption"].vocab_size for row in out.seqs["caption"] for i in row)
+    assert out.grids["tok_depth"][0].min() >= 0
+    with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32, int8"):
+        Pipeline(model, precision="int4")
