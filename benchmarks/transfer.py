@@ -57,15 +57,15 @@ def run(args, scenes: Path, task: str, size: int, init: str, regime: str, out: P
                  f"train.steps={args.steps}", f"train.lr={args.lr if regime == 'frozen' else args.lora_lr}",
                  "train.warmup_steps=10", "train.eval_every=0", "train.save_every=0", "train.log_every=50",
                  "train.use_tensorboard=false", f"train.seed={args.seed}"]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     _, scores = run_finetune(load_config(FinetuneConfig, overrides=overrides), progress=False)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     # the loop's own timing of its steps: how much of ``seconds`` was training (the rest: loading the
     # model, tokenizing the scenes, evaluating, saving)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     timed = [r for r in rows if "s_per_step" in r]
     steps = np.diff([0] + [r["step"] for r in timed])
-    return {**scores, "seconds": seconds, "train_seconds": float(sum(r["s_per_step"] * n
+    return {**scores, "seconds": seconds, "cpu_seconds": cpu, "train_seconds": float(sum(r["s_per_step"] * n
                                                                      for r, n in zip(timed, steps, strict=True)))}
 
 
@@ -124,7 +124,7 @@ def run_cnn(args, scenes: Path, task: str, size: int, seconds: float) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.cnn_lr)
     order = torch.randperm(size)
     steps, at = 0, 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         chosen = order[at: at + args.batch_size]
         at += args.batch_size
@@ -135,11 +135,11 @@ def run_cnn(args, scenes: Path, task: str, size: int, seconds: float) -> dict:
         loss.backward()
         optimizer.step()
         steps += 1
-    trained = time.perf_counter() - start
+    trained, cpu = time.perf_counter() - start, time.process_time() - cpu
     model.eval()
     with torch.no_grad():
         pred = torch.cat([model(x) for x in images[held].split(256)])
-    return {**metrics(kind, pred, targets[held], outputs), "steps": steps, "seconds": trained}
+    return {**metrics(kind, pred, targets[held], outputs), "steps": steps, "seconds": trained, "cpu_seconds": cpu}
 
 
 def speed(args, scenes: Path) -> None:
