@@ -26,7 +26,7 @@ count accuracy at 64 / 256 / 1024 labels, pre-trained 0.37-0.38 / 0.44-0.46 / 0.
 0.38-0.41 / 0.44-0.47 / 0.43-0.46, CNN 0.29-0.46 / 0.31-0.50 / 0.32-0.47 on 47-122 steps (chance 0.32);
 colour_shape mAP pre-trained 0.17 / 0.22 / 0.24-0.25, fresh 0.11-0.12 / 0.15 / 0.15, CNN 0.08 at
 every size (the positive rate: 27-124 steps do not leave the all-absent plateau). The README has the
-table, a 1000-step run and the CNN's ceiling.
+table, a 1000-step run and a 120-s CNN run.
 
 ``--speed`` also prints the frozen encoder's features per second at the demo model's size and at
 the reference's tiny size (random weights: speed does not depend on them), and LoRA's trainable
