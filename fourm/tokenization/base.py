@@ -53,6 +53,17 @@ class FactsFromConfig:
         return self.config.num_tokens
 
 
+def vector_quantizer(c):
+    """VQP's ``VectorQuantize`` from a config's ``codebook_size``, ``codebook_dim``, ``use_cosine_sim``,
+    ``decay``, ``threshold_ema_dead_code``, ``use_kmeans_init`` (its ``kmeans_init``) and
+    ``commitment_weight``: the settings the vector, point and series VQ-VAEs share."""
+    from vector_quantize_pytorch import VectorQuantize
+
+    return VectorQuantize(dim=c.codebook_dim, codebook_size=c.codebook_size, use_cosine_sim=c.use_cosine_sim,
+                          decay=c.decay, kmeans_init=c.use_kmeans_init,
+                          threshold_ema_dead_code=c.threshold_ema_dead_code, commitment_weight=c.commitment_weight)
+
+
 class TokenizerMismatchError(ValueError):
     """A tokenizer that does not fit the modality (vocabulary or token count) it is used for."""
 

@@ -43,7 +43,7 @@ from einops import rearrange
 from torch import nn
 
 from fourm.pretrained import PretrainedMixin, register_pretrained
-from fourm.tokenization.base import FactsFromConfig
+from fourm.tokenization.base import FactsFromConfig, vector_quantizer
 from fourm.tokenization.coders import NUM_KEYPOINTS, POSE_DIM, pose_to_vector, vector_to_keypoints
 
 POSE_SOURCES = ("human_poses",)
@@ -182,12 +182,7 @@ class VectorVQVAE(FactsFromConfig, nn.Module, PretrainedMixin):
         self.encoder = _mlp(c.input_dim, c.dim, c.num_tokens * c.latent_dim, c.depth, c.mlp_ratio)
         self.decoder = _mlp(c.num_tokens * c.latent_dim, c.dim, c.input_dim, c.depth, c.mlp_ratio)
         if c.quantizer == "vq":
-            from vector_quantize_pytorch import VectorQuantize
-
-            self.quantizer = VectorQuantize(
-                dim=c.codebook_dim, codebook_size=c.codebook_size, use_cosine_sim=c.use_cosine_sim, decay=c.decay,
-                kmeans_init=c.use_kmeans_init, threshold_ema_dead_code=c.threshold_ema_dead_code,
-                commitment_weight=c.commitment_weight)
+            self.quantizer = vector_quantizer(c)
         else:
             from vector_quantize_pytorch import FSQ
 

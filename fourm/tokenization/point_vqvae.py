@@ -39,7 +39,7 @@ from fourm.data.points import (
     resample,
 )
 from fourm.pretrained import PretrainedMixin, register_pretrained
-from fourm.tokenization.base import FactsFromConfig
+from fourm.tokenization.base import FactsFromConfig, vector_quantizer
 
 
 @dataclass
@@ -153,16 +153,11 @@ class PointVQVAE(FactsFromConfig, nn.Module, PretrainedMixin):
 
     def __init__(self, config: PointVQVAEConfig):
         super().__init__()
-        from vector_quantize_pytorch import VectorQuantize
-
         self.config = c = config
         self.encoder = MiniPointNet(3 + 3 + c.num_classes + 1, c.dim, c.codebook_dim)  # one-hot class + "none"
         self.decoder = nn.Sequential(_mlp(c.codebook_dim, c.dim, c.dim), nn.GELU(),
                                      nn.Linear(c.dim, c.group_size * self.point_outputs))
-        self.quantizer = VectorQuantize(
-            dim=c.codebook_dim, codebook_size=c.codebook_size, use_cosine_sim=c.use_cosine_sim, decay=c.decay,
-            kmeans_init=c.use_kmeans_init, threshold_ema_dead_code=c.threshold_ema_dead_code,
-            commitment_weight=c.commitment_weight)
+        self.quantizer = vector_quantizer(c)
         # xyz -> the grid's cube: (xyz - centre) / scale; set by fit_normalization
         self.register_buffer("centre", torch.zeros(3))
         self.register_buffer("scale", torch.ones(()))

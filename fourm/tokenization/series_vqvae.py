@@ -27,7 +27,7 @@ from einops import rearrange
 from torch import nn
 
 from fourm.pretrained import PretrainedMixin, register_pretrained
-from fourm.tokenization.base import FactsFromConfig
+from fourm.tokenization.base import FactsFromConfig, vector_quantizer
 
 
 @dataclass
@@ -124,8 +124,6 @@ class SeriesVQVAE(FactsFromConfig, nn.Module, PretrainedMixin):
 
     def __init__(self, config: SeriesVQVAEConfig):
         super().__init__()
-        from vector_quantize_pytorch import VectorQuantize
-
         self.config = c = config
         latent = c.codes_per_patch * c.codebook_dim
         self.encoder = nn.Sequential(nn.Conv1d(c.channels, c.dim, c.patch_size, stride=c.patch_size),
@@ -134,10 +132,7 @@ class SeriesVQVAE(FactsFromConfig, nn.Module, PretrainedMixin):
         self.decoder = nn.Sequential(nn.Conv1d(latent, c.dim, 1), *[ResidualConv(c.dim) for _ in range(c.depth)],
                                      ChannelNorm(c.dim),
                                      nn.ConvTranspose1d(c.dim, c.channels, c.patch_size, stride=c.patch_size))
-        self.quantizer = VectorQuantize(
-            dim=c.codebook_dim, codebook_size=c.codebook_size, use_cosine_sim=c.use_cosine_sim, decay=c.decay,
-            kmeans_init=c.use_kmeans_init, threshold_ema_dead_code=c.threshold_ema_dead_code,
-            commitment_weight=c.commitment_weight)
+        self.quantizer = vector_quantizer(c)
         self.register_buffer("shift", torch.zeros(c.channels))  # per-channel standardisation: fit_normalization
         self.register_buffer("scale", torch.ones(c.channels))
 
