@@ -28,6 +28,7 @@ import math
 import time
 
 import torch
+import yaml
 from object_words import FIRST_WORD, OFFSET, VOCAB, batch, samples
 from torch import nn
 from torch.nn import functional as F
@@ -71,16 +72,21 @@ def main():
     p.add_argument("--init-std", type=float, default=0.05)
     p.add_argument("--position-scale", type=float, default=10.0)
     p.add_argument("--shape-weight", type=float, default=1.0, help="the shape word's weight in --readout caption")
+    p.add_argument("--focal", type=float, default=0.0,
+                   help="focal loss gamma in --readout caption: each word's loss times (1 - p)^gamma (Lin et al. 2017)")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="other FourMConfig fields, e.g. encoder_depth=3 decoder_depth=1 use_qk_norm=true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     scenes.OBJECT_COUNTS = (1, 1)
     torch.manual_seed(0)
     model = create_model("nano", ["rgb", "caption"], ModalityScale(64, 8, vocab_sizes={"caption": VOCAB}),
                          max_tokens={"caption": 16}, pixel_stem=args.stem, dim=128, heads=4,
-                         init_std=args.init_std, position_scale=args.position_scale)
+                         init_std=args.init_std, position_scale=args.position_scale,
+                         **{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)})
     probe = nn.Linear(128, 4)
     params = [*model.parameters(), *probe.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05, betas=(0.9, 0.95))
@@ -95,6 +101,7 @@ def main():
             index, logits = model(b).logits["caption"]
             weight = torch.where(b.dec_pos.flatten()[index] == SHAPE_POSITION, args.shape_weight, 1.0)
             losses = F.cross_entropy(logits.float(), b.dec_target.flatten()[index], reduction="none")
+            losses = losses * (1 - torch.exp(-losses.detach())) ** args.focal
             loss = (losses * weight).sum() / weight.sum()
         else:
             loss = F.cross_entropy(*shape_logits(model, probe, items, args.readout))

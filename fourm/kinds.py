@@ -116,6 +116,16 @@ class KindHandler:
 
         return sincos_2d(math.isqrt(m.tokens), dim) if self.grid else sincos_1d(m.tokens, dim)
 
+    def grid_coordinates(self, m: Modality) -> Tensor:
+        """(tokens, 2) (row, column) of each token on its patch grid, for rotary attention; (0, 0) for
+        tokens on no grid (their rotation is the identity: they keep only their absolute positions)."""
+        import torch
+
+        if not self.grid:
+            return torch.zeros(m.tokens, 2)
+        side = math.isqrt(m.tokens)
+        return torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1).reshape(-1, 2).float()
+
     def input_projection(self, m: Modality, dim: int, image_size: int, pixel_stem: str) -> nn.Module | None:
         """The module that embeds a continuous kind's raw values (None: a discrete kind's table)."""
         return None
@@ -265,6 +275,14 @@ class VideoKind(KindHandler):
             raise ValueError(f"{m.key} has {m.tokens} tokens: not {self.frames} frames of a square grid")
         grid = repeat(sincos_2d(side, dim), "n d -> (f n) d", f=self.frames)
         return grid + repeat(sincos_1d(self.frames, dim), "f d -> (f n) d", n=side * side)
+
+    def grid_coordinates(self, m: Modality) -> Tensor:
+        """Each frame's patch grid: the same patch in two frames sits at the same place."""
+        import torch
+
+        side = math.isqrt(m.tokens // self.frames)
+        cells = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1).reshape(-1, 2)
+        return cells.repeat(self.frames, 1).float()
 
 
 class ContinuousKind(KindHandler):

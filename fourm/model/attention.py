@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from rotary_embedding_torch import apply_rotary_emb
 from torch import Tensor, nn
 
 
@@ -135,11 +136,16 @@ class SelfAttention(nn.Module):
         self.q_norm = qk_norm(dim // heads) if qk_norm else nn.Identity()
         self.k_norm = qk_norm(dim // heads) if qk_norm else nn.Identity()
 
-    def forward(self, x: Tensor, mask: AttentionMask | None = None, cache: KVCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: AttentionMask | None = None, cache: KVCache | None = None,
+                rotary: Tensor | None = None) -> Tensor:
         """x (B, N, D) -> (B, N, D). With ``cache``, x holds only the new tokens; the mask is
-        (B, 1, N, T + N) over cached + new keys."""
+        (B, 1, N, T + N) over cached + new keys. ``rotary`` (B, 1, N, d): angles that rotate each
+        token's query and key (RoPE), so that their dot product depends on where the two tokens lie
+        relative to each other."""
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
         q, k = self.q_norm(q), self.k_norm(k)
+        if rotary is not None:
+            q, k = apply_rotary_emb(rotary, q), apply_rotary_emb(rotary, k)
         if cache is not None:
             k, v = cache.append(k, v)
         return self.proj(attend(q, k, v, mask, self.dropout if self.training else 0.0))

@@ -80,8 +80,8 @@ class EncoderBlock(nn.Module):
             for p in (*self.attn.proj.parameters(), *last_mlp.parameters()):
                 nn.init.zeros_(p)
 
-    def forward(self, x: Tensor, mask: AttentionMask | None = None) -> Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), mask))
+    def forward(self, x: Tensor, mask: AttentionMask | None = None, rotary: Tensor | None = None) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), mask, rotary=rotary))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 

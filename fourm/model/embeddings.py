@@ -50,7 +50,7 @@ class ModalityEmbeddings(nn.Module):
     the model's modality order: index ``m`` in ``enc_mod`` / ``dec_mod`` is ``list(specs)[m]``)."""
 
     def __init__(self, specs: dict[str, Modality], dim: int, image_size: int, pixel_stem: str = "linear",
-                 position_scale: float = 1.0):
+                 position_scale: float = 1.0, position_scales: dict[str, float] | None = None):
         super().__init__()
         self.specs, self.names, self.dim, self.image_size = specs, list(specs), dim, image_size
         self.kinds = {n: handler(s) for n, s in specs.items()}
@@ -70,8 +70,11 @@ class ModalityEmbeddings(nn.Module):
         # Scaled to the token tables' init (std 0.02, as nanoGPT's wte/wpe): raw sine-cosine entries
         # (RMS 0.7) would be ~35x longer than a token's content, and the trunk would first learn to
         # ignore what the tokens say (image targets stayed at the unigram loss without this).
-        positions = torch.cat(tables) * (0.02 * math.sqrt(2) * position_scale)
+        scales = [(position_scales or {}).get(s.kind_name, position_scale) for s in specs.values()]
+        positions = torch.cat([t * (0.02 * math.sqrt(2) * k) for t, k in zip(tables, scales, strict=True)])
         self.register_buffer("positions", positions, persistent=False)  # (sum of counts, D)
+        coords = torch.cat([self.kinds[n].grid_coordinates(s) for n, s in specs.items()])
+        self.register_buffer("coords", coords, persistent=False)  # (sum of counts, 2): (row, col) on its grid
         self.register_buffer("pos_offset", counts.cumsum(0) - counts, persistent=False)  # (M,)
         self.register_buffer("pos_count", counts, persistent=False)
         vocab = torch.tensor([s.vocab_size or 0 for s in specs.values()])
@@ -85,6 +88,12 @@ class ModalityEmbeddings(nn.Module):
         """(B, N) tags -> (B, N, D) position + modality embedding; padding gets modality 0, position 0."""
         mod, pos = mod.masked_fill(~valid, 0), pos.masked_fill(~valid, 0)
         return self.positions[self.pos_offset[mod] + pos] + self.modality[mod]
+
+    def grid_coordinates(self, mod: Tensor, pos: Tensor, valid: Tensor) -> Tensor:
+        """(B, N) tags -> (B, N, 2) (row, column) of each token on its modality's patch grid, for
+        rotary attention; (0, 0) for padding and for tokens on no grid."""
+        mod, pos = mod.masked_fill(~valid, 0), pos.masked_fill(~valid, 0)
+        return self.coords[self.pos_offset[mod] + pos] * valid[..., None]
 
     # ------------------------------------------------------------------------------ content
     def encoder_content(self, ids: Tensor, mod: Tensor, pos: Tensor, valid: Tensor,

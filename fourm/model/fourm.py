@@ -23,8 +23,10 @@ from typing import ClassVar, NamedTuple
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from rotary_embedding_torch import RotaryEmbedding
 from torch import Tensor, nn
 
+from fourm.kinds import KINDS
 from fourm.modalities import MODALITIES, Modality, ModalityScale, get_modality, parse_modalities
 from fourm.model.attention import AttentionMask, KVCache, attention_mask
 from fourm.model.batch import Batch
@@ -77,6 +79,14 @@ class FourMConfig:
     # multiplies the fixed sine-cosine positions (fourm.model.embeddings: RMS 0.02 at 1.0). Where content
     # outgrows them, attention cannot tell where a token is, and what a shape is lies in where its patches are
     position_scale: float = 1.0
+    # position_scale per kind ("sequence": 1.0), where kinds differ in what their positions must carry:
+    # an image query is a mask token + its position (all it has), a caption's query is the previous word,
+    # which large positions would drown
+    position_scales: dict[str, float] = field(default_factory=dict)
+    # rotary attention in the encoder (RoPE, Su et al. 2021; axial over a patch grid as in Heo et al. 2024,
+    # arXiv 2403.13298): an attention score then depends on where two patches lie relative to each other,
+    # so what an object's outline looks like is learnt once, not once per place in the image
+    use_rotary: bool = False
 
     def __post_init__(self):
         self.modalities = parse_modalities(self.modalities, MODALITIES)  # unknown name: error listing known
@@ -90,11 +100,15 @@ class FourMConfig:
             raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, not {self.loss_weighting!r}")
         if self.pixel_stem not in PIXEL_STEMS:
             raise ValueError(f"pixel_stem must be one of {', '.join(PIXEL_STEMS)}, not {self.pixel_stem!r}")
+        unknown = set(self.position_scales) - set(KINDS)
+        if unknown:
+            raise ValueError(f"position_scales: unknown kinds {sorted(unknown)}; kinds: {', '.join(KINDS)}")
         if any(w < 0 for w in self.loss_weights.values()):
             raise ValueError(f"loss_weights must not be negative: {self.loss_weights}")
         # as a masking mixture's alphas: one config serves models of fewer modalities, typos still fail
         parse_modalities(list(self.loss_weights), MODALITIES)
         self.loss_weights = {n: float(w) for n, w in self.loss_weights.items() if n in self.modalities}
+        self.position_scales = {k: float(v) for k, v in self.position_scales.items()}
         # filled in below: never the caller's scale or dicts
         self.scale = replace(self.scale, patch_sizes=dict(self.scale.patch_sizes),
                              vocab_sizes=dict(self.scale.vocab_sizes))
@@ -194,11 +208,14 @@ class FourM(nn.Module, PretrainedMixin):
         self.specs = config.specs()
         self.names = list(self.specs)
         self.embed = ModalityEmbeddings(self.specs, config.dim, config.scale.image_size, config.pixel_stem,
-                                        config.position_scale)
+                                        config.position_scale, config.position_scales)
         block = dict(dim=config.dim, heads=config.heads, mlp_ratio=config.mlp_ratio, use_bias=config.use_bias,
                      norm=config.norm, use_qk_norm=config.use_qk_norm, dropout=config.dropout)
         self.encoder = nn.ModuleList(EncoderBlock(**block) for _ in range(config.encoder_depth))
         self.encoder_norm = make_norm(config.norm, config.dim, config.use_bias)
+        # half the head's dimensions turn with the row, half with the column; base 100, not a text
+        # model's 10000: over a grid of 4-16 patches the slowest pairs still turn (1/100^(7/8) rad a patch)
+        self.rotary = RotaryEmbedding(config.dim // config.heads // 2, theta=100) if config.use_rotary else None
         self.decoder = nn.ModuleList(DecoderBlock(**block) for _ in range(config.decoder_depth))
         self.decoder_norm = make_norm(config.norm, config.dim, config.use_bias)
         self.targets = [n for n, s in self.specs.items() if not s.input_only]
@@ -257,8 +274,12 @@ class FourM(nn.Module, PretrainedMixin):
         x = self.embed.encoder_content(batch.enc_ids, batch.enc_mod, batch.enc_pos, valid, batch.continuous)
         x = x + self.embed.position(batch.enc_mod, batch.enc_pos, valid)
         mask = attention_mask(valid[:, None, :])  # every query sees every valid token
+        rotary = None
+        if self.rotary is not None:
+            rows, cols = self.embed.grid_coordinates(batch.enc_mod, batch.enc_pos, valid).unbind(-1)
+            rotary = torch.cat([self.rotary(rows), self.rotary(cols)], -1).unsqueeze(1)  # (B, 1, Ne, head dim)
         for blk in self.encoder:
-            x = blk(x, mask)
+            x = blk(x, mask, rotary)
         return self.encoder_norm(x), valid
 
     def encode_features(self, batch: Batch, pool: str = "mean", modalities: list[str] | None = None) -> Features:

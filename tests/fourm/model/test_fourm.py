@@ -386,3 +386,37 @@ def test_init_std_and_position_scale_are_the_models_and_survive_a_save(tmp_path)
     loaded = FourM.from_pretrained(tmp_path / "m")
     assert loaded.config.position_scale == 4.0
     assert torch.equal(run(loaded, batch)[2].loss, run(wide, batch)[2].loss)
+
+
+def test_rotary_attention_sees_where_tokens_lie_relative_to_each_other(tmp_path):
+    """With use_rotary and no absolute positions, the encoder's outputs change when two tokens trade
+    places on the grid, not when all of them move by the same offset; a saved model keeps it."""
+    model = make_model(use_rotary=True, position_scale=0.0)
+    tok_rgb, empty = model.modality_index("tok_rgb"), torch.zeros(1, 0, dtype=torch.long)
+
+    def encode(model, positions):  # tok_rgb ids 5, 9, 13 on a 4 x 4 grid, at raster positions ``positions``
+        pos = torch.tensor([positions])
+        batch = Batch(torch.tensor([[5, 9, 13]]), torch.full_like(pos, tok_rgb), pos, torch.ones_like(pos).bool(),
+                      dec_ids=empty, dec_target=empty, dec_mod=empty, dec_pos=empty, dec_group=empty,
+                      dec_valid=empty.bool())
+        return model.encode(batch)[0]
+
+    with torch.no_grad():
+        base = encode(model, [0, 1, 4])  # (0, 0), (0, 1), (1, 0)
+        assert torch.allclose(encode(model, [5, 6, 9]), base, atol=1e-5)  # one row down, one column right
+        assert not torch.allclose(encode(model, [1, 0, 4]), base, atol=1e-3)  # the first two trade places
+        model.save_pretrained(tmp_path / "m")
+        assert torch.allclose(encode(FourM.from_pretrained(tmp_path / "m").eval(), [0, 1, 4]), base, atol=1e-6)
+
+
+def test_position_scales_set_one_kinds_positions_and_name_a_wrong_kind(tmp_path):
+    """position_scales overrides position_scale for the modalities of one kind only, and is saved."""
+    base, mixed = make_model(position_scale=4.0), make_model(position_scale=4.0, position_scales={"sequence": 1.0})
+    for i, name in enumerate(mixed.names):
+        rows = slice(mixed.embed.pos_offset[i], mixed.embed.pos_offset[i] + mixed.embed.pos_count[i])
+        factor = 0.25 if mixed.specs[name].kind_name == "sequence" else 1.0
+        assert torch.allclose(mixed.embed.positions[rows], factor * base.embed.positions[rows]), name
+    mixed.save_pretrained(tmp_path / "m")
+    assert FourM.from_pretrained(tmp_path / "m").config.position_scales == {"sequence": 1.0}
+    with pytest.raises(ValueError, match="position_scales: unknown kinds \\['sentence'\\]"):
+        tiny_config(position_scales={"sentence": 1.0})
