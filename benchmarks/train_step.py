@@ -8,7 +8,7 @@ batch 8, 128 input and 128 target tokens per sample over two modalities: ``tok_r
 vocabulary 16384) and ``caption`` (a 30k WordPiece vocabulary). Synthetic samples of those shapes
 go through the real :class:`~fourm.data.masking.Masker` and collation, then one training step is
 what :func:`fourm.train.loop.train` does: autocast forward, backward, gradient clipping, fused
-AdamW, zero_grad.
+AdamW, zero_grad, with the loop's host-memory setting on a CPU (:mod:`fourm.train.host_memory`).
 
 Model FLOPs count what the step must compute, on the valid tokens only (padding excluded):
 6 x (parameters of every matmul a token passes through) per token, forward and backward, that is
