@@ -16,7 +16,10 @@ memory-bandwidth contention). Each case's model FLOPs (``torch.utils.flop_counte
 CPU time gives its rate, printed beside a large matmul's rate measured in the same rounds: a case
 near that rate is bound by its arithmetic, not by overhead. For autoregression, "marginal" is the
 cost of one more token, (t64 - t32) / 32: the per-token cost without the one encoder pass. Reference
-figures (the public implementation on this machine) are printed beside ours.
+figures (the public implementation on this machine) are printed beside ours; ``--reference`` replaces
+them with figures measured now: a saved stdout of the reference's ``bench_ml4m.py`` or the folder holding
+it, which is then run first with the same threads (``benchmarks/reference.py``), and the ratio of its
+fastest run to ours.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ import argparse
 import dataclasses
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -35,6 +40,9 @@ from fourm.generation import GenerationState, Target, build_schedule, generate
 from fourm.modalities import ModalityScale
 from fourm.model.precision import quantize_int8
 from fourm.model.sizes import create_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reference import generation_ms, reference_output  # noqa: E402  (benchmarks/reference.py)
 
 CAPTION_TOKENS = 24  # a caption of ~20 words
 
@@ -110,9 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", help="where the model runs (cuda: wall times synchronise the device)")
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "auto", "int8"],
                    help="what MaskGIT and ROAR compute in; several: their cases side by side, interleaved")
+    p.add_argument("--reference", help="bench_ml4m.py's saved output, or its folder (run first)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    reference = (generation_ms(reference_output(args.reference, torch.get_num_threads(), generation=True))
+                 if args.reference else {})
     torch.manual_seed(0)
     model = create_model("tiny", "tok_rgb,caption", ModalityScale(224, 16)).eval().to(args.device)
     sync = torch.cuda.synchronize if model.embed.mask_token.is_cuda else (lambda: None)
@@ -156,6 +167,12 @@ def main(argv: list[str] | None = None) -> None:
         else:
             shown = [f"{x:.3f} s" for x in figures]
         rate = flops[case.name] / 1e9 / figures[2]
+        # the reference's fastest run of this case (its names have no precision suffix), beside our fastest
+        key = max((k for k in reference if case.name.startswith(k)), key=len, default=None)
+        if key:
+            ms = reference[key] / (case.per_token or 1)
+            case = dataclasses.replace(case, reference=f"{ms:.1f} ms{'/tok' * bool(case.per_token)}: "
+                                                       f"{reference[key] / 1000 / figures[1]:.1f}x")
         print(f"{case.name:34} {shown[0]:>13} {shown[1]:>13} {shown[2]:>13} {flops[case.name] / 1e9:7.1f} "
               f"{rate:8.1f}   {case.reference}")
     for kind in ("cached", "uncached"):

@@ -8,7 +8,7 @@ batch 8, 128 input and 128 target tokens per sample over two modalities: ``tok_r
 vocabulary 16384) and ``caption`` (a 30k WordPiece vocabulary). Synthetic samples of those shapes
 go through the real :class:`~fourm.data.masking.Masker` and collation, then one training step is
 what :func:`fourm.train.loop.train` does: autocast forward, backward, gradient clipping, fused
-AdamW, zero_grad.
+AdamW, zero_grad, with the loop's host-memory setting on a CPU (:mod:`fourm.train.host_memory`).
 
 Model FLOPs count what the step must compute, on the valid tokens only (padding excluded):
 6 x (parameters of every matmul a token passes through) per token, forward and backward, that is
@@ -26,6 +26,11 @@ the process divided by its threads (which a busy neighbour does not inflate); MF
 uses the peak measured by the same clock.
 Timings are medians; ``--repeats`` interleaves the configurations (A B A B ...) so a neighbour's
 load spreads over all of them.
+
+``--reference`` prints each configuration's speed-up over the public reference (apple/ml-4m) at the
+same shapes: a saved stdout of its ``bench_ml4m.py``, or the folder holding it, which is then run once
+per round beside ours with the same threads and steps (``benchmarks/reference.py``). The reference
+prints wall time only, so the ratio is of wall-clock medians.
 """
 
 from __future__ import annotations
@@ -35,12 +40,18 @@ import json
 import os
 import resource
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from fourm.train.host_memory import retain_freed_memory
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reference import reference_output, train_ms  # noqa: E402  (benchmarks/reference.py)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -166,7 +177,7 @@ class Runner:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                 loss = self.model(self.batches[i]).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0, foreach=True)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return c.wall, c.cpu, self.flops[i], self.tokens[i]
@@ -197,11 +208,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=1, help="interleaved rounds over the configurations")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--reference", help="bench_ml4m.py's saved output, or its folder (run once per round)")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device, threads = torch.device(args.device), torch.get_num_threads()
+    if device.type == "cpu":  # as the loop does
+        retain_freed_memory()
     setup = Setup(size=args.size, batch=args.batch)
 
     load = os.getloadavg()[0]
@@ -209,7 +223,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for r in runners:
         r.run(args.warmup, timed=False)
     peaks = {prec: (0.0, 0.0) for prec in args.precision}
+    reference_ms: list[float] = []
     for _ in range(args.repeats):
+        if args.reference and (not reference_ms or Path(args.reference).is_dir()):
+            reference_ms += train_ms(reference_output(args.reference, threads, args.steps))
         for prec in args.precision:  # in every round, beside the steps: a busy spell lowers both alike
             peaks[prec] = tuple(map(max, peaks[prec], matmul_peak(DTYPES[prec], device)))
         for r in runners:
@@ -221,6 +238,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for prec, (wall, cpu) in peaks.items():
         print(f"matmul peak {prec}: {wall / 1e9:.1f} GFLOP/s" + (f" (by CPU time: {cpu / 1e9:.1f})" * (
             device.type == "cpu")))
+    if reference_ms:
+        reference = statistics.median(reference_ms)
+        print(f"reference (apple/ml-4m, fp32): {reference:.0f} ms/step (median of {len(reference_ms)} runs' medians: "
+              f"{', '.join(f'{ms:.0f}' for ms in reference_ms)})")
     rows = []
     for r in runners:
         wall = statistics.median(t[0] for t in r.times)
@@ -234,12 +255,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row.update(cpu_ms_per_step=1e3 * cpu, mfu_cpu_time=flops / cpu / peak_cpu)
         else:
             row.update(peak_memory_mib=r.peak_bytes / 2**20)
+        if reference_ms:
+            row.update(reference_ms_per_step=reference, speedup=reference / row["ms_per_step"])
         rows.append(row)
         extra = (f"; by CPU time {row['cpu_ms_per_step']:.0f} ms/step, MFU {100 * row['mfu_cpu_time']:.0f}%"
                  if device.type == "cpu" else f"; peak memory {row['peak_memory_mib']:.0f} MiB")
         print(f"{r.precision} compile={'on' if r.compile else 'off'}: {row['ms_per_step']:.0f} ms/step, "
               f"{row['tokens_per_s']:.0f} tokens/s, {row['gflop_per_step']:.1f} GFLOP/step, "
-              f"{row['gflop_per_s']:.1f} GFLOP/s, MFU {100 * row['mfu']:.0f}% (median of {len(r.times)}){extra}")
+              f"{row['gflop_per_s']:.1f} GFLOP/s, MFU {100 * row['mfu']:.0f}% (median of {len(r.times)}){extra}"
+              + (f"; {row['speedup']:.2f}x the reference" if reference_ms else ""))
     if any(row["mfu"] > 1 for row in rows):
         print("wall-clock MFU over 100%: the machine was busier during the peak's rounds than during the steps; "
               "trust the CPU-time figures")

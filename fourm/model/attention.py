@@ -63,8 +63,10 @@ def _time_upcast(device: torch.device, dtype: torch.dtype, backward: bool) -> bo
     fp32 must win by 10% (its casts cost a little)."""
     import time
 
-    # the first call may come from generation, under no_grad or inference_mode
-    with torch.inference_mode(False), torch.enable_grad():
+    # the first call may come from generation, under no_grad or inference_mode, or from a forward pass
+    # under autocast, which would cast the fp32 copies back to bf16 and time bf16 twice: 24 ms a layer's
+    # backward in the train step benchmark (bf16 kept) against 6 ms once decided outside autocast
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
         q, k, v = (torch.randn(8, 6, 128, 64, device=device, dtype=dtype, requires_grad=backward) for _ in range(3))
         allowed = torch.ones(8, 1, 128, 128, dtype=torch.bool, device=device).tril()
 

@@ -32,6 +32,7 @@ from fourm.model.attention import sdpa_upcast
 from fourm.model.precision import resolve_precision
 from fourm.train.checkpoint import resume_checkpoint, save_checkpoint
 from fourm.train.curves import MetricsLog
+from fourm.train.host_memory import retain_freed_memory
 from fourm.train.parallel import PARALLEL, build_sharded, gradient_sync, local, model_state
 
 
@@ -127,6 +128,8 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
     if accelerator.num_processes > 1:
         torch.distributed.broadcast_object_list(decision, src=0)
     use_bf16 = decision[0]
+    if accelerator.device.type == "cpu":  # tensors on the host: reuse freed memory, not fault it in anew
+        retain_freed_memory()
     if use_bf16:  # decided before any compiled code runs: compiled attention only reads it
         sdpa_upcast(accelerator.device, torch.bfloat16)
     def autocast():
@@ -159,7 +162,8 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
                 loss, logs = task.loss(model, next(batches))
             (loss / cfg.grad_accum).backward()
         if cfg.grad_clip > 0:
-            logs["grad_norm"] = local(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            # foreach: one pass over all gradients per kernel, not two per tensor (-5% of a CPU bf16 step)
+            logs["grad_norm"] = local(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()

@@ -71,3 +71,21 @@ def test_the_upcast_decision_is_timed_in_any_grad_mode(monkeypatch):
     q.requires_grad_()
     attend(q, q, q, None).float().sum().backward()
     assert ("cpu", torch.bfloat16, True) in attention._SDPA_UPCAST and q.grad is not None
+
+
+def test_the_upcast_timing_runs_fp32_copies_even_under_autocast(monkeypatch):
+    """The first bf16 attention of a training step comes from a forward pass under autocast, which would
+    cast the timed fp32 copies back to bf16: the timing must see fp32 kernels for its fp32 side."""
+    monkeypatch.setattr(attention, "_SDPA_UPCAST", {})
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        out = sdpa(*args, **kwargs)
+        seen.append(out.dtype)  # what the kernel computed in (autocast casts inside the call)
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attention.sdpa_upcast(torch.device("cpu"), torch.bfloat16, backward=True)
+    assert torch.float32 in seen and torch.bfloat16 in seen
