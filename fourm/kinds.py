@@ -121,10 +121,7 @@ class KindHandler:
         tokens on no grid (their rotation is the identity: they keep only their absolute positions)."""
         import torch
 
-        if not self.grid:
-            return torch.zeros(m.tokens, 2)
-        side = math.isqrt(m.tokens)
-        return torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1).reshape(-1, 2).float()
+        return _grid_cells(math.isqrt(m.tokens)) if self.grid else torch.zeros(m.tokens, 2)
 
     def input_projection(self, m: Modality, dim: int, image_size: int, pixel_stem: str) -> nn.Module | None:
         """The module that embeds a continuous kind's raw values (None: a discrete kind's table)."""
@@ -171,6 +168,14 @@ KINDS: dict[str, KindHandler] = {}  # by the kind's name (a Kind is a str: Kind.
 
 def _name(kind: Kind | str) -> str:
     return kind.value if isinstance(kind, Kind) else str(kind)
+
+
+def _grid_cells(side: int) -> Tensor:
+    """(side * side, 2) float (row, column) of a square grid in raster order."""
+    import torch
+
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    return torch.stack([rows, cols], -1).reshape(-1, 2).float()
 
 
 def register_kind(cls: type[KindHandler]) -> type[KindHandler]:
@@ -278,11 +283,7 @@ class VideoKind(KindHandler):
 
     def grid_coordinates(self, m: Modality) -> Tensor:
         """Each frame's patch grid: the same patch in two frames sits at the same place."""
-        import torch
-
-        side = math.isqrt(m.tokens // self.frames)
-        cells = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1).reshape(-1, 2)
-        return cells.repeat(self.frames, 1).float()
+        return _grid_cells(math.isqrt(m.tokens // self.frames)).repeat(self.frames, 1)
 
 
 class ContinuousKind(KindHandler):
