@@ -20,13 +20,24 @@ import math
 
 import numpy as np
 import torch
-from object_words import FIRST_WORD, OFFSET, batch, samples
+from object_words import FIRST_WORD, OFFSET, samples
 from sklearn.linear_model import LogisticRegression
 
 import pseudolabel.sources.scenes as scenes
+from fourm.data.masking import collate
+from fourm.kinds import rgb_to_model
+from fourm.model.batch import Batch
 from fourm.model.fourm import FourM
 
 POSITIONS = {"size": 1, "colour": 2, "shape": 3}  # caption ids: [S_0] size colour shape [EOS]
+
+
+def rgb_batch(model: FourM, images: list[np.ndarray]) -> Batch:
+    """Every patch of each image as the encoder's input; nothing to decode (any model that reads rgb)."""
+    n, rgb, empty = model.specs["rgb"].tokens, model.modality_index("rgb"), np.zeros(0, dtype=np.int64)
+    encoder = {"enc_ids": np.arange(n), "enc_pos": np.arange(n), "enc_mod": np.full(n, rgb)}
+    decoder = dict.fromkeys(("dec_ids", "dec_target", "dec_pos", "dec_mod", "dec_group"), empty)
+    return collate([{**encoder, **decoder}] * len(images), {"rgb": rgb_to_model(np.stack(images))})
 
 
 def features(model: FourM, items: list, batch_size: int = 100) -> dict[str, np.ndarray]:
@@ -34,7 +45,8 @@ def features(model: FourM, items: list, batch_size: int = 100) -> dict[str, np.n
     pooled = {"mean": [], "max": []}
     with torch.no_grad():
         for start in range(0, len(items), batch_size):
-            f = model.encode_features(batch(items[start:start + batch_size], model), pool="none", modalities=["rgb"])
+            images = [image for image, _, _ in items[start:start + batch_size]]
+            f = model.encode_features(rgb_batch(model, images), pool="none", modalities=["rgb"])
             pooled["mean"].append(f.values.sum(1) / f.valid.sum(1, keepdim=True))
             pooled["max"].append(f.values.masked_fill(~f.valid[..., None], -torch.inf).max(1).values)
     return {k: torch.cat(v).float().numpy() for k, v in pooled.items()}
