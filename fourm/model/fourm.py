@@ -17,7 +17,7 @@ keys and values to the cache: autoregressive decoding costs O(new tokens) per st
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -94,6 +94,13 @@ class FourMConfig:
     use_rotary: bool = False
 
     def __post_init__(self):
+        # overrides arrive from YAML and key=value untyped: "use_rotary=maybe" must not read as true
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool" and not isinstance(value, bool):
+                raise ValueError(f"{f.name} must be true or false, not {value!r}")
+            if f.type in ("int", "float") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{f.name} must be a number, not {value!r}")
         self.modalities = parse_modalities(self.modalities, MODALITIES)  # unknown name: error listing known
         if len(set(self.modalities)) != len(self.modalities):
             raise ValueError(f"modalities listed twice: {self.modalities}")

@@ -429,6 +429,15 @@ def test_rotary_attention_sees_where_tokens_lie_relative_to_each_other(tmp_path)
         assert torch.allclose(encode(FourM.from_pretrained(tmp_path / "m").eval(), [0, 1, 4]), base, atol=1e-6)
 
 
+@pytest.mark.parametrize("override, message", [({"use_rotary": "maybe"}, "use_rotary must be true or false"),
+                                               ({"init_std": "wide"}, "init_std must be a number"),
+                                               ({"dim": True}, "dim must be a number")])
+def test_a_setting_of_the_wrong_type_is_named(override, message):
+    """Overrides come untyped from YAML and key=value: a string must not pass for a flag or a number."""
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**override)
+
+
 def test_position_scales_set_one_kinds_positions_and_name_a_wrong_kind(tmp_path):
     """position_scales overrides position_scale for the modalities of one kind only, and is saved."""
     base, mixed = make_model(position_scale=4.0), make_model(position_scale=4.0, position_scales={"sequence": 1.0})
