@@ -66,11 +66,7 @@ def measure_errors(pred: Iterable[np.ndarray], gt: Iterable[np.ndarray]) -> dict
 
 def spectral_angle_error(pred: Iterable[np.ndarray], gt: Iterable[np.ndarray]) -> float:
     """Mean spectral angle (degrees) over every pixel of stored hyperspectral images ``uint8 (H, W, C)``."""
-    p = np.stack([np.asarray(x) for x in pred])
-    g = np.stack([np.asarray(x) for x in gt])
-    if p.shape != g.shape:
-        raise ValueError(f"hyperspectral: predictions of shape {p.shape[1:]} for truths of {g.shape[1:]}")
-    return float(spectral_angle(p, g).mean())
+    return float(spectral_angle(*_pixels(pred, gt, "hyperspectral")).mean())
 
 
 def normal_angle_error(pred: Iterable[np.ndarray], gt: Iterable[np.ndarray]) -> float:
