@@ -25,9 +25,7 @@ import time
 
 import numpy as np
 import torch
-from encoder_probe import POSITIONS, features
-from object_words import FIRST_WORD, OFFSET, samples
-from sklearn.linear_model import LogisticRegression
+from encoder_probe import linear_probes, one_object_scenes, untrained
 from torch.nn import functional as F
 
 import pseudolabel.sources.scenes as scenes
@@ -93,18 +91,11 @@ def main() -> None:
             print(f"step {step + 1} ({time.perf_counter() - start:.0f} s): object patches' class "
                   f"{(pred[on_object] == truth[on_object]).float().mean():.3f} right, every patch's "
                   f"{(pred == truth).float().mean():.3f}", flush=True)
-    model.eval()
-    scenes.OBJECT_COUNTS = (1, 1)
-    items, seed = [], 10**6
-    while len(items) < 1600:
-        items += samples(seed, 64, False, 1)
-        seed += 1
-    split = 1200
-    for pool, x in features(model, items).items():
-        y = np.array([ids[POSITIONS["shape"]] - FIRST_WORD - OFFSET["shape"] for _, ids, _ in items])
-        probe = LogisticRegression(max_iter=2000).fit(x[:split], y[:split])
-        right = np.mean(probe.predict(x[split:]) == y[split:])
-        print(f"encoder [{pool} pool]: a one-object scene's shape {right:.2f} right (chance 0.25)")
+    items, labels = one_object_scenes(1600)
+    for name, m in (("encoder", model.eval()), ("untrained encoder", untrained(model))):
+        for pool, kinds in linear_probes(m, items, labels).items():
+            print(f"{name} [{pool} pool]: a one-object scene's shape {kinds['shape'][1]:.2f} right (chance 0.25)")
+
 
 if __name__ == "__main__":
     main()
