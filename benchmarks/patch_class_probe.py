@@ -10,11 +10,11 @@ FourM's decoder as an image modality (``tok_semseg``'s slot, vocabulary 6), the 
 width 128, its init, positions and rotary encoder), 2000 pre-rendered 1-4 object scenes. Printed:
 the held-out accuracy on object patches, then ``encoder_probe.py``'s linear probes of the encoder.
 
-Measured on a 2-core Xeon (one seed, other jobs on the cores): at 600 steps object patches got their
-class 38% of the time and the encoder's pooled features gave the shape of a one-object scene 0.42 /
-0.46 right (mean / max pool; chance 0.25), where one trained as long on RGB -> tok_semseg alone (the
-demo's segmentation tokens) gives 0.31 / 0.36, and the default demo's encoder (3000 steps of its whole
-mixture) 0.32 / 0.36; at 900 steps 54% and 0.49 / 0.50.
+Measured on a 2-core Xeon (one seed): at 600 steps object patches got their class 38% of the time and
+the encoder's pooled features gave the shape of a one-object scene 0.42 / 0.46 right (mean / max pool;
+chance 0.25), against 0.33 / 0.38 for the same model untrained (random features), 0.31 / 0.36 for one
+trained as long on RGB -> tok_semseg alone (the demo's segmentation tokens) and 0.39 / 0.36 for the
+default demo's encoder (3000 steps of its whole mixture); at 900 steps 54% and 0.49 / 0.50.
 """
 
 from __future__ import annotations
