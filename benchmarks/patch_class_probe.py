@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 import torch
+import yaml
 from encoder_probe import linear_probes, one_object_scenes, untrained
 from torch.nn import functional as F
 
@@ -61,6 +62,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--scenes", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="FourMConfig fields over the demo's, e.g. pixel_stem=pool use_rotary=false")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -68,8 +71,10 @@ def main() -> None:
     heldout = [render(10**7 + seed) for seed in range(256)]
     torch.manual_seed(0)
     scale = ModalityScale(PATCH * GRID, PATCH, vocab_sizes={"tok_semseg": len(CLASSES)})
-    model = create_model("nano", ["rgb", "tok_semseg"], scale, dim=128, heads=4, init_std=0.05,
-                         position_scale=10.0, position_scales={"sequence": 1.0}, use_rotary=True)
+    settings = {"dim": 128, "heads": 4, "init_std": 0.05, "position_scale": 10.0,
+                "position_scales": {"sequence": 1.0}, "use_rotary": True}
+    settings.update({k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)})
+    model = create_model("nano", ["rgb", "tok_semseg"], scale, **settings)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05, betas=(0.9, 0.95))
     rng = np.random.default_rng(0)
     for step in range(args.steps):

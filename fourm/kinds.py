@@ -123,8 +123,10 @@ class KindHandler:
 
         return _grid_cells(math.isqrt(m.tokens)) if self.grid else torch.zeros(m.tokens, 2)
 
-    def input_projection(self, m: Modality, dim: int, image_size: int, pixel_stem: str) -> nn.Module | None:
-        """The module that embeds a continuous kind's raw values (None: a discrete kind's table)."""
+    def input_projection(self, m: Modality, dim: int, image_size: int, pixel_stem: str,
+                         stem_options: dict | None = None) -> nn.Module | None:
+        """The module that embeds a continuous kind's raw values (None: a discrete kind's table);
+        ``stem_options`` are the pixel stem's own settings (the hybrid stem's expert)."""
         return None
 
     def check_continuous(self, m: Modality, value: Tensor, batch_size: int, image_size: int) -> str | None:
@@ -338,10 +340,11 @@ class PixelsKind(ContinuousKind):
     def available(self, m: Modality, value) -> int:
         return m.tokens  # every patch, whatever the value (its presence is what counts)
 
-    def input_projection(self, m: Modality, dim: int, image_size: int, pixel_stem: str) -> nn.Module:
+    def input_projection(self, m: Modality, dim: int, image_size: int, pixel_stem: str,
+                         stem_options: dict | None = None) -> nn.Module:
         from fourm.model.stems import PIXEL_STEMS  # in here: fourm.model imports this module
 
-        return PIXEL_STEMS[pixel_stem](m.patch_size or image_size // math.isqrt(m.tokens), dim)
+        return PIXEL_STEMS[pixel_stem](m.patch_size or image_size // math.isqrt(m.tokens), dim, **(stem_options or {}))
 
     def check_continuous(self, m: Modality, value: Tensor, batch_size: int, image_size: int) -> str | None:
         expected = (batch_size, 3, image_size, image_size)
@@ -372,7 +375,8 @@ class EmbeddingSequenceKind(ContinuousKind):
         # fixed per batch: padded to max_tokens (or the longest sample)
         return (m.max_tokens or int(np.diff(arrays["offsets"]).max()), arrays["values"].shape[1])
 
-    def input_projection(self, m: Modality, dim: int, image_size: int, pixel_stem: str) -> nn.Module:
+    def input_projection(self, m: Modality, dim: int, image_size: int, pixel_stem: str,
+                         stem_options: dict | None = None) -> nn.Module:
         from torch import nn
 
         return nn.Linear(m.dim, dim)

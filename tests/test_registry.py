@@ -25,7 +25,7 @@ def test_unknown_names_fail_on_one_line_that_lists_the_known_ones():
     ("fourm.retrieval.search", "backend_class", ["annoy"], "unknown search backend 'annoy'; known: torch, faiss, "),
     ("fourm.generation.sampling", "tokens_per_step", [4, 2, "square"], "unknown mask schedule 'square'; known: "),
     ("fourm.model.blocks", "make_norm", ["batchnorm", 8], "unknown norm 'batchnorm'; known: layernorm, rmsnorm"),
-    ("tokenizers_train", "family_module", ["bpe"], "unknown tokenizer family 'bpe'; known: diffusion, vqvae_image"),
+    ("tokenizers_train", "family_module", ["bpe"], "unknown tokenizer family 'bpe'; known: diffusion, patch_expert, "),
     ("pseudolabel.registry", "lookup", ["source", "camera"], "unknown source 'camera'; known: "),
 ])
 def test_the_tables_share_the_error(module, function, args, message):

@@ -22,6 +22,7 @@ FAMILIES = Registry("tokenizer family", {  # family -> the module that trains it
     "vqvae_series": "tokenizers_train.series",
     "vqvae_video": "tokenizers_train.video",
     "vqvae_speech": "tokenizers_train.speech",
+    "patch_expert": "tokenizers_train.expert",  # no tokenizer: the CNN of FourM's hybrid pixel stem
 }, sort=True)
 
 

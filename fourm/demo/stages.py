@@ -33,6 +33,8 @@ from fourm.train.pretrain import FourMTrainConfig, run_training
 from fourm.viz.show import save_sample_grid
 from pseudolabel.pipeline import PseudolabelConfig, run_pipeline
 from tokenizers_train import train_tokenizer
+from tokenizers_train.data import tokenizer_dir
+from tokenizers_train.expert import NAME as EXPERT
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 TOKENIZER_CONFIGS = DEFAULT_CONFIG.parent / "tokenizers"
@@ -149,10 +151,13 @@ def train_config(cfg: DemoConfig):
     config = Path(cfg.model.config)
     if not config.is_absolute() and not config.exists():  # relative paths in configs/demo.yaml: the repository's
         config = DEFAULT_CONFIG.parent.parent / config
+    expert = []  # a patch expert trained with the tokenizers is what FourM's pixels go through (hybrid stem)
+    if EXPERT in cfg.tokenizers.configs:
+        expert = [f"model.pixel_expert={tokenizer_dir(cfg.path('tokenizers'), EXPERT)}"]
     return load_config(FourMTrainConfig, config, [
         f"out={cfg.path('fourm')}", f"data.corpora=[{cfg.path('tokens')}]",
         f"data.tokenizers={cfg.path('tokenizers', 'caption')}", f"model.modalities=[{','.join(cfg.model.modalities)}]",
-        *cfg.model.overrides])
+        *expert, *cfg.model.overrides])
 
 
 def _train(cfg: DemoConfig) -> dict:

@@ -50,7 +50,8 @@ class ModalityEmbeddings(nn.Module):
     the model's modality order: index ``m`` in ``enc_mod`` / ``dec_mod`` is ``list(specs)[m]``)."""
 
     def __init__(self, specs: dict[str, Modality], dim: int, image_size: int, pixel_stem: str = "linear",
-                 position_scale: float = 1.0, position_scales: dict[str, float] | None = None):
+                 position_scale: float = 1.0, position_scales: dict[str, float] | None = None,
+                 stem_options: dict | None = None):
         super().__init__()
         self.specs, self.names, self.dim, self.image_size = specs, list(specs), dim, image_size
         self.kinds = {n: handler(s) for n, s in specs.items()}
@@ -58,7 +59,7 @@ class ModalityEmbeddings(nn.Module):
                                      if self.kinds[n].discrete})
         self.projections = nn.ModuleDict()  # continuous kinds: a pixel stem, a linear map of vectors...
         for name, spec in specs.items():
-            projection = self.kinds[name].input_projection(spec, dim, image_size, pixel_stem)
+            projection = self.kinds[name].input_projection(spec, dim, image_size, pixel_stem, stem_options)
             if projection is not None:
                 self.projections[name] = projection
         self.modality = nn.Parameter(torch.zeros(len(specs), dim))

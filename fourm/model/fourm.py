@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,7 @@ from fourm.model.attention import AttentionMask, KVCache, attention_mask
 from fourm.model.batch import Batch
 from fourm.model.blocks import NORMS, DecoderBlock, EncoderBlock, make_norm
 from fourm.model.embeddings import ModalityEmbeddings, split_by_modality
+from fourm.model.expert import PatchExpertConfig
 from fourm.model.stems import PIXEL_STEMS
 from fourm.pretrained import PretrainedMixin, register_pretrained
 
@@ -80,6 +81,9 @@ class FourMConfig:
     # the share of the gradient that a per-modality mean over eight targets does not
     loss_weights: dict[str, float] = field(default_factory=dict)
     pixel_stem: str = "linear"  # how rgb pixels become tokens: a key of fourm.model.stems.PIXEL_STEMS
+    # pixel_stem "hybrid" only: the architecture of its frozen CNN (fields of fourm.model.expert.PatchExpertConfig),
+    # filled in from the pretrained patch expert that training loads (model.pixel_expert=PATH)
+    pixel_expert: dict[str, Any] = field(default_factory=dict)
     init_std: float = 0.02  # std of the linear and embedding weights at init (nanoGPT's, set at width 768)
     # multiplies the fixed sine-cosine positions (fourm.model.embeddings: RMS 0.02 at 1.0). Where content
     # outgrows them, attention cannot tell where a token is, and what a shape is lies in where its patches are
@@ -112,6 +116,12 @@ class FourMConfig:
             raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, not {self.loss_weighting!r}")
         if self.pixel_stem not in PIXEL_STEMS:
             raise ValueError(f"pixel_stem must be one of {', '.join(PIXEL_STEMS)}, not {self.pixel_stem!r}")
+        if self.pixel_expert and self.pixel_stem != "hybrid":
+            raise ValueError(f"pixel_expert is read by pixel_stem hybrid only, not {self.pixel_stem!r}")
+        unknown = set(self.pixel_expert) - {f.name for f in fields(PatchExpertConfig)}
+        if unknown:
+            raise ValueError(f"pixel_expert: unknown fields {sorted(unknown)} (PatchExpertConfig's: "
+                             f"{', '.join(f.name for f in fields(PatchExpertConfig))})")
         unknown = set(self.position_scales) - set(KINDS)
         if unknown:
             raise ValueError(f"position_scales: unknown kinds {sorted(unknown)}; kinds: {', '.join(KINDS)}")
@@ -220,7 +230,8 @@ class FourM(nn.Module, PretrainedMixin):
         self.specs = config.specs()
         self.names = list(self.specs)
         self.embed = ModalityEmbeddings(self.specs, config.dim, config.scale.image_size, config.pixel_stem,
-                                        config.position_scale, config.position_scales)
+                                        config.position_scale, config.position_scales,
+                                        {"expert": config.pixel_expert} if config.pixel_stem == "hybrid" else None)
         block = dict(dim=config.dim, heads=config.heads, mlp_ratio=config.mlp_ratio, use_bias=config.use_bias,
                      norm=config.norm, use_qk_norm=config.use_qk_norm, dropout=config.dropout)
         self.encoder = nn.ModuleList(EncoderBlock(**block) for _ in range(config.encoder_depth))

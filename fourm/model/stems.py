@@ -76,12 +76,7 @@ class ConvStem(nn.Module):
         return rearrange(self.net(image), "b d h w -> b (h w) d")
 
     def embed(self, image: Tensor, samples: Tensor, patches: Tensor) -> Tensor:
-        b, _, h, w = image.shape
-        given = image.new_zeros(b, (h // self.patch) * (w // self.patch))
-        given[samples, patches] = 1.0
-        grid = rearrange(given, "b (h w) -> b 1 h w", h=h // self.patch)
-        keep = grid.repeat_interleave(self.patch, dim=2).repeat_interleave(self.patch, dim=3)
-        return self(image * keep)[samples, patches]
+        return self(blank_hidden(image, samples, patches, self.patch))[samples, patches]
 
 
 class PoolStem(nn.Module):
@@ -106,4 +101,61 @@ class PoolStem(nn.Module):
     embed = ConvStem.embed
 
 
-PIXEL_STEMS = {"linear": LinearStem, "conv": ConvStem, "pool": PoolStem}
+def blank_hidden(image: Tensor, samples: Tensor, patches: Tensor, patch: int) -> Tensor:
+    """``image`` with the pixels of every patch that is not given set to 0 (mid-grey): a stem whose
+    windows reach into the neighbours must not see what the masking hid."""
+    b, _, h, w = image.shape
+    given = image.new_zeros(b, (h // patch) * (w // patch))
+    given[samples, patches] = 1.0
+    grid = rearrange(given, "b (h w) -> b 1 h w", h=h // patch)
+    return image * grid.repeat_interleave(patch, dim=2).repeat_interleave(patch, dim=3)
+
+
+class HybridStem(nn.Module):
+    """ViT-hybrid (Dosovitskiy et al. 2021, sec. 3.1): the linear patch embedding plus a projection of a
+    CNN's feature at each patch. The CNN is a :class:`~fourm.model.expert.PatchExpert`'s trunk, pretrained
+    on what each patch shows and frozen (:meth:`load_expert`): it gives the encoder the shapes that a
+    transformer of the demo's size does not learn from pixels in its budget, the linear part keeps the
+    colours and textures that a class-trained CNN discards. ``expert`` is the expert's config (fields of
+    :class:`~fourm.model.expert.PatchExpertConfig`), as ``FourMConfig.pixel_expert`` records it."""
+
+    def __init__(self, patch: int, dim: int, expert: dict | None = None):
+        from fourm.model.expert import PatchExpertConfig, conv_trunk  # torch-heavy: only when built
+
+        super().__init__()
+        cfg = PatchExpertConfig(**(expert or {}))
+        if cfg.patch_size != patch:
+            raise ValueError(f"the patch expert reads {cfg.patch_size} px patches, the model's rgb {patch} px")
+        self.patch = patch
+        self.pixels = LinearStem(patch, dim)
+        self.trunk = conv_trunk(cfg).requires_grad_(False).eval()
+        self.project = nn.Linear(cfg.features, dim)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.trunk.eval()  # frozen: BatchNorm keeps the expert's statistics
+        return self
+
+    def load_expert(self, expert) -> None:
+        """Copy a pretrained :class:`~fourm.model.expert.PatchExpert`'s trunk in (strict: same config)."""
+        self.trunk.load_state_dict(expert.trunk.state_dict())
+
+    def _features(self, image: Tensor) -> Tensor:
+        import torch
+
+        with torch.no_grad():
+            return rearrange(self.trunk(image), "b d h w -> b (h w) d")
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.pixels(image) + self.project(self._features(image))
+
+    def embed(self, image: Tensor, samples: Tensor, patches: Tensor) -> Tensor:
+        import torch
+
+        # the CNN runs on the images that give at least one patch, not on the whole batch
+        rows, where = torch.unique(samples, return_inverse=True)
+        features = self._features(blank_hidden(image[rows], where, patches, self.patch))[where, patches]
+        return self.pixels.embed(image, samples, patches) + self.project(features)
+
+
+PIXEL_STEMS = {"linear": LinearStem, "conv": ConvStem, "pool": PoolStem, "hybrid": HybridStem}

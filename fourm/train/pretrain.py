@@ -8,6 +8,7 @@ built for ids its data does not hold.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,9 +20,11 @@ from fourm.data import loader
 from fourm.data.loader import modalities_from_manifest, read_token_manifest, unigram_baseline
 from fourm.data.masking import Masker, MaskingConfig, TextSpecials, specials_from_tokenizer
 from fourm.data.stream import LOADERS, open_token_data
-from fourm.modalities import ModalityScale
+from fourm.modalities import Kind, ModalityScale
 from fourm.model import sizes
+from fourm.model.expert import PatchExpert
 from fourm.model.fourm import FourM
+from fourm.model.stems import HybridStem
 from fourm.train.loop import TrainConfig, train
 from fourm.transfer.new_modality import StagedUnfreezing, add_modalities, grown_config
 
@@ -56,6 +59,9 @@ class ModelConfig:
     # with init: modalities of the corpus that the checkpoint lacks are added (fourm.transfer.new_modality);
     # for the first frozen_steps steps only their new weights train, then the whole model
     frozen_steps: int = 0
+    # a pretrained PatchExpert (tokenizers_train family patch_expert): FourM's rgb pixels then go through the
+    # hybrid stem, the expert's frozen CNN beside the linear patch embedding (fourm.model.stems.HybridStem)
+    pixel_expert: str | None = None
 
 
 @dataclass
@@ -83,6 +89,20 @@ class FourMTask:
         self.masker = Masker(self.modalities, cfg.masking, specials)
         self.baseline = unigram_baseline(self.train_set, self.heldout)
         self._eval = None
+        self.expert = self._pixel_expert()
+
+    def _pixel_expert(self):
+        m = self.cfg.model
+        if m.pixel_expert is None:
+            if m.overrides.get("pixel_stem") == "hybrid" and m.init is None:
+                raise ValueError("pixel_stem hybrid reads a pretrained patch expert: set model.pixel_expert=PATH "
+                                 "(trained by tokenizers_train, family patch_expert)")
+            return None
+        if m.init is not None:
+            raise ValueError("model.pixel_expert builds a new model's stem; model.init already has its own")
+        if not any(self.modalities[n].kind == Kind.PIXELS for n in self.modalities):
+            raise ValueError(f"model.pixel_expert reads rgb pixels, which none of {list(self.modalities)} are")
+        return PatchExpert.from_pretrained(m.pixel_expert)
 
     def model_config(self):
         # the corpus' scale (its patches per modality), this run's modalities' vocabularies and lengths
@@ -94,6 +114,8 @@ class FourMTask:
         scale = ModalityScale(scale.image_size, scale.patch_size, patches, vocab_sizes={
             n: m.vocab_size for n, m in self.modalities.items() if m.vocab_size is not None})
         overrides = dict(self.cfg.model.overrides)
+        if self.expert is not None:  # its architecture is recorded in the model's config; weights: build_model
+            overrides.update(pixel_stem="hybrid", pixel_expert=dataclasses.asdict(self.expert.config))
         # model.overrides.scale.<field> changes that field of the corpus' scale; per-modality tables are
         # merged, so scale.vocab_sizes.tok_rgb=2048 leaves the other vocabularies as the corpus has them
         changes = overrides.pop("scale", None) or {}
@@ -113,7 +135,12 @@ class FourMTask:
                 if self.cfg.model.frozen_steps > 0:
                     self.staging = StagedUnfreezing(model, new, self.cfg.model.frozen_steps)
             return model.train()
-        return FourM(self.model_config())
+        model = FourM(self.model_config())
+        if self.expert is not None:
+            for stem in model.embed.projections.values():
+                if isinstance(stem, HybridStem):
+                    stem.load_expert(self.expert)
+        return model
 
     def train_batches(self, start_step: int, rank: int, world_size: int):
         d = self.cfg.data

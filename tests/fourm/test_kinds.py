@@ -42,7 +42,7 @@ class SeriesKind(ContinuousKind):
     def available(self, m, value):
         return m.tokens
 
-    def input_projection(self, m, dim, image_size, pixel_stem):
+    def input_projection(self, m, dim, image_size, pixel_stem, stem_options=None):
         return nn.Linear(PATCH * CHANNELS, dim)
 
     def check_continuous(self, m, value, batch_size, image_size):

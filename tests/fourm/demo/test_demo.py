@@ -36,6 +36,7 @@ def test_the_omni_preset_is_the_default_plus_what_it_adds():
     assert set(omni.corpus.series) == {"point_cloud", "imu", "video", "speech", "xray", "thermal", "hyperspectral",
                                        "scene_graph", "table"}
     assert set(default.model.modalities) < set(omni.model.modalities)
+    assert set(default.tokenizers.configs) < set(omni.tokenizers.configs)  # the patch expert included
     assert all((TOKENIZER_CONFIGS / f"{n}.yaml").is_file() for n in omni.tokenizers.configs)
     assert all(m in omni.model.modalities for given, *targets in omni.chains.values() for m in [given, *targets])
     new = ("tok_point_cloud", "tok_imu", "tok_video", "tok_speech", "tok_xray", "tok_thermal", "tok_hyperspectral",
