@@ -29,6 +29,7 @@ from fourm.data.masking import collate
 from fourm.kinds import rgb_to_model
 from fourm.model.batch import Batch
 from fourm.model.fourm import FourM
+from fourm.model.stems import HybridStem
 
 POSITIONS = {"size": 1, "colour": 2, "shape": 3}  # caption ids: [S_0] size colour shape [EOS]
 
@@ -80,9 +81,14 @@ def linear_probes(model: FourM, items: list, labels: dict[str, np.ndarray]) -> d
 
 
 def untrained(model: FourM) -> FourM:
-    """A fresh initialisation of ``model``'s config: the floor a probe of random features reaches."""
+    """A fresh initialisation of ``model``'s config: the floor a probe of random features reaches. A hybrid
+    stem's patch expert is pretrained and frozen, not part of what FourM's training adds: it is kept."""
     torch.manual_seed(0)
-    return FourM(model.config).eval()
+    fresh = FourM(model.config).eval()
+    for name, stem in fresh.embed.projections.items():
+        if isinstance(stem, HybridStem):
+            stem.trunk.load_state_dict(model.embed.projections[name].trunk.state_dict())
+    return fresh
 
 
 def main() -> None:

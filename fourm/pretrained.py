@@ -118,6 +118,8 @@ class PretrainedMixin:
     def from_pretrained(cls, path_or_id: str | os.PathLike, device: str = "cpu"):
         path = resolve_path(path_or_id)
         saved = read_config(path)
+        if saved["class"] != cls.pretrained_name and saved["class"] not in _CLASSES:
+            _import_known_classes()  # to name what the folder holds instead of failing on its fields
         if saved["class"] != cls.pretrained_name and saved["class"] in _CLASSES:
             target = _CLASSES[saved["class"]]
             if not issubclass(target, cls):
@@ -139,7 +141,7 @@ def load_pretrained(path_or_id: str | os.PathLike, device: str = "cpu"):
 
 
 def _import_known_classes() -> None:
-    for module in ("fourm.model.fourm", "fourm.tokenization.vqvae", "fourm.tokenization.mlp_vqvae",
+    for module in ("fourm.model.fourm", "fourm.model.expert", "fourm.tokenization.vqvae", "fourm.tokenization.mlp_vqvae",
                    "fourm.tokenization.diffusion", "fourm.tokenization.text", "fourm.tokenization.point_vqvae",
                    "fourm.tokenization.series_vqvae", "fourm.tokenization.video",
                    "fourm.tokenization.speech_vqvae"):

@@ -14,6 +14,10 @@ classic small CNN (LeCun et al. 1998, VGG): per halving a 3x3 convolution, ReLU 
 Max pooling keeps the strongest edge response wherever it falls in the window, which is what an
 outline needs; on the built-in scenes it is the stem that lets a transformer tell which shapes an
 image holds (``benchmarks/shape_probe.py`` has the figures), at 5x the linear stem's cost.
+``hybrid`` adds to the linear embedding a pretrained CNN's feature at each patch, frozen
+(:class:`HybridStem`, the CNN a :class:`~fourm.model.expert.PatchExpert`): conv and pool learn their
+windows with the transformer, from its objectives and at its learning rate; the expert has learnt what
+a patch shows before FourM's first step.
 """
 
 from __future__ import annotations

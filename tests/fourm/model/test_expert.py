@@ -115,3 +115,10 @@ def test_the_expert_is_a_pretrained_folder(tmp_path):
     assert loaded.class_names == ["blank", "row", "column"] and loaded.config == expert.config
     image = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32))
     torch.testing.assert_close(loaded(image), expert.eval()(image))
+
+
+def test_a_folder_of_another_model_is_named(tmp_path):
+    FourM(FourMConfig(modalities=["rgb", "tok_depth"], dim=32, heads=2, encoder_depth=1, decoder_depth=1,
+                      scale=ModalityScale(16, 4, vocab_sizes={"tok_depth": 8}))).save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="holds a fourm, not a patch_expert"):
+        PatchExpert.from_pretrained(tmp_path / "m")
