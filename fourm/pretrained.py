@@ -141,7 +141,8 @@ def load_pretrained(path_or_id: str | os.PathLike, device: str = "cpu"):
 
 
 def _import_known_classes() -> None:
-    for module in ("fourm.model.fourm", "fourm.model.expert", "fourm.tokenization.vqvae", "fourm.tokenization.mlp_vqvae",
+    for module in ("fourm.model.fourm", "fourm.model.expert", "fourm.tokenization.vqvae",
+                   "fourm.tokenization.mlp_vqvae",
                    "fourm.tokenization.diffusion", "fourm.tokenization.text", "fourm.tokenization.point_vqvae",
                    "fourm.tokenization.series_vqvae", "fourm.tokenization.video",
                    "fourm.tokenization.speech_vqvae"):
