@@ -255,6 +255,12 @@ def get_modality(name: str) -> Modality:
     return _lookup(MODALITIES, name, "modality")
 
 
+def readers(source: str, names: list[str]) -> list[str]:
+    """The modalities of ``names`` that read corpus series ``source``: what one value of it conditions
+    (a model reading RGB as pixels and as tokens is given both)."""
+    return [n for n in names if get_modality(n).source == source]
+
+
 def parse_modalities(spec: str | list[str], table: dict | None = None) -> list[str]:
     """``"a,b"`` or ``["a", "b"]`` -> validated names (default table: the corpus)."""
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)

@@ -13,7 +13,7 @@ import torch
 from PIL import ImageOps
 
 from fourm.data.corpus import CorpusReader
-from fourm.modalities import MODALITIES, Kind
+from fourm.modalities import MODALITIES, Kind, readers
 from fourm.retrieval.index import build_index, search_samples
 from fourm.tokenization.base import load_tokenizers
 from fourm.viz.render import image_grid, render
@@ -69,7 +69,9 @@ def save_chains(generator, corpus: str | os.PathLike, out: str | os.PathLike, sa
             written[name] = f"skipped: the model has no {', '.join(missing)}"
             continue
         source = MODALITIES[given].source
-        made = generator.generate({given: [s[source] for s in data]}, targets, seed=seed)
+        # as the evaluation gives it: every modality that reads the given series (rgb pixels and tokens)
+        given_as = [m for m in readers(source, generator.modalities) if m not in targets] or [given]
+        made = generator.generate({m: [s[source] for s in data] for m in given_as}, targets, seed=seed)
         rows, titles = [], []
         for i, s in enumerate(data):
             image = made["tok_rgb"][i] if "tok_rgb" in made else s["rgb"]

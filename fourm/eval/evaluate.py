@@ -54,7 +54,7 @@ from fourm.data.corpus import CorpusReader
 from fourm.eval import metrics
 from fourm.eval.retrieval import chance_recall, recall_at_k
 from fourm.io import write_json
-from fourm.modalities import MODALITIES
+from fourm.modalities import MODALITIES, readers
 from fourm.registry import Registry
 from fourm.retrieval.embed import EmbedSpec, normalize, predict_vectors
 from fourm.tokenization.base import load_tokenizers
@@ -144,8 +144,7 @@ class Context:
         reads the same corpus series gets it, so a model reading RGB as pixels and as tokens sees both."""
         source = MODALITIES[given].source
         values = self.truth(source) if values is None else values
-        readers = [m for m in self.generator.modalities if MODALITIES[m].source == source]
-        return {m: values for m in readers or [given]}
+        return {m: values for m in readers(source, self.generator.modalities) or [given]}
 
     def generate(self, target: str, given: str, values: list | None = None, tag: str = "") -> list:
         """``target`` generated from the model modality ``given`` (default: its corpus truth), memoised by tag."""
