@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -145,8 +146,6 @@ class HybridStem(nn.Module):
         self.trunk.load_state_dict(expert.trunk.state_dict())
 
     def _features(self, image: Tensor) -> Tensor:
-        import torch
-
         # channels-last: oneDNN's convolutions run 3x faster on it (bf16, a 2-core Xeon)
         with torch.no_grad():
             features = self.trunk(image.contiguous(memory_format=torch.channels_last))
@@ -156,8 +155,6 @@ class HybridStem(nn.Module):
         return self.pixels(image) + self.project(self._features(image))
 
     def embed(self, image: Tensor, samples: Tensor, patches: Tensor) -> Tensor:
-        import torch
-
         # the CNN runs on the images that give at least one patch, not on the whole batch
         rows, where = torch.unique(samples, return_inverse=True)
         features = self._features(blank_hidden(image[rows], where, patches, self.patch))[where, patches]
