@@ -27,13 +27,13 @@ import numpy as np
 import torch
 import yaml
 from encoder_probe import linear_probes, one_object_scenes, untrained
-from torch.nn import functional as F
 
 import pseudolabel.sources.scenes as scenes
 from fourm.data.masking import collate
 from fourm.data.scenes import CLASSES
 from fourm.kinds import rgb_to_model
 from fourm.modalities import ModalityScale
+from fourm.model.expert import patch_histograms
 from fourm.model.sizes import create_model
 
 PATCH, GRID = 8, 8  # 64 px scenes
@@ -43,9 +43,8 @@ FIRST_SHAPE = 2  # classes: background, ground, then the shapes
 def render(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Scene ``seed``: its RGB and each patch's majority class (GRID * GRID,), in raster order."""
     out = scenes.render_scene(seed, PATCH * GRID)
-    onehot = F.one_hot(torch.from_numpy(out["semseg"].astype(np.int64)), len(CLASSES))
-    counts = onehot.reshape(GRID, PATCH, GRID, PATCH, -1).sum((1, 3))
-    return out["rgb"], counts.reshape(GRID * GRID, -1).argmax(-1).numpy()
+    shares = patch_histograms(torch.from_numpy(out["semseg"].astype(np.int64))[None], PATCH, len(CLASSES))
+    return out["rgb"], shares[0].argmax(-1).numpy()
 
 
 def batch(model, items):
