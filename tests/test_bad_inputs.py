@@ -333,6 +333,14 @@ def test_bad_input_is_one_line_and_loses_nothing(world, case, tmp_path, capsys):
     assert fingerprint(world.root) == before, "a bad input changed existing files"
 
 
+def test_a_bad_model_setting_is_named_before_the_run_folder_is_made(world, tmp_path, capsys):
+    out = tmp_path / "run"
+    bad = "model.overrides.norm=batchnorm"
+    assert main(["train", *TRAIN, f"data.corpora=[{world.tokens}]", f"out={out}", bad]) == 2
+    assert "norm must be one of" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_a_run_that_fails_before_any_shard_leaves_no_plan(tmp_path, capsys):
     """A hub id that is not there (the tests run offline) passes planning and fails when the labeller
     loads: the plan must be taken back, or the corrected re-run is refused as other settings."""

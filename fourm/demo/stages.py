@@ -62,6 +62,8 @@ class TokenizerSettings:
 class ModelSettings:
     config: str = "configs/fourm/demo.yaml"
     modalities: list[str] = field(default_factory=list)
+    # target modalities whose output heads also read their tokenizer's codebook (model.head_codebooks)
+    head_codebooks: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
 
 
@@ -151,13 +153,18 @@ def train_config(cfg: DemoConfig):
     config = Path(cfg.model.config)
     if not config.is_absolute() and not config.exists():  # relative paths in configs/demo.yaml: the repository's
         config = DEFAULT_CONFIG.parent.parent / config
-    expert = []  # a patch expert trained with the tokenizers is what FourM's pixels go through (hybrid stem)
+    # a patch expert trained with the tokenizers is what FourM's pixels go through (hybrid stem), and the
+    # heads named in head_codebooks read the codebooks of the tokenizers trained here
+    extra = []
     if EXPERT in cfg.tokenizers.configs:
-        expert = [f"model.pixel_expert={tokenizer_dir(cfg.path('tokenizers'), EXPERT)}"]
+        extra = [f"model.pixel_expert={tokenizer_dir(cfg.path('tokenizers'), EXPERT)}"]
+    if cfg.model.head_codebooks:
+        books = ", ".join(f"{n}: {cfg.path('tokenizers', n)}" for n in cfg.model.head_codebooks)
+        extra.append(f"model.head_codebooks={{{books}}}")
     return load_config(FourMTrainConfig, config, [
         f"out={cfg.path('fourm')}", f"data.corpora=[{cfg.path('tokens')}]",
         f"data.tokenizers={cfg.path('tokenizers', 'caption')}", f"model.modalities=[{','.join(cfg.model.modalities)}]",
-        *expert, *cfg.model.overrides])
+        *extra, *cfg.model.overrides])
 
 
 def _train(cfg: DemoConfig) -> dict:

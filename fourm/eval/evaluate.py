@@ -13,8 +13,9 @@ ground truth. For each row of the table (issue 6, after 4M-21's out-of-the-box r
 
 Caption -> RGB has no true image to compare with; the generated image is *judged*, by a judge that is not
 the model: which of the caption's colours it shows, and which colours it shows that the caption did not
-name (:func:`fourm.eval.metrics.colour_hits`, pixel hues; white is not judged, the ground being grey). The same
-judge scores the round-tripped true image (upper bound) and another scene's image (baseline).
+name (:func:`fourm.eval.metrics.colour_hits`, pixel hues in regions at least 3 pixels across; white is not
+judged, the ground being grey). The same judge scores the round-tripped true image (upper bound) and another
+scene's image (baseline).
 
 The two generative rows *sample* from the model (``draws`` per scene, :meth:`Context.sample`): RGB ->
 caption, whose captions are scored by the objects they name, and caption -> RGB, whose images are

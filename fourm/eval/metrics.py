@@ -243,19 +243,31 @@ def achromatic_colours(min_saturation: float = 0.3) -> set[str]:
             if colorsys.rgb_to_hsv(*(np.array(rgb) / 255.0))[1] < min_saturation}
 
 
-def colours_shown(rgb: np.ndarray, min_pixels: int = 8) -> set[str]:
-    """The chromatic scene colours ``rgb`` shows: those that at least ``min_pixels`` pixels (at 64 px; scaled
-    by area) take by hue (:func:`classify_colours`). A judge that needs no model.
+def colours_shown(rgb: np.ndarray, min_pixels: int = 8, min_width: int = 3) -> set[str]:
+    """The chromatic scene colours ``rgb`` shows: those whose pixels (:func:`classify_colours`, by hue) still
+    number at least ``min_pixels`` (at 64 px; scaled by area) after a ``min_width`` square opening. A judge
+    that needs no model.
 
     White is never reported: the ground and the sky are achromatic too. On 128 held-out scenes' true
     images, a named chromatic colour covered 9 to ~400 pixels and an unnamed one at most 3: 8 separates them.
+    The opening keeps regions at least ``min_width`` pixels across (a 64 px scene's objects are 5 to 60)
+    and drops the 1-2 pixel fringes where shading meets an object's border: through the RGB tokenizer's
+    round trip those fringes shift hue (orange beside red or yellow, blue beside purple), and counted
+    pixel by pixel they made 0.31 of the colours the round trip of the true images shows "unnamed"; opened,
+    0.15, while the true images still show 0.99 of their named colours and another scene's image 0.26.
     """
+    from scipy import ndimage
+
     pixels = np.asarray(rgb)
-    threshold = max(1, round(min_pixels * pixels.shape[0] * pixels.shape[1] / 64**2))
+    scale = pixels.shape[0] * pixels.shape[1] / 64**2
+    threshold = max(1, round(min_pixels * scale))
+    width = max(1, round(min_width * scale**0.5))
     names = list(scene_vocabulary()[0])
-    counts = np.bincount(classify_colours(pixels).ravel() + 1, minlength=len(names) + 1)[1:]
+    classes = classify_colours(pixels)
     grey = achromatic_colours()
-    return {n for n, c in zip(names, counts, strict=True) if c >= threshold and n not in grey}
+    square = np.ones((width, width), dtype=bool)
+    return {n for i, n in enumerate(names) if n not in grey and (classes == i).sum() >= threshold
+            and ndimage.binary_opening(classes == i, square).sum() >= threshold}
 
 
 def colour_hits(images: list[np.ndarray], captions: list[str]) -> dict[str, float]:

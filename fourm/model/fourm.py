@@ -33,6 +33,7 @@ from fourm.model.batch import Batch
 from fourm.model.blocks import NORMS, DecoderBlock, EncoderBlock, make_norm
 from fourm.model.embeddings import ModalityEmbeddings, split_by_modality
 from fourm.model.expert import PatchExpertConfig
+from fourm.model.heads import CodebookHead
 from fourm.model.stems import PIXEL_STEMS
 from fourm.pretrained import PretrainedMixin, register_pretrained
 
@@ -75,6 +76,10 @@ class FourMConfig:
     use_qk_norm: bool = False
     dropout: float = 0.0
     use_tied_heads: bool = False  # output head of a modality = its input token table
+    # target modality -> the width of its tokenizer's code vectors: its head also scores each code by a
+    # projection's similarity to the code's vector (fourm.model.heads.CodebookHead says why); the vectors
+    # are loaded from the tokenizer when training builds the model and saved with its weights
+    head_codebooks: dict[str, int] = field(default_factory=dict)
     loss_weighting: str = "modality"  # modality: mean per modality, then across; token: mean over tokens
     # relative weight of a target modality in the loss (default 1): where a few tokens carry what the
     # model must learn from another modality (a caption's object words, given RGB), a weight gives them
@@ -122,6 +127,13 @@ class FourMConfig:
         if unknown:
             raise ValueError(f"pixel_expert: unknown fields {sorted(unknown)} (PatchExpertConfig's: "
                              f"{', '.join(f.name for f in fields(PatchExpertConfig))})")
+        if self.head_codebooks and self.use_tied_heads:
+            raise ValueError("head_codebooks and use_tied_heads both set the output heads: choose one")
+        stray = sorted(set(self.head_codebooks) - set(self.modalities))
+        if stray:
+            raise ValueError(f"head_codebooks names modalities the model does not have: {', '.join(stray)}")
+        if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in self.head_codebooks.values()):
+            raise ValueError(f"head_codebooks maps modalities to code widths (integers >= 1): {self.head_codebooks}")
         unknown = set(self.position_scales) - set(KINDS)
         if unknown:
             raise ValueError(f"position_scales: unknown kinds {sorted(unknown)}; kinds: {', '.join(KINDS)}")
@@ -154,6 +166,9 @@ class FourMConfig:
                 raise ValueError(f"max_tokens[{name!r}] = {self.max_tokens[name]}, but {self.scale.image_size} px "
                                  f"images in patches of {m.patch_size} give {m.tokens}")
             self.max_tokens.setdefault(name, m.tokens)
+            if name in self.head_codebooks and (m.input_only or m.vocab_size is None):
+                raise ValueError(f"head_codebooks: {name!r} has no output head over codes (it is input-only "
+                                 "or continuous)")
 
     def specs(self) -> dict[str, Modality]:
         """The registry entries of ``modalities`` at this config's scale and numbers, in model order."""
@@ -243,9 +258,15 @@ class FourM(nn.Module, PretrainedMixin):
         self.decoder_norm = make_norm(config.norm, config.dim, config.use_bias)
         self.targets = [n for n, s in self.specs.items() if not s.input_only]
         self.heads = nn.ModuleDict() if config.use_tied_heads else nn.ModuleDict(
-            {n: nn.Linear(config.dim, self.specs[n].vocab_size, bias=config.use_bias) for n in self.targets})
+            {n: self._head(n) for n in self.targets})
         self.cross_entropy = cross_entropy_sum  # compile() swaps in a compiled one
         self._init_weights()
+
+    def _head(self, name: str) -> nn.Module:
+        vocab, code_dim = self.specs[name].vocab_size, self.config.head_codebooks.get(name)
+        if code_dim is None:
+            return nn.Linear(self.config.dim, vocab, bias=self.config.use_bias)
+        return CodebookHead(self.config.dim, vocab, code_dim, bias=self.config.use_bias)
 
     def _init_weights(self) -> None:
         if self.embed.modality.is_meta:  # a meta-device build (parameter counts, deferred init): no values

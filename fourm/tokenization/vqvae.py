@@ -264,6 +264,12 @@ class ImageVQVAE(nn.Module, PretrainedMixin):
             z_q = self.quantizer.embed(ids)
         return rearrange(z_q, "b (h w) d -> b d h w", h=self.config.grid)
 
+    def code_vectors(self) -> Tensor:
+        """(vocab_size, latent_dim): every code's vector, as the decoder reads it (FourM's codebook heads)."""
+        ids = torch.arange(self.vocab_size, device=self.device)[None]
+        with torch.no_grad(), _full_precision(ids):
+            return self.quantizer.embed(ids)[0].float()
+
     def decode_latents(self, z_q: Tensor) -> Tensor:
         """z_q (B, D, h, w) -> decoder output (B, C_out, H, W)."""
         g, p = self.config.grid, self.config.patch_size

@@ -25,6 +25,7 @@ from fourm.model import sizes
 from fourm.model.expert import PatchExpert
 from fourm.model.fourm import FourM
 from fourm.model.stems import HybridStem
+from fourm.tokenization.base import load_tokenizer
 from fourm.train.loop import TrainConfig, train
 from fourm.transfer.new_modality import StagedUnfreezing, add_modalities, grown_config
 
@@ -62,6 +63,9 @@ class ModelConfig:
     # a pretrained PatchExpert (tokenizers_train family patch_expert): FourM's rgb pixels then go through the
     # hybrid stem, the expert's frozen CNN beside the linear patch embedding (fourm.model.stems.HybridStem)
     pixel_expert: str | None = None
+    # target modality -> its image tokenizer's folder: the modality's output head also scores each code by its
+    # vector in that tokenizer's codebook (fourm.model.heads.CodebookHead)
+    head_codebooks: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,6 +94,7 @@ class FourMTask:
         self.baseline = unigram_baseline(self.train_set, self.heldout)
         self._eval = None
         self.expert = self._pixel_expert()
+        self.codebooks = self._codebooks()
 
     def _pixel_expert(self):
         m = self.cfg.model
@@ -104,6 +109,29 @@ class FourMTask:
             raise ValueError(f"model.pixel_expert reads rgb pixels, which none of {list(self.modalities)} are")
         return PatchExpert.from_pretrained(m.pixel_expert)
 
+    def _codebooks(self) -> dict[str, torch.Tensor]:
+        """Each ``model.head_codebooks`` modality's code vectors, read from its tokenizer."""
+        m = self.cfg.model
+        if not m.head_codebooks:
+            return {}
+        if m.init is not None:
+            raise ValueError("model.head_codebooks builds a new model's heads; model.init already has its own")
+        out = {}
+        for name, path in m.head_codebooks.items():
+            if name not in self.modalities:
+                raise ValueError(f"model.head_codebooks: {name!r} is not among this run's modalities "
+                                 f"{list(self.modalities)}")
+            tokenizer = load_tokenizer(path)
+            if getattr(tokenizer, "modality", None) != name or not hasattr(tokenizer, "code_vectors"):
+                raise ValueError(f"model.head_codebooks: {path} holds a {type(tokenizer).__name__} for "
+                                 f"{getattr(tokenizer, 'modality', '?')!r}, not an image tokenizer for {name!r}")
+            vectors = tokenizer.code_vectors()
+            if len(vectors) != self.modalities[name].vocab_size:
+                raise ValueError(f"model.head_codebooks: {path} has {len(vectors)} codes, the corpus' {name} "
+                                 f"{self.modalities[name].vocab_size}: not the tokenizer that made it")
+            out[name] = vectors
+        return out
+
     def model_config(self):
         # the corpus' scale (its patches per modality), this run's modalities' vocabularies and lengths
         scale = loader.manifest_scale(self.manifest)
@@ -116,6 +144,8 @@ class FourMTask:
         overrides = dict(self.cfg.model.overrides)
         if self.expert is not None:  # its architecture is recorded in the model's config; weights: build_model
             overrides.update(pixel_stem="hybrid", pixel_expert=dataclasses.asdict(self.expert.config))
+        if self.codebooks:  # likewise: the widths here, the vectors in build_model
+            overrides["head_codebooks"] = {n: int(v.shape[1]) for n, v in self.codebooks.items()}
         # model.overrides.scale.<field> changes that field of the corpus' scale; per-modality tables are
         # merged, so scale.vocab_sizes.tok_rgb=2048 leaves the other vocabularies as the corpus has them
         changes = overrides.pop("scale", None) or {}
@@ -140,6 +170,8 @@ class FourMTask:
             for stem in model.embed.projections.values():
                 if isinstance(stem, HybridStem):
                     stem.load_expert(self.expert)
+        for name, vectors in self.codebooks.items():
+            model.heads[name].load_codebook(vectors)
         return model
 
     def train_batches(self, start_step: int, rank: int, world_size: int):
@@ -188,5 +220,7 @@ class FourMTask:
 def run_training(cfg: FourMTrainConfig, progress: bool = True):
     """Train FourM as ``cfg`` says into ``cfg.out`` (resuming from its last checkpoint)."""
     task = FourMTask(cfg)
+    if cfg.model.init is None:
+        task.model_config()  # a bad model setting is named before the run's folder is made
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     return train(task, cfg.train, cfg.out, progress=progress, record=cfg)

@@ -265,6 +265,31 @@ def test_alphas_by_corpus_series_cover_its_tokens():
     assert (out["dec_mod"] == 1).all() and len(out["dec_target"]) == 8
 
 
+@pytest.mark.parametrize("fill", [True, False])
+def test_pixels_and_tokens_of_one_series_share_their_positions(fill):
+    """rgb pixels and tok_rgb are one series: a patch given as pixels is never a target as tokens (it would be
+    copied, not predicted), budgets stay exact, and RGB-to-all still gives every patch both ways."""
+    scale = ModalityScale(image_size=16, patch_size=4, vocab_sizes={"tok_rgb": 32, "tok_depth": 32})
+    mods = scale.resolve_all(["rgb", "tok_rgb", "tok_depth"])
+    everything = DirichletComponent(1.0, {"*": 0.3}, {"*": 0.3})
+    rgb_to_all = DirichletComponent(1.0, {"rgb": 1.0, "*": 0.0}, {"*": 1.0})
+    cfg = MaskingConfig(input_budget=20, target_budget=12, mixture=[everything], use_input_fill=fill)
+    masker, rng = Masker(mods, cfg, SPECIALS), np.random.default_rng(11)
+    sample = {"rgb": np.zeros((16, 16, 3), np.uint8), "tok_rgb": rng.integers(0, 32, 16).astype(np.int16),
+              "tok_depth": rng.integers(0, 32, 16).astype(np.int16)}
+    overlapping = shared = 0
+    for _ in range(300):
+        out = masker(sample, rng)
+        pixels = set(out["enc_pos"][out["enc_mod"] == 0])
+        targets = set(out["dec_pos"][out["dec_mod"] == 1])
+        overlapping += len(pixels & targets)
+        shared += bool(pixels and targets)
+        assert len(out["dec_target"]) == 12 and (not fill or len(out["enc_ids"]) == 20)
+    assert overlapping == 0 and shared > 30  # both in one sample often, never on one patch
+    out = Masker(mods, replace(cfg, input_budget=32, mixture=[rgb_to_all], use_input_fill=True), SPECIALS)(sample, rng)
+    assert np.bincount(out["enc_mod"], minlength=3).tolist() == [16, 16, 0]
+
+
 def test_bad_configs_are_refused():
     with pytest.raises(ValueError, match="input-only"):
         Masker(table(), MaskingConfig(targets=["rgb"]), SPECIALS)

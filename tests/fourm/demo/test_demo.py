@@ -47,6 +47,18 @@ def test_the_omni_preset_is_the_default_plus_what_it_adds():
     assert _fingerprint("", corpus_settings(omni)) != _fingerprint("", corpus_settings(default))
 
 
+def test_fourm_is_trained_on_what_the_demo_trained_before_it(tmp_path):
+    """The training stage's config points at this run's tokens, its patch expert and the tokenizers whose
+    codebooks the heads read."""
+    from fourm.demo.stages import train_config
+
+    cfg = load_demo_config(overrides=["model.head_codebooks=[tok_rgb,tok_depth]"], out=str(tmp_path))
+    train = train_config(cfg)
+    assert train.data.corpora == [str(tmp_path / "tokens")] and train.out == str(tmp_path / "fourm")
+    assert train.model.pixel_expert == str(tmp_path / "tokenizers" / "parts" / "patch_expert")
+    assert train.model.head_codebooks == {n: str(tmp_path / "tokenizers" / n) for n in ("tok_rgb", "tok_depth")}
+
+
 @pytest.mark.slow
 def test_quick_demo_writes_the_report_with_the_table(tmp_path):
     out = tmp_path / "demo"

@@ -113,7 +113,10 @@ def test_colours_shown_by_hand():
     rgb[10:12, 10:12] = colours["blue"]  # 4 pixels: too few to count
     rgb[20:30, 20:30] = colours["white"]  # never judged: the ground is achromatic too
     rgb[40:44, 40:44] = (np.array(colours["green"]) * 0.45).astype(np.uint8)  # in shadow: still green
+    rgb[50, 10:40] = colours["orange"]  # 30 pixels, but a 1 px fringe: no object
+    rgb[55:57, 10:40] = colours["purple"]  # 60 pixels, 2 px across: no object either
     assert metrics.colours_shown(rgb) == {"red", "green"}
+    assert metrics.colours_shown(rgb, min_width=1) == {"red", "green", "orange", "purple"}  # counted by pixel
     assert metrics.achromatic_colours() == {"white"}
     hits = metrics.colour_hits([rgb, rgb], ["a small red cube and a large blue cone.", "a white sphere."])
     # named: red of {red, blue}; shown: red, green twice each, of which only the first red was named

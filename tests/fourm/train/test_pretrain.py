@@ -200,3 +200,41 @@ def test_a_modality_with_its_own_patch_size_trains_at_the_corpus_scale(tmp_path)
     assert model.specs["tok_depth"].tokens == 4 and model.specs["tok_depth"].patch_size == 16
     assert model.specs["tok_rgb"].tokens == 16 and model.specs["tok_rgb"].patch_size == 8
     assert FourM.from_pretrained(tmp_path / "run" / "model").specs["tok_depth"].tokens == 4
+
+
+def tiny_image_tokenizer(path, modality: str = "tok_rgb", codes: int = 32):
+    from fourm.tokenization.vqvae import ImageVQConfig, ImageVQVAE
+
+    source = {"tok_rgb": "rgb", "tok_depth": "depth"}[modality]
+    tokenizer = ImageVQVAE(ImageVQConfig(modality=modality, source=source, image_size=32, patch_size=8, dim=16,
+                                         encoder_depth=1, decoder_depth=1, heads=2, codebook_size=codes,
+                                         codebook_dim=4))
+    tokenizer.save_pretrained(path)
+    return tokenizer
+
+
+def test_a_codebook_head_reads_its_tokenizers_codes_and_keeps_them(token_corpus, tmp_path):
+    """model.head_codebooks: tok_rgb's head scores codes by the tokenizer's own vectors (unit length), which
+    training leaves as they are and the saved model keeps."""
+    tokenizer = tiny_image_tokenizer(tmp_path / "tok_rgb")
+    model = run_training(config(token_corpus, tmp_path / "run", "train.steps=5", "train.eval_every=0",
+                                "train.save_every=0", f"model.head_codebooks={{tok_rgb: {tmp_path / 'tok_rgb'}}}"),
+                         progress=False)
+    expected = torch.nn.functional.normalize(tokenizer.code_vectors(), dim=-1)
+    assert model.config.head_codebooks == {"tok_rgb": 4}
+    torch.testing.assert_close(model.heads["tok_rgb"].codebook, expected)
+    torch.testing.assert_close(FourM.from_pretrained(tmp_path / "run" / "model").heads["tok_rgb"].codebook, expected)
+
+
+@pytest.mark.parametrize(("modality", "codes", "extra", "message"), [
+    ("tok_depth", 32, [], "holds a ImageVQVAE for 'tok_depth', not an image tokenizer for 'tok_rgb'"),
+    ("tok_rgb", 64, [], "has 64 codes, the corpus' tok_rgb 32: not the tokenizer that made it"),
+    ("tok_rgb", 32, ["model.init=somewhere"], "model.init already has its own"),
+])
+def test_a_codebook_from_the_wrong_tokenizer_is_named(token_corpus, tmp_path, modality, codes, extra, message):
+    from fourm.train.pretrain import FourMTask
+
+    tiny_image_tokenizer(tmp_path / "tok", modality, codes)
+    with pytest.raises(ValueError, match=message):
+        FourMTask(config(token_corpus, tmp_path / "run", f"model.head_codebooks={{tok_rgb: {tmp_path / 'tok'}}}",
+                         *extra))
