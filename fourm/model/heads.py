@@ -29,10 +29,6 @@ class CodebookHead(nn.Module):
         self.project = nn.Linear(dim, code_dim, bias=False)
         self.register_buffer("codebook", torch.zeros(vocab_size, code_dim))
 
-    @property
-    def weight(self) -> Tensor:  # the free part, where code reads a head's weight (its vocabulary size)
-        return self.linear.weight
-
     @torch.no_grad()
     def load_codebook(self, vectors: Tensor) -> None:
         """Set the code vectors ``(vocab_size, code_dim)``, each scaled to unit length: the head learns
