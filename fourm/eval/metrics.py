@@ -276,13 +276,14 @@ def colour_hits(images: list[np.ndarray], captions: list[str]) -> dict[str, floa
     return named_colour_hits(images, [{c for c, _ in parse_objects(caption) if c} for caption in captions])
 
 
-def named_colour_hits(images: list[np.ndarray], named: list[set[str]]) -> dict[str, float]:
-    """:func:`colour_hits` for colours named any way (a caption's, a scene graph's nodes'), a set per image."""
+def named_colour_hits(images: list[np.ndarray], named: list[set[str]], min_width: int = 3) -> dict[str, float]:
+    """:func:`colour_hits` for colours named any way (a caption's, a scene graph's nodes'), a set per image;
+    ``min_width`` as in :func:`colours_shown` (1: count pixels, not regions)."""
     named_count = shown = hits = 0
     grey = achromatic_colours()
     for image, colours in zip(images, named, strict=True):
         want = {c for c in colours if c and c not in grey}
-        seen = colours_shown(image)
+        seen = colours_shown(image, min_width=min_width)
         named_count, shown, hits = named_count + len(want), shown + len(seen), hits + len(want & seen)
     return {"named": hits / named_count if named_count else 1.0,
             "false_alarms": (shown - hits) / shown if shown else 0.0}
