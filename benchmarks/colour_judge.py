@@ -30,14 +30,14 @@ def main() -> None:
     run = Path(args.run)
     rows = list(CorpusReader(run / "heldout", ["rgb", "caption"]))[: args.samples]
     truth = [np.asarray(r["rgb"]) for r in rows]
-    named = [{c for c, _ in metrics.parse_objects(r["caption"]) if c} for r in rows]
+    captions = [r["caption"] for r in rows]
     tokenizer = load_tokenizer(run / "tokenizers" / "tok_rgb")
     sets = {"true images": truth, "tokenizer round trip": list(tokenizer.decode(tokenizer.encode(np.stack(truth)))),
             "another scene's image": truth[1:] + truth[:1]}
     print(f"caption -> RGB judge on {len(rows)} held-out scenes: named colours shown / shown colours not named")
     print(f"{'images':24s} {'per pixel (width 1)':>22s} {'regions (width 3)':>22s}")
     for name, images in sets.items():
-        cells = [metrics.named_colour_hits(images, named, min_width=w) for w in (1, 3)]
+        cells = [metrics.colour_hits(images, captions, min_width=w) for w in (1, 3)]
         print(f"{name:24s} " + " ".join(f"{c['named']:>10.3f} / {c['false_alarms']:.3f}" for c in cells))
 
 

@@ -159,7 +159,7 @@ def train_config(cfg: DemoConfig):
     if EXPERT in cfg.tokenizers.configs:
         extra = [f"model.pixel_expert={tokenizer_dir(cfg.path('tokenizers'), EXPERT)}"]
     if cfg.model.head_codebooks:
-        books = ", ".join(f"{n}: {cfg.path('tokenizers', n)}" for n in cfg.model.head_codebooks)
+        books = ", ".join(f"{n}: {tokenizer_dir(cfg.path('tokenizers'), n)}" for n in cfg.model.head_codebooks)
         extra.append(f"model.head_codebooks={{{books}}}")
     return load_config(FourMTrainConfig, config, [
         f"out={cfg.path('fourm')}", f"data.corpora=[{cfg.path('tokens')}]",

@@ -270,10 +270,11 @@ def colours_shown(rgb: np.ndarray, min_pixels: int = 8, min_width: int = 3) -> s
             and ndimage.binary_opening(classes == i, square).sum() >= threshold}
 
 
-def colour_hits(images: list[np.ndarray], captions: list[str]) -> dict[str, float]:
+def colour_hits(images: list[np.ndarray], captions: list[str], min_width: int = 3) -> dict[str, float]:
     """Caption -> image, judged by colour: ``named`` = the share of the captions' chromatic colours the images
     show, ``false_alarms`` = the share of the colours the images show that their captions did not name."""
-    return named_colour_hits(images, [{c for c, _ in parse_objects(caption) if c} for caption in captions])
+    return named_colour_hits(images, [{c for c, _ in parse_objects(caption) if c} for caption in captions],
+                             min_width)
 
 
 def named_colour_hits(images: list[np.ndarray], named: list[set[str]], min_width: int = 3) -> dict[str, float]:
