@@ -257,8 +257,8 @@ def _generate(p: argparse.ArgumentParser):
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32", "int8"],
                    help="what MaskGIT and ROAR compute in (auto: bf16 where this machine runs it faster); "
                         "int8: every scheme on int8 linear weights (CPU; faster captions, outputs slightly changed)")
-    for flag, kind in (("scheme", str), ("steps", int), ("temperature", float), ("guidance", float),
-                       ("top-k", int), ("top-p", float)):
+    for flag, kind in (("scheme", str), ("steps", int), ("temperature", float), ("temperature-schedule", str),
+                       ("guidance", float), ("top-k", int), ("top-p", float)):
         p.add_argument(f"--{flag}", type=kind, help="default for every target that takes it")
     p.add_argument("overrides", nargs="*", help="per-target settings, e.g. tok_depth.steps=12 caption.temperature=0.7")
 
@@ -269,7 +269,8 @@ def _generate(p: argparse.ArgumentParser):
         written = run_generate(args.model, args.tokenizers, args.input, targets, args.out, args.schedule,
                                args.overrides, args.seed, args.num_samples, args.device, args.precision,
                                scheme=args.scheme,
-                               steps=args.steps, temperature=args.temperature, guidance=args.guidance,
+                               steps=args.steps, temperature=args.temperature,
+                               temperature_schedule=args.temperature_schedule, guidance=args.guidance,
                                top_k=args.top_k, top_p=args.top_p)
         print("\n".join(str(p) for p in written))
 

@@ -166,7 +166,10 @@ class Context:
 
         For measures that score what a sample *says*, such as the objects a caption names. Greedy decoding
         of an unsure model repeats its likeliest words ("a small orange cylinder to the right of a small
-        orange cylinder, and ..."), so it measures the decoding, not what the model knows.
+        orange cylinder, and ..."), so it measures the decoding, not what the model knows. Each target
+        keeps its scheme's temperature schedule, as ``fourm generate`` draws it: a caption's stays at 1,
+        an image's anneals from 1 over its MaskGIT steps
+        (:data:`fourm.generation.schedule.DEFAULT_TEMPERATURE_SCHEDULES` says why).
         """
         key = (target, given, "sampled")
         if key not in self._cache:

@@ -84,7 +84,7 @@ def test_cli_writes_each_target_in_its_format_and_a_grid(model_dir, tokenizers_d
     code = main(["generate", "--model", str(model_dir), "--tokenizers", str(tokenizers_dir),
                  "--input", f"rgb={photo}", "--input", "caption=a red [MASK] on the floor",
                  "--target", "tok_depth,caption,tok_rgb", "--out", str(out), "--steps", "2", "--scheme", "roar",
-                 "caption.max_tokens=8", "tok_depth.guidance=1.5"])
+                 "--temperature-schedule", "cosine", "caption.max_tokens=8", "tok_depth.guidance=1.5"])
     assert code == 0, capsys.readouterr().err
     depth = np.asarray(Image.open(out / "tok_depth.png"))
     assert depth.shape == (32, 32) and depth.dtype.kind in "iu"  # 16-bit millimetres, as the corpus stores it
@@ -116,6 +116,8 @@ def test_cli_schedule_file_and_several_samples(model_dir, tokenizers_dir, photo,
     (["--input", "normal=PHOTO", "--target", "caption"], "the model does not know modality 'normal'"),
     (["--input", "caption=a cube", "--target", "tok_normal"], "the model does not know modality 'tok_normal'"),
     (["--input", "caption=a cube", "--target", "tok_rgb", "--steps", "0"], "steps must be >= 1"),
+    (["--input", "caption=a cube", "--target", "tok_rgb", "--temperature-schedule", "warm"],
+     "unknown temperature schedule 'warm'"),
     (["--input", "caption=a cube", "--target", "tok_rgb", "tok_depth.steps=2"], "not targets"),
 ])
 def test_cli_errors_are_one_line(model_dir, tokenizers_dir, photo, tmp_path, capsys, args, message):

@@ -112,6 +112,29 @@ def test_each_step_decides_exactly_the_scheduled_number_of_tokens(model, scheme,
         assert per_step[:, b].tolist() == expected
 
 
+def test_images_anneal_their_temperature_unless_told_and_captions_keep_it(model, monkeypatch):
+    """MaskGIT's last steps decide many tokens at once: by default they are drawn near greedy."""
+    drawn = []
+    real = sampler.sample
+
+    def spy(logits, temperature, *args):
+        drawn.append(temperature)
+        return real(logits, temperature, *args)
+
+    monkeypatch.setattr(sampler, "sample", spy)
+    for targets, expected in (
+            (["tok_rgb"], [1.0, 0.75, 0.5, 0.25]),
+            ([Target("tok_rgb", steps=4, temperature_schedule="constant")], [1.0] * 4),
+            ([Target("tok_rgb", scheme="roar", steps=4)], [1.0, 0.75, 0.5, 0.25])):
+        drawn.clear()
+        generate(model, conditioned(model), build_schedule(targets, model.specs, steps=4), seed=0)
+        assert drawn == expected
+    drawn.clear()
+    (target,) = build_schedule([Target("caption", max_tokens=4)], model.specs)
+    generate(model, conditioned(model), [target], seed=0)
+    assert target.temperature_schedule == "constant" and set(drawn) == {1.0}
+
+
 def test_given_tokens_never_change_and_masked_caption_spans_are_filled(model):
     state = conditioned(model)
     given_ids, given_known = (t.clone() for t in state.grids["tok_rgb"])
