@@ -21,11 +21,13 @@ import torch
 from fourm.data.corpus import CorpusReader
 from fourm.eval import metrics
 from fourm.generation import Pipeline
+from fourm.generation.sampling import TEMPERATURE_SCHEDULES
+from fourm.generation.schedule import DEFAULT_TEMPERATURE_SCHEDULES
 
+DEFAULT = DEFAULT_TEMPERATURE_SCHEDULES["maskgit"]
 SCHEDULES = {  # name: Target settings
-    "constant": dict(temperature=1.0, temperature_schedule="constant"),
-    "linear (default)": dict(temperature=1.0, temperature_schedule="linear"),
-    "cosine": dict(temperature=1.0, temperature_schedule="cosine"),
+    **{name + (" (default)" if name == DEFAULT else ""): dict(temperature=1.0, temperature_schedule=name)
+       for name in TEMPERATURE_SCHEDULES},
     "argmax": dict(temperature=0.0),
 }
 
@@ -51,10 +53,12 @@ def main() -> None:
                                  steps=args.steps, **settings)["tok_rgb"]
             hits.append(metrics.colour_hits(made.values, captions))
             tokens.append(torch.as_tensor(made.tokens))
-        differ = float((tokens[0] != tokens[1]).float().mean()) if len(tokens) > 1 else 0.0
+        # argmax draws one image; a sampled schedule with one draw has nothing to compare
+        differ = f"{float((tokens[0] != tokens[1]).float().mean()):.3f}" if len(tokens) > 1 else (
+            "0.000" if not settings["temperature"] else "-")
         named, unnamed = (np.mean([h[k] for h in hits]) for k in ("named", "false_alarms"))
         seconds = (time.perf_counter() - start) / len(hits)
-        print(f"{name:18s} {named:7.3f} {unnamed:10.3f} {differ:17.3f} {seconds:9.1f}", flush=True)
+        print(f"{name:18s} {named:7.3f} {unnamed:10.3f} {differ:>17s} {seconds:9.1f}", flush=True)
 
 
 if __name__ == "__main__":

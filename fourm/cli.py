@@ -257,9 +257,11 @@ def _generate(p: argparse.ArgumentParser):
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32", "int8"],
                    help="what MaskGIT and ROAR compute in (auto: bf16 where this machine runs it faster); "
                         "int8: every scheme on int8 linear weights (CPU; faster captions, outputs slightly changed)")
-    for flag, kind in (("scheme", str), ("steps", int), ("temperature", float), ("temperature-schedule", str),
-                       ("guidance", float), ("top-k", int), ("top-p", float)):
+    for flag, kind in (("scheme", str), ("steps", int), ("temperature", float), ("guidance", float),
+                       ("top-k", int), ("top-p", float)):
         p.add_argument(f"--{flag}", type=kind, help="default for every target that takes it")
+    p.add_argument("--temperature-schedule", help="constant | linear | cosine for image and global targets "
+                   "(default linear: annealed over the steps); a caption's: caption.temperature_schedule=...")
     p.add_argument("overrides", nargs="*", help="per-target settings, e.g. tok_depth.steps=12 caption.temperature=0.7")
 
     def run(args):

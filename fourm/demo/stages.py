@@ -27,6 +27,7 @@ from fourm.data.tokenize import TokenizeConfig, tokenize_corpus
 from fourm.demo.report import write_report
 from fourm.demo.showcase import CHAINS, save_chains, save_reconstructions, save_retrieval
 from fourm.eval.evaluate import EvaluateConfig, GenerationUnavailable, load_generator, run_evaluation
+from fourm.generation.schedule import DEFAULT_TEMPERATURE_SCHEDULES
 from fourm.io import read_json, write_json
 from fourm.modalities import get_modality
 from fourm.train.pretrain import FourMTrainConfig, run_training
@@ -233,7 +234,9 @@ STAGES: list[Stage] = [
           ("tokenizers",)),
     Stage("tokenize", _tokenize, lambda c: list(c.model.modalities), ("tokens",)),
     Stage("train", _train, lambda c: asdict(train_config(c)), ("fourm",)),
-    Stage("generate", _generate, lambda c: {**asdict(c.generate), **({"chains": c.chains} if c.chains else {})}),
+    # the schemes' default temperature schedules: pictures and samples drawn under other defaults are redone
+    Stage("generate", _generate, lambda c: {**asdict(c.generate), **({"chains": c.chains} if c.chains else {}),
+                                            "temperature_schedules": DEFAULT_TEMPERATURE_SCHEDULES}),
     # "index": runs from before the stage saved its gallery redo it, so that `fourm serve --index` finds one
     Stage("retrieve", _retrieve, lambda c: [c.generate.samples, c.evaluate.samples, "index"], ("index",)),
     Stage("evaluate", _evaluate, lambda c: asdict(c.evaluate)),

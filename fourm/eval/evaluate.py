@@ -162,7 +162,7 @@ class Context:
         return self._cache[key]
 
     def sample(self, target: str, given: str) -> list[list]:
-        """``draws`` samples of ``target`` per scene from the model's own distribution (temperature 1), memoised.
+        """``draws`` samples of ``target`` per scene at temperature 1 (images annealed from it), memoised.
 
         For measures that score what a sample *says*, such as the objects a caption names. Greedy decoding
         of an unsure model repeats its likeliest words ("a small orange cylinder to the right of a small

@@ -90,7 +90,8 @@ def parse_targets(pipe: Pipeline, targets: list[str], schedule: str | os.PathLik
                   overrides: list[str], defaults: dict) -> list[Target]:
     """Targets from ``--target`` names or a YAML schedule (``targets: [{modality: ..., steps: ...}]``),
     with ``name.field=value`` overrides and flag ``defaults`` (a default scheme applies to the targets
-    of kinds that take it)."""
+    of kinds that take it, a default temperature schedule to image and global targets: a caption's is
+    set by ``caption.temperature_schedule=...``)."""
     entries: list[dict] = []
     if schedule is not None:
         if not Path(schedule).is_file():
@@ -115,8 +116,10 @@ def parse_targets(pipe: Pipeline, targets: list[str], schedule: str | os.PathLik
     out = []
     for entry in entries:
         name = pipe.target_key(str(entry.pop("modality")))
-        kind_schemes = SEQUENCE_SCHEMES if handler(pipe.specs[name]).autoregressive else PARALLEL_SCHEMES
-        flags = {k: v for k, v in defaults.items() if v is not None and (k != "scheme" or v in kind_schemes)}
+        sequence = handler(pipe.specs[name]).autoregressive
+        kind_schemes = SEQUENCE_SCHEMES if sequence else PARALLEL_SCHEMES
+        flags = {k: v for k, v in defaults.items() if v is not None and (k != "scheme" or v in kind_schemes)
+                 and not (k == "temperature_schedule" and sequence)}
         out.append(load_config(Target, None, per_target.pop(name, []), **{**flags, **entry, "modality": name}))
     if per_target:
         raise ValueError(f"overrides name {', '.join(per_target)}, which are not targets")

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from fourm.generation.sampling import sample, temperature_at, tokens_per_step
-from fourm.generation.schedule import Guidance, Target
+from fourm.generation.schedule import DEFAULT_TEMPERATURE_SCHEDULES, Guidance, Target
 from fourm.generation.state import GenerationState, with_queries
 from fourm.model.fourm import FourM
 from fourm.model.precision import check_precision, resolve_precision
@@ -56,6 +56,13 @@ def guided_logits(model: FourM, state: GenerationState, name: str, guidance: Gui
     return torch.stack([index // pos.shape[1], index % pos.shape[1]], 1), logits
 
 
+def _temperature(target: Target, scheme: str, step: int, steps: int) -> float:
+    """The temperature of ``step`` of ``steps``; a target that names no schedule (one given straight to a
+    scheme, not through ``build_schedule``) takes its scheme's default."""
+    schedule = target.temperature_schedule or DEFAULT_TEMPERATURE_SCHEDULES[scheme]
+    return temperature_at(step, steps, target.temperature, schedule)
+
+
 def _open_positions(known: Tensor, order: Tensor) -> tuple[Tensor, Tensor]:
     """Per row the unknown positions sorted by ``order`` (ascending): pos (B, Nq), valid (B, Nq)."""
     key = order.masked_fill(known, float("inf"))
@@ -78,7 +85,7 @@ def _parallel(model: FourM, state: GenerationState, target: Target, generator: t
         counts = torch.tensor([p[step] for p in plans])
         if not counts.any():
             continue
-        temperature = temperature_at(step, target.steps, target.temperature, target.temperature_schedule)
+        temperature = _temperature(target, "roar" if random_order else "maskgit", step, target.steps)
         if random_order:  # a random subset of the open positions: decode only those
             pos, valid = _open_positions(known, torch.rand(known.shape, generator=generator))
             pos, valid = pos[:, : int(counts.max())], valid[:, : int(counts.max())]
@@ -174,7 +181,7 @@ def autoregressive(model: FourM, state: GenerationState, target: Target, generat
         logits = guidance.combine(logits.float()).cpu()
         if t < target.min_tokens:
             logits[:, specials.eos] = -float("inf")
-        temperature = temperature_at(t, length, target.temperature, target.temperature_schedule)
+        temperature = _temperature(target, "ar", t, length)
         token, _ = sample(logits, temperature, target.top_k, target.top_p, generator)
         token = token.masked_fill(done, specials.pad)
         out = torch.cat([out, token[:, None]], 1)

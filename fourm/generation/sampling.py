@@ -49,7 +49,7 @@ def tokens_per_step(total: int, steps: int, schedule: str = "cosine") -> list[in
     return counts
 
 
-def temperature_at(step: int, steps: int, temperature: float, schedule: str = "constant") -> float:
+def temperature_at(step: int, steps: int, temperature: float, schedule: str) -> float:
     return temperature * TEMPERATURE_SCHEDULES[schedule](step / steps)
 
 

@@ -23,9 +23,10 @@ SEQUENCE_SCHEMES = ("ar",)  # left to right, stopping at [EOS]
 # (the last of 8 cosine steps a fifth of the grid), whatever their confidence: at full temperature they
 # include unlikely codes, which show as specks of colours the caption did not name. Annealing to near
 # greedy there, as 4M's generation notes advise, took the demo's caption -> RGB false alarms from
-# 0.43 to 0.24 (named colours 0.84 -> 0.75; argmax 0.15 / 0.62), and two draws of a caption still differ
-# in 77% of their tokens (benchmarks/caption_to_rgb.py). A sequence's tokens are each decided once, in
-# order: it keeps its temperature.
+# 0.38-0.43 to 0.14-0.24 in four runs of five (0.60 -> 0.48 in the fifth; named colours 0.84-0.97 ->
+# 0.75-0.93), and two draws of a caption still differ in 56-77% of their tokens
+# (benchmarks/caption_to_rgb.py). A sequence's tokens are each decided once, in order: it keeps its
+# temperature (a schedule would anneal it over the maximum length, not the caption's).
 DEFAULT_TEMPERATURE_SCHEDULES = {"maskgit": "linear", "roar": "linear", "ar": "constant"}
 
 

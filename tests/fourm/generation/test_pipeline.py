@@ -97,6 +97,19 @@ def test_cli_writes_each_target_in_its_format_and_a_grid(model_dir, tokenizers_d
     assert grid.width > 5 * 192 and grid.height > 192  # 2 inputs + 3 targets side by side
 
 
+def test_a_default_temperature_schedule_applies_to_images_and_captions_keep_theirs(pipe):
+    from fourm.generation import build_schedule
+    from fourm.generation.output import parse_targets
+
+    targets = parse_targets(pipe, ["tok_depth", "caption"], None, ["caption.temperature=0.5"],
+                            {"temperature_schedule": "cosine", "scheme": None})
+    depth, caption = build_schedule(targets, pipe.specs)
+    assert (depth.scheme, depth.temperature_schedule) == ("maskgit", "cosine")
+    assert (caption.scheme, caption.temperature_schedule, caption.temperature) == ("ar", "constant", 0.5)
+    (depth,) = build_schedule(parse_targets(pipe, ["tok_depth"], None, [], {}), pipe.specs)
+    assert depth.temperature_schedule == "linear"
+
+
 def test_cli_schedule_file_and_several_samples(model_dir, tokenizers_dir, photo, tmp_path, capsys):
     schedule = tmp_path / "schedule.yaml"
     schedule.write_text("targets:\n  - {modality: depth, scheme: roar, steps: 2}\n"

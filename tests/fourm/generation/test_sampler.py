@@ -133,6 +133,10 @@ def test_images_anneal_their_temperature_unless_told_and_captions_keep_it(model,
     (target,) = build_schedule([Target("caption", max_tokens=4)], model.specs)
     generate(model, conditioned(model), [target], seed=0)
     assert target.temperature_schedule == "constant" and set(drawn) == {1.0}
+    drawn.clear()  # a Target given straight to a scheme, not through build_schedule, takes its default
+    with torch.no_grad():
+        sampler.SCHEMES["maskgit"](model, conditioned(model), Target("tok_rgb", steps=4), torch.Generator())
+    assert drawn == [1.0, 0.75, 0.5, 0.25]
 
 
 def test_given_tokens_never_change_and_masked_caption_spans_are_filled(model):
