@@ -31,7 +31,7 @@ from fourm.modalities import MODALITIES, Modality, ModalityScale, get_modality, 
 from fourm.model.attention import AttentionMask, KVCache, attention_mask
 from fourm.model.batch import Batch
 from fourm.model.blocks import NORMS, DecoderBlock, EncoderBlock, make_norm
-from fourm.model.embeddings import ModalityEmbeddings, split_by_modality
+from fourm.model.embeddings import ModalityEmbeddings, pad_rows, split_by_modality
 from fourm.model.expert import PatchExpertConfig
 from fourm.model.heads import CodebookHead
 from fourm.model.stems import PIXEL_STEMS
@@ -429,9 +429,9 @@ class FourM(nn.Module, PretrainedMixin):
             name = self.names[m]
             if name not in self.targets:
                 raise ValueError(f"modality {name!r} is input-only: it has no output head")
-            h = flat[idx]
+            h = flat[pad_rows(idx)]  # the head's matmuls on a few row counts, not any (pad_rows says why)
             logits = F.linear(h, self.embed.tables[name].weight) if self.config.use_tied_heads else self.heads[name](h)
-            out[name] = ModalityLogits(idx, logits)
+            out[name] = ModalityLogits(idx, logits[: idx.numel()])
         return out
 
     def forward(self, batch: Batch) -> FourMOutput:

@@ -189,6 +189,36 @@ def test_padding_and_token_order_do_not_matter():
     assert torch.allclose(run(model, shuffled)[2].loss, loss.loss, atol=1e-6)
 
 
+def test_a_modalitys_rows_reach_its_head_and_stem_in_a_few_sizes_and_change_nothing(monkeypatch):
+    """Heads and pixel stems see a modality's rows padded to a few sizes (oneDNN builds a kernel per row
+    count on a CPU): the loss and every gradient are those of the unpadded rows."""
+    from fourm.model import embeddings
+    from fourm.model import fourm as fourm_module
+
+    sizes = {2**k for k in range(7)} | {64 * k for k in range(1, 40)}
+    for n in range(1, 2000):
+        idx = torch.arange(n) * 3
+        padded = embeddings.pad_rows(idx)
+        assert padded.numel() in sizes and padded.numel() >= n and torch.equal(padded[:n], idx)
+        assert set(padded[n:].tolist()) <= {0}
+    assert embeddings.pad_rows(torch.arange(0)).numel() == 0
+
+    batch = random_batch(tiny_config(), batch_size=5)
+    seen = []
+    padded_model = make_model()
+    for head in padded_model.heads.values():
+        head.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    padded_model(batch).loss.backward()
+    assert seen and set(seen) <= sizes
+    monkeypatch.setattr(fourm_module, "pad_rows", lambda idx: idx)
+    monkeypatch.setattr(embeddings, "pad_rows", lambda idx: idx)
+    plain = make_model()
+    plain(batch).loss.backward()
+    torch.testing.assert_close(padded_model(batch).loss, plain(batch).loss)
+    for (name, a), b in zip(plain.named_parameters(), padded_model.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_encoder_ignores_padding():
     model, batch = make_model(), random_batch(tiny_config())
     memory, logits, loss = run(model, batch)

@@ -223,3 +223,27 @@ def test_metrics_survive_a_half_written_row_and_name_a_damaged_one(tmp_path):
     path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
     with pytest.raises(ValueError, match="metrics.jsonl is damaged at line 2"):
         read_metrics(path)
+
+
+def test_bf16_training_decides_attention_precision_for_its_evaluation_too(tmp_path, monkeypatch):
+    """Both decisions (training, and the no_grad evaluation) come before any step: taken inside a compiled
+    block, the evaluation's timing broke the block's graph at every evaluation."""
+    from fourm.model import attention
+
+    monkeypatch.setattr(attention, "_SDPA_UPCAST", {})
+    timed = []
+    monkeypatch.setattr(attention, "_time_upcast", lambda device, dtype, backward: timed.append(backward) or False)
+    train(RegressionTask(), TrainConfig(**{**CFG, "steps": 2}, precision="bf16"), tmp_path, progress=False)
+    assert sorted(timed) == [False, True]
+
+
+def test_compiling_on_a_cpu_without_a_compiler_is_one_clear_error(tmp_path, monkeypatch):
+    from torch._inductor import cpp_builder, exc
+
+    def no_compiler():
+        raise exc.InvalidCxxCompiler
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    with pytest.raises(ValueError, match=r"use_compile on a CPU needs a C\+\+ compiler"):
+        train(RegressionTask(), TrainConfig(**CFG, precision="fp32", use_compile=True), tmp_path, progress=False)
+    assert not (tmp_path / "checkpoints").exists()  # refused before the run began
