@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from fourm.kinds import KINDS
 from fourm.modalities import MODALITIES, Modality, ModalityScale, get_modality, parse_modalities
-from fourm.model.attention import AttentionMask, KVCache, attention_mask
+from fourm.model.attention import AttentionMask, KVCache, attention_mask, sdpa_upcast
 from fourm.model.batch import Batch
 from fourm.model.blocks import NORMS, DecoderBlock, EncoderBlock, make_norm
 from fourm.model.embeddings import ModalityEmbeddings, pad_rows, split_by_modality
@@ -303,7 +303,14 @@ class FourM(nn.Module, PretrainedMixin):
         tens of MB; compiled they are one pass forward and one back. With bf16 at the reference's tiny
         size that took the two heads' cross-entropy from 197 + 172 to 110 + 80 ms (fwd + bwd with
         their matmuls, one thread of a Xeon with AMX).
+
+        Attention's bf16 precision (:func:`~fourm.model.attention.sdpa_upcast`) is decided here, before
+        anything is traced: timed inside a block, its clock broke the block's graph, and torch 2.13 then
+        crashed on a warm compile cache (a garbage view shape replaying the split frame's outputs).
         """
+        device = next(self.parameters()).device
+        for backward in (True, False):
+            sdpa_upcast(device, torch.bfloat16, backward)
         for blk in [*self.encoder, *self.decoder]:
             blk.compile(**kwargs)
         self.cross_entropy = torch.compile(cross_entropy_sum, dynamic=True, **kwargs)

@@ -405,6 +405,18 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients():
     assert counters["stats"]["unique_graphs"] <= 3  # one encoder block, one decoder block, the loss
 
 
+def test_compile_decides_attention_precision_before_anything_is_traced(monkeypatch):
+    """Timed inside a compiled block, the clock would break the block's graph (and torch 2.13 crashed
+    replaying the split frame from a warm cache): ``compile()`` decides it first, for training and inference."""
+    from fourm.model import attention
+
+    monkeypatch.setattr(attention, "_SDPA_UPCAST", {})
+    timed = []
+    monkeypatch.setattr(attention, "_time_upcast", lambda device, dtype, backward: timed.append(backward) or False)
+    make_model().compile()
+    assert sorted(timed) == [False, True]
+
+
 @pytest.mark.slow
 def test_compiled_cross_entropy_is_torchs_in_fp32():
     """The loss ``compile()`` swaps in (cast, log-softmax and gradient fused) gives ``F.cross_entropy``
