@@ -430,15 +430,21 @@ class FourM(nn.Module, PretrainedMixin):
     def logits(self, hidden: Tensor, mod: Tensor, valid: Tensor | None = None) -> dict[str, ModalityLogits]:
         """hidden (B, N, D), mod (B, N) -> each present modality's logits over its own vocabulary,
         computed only for its (valid) tokens."""
+        return {name: ModalityLogits(idx, logits[: idx.numel()])
+                for name, (idx, logits) in self._padded_logits(hidden, mod, valid).items()}
+
+    def _padded_logits(self, hidden: Tensor, mod: Tensor, valid: Tensor | None) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per present modality: its tokens' flat indices ``idx`` (n,) and its head's logits over
+        ``pad_rows(idx)``, the first n rows its tokens' (the head's matmuls see a few row counts, not any)."""
         flat = rearrange(hidden, "b n d -> (b n) d")
         out = {}
         for m, idx in split_by_modality(mod, len(self.names), valid).items():
             name = self.names[m]
             if name not in self.targets:
                 raise ValueError(f"modality {name!r} is input-only: it has no output head")
-            h = flat[pad_rows(idx)]  # the head's matmuls on a few row counts, not any (pad_rows says why)
-            logits = F.linear(h, self.embed.tables[name].weight) if self.config.use_tied_heads else self.heads[name](h)
-            out[name] = ModalityLogits(idx, logits[: idx.numel()])
+            h = flat[pad_rows(idx)]
+            tied = self.config.use_tied_heads
+            out[name] = idx, F.linear(h, self.embed.tables[name].weight) if tied else self.heads[name](h)
         return out
 
     def forward(self, batch: Batch) -> FourMOutput:
@@ -450,12 +456,16 @@ class FourM(nn.Module, PretrainedMixin):
         target, mod = batch.dec_target, batch.dec_mod
         valid = batch.dec_valid & (target != IGNORE)
         self.embed.check_tokens("decoder target", target, mod, batch.dec_pos, valid, self.embed.vocab)
-        per_mod = self.logits(hidden, mod, valid)
+        padded = self._padded_logits(hidden, mod, valid)
         flat_target = target.flatten()
         sums, counts = {}, {}
-        for name, (idx, logits) in per_mod.items():
-            sums[name] = self.cross_entropy(logits, flat_target[idx])
+        for name, (idx, logits) in padded.items():
+            # the padding rows' targets are ignored: the loss takes the whole padded logits, not a view of
+            # them (a view's base size is a guard of the compiled loss: it recompiled when padding began)
+            target_ids = F.pad(flat_target[idx], (0, logits.shape[0] - idx.numel()), value=IGNORE)
+            sums[name] = self.cross_entropy(logits, target_ids)
             counts[name] = idx.numel()
+        per_mod = {name: ModalityLogits(idx, logits[: idx.numel()]) for name, (idx, logits) in padded.items()}
         means = {name: sums[name] / counts[name] for name in sums}
         weight = {name: self.config.loss_weights.get(name, 1.0) for name in sums}
         if not sums:  # nothing to predict: a zero that backward() accepts
