@@ -1,15 +1,15 @@
-"""Multi-head self- and cross-attention on ``F.scaled_dot_product_attention``, with a KV cache.
+"""Multi-head self- and cross-attention, with a KV cache.
 
-All attention goes through torch's fused SDPA (flash / memory-efficient kernels where the device
-has them), never a hand-written softmax. Masks are boolean, built once per forward for the whole
-batch (:func:`attention_mask`) and shared by every layer.
+Attention goes through torch's fused SDPA (flash / memory-efficient kernels where the device has them),
+except on a CPU where timing finds two batched matmuls around a softmax faster (:func:`attention_kernel`).
+Masks are boolean, built once per forward for the whole batch (:func:`attention_mask`) and shared by
+every layer.
 
 Shape letters: B batch, H heads, N / Nq / Nk tokens (queries, keys), D model width, d head width.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -23,6 +23,9 @@ from torch import Tensor, nn
 class AttentionMask(NamedTuple):
     allowed: Tensor  # (B, 1, Nq or 1, Nk) bool: True where a query may attend a key
     has_key: Tensor  # (B, 1, Nq or 1, 1) bool: False where a query may attend nothing
+    # on a CPU, ``allowed`` as 0 / -inf in fp32, which the matmul kernel adds to its scores: compiled, its
+    # softmax ran at two thirds the speed reading a bool mask (GPUs keep their fused kernels: None there)
+    bias: Tensor | None = None
 
 
 def attention_mask(allowed: Tensor) -> AttentionMask:
@@ -34,72 +37,143 @@ def attention_mask(allowed: Tensor) -> AttentionMask:
     the same on every backend: a decoder with no input gets nothing from cross-attention.
     """
     has_key = allowed.any(-1, keepdim=True)
-    return AttentionMask((allowed | ~has_key)[:, None], has_key[:, None])
+    allowed = (allowed | ~has_key)[:, None]
+    bias = None
+    if allowed.device.type == "cpu":
+        bias = torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+    return AttentionMask(allowed, has_key[:, None], bias)
 
 
-# (device type, dtype, with backward) -> whether SDPA runs faster on fp32 copies: filled by timing
-_SDPA_UPCAST: dict[tuple[str, torch.dtype, bool], bool] = {}
+# (device type, compute dtype, with backward) -> (the fastest kernel, the fastest with dropout): timed once
+# per process; a plain lookup, so that compiled code reads it without a graph break
+_KERNEL: dict[tuple[str, torch.dtype, bool], tuple[str, str]] = {}
 
 
-def sdpa_upcast(device: torch.device, dtype: torch.dtype, backward: bool = True) -> bool:
-    """Whether attention in ``dtype`` is faster done in fp32 on this device, for training
-    (``backward``) or inference (timed once per process and case).
+def attention_kernel(device: torch.device, dtype: torch.dtype, backward: bool = True, dropout: bool = False) -> str:
+    """The fastest way to attend in ``dtype`` on this device, for training (``backward``) or inference:
+    ``"sdpa"`` (torch's fused kernel), ``"sdpa_fp32"`` (the same on fp32 copies) or ``"matmul"``
+    (:class:`MatmulAttention`; it has no dropout, so ``dropout`` rules it out).
 
-    torch's CPU flash kernel is slower in bf16 than in fp32 for the backward pass, even where bf16
-    matmuls are native: forward + backward at the reference's tiny shapes took 41 ms against 21 ms
-    with fp32 copies (2-core Xeon with AMX), while its bf16 forward alone is the faster. Whether that
-    holds is measured here, not assumed from the CPU, so a future kernel that wins in bf16 is used as
-    it is. GPUs keep their low-precision kernels. Call it outside ``torch.compile`` (the training
-    loop does, when it picks bf16) so compiled code only reads the decision.
+    GPUs and full precision take torch's fused kernels. In bf16 on a CPU each is timed once per process
+    and case, not chosen from CPU flags, so a future kernel that wins is used as it is. In the train
+    step at the reference's tiny shapes (2-core Xeon with AMX, bf16, compiled), attention's 18 calls a
+    step took 215 ms on fp32 copies (torch's bf16 flash backward is 3x slower still) and ~65 ms as
+    matmuls. Call it outside ``torch.compile`` (the training loop and :meth:`FourM.compile` do) so that
+    compiled code only reads the decision.
     """
     key = (device.type, dtype, backward)
-    if key not in _SDPA_UPCAST:
-        _SDPA_UPCAST[key] = device.type == "cpu" and dtype != torch.float32 and _time_upcast(device, dtype, backward)
-    return _SDPA_UPCAST[key]
+    if key not in _KERNEL and (device.type != "cpu" or dtype.itemsize >= 4):
+        # full precision keeps torch's kernel: not timed, so two runs (a resumed one) compute the same
+        _KERNEL[key] = ("sdpa", "sdpa")
+    if key not in _KERNEL:
+        timings = _time_kernels(device, dtype, backward)
+        _KERNEL[key] = (min(timings, key=timings.__getitem__),
+                        min((k for k in timings if k != "matmul"), key=timings.__getitem__))
+    return _KERNEL[key][dropout]
 
 
-def _time_upcast(device: torch.device, dtype: torch.dtype, backward: bool) -> bool:
-    """Time SDPA at (8, 6, 128, 64) with a mask, in ``dtype`` and on fp32 copies (about 0.3 s in all);
-    fp32 must win by 10% (its casts cost a little)."""
+def _time_kernels(device: torch.device, dtype: torch.dtype, backward: bool) -> dict[str, float]:
+    """Seconds per call of each kernel at (8, 6, 128, 64) with a causal mask (about 0.5 s in all),
+    interleaved, medians of 3; the native kernel is preferred unless another is 10% faster (the
+    others' casts and copies cost a little outside the timing's steady state)."""
     import time
 
+    kernels = ["sdpa", "sdpa_fp32", "matmul"]
     # the first call may come from generation, under no_grad or inference_mode, or from a forward pass
     # under autocast, which would cast the fp32 copies back to bf16 and time bf16 twice: 24 ms a layer's
     # backward in the train step benchmark (bf16 kept) against 6 ms once decided outside autocast
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
         q, k, v = (torch.randn(8, 6, 128, 64, device=device, dtype=dtype, requires_grad=backward) for _ in range(3))
-        allowed = torch.ones(8, 1, 128, 128, dtype=torch.bool, device=device).tril()
+        mask = attention_mask(torch.ones(8, 128, 128, dtype=torch.bool, device=device).tril())
 
-        def step(upcast: bool) -> float:
+        def step(kernel: str) -> float:
             start = time.perf_counter()
-            a, b, c = (t.float() for t in (q, k, v)) if upcast else (q, k, v)
-            out = F.scaled_dot_product_attention(a, b, c, attn_mask=allowed).to(dtype)
+            out = _KERNELS[kernel](q, k, v, mask, 0.0)
             if backward:
-                out.sum().backward()
+                out.float().sum().backward()
             return time.perf_counter() - start
 
-        timings = {}
-        for upcast in (False, True):
-            step(upcast)  # warm-up: kernel selection, first-touch
-            timings[upcast] = sorted(step(upcast) for _ in range(3))[1]  # the median
-    return timings[True] * 1.1 < timings[False]
+        samples: dict[str, list[float]] = {kernel: [] for kernel in kernels}
+        for kernel in kernels:
+            step(kernel)  # warm-up: kernel selection, first-touch
+        for _ in range(3):
+            for kernel in kernels:
+                samples[kernel].append(step(kernel))
+    timings = {kernel: sorted(s)[1] for kernel, s in samples.items()}
+    timings["sdpa"] /= 1.1
+    return timings
+
+
+class MatmulAttention(torch.autograd.Function):
+    """softmax(q kᵀ / √d, masked) v as two batched matmuls in the inputs' dtype around a softmax in fp32 (or wider),
+    with its backward written out: it reuses the probabilities the forward saved (in the inputs' dtype,
+    as flash kernels round them for their second matmul), so it is four matmuls and one elementwise pass.
+
+    Where bf16 matmuls are native (AMX) these run several times faster than the CPU flash kernel's
+    inner loops, and compiled, the softmax and its backward fuse into one pass each. The saved
+    probabilities cost memory quadratic in the tokens, which a CPU step at these sizes can spare;
+    :func:`attention_kernel` takes this only where it is timed faster.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+        """q (B, H, Nq, d), k and v (B, H, Nk, d), bias (B, 1, Nq or 1, Nk): 0, or -inf where masked."""
+        scale, wide = q.shape[-1] ** -0.5, torch.promote_types(q.dtype, torch.float32)  # the softmax's dtype
+        scores = torch.matmul(q, k.transpose(-1, -2)).to(wide) * scale
+        if bias is not None:
+            scores = scores + bias
+        probs = scores.softmax(-1).to(q.dtype)
+        out = probs @ v
+        ctx.save_for_backward(q, k, v, probs, out)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        q, k, v, probs, out = ctx.saved_tensors
+        grad = grad.to(q.dtype)
+        grad_v = probs.transpose(-1, -2) @ grad
+        wide = torch.promote_types(q.dtype, torch.float32)
+        grad_probs = (grad @ v.transpose(-1, -2)).to(wide)
+        # the softmax's backward: P * (dP - rowsum(P * dP)), where rowsum(P * dP) = rowsum(dO * O)
+        delta = (grad.to(wide) * out.to(wide)).sum(-1, keepdim=True)
+        grad_scores = (probs.to(wide) * (grad_probs - delta) * ctx.scale).to(q.dtype)
+        return grad_scores @ k, grad_scores.transpose(-1, -2) @ q, grad_v, None
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask | None, dropout: float) -> Tensor:
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.allowed, dropout_p=dropout)
+
+
+def _sdpa_fp32(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask | None, dropout: float) -> Tensor:
+    return _sdpa(q.float(), k.float(), v.float(), mask, dropout).to(q.dtype)
+
+
+def _matmul(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask | None, dropout: float) -> Tensor:
+    if mask is not None and mask.bias is None:
+        raise ValueError("the matmul attention kernel needs the mask's bias: build masks with attention_mask()")
+    # contiguous copies: handed views of the fused qkv projection, inductor (torch 2.13, CPU) compiled a
+    # decoder block to NaN (test_attention's compiled decoder block checks it)
+    return MatmulAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), None if mask is None else mask.bias)
+
+
+# (B, H, Nq, d), (B, H, Nk, d) x2, mask, dropout -> (B, H, Nq, d) in q's dtype
+_KERNELS: dict[str, Callable[[Tensor, Tensor, Tensor, AttentionMask | None, float], Tensor]] = {
+    "sdpa": _sdpa, "sdpa_fp32": _sdpa_fp32, "matmul": _matmul}
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask | None, dropout: float = 0.0) -> Tensor:
-    """(B, H, Nq, d), (B, H, Nk, d) x2 -> (B, Nq, H * d)."""
-    dtype = q.dtype
+    """(B, H, Nq, d), (B, H, Nk, d) x2 -> (B, Nq, H * d), computed in the dtype autocast would pick."""
+    device = q.device
+    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else q.dtype
     backward = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    upcast = dtype != torch.float32 and sdpa_upcast(q.device, dtype, backward)
-    if upcast:
-        q, k, v = q.float(), k.float(), v.float()
-    # autocast would cast the fp32 copies straight back to bf16
-    with torch.autocast(q.device.type, enabled=False) if upcast else contextlib.nullcontext():
-        if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.allowed, dropout_p=dropout)
+    kernel = attention_kernel(device, dtype, backward, dropout > 0)
+    # the kernels cast for themselves: autocast would cast fp32 copies straight back to bf16
+    with torch.autocast(device.type, enabled=False):
+        out = _KERNELS[kernel](q.to(dtype), k.to(dtype), v.to(dtype), mask, dropout)
+        if mask is not None:
             out = out.masked_fill(~mask.has_key, 0.0)
-    return rearrange(out.to(dtype), "b h n d -> b n (h d)")
+    return rearrange(out, "b h n d -> b n (h d)")
 
 
 class KVCache:

@@ -28,9 +28,10 @@ from torch import Tensor, nn
 
 from fourm.kinds import KINDS
 from fourm.modalities import MODALITIES, Modality, ModalityScale, get_modality, parse_modalities
-from fourm.model.attention import AttentionMask, KVCache, attention_mask, sdpa_upcast
+from fourm.model.attention import AttentionMask, KVCache, attention_kernel, attention_mask
 from fourm.model.batch import Batch
 from fourm.model.blocks import NORMS, DecoderBlock, EncoderBlock, make_norm
+from fourm.model.cross_entropy import IGNORE, cross_entropy_sum, fused_cross_entropy_sum
 from fourm.model.embeddings import ModalityEmbeddings, pad_rows, split_by_modality
 from fourm.model.expert import PatchExpertConfig
 from fourm.model.heads import CodebookHead
@@ -38,14 +39,6 @@ from fourm.model.stems import PIXEL_STEMS
 from fourm.pretrained import PretrainedMixin, register_pretrained
 
 LOSS_WEIGHTINGS = ("modality", "token")
-IGNORE = -100  # dec_target of padding
-
-
-def cross_entropy_sum(logits: Tensor, target: Tensor) -> Tensor:
-    """Summed cross-entropy of (n, V) logits of any dtype against (n,) ids, computed in fp32."""
-    return F.cross_entropy(logits.float(), target, reduction="sum")
-
-
 @dataclass
 class FourMConfig:
     """Trunk sizes and the modalities the model reads and writes.
@@ -302,18 +295,19 @@ class FourM(nn.Module, PretrainedMixin):
         (n, 30k) logits, its log-softmax, the gradient's zero-fill and its cast back each pass over
         tens of MB; compiled they are one pass forward and one back. With bf16 at the reference's tiny
         size that took the two heads' cross-entropy from 197 + 172 to 110 + 80 ms (fwd + bwd with
-        their matmuls, one thread of a Xeon with AMX).
+        their matmuls, one thread of a Xeon with AMX), and its written-out backward
+        (:class:`~fourm.model.cross_entropy.CrossEntropySum`) a fifth off that.
 
-        Attention's bf16 precision (:func:`~fourm.model.attention.sdpa_upcast`) is decided here, before
+        Attention's bf16 kernel (:func:`~fourm.model.attention.attention_kernel`) is decided here, before
         anything is traced: timed inside a block, its clock broke the block's graph, and torch 2.13 then
         crashed on a warm compile cache (a garbage view shape replaying the split frame's outputs).
         """
         device = next(self.parameters()).device
         for backward in (True, False):
-            sdpa_upcast(device, torch.bfloat16, backward)
+            attention_kernel(device, torch.bfloat16, backward)
         for blk in [*self.encoder, *self.decoder]:
             blk.compile(**kwargs)
-        self.cross_entropy = torch.compile(cross_entropy_sum, dynamic=True, **kwargs)
+        self.cross_entropy = torch.compile(fused_cross_entropy_sum, dynamic=True, **kwargs)
 
     def fsdp_units(self) -> list[nn.Module]:
         """What FSDP gathers and frees as one unit (``fourm.train.parallel.shard``): each block, so one

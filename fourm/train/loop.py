@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from fourm.config import save_config
 from fourm.io import write_json
-from fourm.model.attention import sdpa_upcast
+from fourm.model.attention import attention_kernel
 from fourm.model.precision import resolve_precision
 from fourm.train.checkpoint import resume_checkpoint, save_checkpoint
 from fourm.train.clipping import clip_gradients
@@ -145,11 +145,11 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
     use_bf16 = decision[0]
     if accelerator.device.type == "cpu":  # tensors on the host: reuse freed memory, not fault it in anew
         retain_freed_memory()
-    if use_bf16:  # decided before any compiled code runs: compiled attention only reads it (for the training
-        # steps and for the held-out evaluation under no_grad: timed inside a compiled block, the timing
-        # broke its graph at every evaluation)
-        for backward in (True, False):
-            sdpa_upcast(accelerator.device, torch.bfloat16, backward)
+    # attention's kernel is decided before any compiled code runs, which then only reads it (for the training
+    # steps and for the held-out evaluation under no_grad: timed inside a compiled block, the timing broke
+    # its graph at every evaluation)
+    for backward in (True, False):
+        attention_kernel(accelerator.device, torch.bfloat16 if use_bf16 else torch.float32, backward)
     def autocast():
         return torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=use_bf16)
     if cfg.use_compile:

@@ -230,11 +230,16 @@ def test_bf16_training_decides_attention_precision_for_its_evaluation_too(tmp_pa
     block, the evaluation's timing broke the block's graph at every evaluation."""
     from fourm.model import attention
 
-    monkeypatch.setattr(attention, "_SDPA_UPCAST", {})
+    monkeypatch.setattr(attention, "_KERNEL", {})
     timed = []
-    monkeypatch.setattr(attention, "_time_upcast", lambda device, dtype, backward: timed.append(backward) or False)
+
+    def timing(device, dtype, backward):
+        timed.append((dtype, backward))
+        return {"sdpa": 0.0}
+
+    monkeypatch.setattr(attention, "_time_kernels", timing)
     train(RegressionTask(), TrainConfig(**{**CFG, "steps": 2}, precision="bf16"), tmp_path, progress=False)
-    assert sorted(timed) == [False, True]
+    assert sorted(timed) == [(torch.bfloat16, False), (torch.bfloat16, True)]
 
 
 def test_compiling_on_a_cpu_without_a_compiler_is_one_clear_error(tmp_path, monkeypatch):
