@@ -12,9 +12,9 @@ reads its operands from memory and oneDNN packs each weight per call. See ``benc
 """
 
 import argparse
-import time
 
 import torch
+from timing import wall_times  # benchmarks/timing.py
 
 from fourm.train.host_memory import retain_freed_memory
 
@@ -29,15 +29,8 @@ SHAPES = [(1024, 384, 2048, "NT", 12), (1024, 2048, 384, "NN", 12), (2048, 1024,
           (320, 384, 30000, "NT", 1), (320, 30000, 384, "NN", 1), (30000, 320, 384, "TN", 1)]
 
 
-def best(f, reps: int = 30) -> float:
-    for _ in range(3):
-        f()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def best(f) -> float:
+    return min(wall_times(f, repeats=30, warmup=3))
 
 
 def seconds(m: int, k: int, n: int, layout: str) -> float:

@@ -8,16 +8,22 @@ import time
 from collections.abc import Callable
 
 
-def timed(fn: Callable[[], object], repeats: int = 3) -> float:
-    """Median wall seconds of ``repeats`` calls of ``fn`` after one untimed warm-up call (the first call
-    pays for lazy imports and allocations)."""
-    fn()
+def wall_times(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> list[float]:
+    """Wall seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls (the first call pays for
+    lazy imports, allocations, kernel selection)."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def timed(fn: Callable[[], object], repeats: int = 3) -> float:
+    """Median wall seconds of ``repeats`` calls of ``fn`` after one untimed warm-up call."""
+    return statistics.median(wall_times(fn, repeats))
 
 
 def cpu_timed(fn: Callable[[], object], repeats: int = 3) -> float:
