@@ -24,7 +24,7 @@ class AttentionMask(NamedTuple):
     allowed: Tensor  # (B, 1, Nq or 1, Nk) bool: True where a query may attend a key
     has_key: Tensor  # (B, 1, Nq or 1, 1) bool: False where a query may attend nothing
     # on a CPU, ``allowed`` as 0 / -inf in fp32, which the matmul kernel adds to its scores: compiled, its
-    # softmax ran at two thirds the speed reading a bool mask (GPUs keep their fused kernels: None there)
+    # softmax ran at a third of the speed reading a bool mask (GPUs keep their fused kernels: None there)
     bias: Tensor | None = None
 
 
@@ -107,7 +107,7 @@ def _time_kernels(device: torch.device, dtype: torch.dtype, backward: bool) -> d
 class MatmulAttention(torch.autograd.Function):
     """softmax(q kᵀ / √d, masked) v as two batched matmuls in the inputs' dtype around a softmax in fp32 (or wider),
     with its backward written out: it reuses the probabilities the forward saved (in the inputs' dtype,
-    as flash kernels round them for their second matmul), so it is four matmuls and one elementwise pass.
+    as flash kernels round them for their second matmul), so it is four matmuls and two elementwise passes.
 
     Where bf16 matmuls are native (AMX) these run several times faster than the CPU flash kernel's
     inner loops, and compiled, the softmax and its backward fuse into one pass each. The saved
