@@ -20,3 +20,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def attention_timings(monkeypatch):
+    """Attention's kernel decisions forgotten, and their timing replaced by a record: the list of
+    (dtype, backward) cases timed, each deciding for torch's SDPA."""
+    from fourm.model import attention
+
+    monkeypatch.setattr(attention, "_KERNEL", {})
+    timed = []
+
+    def timing(device, dtype, backward):
+        timed.append((dtype, backward))
+        return {"sdpa": 0.0}
+
+    monkeypatch.setattr(attention, "_time_kernels", timing)
+    return timed

@@ -431,21 +431,11 @@ def test_compiled_blocks_with_matmul_attention_give_the_eager_loss_and_gradients
         torch.testing.assert_close(b.grad, a.grad, rtol=0.1, atol=0.05 * a.grad.abs().max().item() + 1e-6, msg=name)
 
 
-def test_compile_decides_attention_precision_before_anything_is_traced(monkeypatch):
+def test_compile_decides_attention_precision_before_anything_is_traced(attention_timings):
     """Timed inside a compiled block, the clock would break the block's graph (and torch 2.13 crashed
     replaying the split frame from a warm cache): ``compile()`` decides it first, for training and inference."""
-    from fourm.model import attention
-
-    monkeypatch.setattr(attention, "_KERNEL", {})
-    timed = []
-
-    def timing(device, dtype, backward):
-        timed.append((dtype, backward))
-        return {"sdpa": 0.0}
-
-    monkeypatch.setattr(attention, "_time_kernels", timing)
     make_model().compile()
-    assert sorted(timed) == [(torch.bfloat16, False), (torch.bfloat16, True)]
+    assert sorted(attention_timings) == [(torch.bfloat16, False), (torch.bfloat16, True)]
 
 
 @pytest.mark.slow

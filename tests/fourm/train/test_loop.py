@@ -225,21 +225,11 @@ def test_metrics_survive_a_half_written_row_and_name_a_damaged_one(tmp_path):
         read_metrics(path)
 
 
-def test_bf16_training_decides_attention_precision_for_its_evaluation_too(tmp_path, monkeypatch):
+def test_bf16_training_decides_attention_precision_for_its_evaluation_too(tmp_path, attention_timings):
     """Both decisions (training, and the no_grad evaluation) come before any step: taken inside a compiled
     block, the evaluation's timing broke the block's graph at every evaluation."""
-    from fourm.model import attention
-
-    monkeypatch.setattr(attention, "_KERNEL", {})
-    timed = []
-
-    def timing(device, dtype, backward):
-        timed.append((dtype, backward))
-        return {"sdpa": 0.0}
-
-    monkeypatch.setattr(attention, "_time_kernels", timing)
     train(RegressionTask(), TrainConfig(**{**CFG, "steps": 2}, precision="bf16"), tmp_path, progress=False)
-    assert sorted(timed) == [(torch.bfloat16, False), (torch.bfloat16, True)]
+    assert sorted(attention_timings) == [(torch.bfloat16, False), (torch.bfloat16, True)]
 
 
 def test_compiling_on_a_cpu_without_a_compiler_is_one_clear_error(tmp_path, monkeypatch):
