@@ -37,3 +37,16 @@ def attention_timings(monkeypatch):
 
     monkeypatch.setattr(attention, "_time_kernels", timing)
     return timed
+
+
+@pytest.fixture
+def use_attention_kernel(monkeypatch):
+    """-> use(kernel, dtype, with_dropout="sdpa"): attention on a CPU takes ``kernel`` for ``dtype``, in
+    training and inference, as if timing had chosen it (``with_dropout`` where dropout rules it out)."""
+    from fourm.model import attention
+
+    def use(kernel, dtype, with_dropout=None):
+        for backward in (True, False):
+            monkeypatch.setitem(attention._KERNEL, ("cpu", dtype, backward), (kernel, with_dropout or kernel))
+
+    return use

@@ -14,15 +14,9 @@ def reference(q, k, v, allowed):
     return torch.einsum("bhqk,bhkd->bqhd", weights, v).flatten(2)
 
 
-def use_kernel(monkeypatch, kernel, dtype=torch.float32):
-    """Make attention take ``kernel`` for ``dtype`` (training and inference), as if timing had chosen it."""
-    for backward in (True, False):
-        monkeypatch.setitem(attention._KERNEL, ("cpu", dtype, backward), (kernel, kernel))
-
-
 @pytest.mark.parametrize("kernel", ["sdpa", "matmul"])
-def test_attend_matches_softmax_and_zeroes_rows_without_keys(monkeypatch, kernel):
-    use_kernel(monkeypatch, kernel)
+def test_attend_matches_softmax_and_zeroes_rows_without_keys(use_attention_kernel, kernel):
+    use_attention_kernel(kernel, torch.float32)
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, n, 8, generator=g) for n in (5, 7, 7))
     allowed = torch.rand(2, 5, 7, generator=g) > 0.5
@@ -50,10 +44,10 @@ def test_matmul_attentions_written_out_backward_is_the_true_gradient():
 
 
 @pytest.mark.parametrize("kernel", ["sdpa", "sdpa_fp32", "matmul"])
-def test_bf16_attention_under_autocast_is_bf16_and_near_fp32_with_each_kernel(monkeypatch, kernel):
+def test_bf16_attention_under_autocast_is_bf16_and_near_fp32_with_each_kernel(use_attention_kernel, kernel):
     """Under autocast every kernel computes in bf16 terms and hands back bf16; the fp32-copies kernel is
     exactly fp32 attention rounded once, the others round inside (a different path ran)."""
-    use_kernel(monkeypatch, kernel, torch.bfloat16)
+    use_attention_kernel(kernel, torch.bfloat16)
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 16, 8).bfloat16().requires_grad_() for _ in range(3))
     mask = attention_mask(torch.rand(2, 16, 16) > 0.3)
@@ -107,8 +101,8 @@ def test_the_kernel_timing_runs_fp32_copies_even_under_autocast(monkeypatch):
 
 
 @pytest.mark.parametrize("kernel", ["sdpa", "matmul"])
-def test_cached_self_attention_equals_causal_attention(monkeypatch, kernel):
-    use_kernel(monkeypatch, kernel)
+def test_cached_self_attention_equals_causal_attention(use_attention_kernel, kernel):
+    use_attention_kernel(kernel, torch.float32)
     torch.manual_seed(0)
     attn = SelfAttention(32, 4).eval()
     x = torch.randn(2, 6, 32)
@@ -125,12 +119,12 @@ def test_cached_self_attention_equals_causal_attention(monkeypatch, kernel):
 
 
 @pytest.mark.slow
-def test_compiled_matmul_attention_in_a_decoder_block_gives_the_eager_output_and_gradients(monkeypatch):
+def test_compiled_matmul_attention_in_a_decoder_block_gives_the_eager_output_and_gradients(use_attention_kernel):
     """Self- and cross-attention in one compiled graph, bf16 autocast, head width 64, padded queries, as
     many memory tokens as queries: inductor (torch 2.13, CPU) compiled this to NaN when the kernel was
     handed views of the fused qkv projection (head width 32, or 24 memory tokens, did not show it); the
     kernel copies them."""
-    use_kernel(monkeypatch, "matmul", torch.bfloat16)
+    use_attention_kernel("matmul", torch.bfloat16)
     torch.manual_seed(0)
     block = DecoderBlock(128, 2)
     x, memory = torch.randn(2, 32, 128, requires_grad=True), torch.randn(2, 32, 128)

@@ -406,14 +406,11 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients():
 
 
 @pytest.mark.slow
-def test_compiled_blocks_with_matmul_attention_give_the_eager_loss_and_gradients_in_bf16(monkeypatch):
+def test_compiled_blocks_with_matmul_attention_give_the_eager_loss_and_gradients_in_bf16(use_attention_kernel):
     """The CPU's matmul attention compiled inside the blocks, under bf16 autocast, with padded decoder
     tokens and garbage padding: the eager loss and gradients to bf16's rounding. (Handed views of the
     fused qkv projection, inductor compiled a decoder block to NaN; the kernel now copies them.)"""
-    from fourm.model import attention
-
-    for backward in (True, False):
-        monkeypatch.setitem(attention._KERNEL, ("cpu", torch.bfloat16, backward), ("matmul", "sdpa"))
+    use_attention_kernel("matmul", torch.bfloat16, with_dropout="sdpa")
     batch = random_batch(tiny_config())
     eager, compiled = make_model().train(), make_model().train()
     compiled.compile()
