@@ -7,19 +7,20 @@ FourM tiny (6+6 layers, width 384) over ``tok_rgb`` (196 tokens, vocabulary 1638
 with classifier-free guidance 3.0, ROAR 8 steps, and an image -> caption left-to-right of 32 and 64
 tokens with the KV cache and without it (the decoder re-run over the whole prefix each token, as the
 public reference does), beside the floor of a cached token: one batch-1 matmul per decoder weight
-and the caption head, bound by memory bandwidth. Rounds are interleaved (each round runs every case
-once) and the median over rounds is reported, so a load change on a shared machine hits every case
-alike; the 1-minute load average before and after is printed. Beside wall time, the process' CPU
-time: on a shared machine (here often 4-8 busy processes on 2 cores) a single-threaded run waits for
-the CPU much of its wall time, and its CPU time is what the same run takes on an idle core (up to
-memory-bandwidth contention). Each case's model FLOPs (``torch.utils.flop_counter``) divided by its
-CPU time gives its rate, printed beside a large matmul's rate measured in the same rounds: a case
-near that rate is bound by its arithmetic, not by overhead. For autoregression, "marginal" is the
-cost of one more token, (t64 - t32) / 32: the per-token cost without the one encoder pass. Reference
-figures (the public implementation on this machine) are printed beside ours; ``--reference`` replaces
-them with figures measured now: a saved stdout of the reference's ``bench_ml4m.py`` or the folder holding
-it, which is then run first with the same threads (``benchmarks/reference.py``), and the ratio of its
-fastest run to ours.
+and the caption head, bound by memory bandwidth. Prompt and sampling settings are the reference
+benchmark's (temperature 3 and top-p 0.8 for images, 0.3 and 0.8 for captions). Rounds are
+interleaved (each round runs every case once) and the median over rounds is reported, so a load
+change on a shared machine hits every case alike; the 1-minute load average before and after is
+printed. Beside wall time, the process' CPU time: on a shared machine (here often 4-8 busy processes
+on 2 cores) a single-threaded run waits for the CPU much of its wall time, and its CPU time is what
+the same run takes on an idle core (up to memory-bandwidth contention). Each case's model FLOPs
+(``torch.utils.flop_counter``) divided by its CPU time gives its rate, printed beside a large
+matmul's rate measured in the same rounds: a case near that rate is bound by its arithmetic, not by
+overhead. For autoregression, "marginal" is the cost of one more token, (t64 - t32) / 32: the
+per-token cost without the one encoder pass. Reference figures (the public implementation on this
+machine) are printed beside ours; ``--reference`` replaces them with figures measured now: a saved
+stdout of the reference's ``bench_ml4m.py`` or the folder holding it, which is then run first with
+the same threads (``benchmarks/reference.py``), and the ratio of its fastest run to ours.
 """
 
 from __future__ import annotations
@@ -44,7 +45,11 @@ from fourm.model.sizes import create_model
 sys.path.insert(0, str(Path(__file__).parent))
 from reference import generation_ms, reference_output  # noqa: E402  (benchmarks/reference.py)
 
-CAPTION_TOKENS = 24  # a caption of ~20 words
+# What the reference's benchmark asks for (bench_ml4m.py): the caption "a small red boat on a lake [S_1]"
+# (10 tokens with [EOS]); images at temperature 3 with top-p 0.8, captions at temperature 0.3 with top-p 0.8
+CAPTION_TOKENS = 10
+IMAGE_SAMPLING = dict(temperature=3.0, top_p=0.8)
+CAPTION_SAMPLING = dict(temperature=0.3, top_p=0.8)
 
 
 @dataclass
@@ -74,13 +79,14 @@ def build_cases(model, precision: str = "fp32") -> list[Case]:
         return state
 
     def to_image(batch: int, **target) -> Callable[[], object]:
-        schedule = build_schedule([Target("tok_rgb", steps=8, **target)], specs, ["caption"])
+        schedule = build_schedule([Target("tok_rgb", steps=8, **IMAGE_SAMPLING, **target)], specs, ["caption"])
         return lambda: generate(model, caption_state(batch), schedule, seed=0, precision=precision)
 
     def to_caption(length: int, use_cache: bool) -> Callable[[], object]:
         from fourm.generation import sampler
 
-        target = build_schedule([Target("caption", max_tokens=length, min_tokens=length)], specs, ["tok_rgb"])[0]
+        target = build_schedule([Target("caption", max_tokens=length, min_tokens=length, **CAPTION_SAMPLING)], specs,
+                                ["tok_rgb"])[0]
 
         def run():
             with torch.no_grad():

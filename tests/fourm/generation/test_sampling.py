@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fourm.generation.sampling import NUCLEUS_CANDIDATES, sample, temperature_at, tokens_per_step
+from fourm.generation.sampling import CDF_BLOCK, nucleus_threshold, sample, temperature_at, tokens_per_step
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])
@@ -42,8 +42,8 @@ def test_top_k_draws_only_the_k_best_and_greedy_takes_the_best():
     assert torch.equal(greedy, logits.argmax(-1))
 
 
-@pytest.mark.parametrize("vocab", [50, 3 * NUCLEUS_CANDIDATES])
-def test_top_p_draws_only_from_the_nucleus_even_when_it_is_wider_than_the_candidates(vocab):
+@pytest.mark.parametrize("vocab", [50, 768])
+def test_top_p_draws_only_from_the_nucleus_of_peaked_and_flat_rows(vocab):
     g = torch.Generator().manual_seed(1)
     peaked = torch.randn(200, vocab, generator=g) * 4
     flat = torch.randn(200, vocab, generator=g) * 0.01  # nucleus of ~90% of the vocabulary
@@ -54,8 +54,21 @@ def test_top_p_draws_only_from_the_nucleus_even_when_it_is_wider_than_the_candid
     rank = order.argsort(-1).gather(1, ids[:, None]).squeeze(1)
     mass_before = (sorted_p.cumsum(-1) - sorted_p).gather(1, rank[:, None]).squeeze(1)
     assert (mass_before < 0.9 + 1e-5).all()
-    if vocab > NUCLEUS_CANDIDATES:  # the flat rows reached beyond the first candidates
-        assert (rank[200:] >= NUCLEUS_CANDIDATES).any()
+    assert (rank[200:] >= 0.5 * vocab).any()  # the flat rows' nucleus is most of the vocabulary
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.999])
+def test_the_nucleus_is_the_fewest_best_tokens_holding_top_p(top_p):
+    g = torch.Generator().manual_seed(2)
+    logits = torch.cat([torch.randn(50, 3000, generator=g) * 3, torch.randn(50, 3000, generator=g) * 0.05])
+    kept = logits >= nucleus_threshold(logits, top_p)
+    # by the definition: sorted best first, a token stays while the better ones hold less than top_p
+    sorted_p, order = logits.softmax(-1).sort(-1, descending=True)
+    before = torch.zeros_like(logits).scatter_(1, order, sorted_p.cumsum(-1) - sorted_p)
+    differ = kept != (before < top_p)
+    # fp32 sums in another order may disagree only on a token at the boundary itself
+    assert ((before[differ] - top_p).abs() < 1e-5).all()
+    assert differ.sum() <= 2 and kept.sum(1).min() >= 1
 
 
 def test_same_generator_seed_draws_the_same_tokens():
@@ -74,3 +87,17 @@ def test_draws_follow_the_distribution_and_never_pick_an_excluded_token():
     freq = torch.bincount(ids, minlength=4).float() / len(ids)
     assert freq[3] == 0 and torch.allclose(freq, probs, atol=0.01)
     torch.testing.assert_close(logp, probs.log()[ids])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_a_wide_vocabulary_is_drawn_by_its_distribution_across_blocks_and_the_padded_last_one(temperature):
+    # 1000 tokens: the draw's two-level CDF (blocks of CDF_BLOCK, the last one padded with zero weights)
+    probs = torch.zeros(1000)
+    probs[[0, 127, 128, 500, 999]] = torch.tensor([0.1, 0.2, 0.3, 0.15, 0.25])
+    assert 2 * CDF_BLOCK < 1000 and 1000 % CDF_BLOCK
+    ids, logp = sample(probs.log().expand(40000, -1), temperature, generator=torch.Generator().manual_seed(0))
+    tempered = probs ** (1 / temperature) / (probs ** (1 / temperature)).sum()
+    freq = torch.bincount(ids, minlength=1000).float() / len(ids)
+    assert freq[tempered == 0].sum() == 0  # no excluded token, no padding
+    torch.testing.assert_close(freq, tempered, atol=0.01, rtol=0)
+    torch.testing.assert_close(logp, tempered.log()[ids])
