@@ -436,7 +436,7 @@ class FourM(nn.Module, PretrainedMixin):
             name = self.names[m]
             if name not in self.targets:
                 raise ValueError(f"modality {name!r} is input-only: it has no output head")
-            h = flat[pad_rows(idx)]
+            h = flat[pad_rows(idx, flat)]
             tied = self.config.use_tied_heads
             out[name] = idx, F.linear(h, self.embed.tables[name].weight) if tied else self.heads[name](h)
         return out

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from fourm.generation import sampling
 from fourm.generation.sampling import CDF_BLOCK, nucleus_threshold, sample, temperature_at, tokens_per_step
 
 
@@ -69,6 +70,29 @@ def test_the_nucleus_is_the_fewest_best_tokens_holding_top_p(top_p):
     # fp32 sums in another order may disagree only on a token at the boundary itself
     assert ((before[differ] - top_p).abs() < 1e-5).all()
     assert differ.sum() <= 2 and kept.sum(1).min() >= 1
+
+
+def test_the_nucleus_keeps_ties_with_its_last_token_and_never_an_excluded_one():
+    row = torch.full((1, 2000), -math.inf)
+    row[0, [5, 700, 1999]] = 0.0  # three equal tokens: a third of the mass each
+    row[0, 300] = -50.0  # far below the others, but finite
+    for top_p in (0.2, 0.5, 0.9):
+        kept = row >= nucleus_threshold(row, top_p)
+        assert kept.nonzero()[:, 1].tolist() == [5, 700, 1999]  # a tie with the last token kept stays
+    flat = torch.zeros(3, 3000)  # every token equal: all in one bucket, all kept
+    assert (flat >= nucleus_threshold(flat, 0.3)).all()
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.7])
+def test_blocks_of_rows_draw_what_one_block_draws(monkeypatch, top_p):
+    # the draw handles rows in blocks of ROW_BLOCK logits, reusing its buffers: 3 + 3 + 3 + 1 rows here
+    logits = torch.randn(10, 1000, generator=torch.Generator().manual_seed(5)) * 3
+    whole = sample(logits, 1.5, top_p=top_p, generator=torch.Generator().manual_seed(6))
+    monkeypatch.setattr(sampling, "ROW_BLOCK", 3 * 1000)
+    blocks = sample(logits, 1.5, top_p=top_p, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(whole[0], blocks[0]) and torch.equal(whole[1], blocks[1])
+    first = sample(logits[:1], 1.5, top_p=top_p, generator=torch.Generator().manual_seed(6))[0]
+    assert first.item() == whole[0][0].item()  # the first row draws the first uniform, alone or not
 
 
 def test_same_generator_seed_draws_the_same_tokens():

@@ -198,10 +198,15 @@ def test_a_modalitys_rows_reach_its_head_and_stem_in_a_few_sizes_and_change_noth
     sizes = {2**k for k in range(7)} | {64 * k for k in range(1, 40)}
     for n in range(1, 2000):
         idx = torch.arange(n) * 3
-        padded = embeddings.pad_rows(idx)
+        padded = embeddings.pad_rows(idx, torch.ones(1, requires_grad=True))
         assert padded.numel() in sizes and padded.numel() >= n and torch.equal(padded[:n], idx)
         assert set(padded[n:].tolist()) <= {0}
-    assert embeddings.pad_rows(torch.arange(0)).numel() == 0
+    assert embeddings.pad_rows(torch.arange(0), torch.ones(1)).numel() == 0
+    with torch.no_grad():  # inference in fp32 (or int8) runs its rows only; in bf16 it pads them too
+        assert torch.equal(embeddings.pad_rows(torch.arange(100), torch.ones(1)), torch.arange(100))
+        assert embeddings.pad_rows(torch.arange(100), torch.ones(1, dtype=torch.bfloat16)).numel() == 128
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert embeddings.pad_rows(torch.arange(100), torch.ones(1)).numel() == 128
 
     batch = random_batch(tiny_config(), batch_size=5)
     seen = []
@@ -210,8 +215,8 @@ def test_a_modalitys_rows_reach_its_head_and_stem_in_a_few_sizes_and_change_noth
         head.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
     padded_model(batch).loss.backward()
     assert seen and set(seen) <= sizes
-    monkeypatch.setattr(fourm_module, "pad_rows", lambda idx: idx)
-    monkeypatch.setattr(embeddings, "pad_rows", lambda idx: idx)
+    monkeypatch.setattr(fourm_module, "pad_rows", lambda idx, x: idx)
+    monkeypatch.setattr(embeddings, "pad_rows", lambda idx, x: idx)
     plain = make_model()
     plain(batch).loss.backward()
     torch.testing.assert_close(padded_model(batch).loss, plain(batch).loss)
