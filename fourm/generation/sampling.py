@@ -54,6 +54,7 @@ def temperature_at(step: int, steps: int, temperature: float, schedule: str) -> 
 
 
 ROW_BLOCK = 1 << 18  # logits a draw handles at once (16 rows of 16k): passes over a block stay in cache
+SMALL_DRAW = 1 << 16  # logits up to which the CDF is one running sum: few operations beat a shorter pass
 CDF_BLOCK = 128  # the draw's two-level CDF: a cumsum over blocks of this many tokens, then inside one
 NUCLEUS_BUCKETS = 1024  # the nucleus search's histogram of each row's mass by log-weight
 NUCLEUS_SPAN = 30.0  # log-weights further below the row's best share the last bucket (e^-30 of its weight)
@@ -90,17 +91,17 @@ def sample(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: floa
 
 
 class Scratch:
-    """Named buffers of a block's shape, reused block after block: on a CPU (a VM's above all) a fresh
+    """Named numpy buffers of a block's shape, reused block after block: on a CPU (a VM's above all) a fresh
     multi-megabyte temporary pays its page faults every time, and a pass over a fresh (196, 16384) tensor
     took 3-4x one over a block of rows written into the same memory again."""
 
     def __init__(self) -> None:
-        self.buffers: dict[str, Tensor] = {}
+        self.buffers: dict[str, np.ndarray] = {}
 
-    def __call__(self, name: str, shape: torch.Size, dtype: torch.dtype = torch.float32) -> Tensor:
+    def __call__(self, name: str, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
         buf = self.buffers.get(name)
         if buf is None or buf.dtype != dtype or buf.shape[1:] != shape[1:] or len(buf) < shape[0]:
-            buf = self.buffers[name] = torch.empty(shape, dtype=dtype)
+            buf = self.buffers[name] = np.empty(shape, dtype=dtype)
         return buf[: shape[0]]
 
 
@@ -111,15 +112,15 @@ def _weights(logits: Tensor, scale: float, top_p: float, ordered: bool = False,
     scratch = scratch or Scratch()
     # scale * logits - scale * best in one pass: <= 0 up to a rounding, so the exp cannot overflow
     shift = logits.amax(-1, keepdim=True).mul_(-scale)
-    log_w = torch.add(shift, logits, alpha=scale, out=scratch("log_w", logits.shape))
-    weights = torch.exp(log_w, out=scratch("weights", logits.shape))
+    log_w = torch.add(shift, logits, alpha=scale, out=torch.from_numpy(scratch("log_w", logits.shape)))
+    weights = torch.exp(log_w, out=torch.from_numpy(scratch("weights", logits.shape)))
     if top_p < 1.0:
         if ordered:  # the mass of the better candidates, by a running sum
             before = weights.cumsum(-1) - weights
             weights.masked_fill_(before >= top_p * weights.sum(-1, keepdim=True), 0.0)
         else:  # numpy's comparison: 2.3 us a 16k row on a CPU where torch's took 18 (and masked_fill 30 more)
             threshold = nucleus_threshold(log_w, top_p, weights, scratch).numpy()
-            inside = np.greater_equal(log_w.numpy(), threshold, out=scratch("mask", log_w.shape, torch.bool).numpy())
+            inside = np.greater_equal(log_w.numpy(), threshold, out=scratch("mask", log_w.shape, np.bool_))
             np.multiply(weights.numpy(), inside, out=weights.numpy())
     return weights
 
@@ -136,27 +137,29 @@ def nucleus_threshold(log_w: Tensor, top_p: float, weights: Tensor | None = None
     ``NUCLEUS_BUCKETS`` log-weight buckets finds the bucket where the mass from the top reaches
     ``top_p``, and only that bucket's tokens (tens of a 16k vocabulary) are ordered.
     """
-    scratch, log_w = scratch or Scratch(), log_w.detach()
-    n, vocab = log_w.shape
-    top = log_w.amax(-1, keepdim=True)
-    if weights is None:
-        weights = torch.exp(log_w - top)
-    span = (top - log_w.amin(-1, keepdim=True)).clamp_(1e-6, NUCLEUS_SPAN)  # the buckets cover the row's range
+    scratch = scratch or Scratch()
+    x = log_w.detach().numpy()
+    n, vocab = x.shape
+    top = x.max(-1, keepdims=True)
+    w = np.exp(x - top) if weights is None else weights.numpy()
     last = NUCLEUS_BUCKETS - 1
+    scale = (last / np.clip(top - x.min(-1, keepdims=True), 1e-6, NUCLEUS_SPAN)).astype(np.float32)
     # 0 holds the best; monotone in the log-weight (the cast to int truncates: a floor of values >= 0)
-    scale = last / span
-    bucket = scratch("bucket", log_w.shape, torch.int32).copy_(
-        torch.sub(top, log_w, out=scratch("scaled", log_w.shape)).mul_(scale).clamp_(max=last))
-    # scatter wants int64 indices; AVX2 converts float -> int32 -> int64 4x faster than float -> int64
-    mass = torch.zeros(n, NUCLEUS_BUCKETS).scatter_add_(1, scratch("index", log_w.shape, torch.long).copy_(bucket),
-                                                        weights)
-    reach = mass.double().cumsum(-1)  # mass at or above each bucket
-    goal = reach[:, -1:] * top_p
-    cross = torch.searchsorted(reach, goal).clamp_(max=last)  # the first bucket that holds the goal
-    before = torch.where(cross > 0, reach.gather(-1, (cross - 1).clamp(min=0)), 0.0)
+    scaled = np.subtract(top, x, out=scratch("scaled", x.shape))
+    np.minimum(np.multiply(scaled, scale, out=scaled), last, out=scaled)
+    bucket = scratch("bucket", x.shape, np.int32)
+    bucket[:] = scaled
+    index = scratch("index", x.shape, np.int64)  # scatter's index type; AVX2 converts float -> int32 -> int64 faster
+    index[:] = bucket
+    # torch's scatter: numpy's bincount would take the weights in float64, a conversion pass more
+    mass = torch.zeros(n, NUCLEUS_BUCKETS).scatter_add_(1, torch.from_numpy(index), torch.from_numpy(w))
+    reach = np.cumsum(mass.numpy(), -1, dtype=np.float64)  # mass at or above each bucket
+    goal = reach[:, -1] * top_p
+    cross = np.minimum(np.count_nonzero(reach < goal[:, None], -1), last)  # the first bucket that holds the goal
+    before = np.where(cross > 0, reach[np.arange(n), np.maximum(cross - 1, 0)], 0.0)
     # that bucket's tokens, by row (row-major order), each row's best first
-    inside = np.equal(bucket.numpy(), cross.int().numpy(), out=scratch("mask", log_w.shape, torch.bool).numpy())
-    values, mass_in = log_w.numpy()[inside], weights.numpy()[inside].astype(np.float64)
+    inside = np.equal(bucket, cross[:, None].astype(np.int32), out=scratch("mask", x.shape, np.bool_))
+    values, mass_in = x[inside], w[inside].astype(np.float64)
     counts = np.count_nonzero(inside, axis=-1)
     rows = np.repeat(np.arange(n), counts)
     order = np.lexsort((-values, rows))
@@ -164,10 +167,10 @@ def nucleus_threshold(log_w: Tensor, top_p: float, weights: Tensor | None = None
     start = np.cumsum(counts) - counts
     running = np.cumsum(mass_in)
     # the mass at or above each of them: the buckets above, then the bucket's better tokens and itself
-    reach_in = before.numpy()[rows, 0] + running - (running[start] - mass_in[start])[rows]
+    reach_in = before[rows] + running - (running[start] - mass_in[start])[rows]
     # the last token kept is the first whose own mass takes the reach to the goal (the mass above it is short
     # of the goal); sums in another order may miss it by a rounding: the bucket's last token then
-    short = np.bincount(rows, weights=reach_in < goal.numpy()[rows, 0], minlength=n).astype(np.int64)
+    short = np.bincount(rows, weights=reach_in < goal[rows], minlength=n).astype(np.int64)
     last_kept = start + np.minimum(short, counts - 1)
     return torch.from_numpy(values[last_kept]).unsqueeze(-1)
 
@@ -182,7 +185,7 @@ def _draw(weights: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
     """
     n, vocab = weights.shape
     u = u[:, None]
-    if vocab <= 2 * CDF_BLOCK:
+    if vocab <= 2 * CDF_BLOCK or n * vocab <= SMALL_DRAW:
         cdf = weights.cumsum(-1)
         total = cdf[:, -1:]
         choice = torch.searchsorted(cdf, u * total).clamp_(max=vocab - 1)

@@ -105,16 +105,15 @@ def test_cached_self_attention_equals_causal_attention(use_attention_kernel, ker
     use_attention_kernel(kernel, torch.float32)
     torch.manual_seed(0)
     attn = SelfAttention(32, 4).eval()
-    x = torch.randn(2, 6, 32)
-    causal = torch.ones(6, 6, dtype=torch.bool).tril().expand(2, 6, 6)
+    x = torch.randn(2, 40, 32)
+    causal = torch.ones(40, 40, dtype=torch.bool).tril().expand(2, 40, 40)
     full = attn(x, attention_mask(causal))
-    cache, steps = KVCache(), []
-    for t in range(6):  # one token, then the rest two at a time
-        chunk = slice(t, t + 1) if t == 0 else slice(t, t + 2) if t % 2 else None
-        if chunk is None:
-            continue
+    cache, steps, start = KVCache(), [], 0
+    for n in (1, 2, 2, 11, 3, 5, 16):  # the cache's buffers grow past 16 and 32 tokens, once by many at a time
+        chunk = slice(start, start + n)
         steps.append(attn(x[:, chunk], attention_mask(causal[:, chunk, : chunk.stop]), cache))
-    assert len(cache) == 6
+        start += n
+        assert len(cache) == start
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
 
 
