@@ -48,11 +48,11 @@ def guided_logits(model: FourM, state: GenerationState, name: str, guidance: Gui
     enc = state.encoder_batch(guidance.variants, target=name).to(device)
     memory, memory_valid = model.encode(enc)
     batch = with_queries(enc, model.modality_index(name), pos.to(device), valid.to(device))
-    hidden = model.decode(batch, memory, memory_valid)
-    out = model.logits(hidden, batch.dec_mod, batch.dec_valid)[name]
+    # combined before the (affine) head: one head pass over the first variant's rows, whatever the guidance
+    hidden = guidance.combine(model.decode(batch, memory, memory_valid).float())
+    out = model.logits(hidden, batch.dec_mod[: len(hidden)], batch.dec_valid[: len(hidden)])[name]
     # sampled in fp32 on the CPU (bf16 logits would coarsen the softmax): one seeded generator for every device
-    logits = guidance.combine(out.logits.float()).cpu()
-    index = out.index[: len(logits)].cpu()  # the first variant's rows: (b, q) of each valid query
+    logits, index = out.logits.float().cpu(), out.index.cpu()  # index: (b, q) of each valid query, flat
     return torch.stack([index // pos.shape[1], index % pos.shape[1]], 1), logits
 
 

@@ -82,11 +82,18 @@ class Target:
 
 @dataclass
 class Guidance:
-    """Logits as a linear combination of the same queries' logits under several condition sets
-    (``variants``: the input modalities kept, None = all), computed in one batched pass."""
+    """Logits as an affine combination (``coefficients`` summing to 1) of the same queries' logits under
+    several condition sets (``variants``: the input modalities kept, None = all), computed in one batched
+    pass. Every output head is affine in the decoder's output, so the combination is taken of the decoder
+    states before the head: one head pass a query instead of one per variant, the same logits."""
 
     variants: list[tuple[str, ...] | None]
     coefficients: list[float]
+
+    def __post_init__(self) -> None:
+        if len(self.variants) != len(self.coefficients) or abs(sum(self.coefficients) - 1.0) > 1e-6:
+            raise ValueError(f"guidance needs one coefficient per variant, summing to 1: {self.coefficients} "
+                             f"for {len(self.variants)} variants")
 
     @classmethod
     def plain(cls) -> Guidance:
@@ -109,12 +116,12 @@ class Guidance:
             return cls.multi_condition(target.condition_weights)
         return cls.classifier_free(target.guidance) if target.guidance else cls.plain()
 
-    def combine(self, logits: Tensor) -> Tensor:
-        """(V * n, K) logits, variant-major -> (n, K)."""
+    def combine(self, x: Tensor) -> Tensor:
+        """(V * n, ...) logits or decoder states, variant-major -> (n, ...)."""
         if len(self.variants) == 1:
-            return logits
-        weights = torch.tensor(self.coefficients, dtype=logits.dtype, device=logits.device)
-        return torch.einsum("v,vnk->nk", weights, logits.view(len(self.variants), -1, logits.shape[-1]))
+            return x
+        weights = torch.tensor(self.coefficients, dtype=x.dtype, device=x.device)
+        return torch.einsum("v,v...->...", weights, x.view(len(self.variants), -1, *x.shape[1:]))
 
 
 def build_schedule(targets: list[str | Target | dict], specs: dict[str, Modality],

@@ -7,6 +7,10 @@ vector in the tokenizer's own (frozen) codebook, the vectors its decoder turns i
 decode alike lie close there, so what one code learns moves its neighbours too, and "purple here" is one
 direction in a 32-d space rather than a row per code. The linear head stays beside it for what the
 codebook's geometry does not say.
+
+Every head is affine in the decoder's output: guided generation combines the decoder states of its
+condition sets before the head (``fourm.generation.schedule.Guidance``), which equals combining logits
+only for an affine head.
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ import torch
 
 from fourm.generation import GenerationState, Guidance, Target, build_schedule, generate, sampler
 from fourm.generation.sampler import guided_logits, merge_spans
+from fourm.modalities import ModalityScale
+from fourm.model.sizes import create_model
 
-from .conftest import nano_model
+from .conftest import CODES, MODALITIES, PATCH, SIDE, TEXT_VOCAB, nano_model
 
 EOS, SOS = 3, 2
 S0, S1 = 4, 5
@@ -68,6 +70,25 @@ def test_guided_logits_are_the_weighted_combination_in_one_pass(model):
     _, multi = guided_logits(model, state, "tok_depth", Guidance.multi_condition(weights), *queries(state))
     expected = uncond + 0.7 * (only_caption - uncond) + 1.5 * (only_rgb - uncond)
     torch.testing.assert_close(multi, expected, rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_guidance_through_biased_and_codebook_heads_is_the_combination_of_their_logits():
+    # guidance combines decoder states before the head: exact for any affine head, bias and codebook included
+    torch.manual_seed(1)
+    vocab = {name: size for name, (_, size) in CODES.items()} | {"caption": TEXT_VOCAB}
+    model = create_model("nano", MODALITIES, ModalityScale(SIDE, PATCH, vocab_sizes=vocab), max_tokens={"caption": 24},
+                         use_bias=True, head_codebooks={"tok_depth": 8}).eval()
+    head = model.heads["tok_depth"]
+    head.load_codebook(torch.randn(head.codebook.shape))
+    torch.nn.init.normal_(head.linear.bias)
+    state = conditioned(model)
+    _, cond = guided_logits(model, state, "tok_depth", Guidance.plain(), *queries(state))
+    _, uncond = guided_logits(model, state, "tok_depth", Guidance([()], [1.0]), *queries(state))
+    _, guided = guided_logits(model, state, "tok_depth", Guidance.classifier_free(3.0), *queries(state))
+    torch.testing.assert_close(guided, cond + 3.0 * (cond - uncond), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="summing to 1"):
+        Guidance([None, ()], [1.0, 1.0])
 
 
 @pytest.mark.parametrize("settings", [dict(temperature=0.0), dict(temperature=1.0, top_p=0.9), dict(guidance=2.0)])
