@@ -70,5 +70,31 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
         raise ValueError("int8 generation runs on the CPU; on a GPU use bf16")
     with warnings.catch_warnings():  # torch.ao's note that torchao is where quantization is moving
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear},
-                                                      dtype=torch.qint8)
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        quantized = quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                     dtype=torch.qint8)
+    dynamic = torch.ao.nn.quantized.dynamic.Linear
+    for parent in list(quantized.modules()):
+        for name, child in parent.named_children():
+            if type(child) is dynamic:
+                setattr(parent, name, Int8Linear(child))
+    return quantized
+
+
+class Int8Linear(torch.nn.Module):
+    """One of :func:`quantize_int8`'s layers: int8 weights packed for fbgemm, called straight through the
+    op. torch.ao's module around the same op cost 13-15 us a call at batch 1 on a 2-core CPU (48 against
+    35 us for a 384 -> 1152 layer), and a cached caption token makes 37 such calls."""
+
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__()
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.packed = layer._packed_params._packed_params  # weights and bias, prepacked
+        self.op = torch.ops.quantized.linear_dynamic.default
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x, self.packed, True)  # reduce_range: fbgemm's 7-bit activations, as torch.ao's module
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel"

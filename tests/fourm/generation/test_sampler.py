@@ -256,14 +256,17 @@ def test_schedule_errors_name_the_problem(model):
 
 @torch.no_grad()
 def test_int8_weights_keep_the_outputs_close_and_a_pipeline_uses_them(model):
-    """quantize_int8: every linear of the trunk and heads holds int8 weights in a copy, the fp32 model is
-    left as it is, and what the encoder writes stays within a few percent of fp32's. Pipeline(precision=
-    "int8") generates with such a copy (valid ids); an unknown precision is named."""
+    """quantize_int8: every linear of the trunk and heads holds int8 weights (a scale per output channel) in
+    a copy, the fp32 model is left as it is, and what the encoder writes stays within a few percent of
+    fp32's. Pipeline(precision="int8") generates with such a copy (valid ids); an unknown precision is
+    named."""
     from fourm.generation import Pipeline
     from fourm.model.precision import quantize_int8
 
     q = quantize_int8(model)
     assert not any(type(m) is torch.nn.Linear for m in [*q.encoder.modules(), *q.decoder.modules(), *q.heads.modules()])
+    weight, _ = torch.ops.quantized.linear_unpack(q.heads["caption"].packed)
+    assert weight.qscheme() == torch.per_channel_affine and weight.shape[0] == model.specs["caption"].vocab_size
     assert any(type(m) is torch.nn.Linear for m in model.decoder.modules())  # the original is untouched
 
     batch = conditioned(model).encoder_batch()
