@@ -150,7 +150,10 @@ class MatmulAttention(torch.autograd.Function):
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask | None, dropout: float) -> Tensor:
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.allowed, dropout_p=dropout)
+    # the additive form where there is one (a CPU): handed the bool mask, torch turns it into that form itself,
+    # at every call of every layer
+    attn_mask = None if mask is None else mask.allowed if mask.bias is None or mask.bias.dtype != q.dtype else mask.bias
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
 
 
 def _sdpa_fp32(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask | None, dropout: float) -> Tensor:
@@ -179,7 +182,9 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask | None, dropout:
     kernel = attention_kernel(device, dtype, backward, dropout > 0)
     # the kernels cast for themselves: autocast would cast fp32 copies straight back to bf16
     with torch.autocast(device.type, enabled=False) if autocast else nullcontext():
-        out = _KERNELS[kernel](q.to(dtype), k.to(dtype), v.to(dtype), mask, dropout)
+        if q.dtype != dtype or k.dtype != dtype or v.dtype != dtype:
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        out = _KERNELS[kernel](q, k, v, mask, dropout)
         if mask is not None and mask.keyless is not None:
             out = out.masked_fill(mask.keyless, 0.0)
     return out.transpose(1, 2).flatten(2)  # b h n d -> b n (h d)
