@@ -20,7 +20,9 @@ overhead. For autoregression, "marginal" is the cost of one more token, (t64 - t
 per-token cost without the one encoder pass. Reference figures (the public implementation on this
 machine) are printed beside ours; ``--reference`` replaces them with figures measured now: a saved
 stdout of the reference's ``bench_ml4m.py`` or the folder holding it, which is then run first with
-the same threads (``benchmarks/reference.py``), and the ratio of its fastest run to ours.
+the same threads (``benchmarks/reference.py``), and the ratio of its fastest run to ours. On a machine
+whose speed drifts (a shared VM: the same reference run took 3.3-3.9 s for MaskGIT within two hours),
+``--pairs N`` runs the reference folder and then ours N times and adds the median of the pairs' ratios.
 """
 
 from __future__ import annotations
@@ -116,6 +118,22 @@ def build_cases(model, precision: str = "fp32") -> list[Case]:
     ]
 
 
+def measure(cases: list[Case], repeats: int, sync: Callable[[], object]) -> tuple[dict, dict]:
+    """Interleaved rounds, one warm-up first -> wall and CPU seconds per case name, one per timed round."""
+    times: dict[str, list[float]] = {c.name: [] for c in cases}
+    cpu: dict[str, list[float]] = {c.name: [] for c in cases}
+    for round_ in range(repeats + 1):
+        for case in cases:
+            sync()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            case.run()
+            sync()
+            if round_:  # round 0 warms up
+                times[case.name].append(time.perf_counter() - start)
+                cpu[case.name].append(time.process_time() - start_cpu)
+    return times, cpu
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (after one warm-up round)")
@@ -125,11 +143,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "auto", "int8"],
                    help="what MaskGIT and ROAR compute in; several: their cases side by side, interleaved")
     p.add_argument("--reference", help="bench_ml4m.py's saved output, or its folder (run first)")
+    p.add_argument("--pairs", type=int, default=1,
+                   help="with a reference folder: run it and then ours this many times, each of ours right after "
+                        "a run of the reference (a machine whose speed drifts hits both sides of a pair alike)")
     args = p.parse_args(argv)
+    if args.pairs > 1 and not (args.reference and Path(args.reference).is_dir()):
+        p.error("--pairs needs --reference to be the reference's folder, which is run before each of ours")
     if args.threads:
         torch.set_num_threads(args.threads)
-    reference = (generation_ms(reference_output(args.reference, torch.get_num_threads(), generation=True))
-                 if args.reference else {})
     torch.manual_seed(0)
     model = create_model("tiny", "tok_rgb,caption", ModalityScale(224, 16)).eval().to(args.device)
     sync = torch.cuda.synchronize if model.embed.mask_token.is_cuda else (lambda: None)
@@ -149,21 +170,18 @@ def main(argv: list[str] | None = None) -> None:
             case.run()
         flops[case.name] = counter.get_total_flops()
     load_before = os.getloadavg()[0]
-    times: dict[str, list[float]] = {c.name: [] for c in cases}
-    cpu: dict[str, list[float]] = {c.name: [] for c in cases}
-    for round_ in range(args.repeats + 1):
-        for case in cases:
-            sync()
-            start, start_cpu = time.perf_counter(), time.process_time()
-            case.run()
-            sync()
-            if round_:  # round 0 warms up
-                times[case.name].append(time.perf_counter() - start)
-                cpu[case.name].append(time.process_time() - start_cpu)
+    references: list[dict[str, float]] = []  # per pair: the reference's fastest run of each case, in ms
+    rounds: list[tuple[dict, dict]] = []  # per pair: our wall and CPU seconds per case
+    for _ in range(args.pairs):
+        if args.reference:
+            references.append(generation_ms(reference_output(args.reference, torch.get_num_threads(), generation=True)))
+        rounds.append(measure(cases, args.repeats, sync))
+    times = {c.name: [t for wall, _ in rounds for t in wall[c.name]] for c in cases}
+    cpu = {c.name: [t for _, cpu_ in rounds for t in cpu_[c.name]] for c in cases}
     load_after = os.getloadavg()[0]
     print(f"FourM tiny ({model.num_params(trunk_only=True) / 1e6:.1f}M trunk), tok_rgb 196 x 16384, caption 30000; "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cpus, load {load_before:.1f} -> {load_after:.1f}; "
-          f"median of {args.repeats}")
+          f"median of {args.repeats * args.pairs}" + (f" in {args.pairs} pairs with the reference" * (args.pairs > 1)))
     print(f"{'case':34} {'wall median':>13} {'wall min':>13} {'CPU median':>13} {'GFLOP':>7} {'GFLOP/s':>8}"
           "   reference")
     for case in cases:
@@ -174,11 +192,16 @@ def main(argv: list[str] | None = None) -> None:
             shown = [f"{x:.3f} s" for x in figures]
         rate = flops[case.name] / 1e9 / figures[2]
         # the reference's fastest run of this case (its names have no precision suffix), beside our fastest
-        key = max((k for k in reference if case.name.startswith(k)), key=len, default=None)
+        key = max((k for k in (references[0] if references else {}) if case.name.startswith(k)), key=len, default=None)
         if key:
-            ms = reference[key] / (case.per_token or 1)
-            case = dataclasses.replace(case, reference=f"{ms:.1f} ms{'/tok' * bool(case.per_token)}: "
-                                                       f"{reference[key] / 1000 / figures[1]:.1f}x")
+            fastest = min(r[key] for r in references)
+            ms = fastest / (case.per_token or 1)
+            text = f"{ms:.1f} ms{'/tok' * bool(case.per_token)}: {fastest / 1000 / figures[1]:.1f}x"
+            if args.pairs > 1:  # each pair's ratio of fastest runs, their median
+                pair = statistics.median(r[key] / 1000 / min(wall[case.name])
+                                         for r, (wall, _) in zip(references, rounds, strict=True))
+                text += f", pairs' median {pair:.1f}x"
+            case = dataclasses.replace(case, reference=text)
         print(f"{case.name:34} {shown[0]:>13} {shown[1]:>13} {shown[2]:>13} {flops[case.name] / 1e9:7.1f} "
               f"{rate:8.1f}   {case.reference}")
     for kind in ("cached", "uncached"):
