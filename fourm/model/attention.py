@@ -150,9 +150,11 @@ class MatmulAttention(torch.autograd.Function):
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask | None, dropout: float) -> Tensor:
-    # the additive form where there is one (a CPU): handed the bool mask, torch turns it into that form itself,
-    # at every call of every layer
-    attn_mask = None if mask is None else mask.allowed if mask.bias is None or mask.bias.dtype != q.dtype else mask.bias
+    attn_mask = None
+    if mask is not None:
+        # the additive form where there is one (a CPU) in q's dtype: handed the bool mask, torch turns it into
+        # that form itself, at every call of every layer
+        attn_mask = mask.bias if mask.bias is not None and mask.bias.dtype == q.dtype else mask.allowed
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
 
 
