@@ -139,7 +139,7 @@ def nucleus_threshold(log_w: Tensor, top_p: float, weights: Tensor | None = None
     """
     scratch = scratch or Scratch()
     x = log_w.detach().numpy()
-    n, vocab = x.shape
+    n = len(x)
     top = x.max(-1, keepdims=True)
     w = np.exp(x - top) if weights is None else weights.numpy()
     last = NUCLEUS_BUCKETS - 1
