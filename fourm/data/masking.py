@@ -22,7 +22,8 @@ Budgets are exact where the sample has tokens enough: per-modality counts are ca
 modality holds (for an image target: what its inputs left), the excess is re-spread by water
 filling, and what sequences leave unused after masking goes to the set-like modalities. With
 ``use_input_fill=False`` inputs get their Dirichlet share and no more (a draw that puts the budget on a
-20-token caption shows the caption alone); targets are re-spread either way. Only modalities the
+20-token caption shows the caption alone); ``use_target_fill=False`` does the same for targets (both
+off is 4M's own masking, where such budget is padding). Only modalities the
 chosen component offers (alpha > 0) receive any budget, so an RGB-to-all draw never leaks other
 inputs; where the offered ones run out, the rest is padding.
 
@@ -119,6 +120,8 @@ class MaskingConfig:
     # was better filled (RGB -> semseg mIoU 0.318 vs 0.295, boxes P/R 0.015/0.013 vs 0/0, caption ->
     # image R@1 0.062 vs 0.000): the default. Targets are always re-spread.
     use_input_fill: bool = True
+    # the same for the target budget; re-spread by default (unused, it would be padding the decoder skips)
+    use_target_fill: bool = True
 
     def __post_init__(self):
         if self.input_budget < 1 or self.target_budget < 0:
@@ -320,7 +323,8 @@ class Masker:
         n_in = allocate(cfg.input_budget, p_in, np.where(in_alphas > 0, n, 0), respread=cfg.use_input_fill)
         # a sequence target may take [S_0] + every token (+1); an image target what its series' inputs left
         n_tgt = allocate(cfg.target_budget, p_tgt,
-                         np.where(tgt_alphas > 0, np.where(seq, n + 1, n - self._most(n_in)), 0))
+                         np.where(tgt_alphas > 0, np.where(seq, n + 1, n - self._most(n_in)), 0),
+                         respread=cfg.use_target_fill)
 
         seq_parts = {}
         for i in np.flatnonzero(seq & ((n_in > 0) | (n_tgt > 0))):
@@ -332,8 +336,9 @@ class Masker:
         if cfg.use_input_fill:
             n_in += allocate(cfg.input_budget - int(n_in.sum()), p_in,
                              np.where(sets & (in_alphas > 0), n - n_in - self._most(n_tgt), 0))
-        n_tgt += allocate(cfg.target_budget - int(n_tgt.sum()), p_tgt,
-                          np.where(sets & (tgt_alphas > 0), n - self._most(n_in) - n_tgt, 0))
+        if cfg.use_target_fill:
+            n_tgt += allocate(cfg.target_budget - int(n_tgt.sum()), p_tgt,
+                              np.where(sets & (tgt_alphas > 0), n - self._most(n_in) - n_tgt, 0))
 
         parts: dict[str, list] = {k: [] for k in ("enc_ids", "enc_pos", "dec_ids", "dec_target", "dec_pos")}
         orders: dict[int, np.ndarray] = {}  # one permutation per series: inputs its front, targets its back

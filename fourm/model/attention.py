@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from rotary_embedding_torch import apply_rotary_emb
 from torch import Tensor, nn
 
+from fourm.model.packing import Packing, pack, unpack
+
 
 class AttentionMask(NamedTuple):
     allowed: Tensor  # (B, 1, Nq or 1, Nk) bool: True where a query may attend a key
@@ -243,18 +245,19 @@ class SelfAttention(nn.Module):
         self.k_norm = qk_norm(dim // heads) if qk_norm else nn.Identity()
 
     def forward(self, x: Tensor, mask: AttentionMask | None = None, cache: KVCache | None = None,
-                rotary: Tensor | None = None) -> Tensor:
-        """x (B, N, D) -> (B, N, D). With ``cache``, x holds only the new tokens; the mask is
-        (B, 1, N, T + N) over cached + new keys. ``rotary`` (B, 1, N, d): angles that rotate each
-        token's query and key (RoPE), so that their dot product depends on where the two tokens lie
-        relative to each other."""
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)  # b n (3 h d) -> 3 b h n d
+                rotary: Tensor | None = None, packing: Packing | None = None) -> Tensor:
+        """x (B, N, D) -> (B, N, D), or with ``packing`` the valid rows (n, D) -> (n, D). With ``cache``,
+        x holds only the new tokens; the mask is (B, 1, N, T + N) over cached + new keys. ``rotary``
+        (B, 1, N, d): angles that rotate each token's query and key (RoPE), so that their dot product
+        depends on where the two tokens lie relative to each other."""
+        qkv = unpack(self.qkv(x), packing)
+        q, k, v = qkv.unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)  # b n (3 h d) -> 3 b h n d
         q, k = self.q_norm(q), self.k_norm(k)
         if rotary is not None:
             q, k = apply_rotary_emb(rotary, q), apply_rotary_emb(rotary, k)
         if cache is not None:
             k, v = cache.append(k, v)
-        return self.proj(attend(q, k, v, mask, self.dropout if self.training else 0.0))
+        return self.proj(pack(attend(q, k, v, mask, self.dropout if self.training else 0.0), packing))
 
 
 class CrossAttention(nn.Module):
@@ -272,14 +275,19 @@ class CrossAttention(nn.Module):
         self.q_norm = qk_norm(dim // heads) if qk_norm else nn.Identity()
         self.k_norm = qk_norm(dim // heads) if qk_norm else nn.Identity()
 
-    def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """memory (B, Ne, D) -> keys, values (B, H, Ne, d): computed once per generation, then cached."""
-        k, v = self.kv(memory).unflatten(-1, (2, self.heads, -1)).permute(2, 0, 3, 1, 4)  # b n (2 h d) -> 2 b h n d
+    def project_kv(self, memory: Tensor, packing: Packing | None = None) -> tuple[Tensor, Tensor]:
+        """memory (B, Ne, D), or with ``packing`` its valid rows (n, D) -> keys, values (B, H, Ne, d): computed
+        once per generation, then cached."""
+        kv = unpack(self.kv(memory), packing)
+        k, v = kv.unflatten(-1, (2, self.heads, -1)).permute(2, 0, 3, 1, 4)  # b n (2 h d) -> 2 b h n d
         return self.k_norm(k), v
 
     def forward(self, x: Tensor, memory: Tensor | None = None, mask: AttentionMask | None = None,
-                kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """x (B, Nq, D), memory (B, Ne, D) or its cached ``kv`` -> (B, Nq, D)."""
-        k, v = kv if kv is not None else self.project_kv(memory)
-        q = self.q_norm(self.q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2))  # b n (h d) -> b h n d
-        return self.proj(attend(q, k, v, mask, self.dropout if self.training else 0.0))
+                kv: tuple[Tensor, Tensor] | None = None, packing: Packing | None = None,
+                memory_packing: Packing | None = None) -> Tensor:
+        """x (B, Nq, D), or with ``packing`` the queries' valid rows (n, D); memory (B, Ne, D), or with
+        ``memory_packing`` its valid rows, or its cached ``kv`` -> x's shape."""
+        k, v = kv if kv is not None else self.project_kv(memory, memory_packing)
+        q = unpack(self.q(x), packing)
+        q = self.q_norm(q.unflatten(-1, (self.heads, -1)).transpose(1, 2))  # b n (h d) -> b h n d
+        return self.proj(pack(attend(q, k, v, mask, self.dropout if self.training else 0.0), packing))

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fourm.model.attention import AttentionMask, CrossAttention, KVCache, SelfAttention
+from fourm.model.packing import Packing
 from fourm.registry import Registry
 
 NORMS: Registry[Callable[[int, bool], nn.Module]] = Registry("norm", {  # (dim, use_bias) -> norm
@@ -86,8 +87,11 @@ class EncoderBlock(nn.Module):
             for p in (*self.attn.proj.parameters(), *last_mlp.parameters()):
                 nn.init.zeros_(p)
 
-    def forward(self, x: Tensor, mask: AttentionMask | None = None, rotary: Tensor | None = None) -> Tensor:
-        x = x + residual_dropout(self.attn(self.norm1(x), mask, rotary=rotary), self.dropout, self.training)
+    def forward(self, x: Tensor, mask: AttentionMask | None = None, rotary: Tensor | None = None,
+                packing: Packing | None = None) -> Tensor:
+        """x (B, N, D), or with ``packing`` its valid rows (n, D) (``fourm.model.packing``)."""
+        x = x + residual_dropout(self.attn(self.norm1(x), mask, rotary=rotary, packing=packing), self.dropout,
+                                 self.training)
         return x + residual_dropout(self.mlp(self.norm2(x)), self.dropout, self.training)
 
 
@@ -108,10 +112,13 @@ class DecoderBlock(nn.Module):
 
     def forward(self, x: Tensor, self_mask: AttentionMask | None, cross_mask: AttentionMask | None,
                 memory: Tensor | None = None, cross_kv: tuple[Tensor, Tensor] | None = None,
-                cache: KVCache | None = None) -> Tensor:
-        """x (B, Nd, D); memory (B, Ne, D), or its keys/values ``cross_kv`` when decoding step by
-        step (then ``cache`` holds this layer's self-attention keys/values so far)."""
+                cache: KVCache | None = None, packing: Packing | None = None,
+                memory_packing: Packing | None = None) -> Tensor:
+        """x (B, Nd, D), or with ``packing`` its valid rows (n, D); memory (B, Ne, D), or with ``memory_packing``
+        its valid rows, or its keys/values ``cross_kv`` when decoding step by step (then ``cache`` holds this
+        layer's self-attention keys/values so far)."""
         p, training = self.dropout, self.training
-        x = x + residual_dropout(self.self_attn(self.norm1(x), self_mask, cache), p, training)
-        x = x + residual_dropout(self.cross_attn(self.norm2(x), memory, cross_mask, cross_kv), p, training)
+        x = x + residual_dropout(self.self_attn(self.norm1(x), self_mask, cache, packing=packing), p, training)
+        cross = self.cross_attn(self.norm2(x), memory, cross_mask, cross_kv, packing, memory_packing)
+        x = x + residual_dropout(cross, p, training)
         return x + residual_dropout(self.mlp(self.norm3(x)), p, training)

@@ -35,6 +35,7 @@ from fourm.model.cross_entropy import IGNORE, cross_entropy_sum, fused_cross_ent
 from fourm.model.embeddings import ModalityEmbeddings, pad_rows, split_by_modality
 from fourm.model.expert import PatchExpertConfig
 from fourm.model.heads import CodebookHead
+from fourm.model.packing import Packing, pack, unpack
 from fourm.model.stems import PIXEL_STEMS
 from fourm.pretrained import PretrainedMixin, register_pretrained
 
@@ -331,9 +332,11 @@ class FourM(nn.Module, PretrainedMixin):
         if self.rotary is not None:
             rows, cols = self.embed.grid_coordinates(batch.enc_mod, batch.enc_pos, valid).unbind(-1)
             rotary = torch.cat([self.rotary(rows), self.rotary(cols)], -1).unsqueeze(1)  # (B, 1, Ne, head dim)
+        packing = Packing.of(valid, x)  # the blocks run on the valid tokens only (fourm.model.packing)
+        x = pack(x, packing)
         for blk in self.encoder:
-            x = blk(x, mask, rotary)
-        return self.encoder_norm(x), valid
+            x = blk(x, mask, rotary, packing)
+        return unpack(self.encoder_norm(x), packing), valid
 
     def encode_features(self, batch: Batch, pool: str = "mean", modalities: list[str] | None = None) -> Features:
         """Encoder outputs of the batch's input tokens of ``modalities`` (default: every input it has),
@@ -381,9 +384,11 @@ class FourM(nn.Module, PretrainedMixin):
         group, pos = batch.dec_group, batch.dec_pos
         self_mask = attention_mask(decoder_mask(group, pos, causal, group, pos, batch.dec_valid))
         cross_mask = attention_mask(memory_valid[:, None, :])
+        packing, memory_packing = Packing.of(batch.dec_valid, x), Packing.of(memory_valid, memory)
+        x, memory = pack(x, packing), pack(memory, memory_packing)
         for blk in self.decoder:
-            x = blk(x, self_mask, cross_mask, memory=memory)
-        return self.decoder_norm(x)
+            x = blk(x, self_mask, cross_mask, memory=memory, packing=packing, memory_packing=memory_packing)
+        return unpack(self.decoder_norm(x), packing)
 
     def start_decoding(self, memory: Tensor, memory_valid: Tensor) -> DecodeCache:
         """An empty decode state over ``memory`` (B, Ne, D): its cross-attention keys and values are

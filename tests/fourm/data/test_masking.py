@@ -246,6 +246,24 @@ def test_unfilled_inputs_keep_a_caption_draw_caption_only():
             assert all(len(o["dec_target"]) == 8 for o in outs)  # the depth target keeps its budget
 
 
+def test_unfilled_targets_leave_a_short_captions_share_empty():
+    """use_target_fill=False (with use_input_fill=False: 4M's masking): the target share a short caption
+    cannot use is padding, not given to the image; filled (the default), the target budget is exact."""
+    mods = table()
+    mix = [DirichletComponent(1.0, {"tok_dinov2_global": 1.0, "*": 0.0}, {"caption": 50.0, "tok_depth": 0.5, "*": 0.0})]
+    caption = list(mods).index("caption")
+    for fill in (False, True):
+        cfg = MaskingConfig(input_budget=4, target_budget=24, mixture=mix, use_target_fill=fill)
+        masker, rng = Masker(mods, cfg, SPECIALS), np.random.default_rng(12)
+        outs = [masker(make_sample(rng, caption_len=6), rng) for _ in range(50)]
+        sizes = [len(o["dec_target"]) for o in outs]
+        assert all((o["dec_mod"] == caption).sum() <= 8 for o in outs)  # [S_0], 6 words, [EOS]
+        if fill:
+            assert set(sizes) == {24}
+        else:
+            assert max(sizes) < 24 and np.mean(sizes) < 12, sizes
+
+
 def test_allocate_without_respread_gives_capped_shares():
     np.testing.assert_array_equal(allocate(10, np.array([0.5, 0.5, 0.0]), np.array([2, 20, 5]), respread=False),
                                   [2, 5, 0])

@@ -224,6 +224,37 @@ def test_a_modalitys_rows_reach_its_head_and_stem_in_a_few_sizes_and_change_noth
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize("grad", [True, False])
+def test_packed_blocks_give_the_padded_loss_gradients_and_outputs(monkeypatch, grad):
+    """The model with packed blocks against the same model with packing switched off: the loss, every
+    gradient, the encoder output at valid tokens and the decoder's logits are the same."""
+    batch = random_batch(tiny_config(), batch_size=4)
+    from fourm.model.packing import Packing
+
+    calls = []
+    real = Packing.of.__func__
+    monkeypatch.setattr(Packing, "of", classmethod(lambda cls, v, like: calls.append(real(cls, v, like)) or calls[-1]))
+    packed = make_model()
+    with torch.set_grad_enabled(grad):
+        out = packed(batch)
+        memory, valid = packed.encode(batch)
+    assert calls and all(c is not None for c in calls)  # the encoder, the decoder and the memory all packed
+    monkeypatch.setattr(Packing, "of", classmethod(lambda cls, v, like: None))
+    plain = make_model()
+    with torch.set_grad_enabled(grad):
+        expected = plain(batch)
+        expected_memory, _ = plain.encode(batch)
+    torch.testing.assert_close(out.loss, expected.loss)
+    torch.testing.assert_close(memory[valid], expected_memory[valid])
+    for name, logits in expected.logits.items():
+        torch.testing.assert_close(out.logits[name].logits, logits.logits, rtol=1e-5, atol=1e-5)
+    if grad:
+        out.loss.backward()
+        expected.loss.backward()
+        for (name, a), b in zip(plain.named_parameters(), packed.parameters(), strict=True):
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_encoder_ignores_padding():
     model, batch = make_model(), random_batch(tiny_config())
     memory, logits, loss = run(model, batch)

@@ -1,0 +1,61 @@
+"""The valid tokens of a padded (B, N) batch as one list of rows, for the row-wise work of the trunk.
+
+A batch holds each sample's tokens padded to the budget: in the reference's tiny training batch a third
+of the decoder's rows are padding (captions of 12-16 tokens leave target slots empty), in the demo's 28%
+of the decoder's and 11% of the encoder's. Everything in a block but attention works row by row -- the
+norms, the qkv / output projections, the MLP, which hold nearly all of its FLOPs -- so the blocks carry
+the residual stream as the valid rows alone, (n, D), and only attention sees the padded (B, N) layout:
+its projections' outputs are scattered into it and its output gathered back (:func:`unpack` and
+:func:`pack`, two passes over (n, C) a layer, against a third of the matmuls saved).
+
+Row counts are bucketed as a head's are (:func:`~fourm.model.embeddings.bucket_rows`: a compiled block
+and oneDNN's bf16 kernels see a few sizes, not any). The extra rows gather the batch's first token and
+scatter into a spare row past the end of the padded layout, which attention never reads: their
+gradient is zero, so they add nothing to the first token's.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from fourm.model.embeddings import bucket_rows
+
+
+class Packing(NamedTuple):
+    gather: Tensor  # (n,) flat positions (into B * N) of the rows, in order; bucket padding repeats position 0
+    scatter: Tensor  # (n,) the same with the padding sent to B * N, the spare row
+    empty: Tensor  # positions (into B * N) that no row lands on: the batch's padding
+    batch: int
+    tokens: int  # N, per sample
+
+    @classmethod
+    def of(cls, valid: Tensor, like: Tensor) -> Packing | None:
+        """``valid`` (B, N) bool -> where its valid tokens are, or None where packing would save no rows
+        (a full batch, or one a bucket rounds back up to B * N). ``like``: a tensor of the rows' dtype,
+        which decides the bucketing (:func:`~fourm.model.embeddings.pads_rows`)."""
+        b, n = valid.shape
+        index = valid.flatten().nonzero().squeeze(1)
+        size = bucket_rows(index.numel(), like)
+        if size >= b * n:
+            return None
+        extra = size - index.numel()
+        return cls(F.pad(index, (0, extra)), F.pad(index, (0, extra), value=b * n),
+                   (~valid).flatten().nonzero().squeeze(1), b, n)
+
+
+def pack(x: Tensor, p: Packing | None) -> Tensor:
+    """(B, N, C) -> (n, C), the packed rows; unchanged without a packing."""
+    return x if p is None else x.flatten(0, 1).index_select(0, p.gather)
+
+
+def unpack(rows: Tensor, p: Packing | None) -> Tensor:
+    """(n, C) -> (B, N, C), zeros where no row lands; unchanged without a packing."""
+    if p is None:
+        return rows
+    # zeros written only where no row lands: a zero-filled buffer first cost 12x as much (the fill,
+    # then index_copy's out-of-place clone of it, both over fresh pages)
+    out = rows.new_empty(p.batch * p.tokens + 1, rows.shape[-1]).index_copy_(0, p.scatter, rows)
+    return out[:-1].index_fill_(0, p.empty, 0.0).view(p.batch, p.tokens, -1)
