@@ -304,8 +304,9 @@ class FourM(nn.Module, PretrainedMixin):
         crashed on a warm compile cache (a garbage view shape replaying the split frame's outputs).
         """
         device = next(self.parameters()).device
-        for backward in (True, False):
-            attention_kernel(device, torch.bfloat16, backward)
+        for dtype in (torch.bfloat16, torch.float32):  # fp32 too: a key added after tracing recompiled every block
+            for backward in (True, False):
+                attention_kernel(device, dtype, backward)
         for blk in [*self.encoder, *self.decoder]:
             blk.compile(**kwargs)
         self.cross_entropy = torch.compile(fused_cross_entropy_sum, dynamic=True, **kwargs)

@@ -467,8 +467,12 @@ def test_compiled_blocks_with_matmul_attention_give_the_eager_loss_and_gradients
 def test_compile_decides_attention_precision_before_anything_is_traced(attention_timings):
     """Timed inside a compiled block, the clock would break the block's graph (and torch 2.13 crashed
     replaying the split frame from a warm cache): ``compile()`` decides it first, for training and inference."""
+    from fourm.model import attention
+
     make_model().compile()
     assert sorted(attention_timings) == [(torch.bfloat16, False), (torch.bfloat16, True)]
+    # fp32 is not timed, but decided too: a key first added inside a traced block recompiled every block
+    assert {("cpu", torch.float32, True), ("cpu", torch.float32, False)} <= set(attention._KERNEL)
 
 
 @pytest.mark.slow
