@@ -1,12 +1,12 @@
 """The valid tokens of a padded (B, N) batch as one list of rows, for the row-wise work of the trunk.
 
-A batch holds each sample's tokens padded to the budget: in the reference's tiny training batch a third
-of the decoder's rows are padding (captions of 12-16 tokens leave target slots empty), in the demo's 28%
-of the decoder's and 11% of the encoder's. Everything in a block but attention works row by row -- the
-norms, the qkv / output projections, the MLP, which hold nearly all of its FLOPs -- so the blocks carry
-the residual stream as the valid rows alone, (n, D), and only attention sees the padded (B, N) layout:
-its projections' outputs are scattered into it and its output gathered back (:func:`unpack` and
-:func:`pack`, two passes over (n, C) a layer, against a third of the matmuls saved).
+A batch holds each sample's tokens padded to the budget. Masked as the reference masks its benchmark's
+batch (budget a 12-16-token caption cannot use stays empty), 37% of the encoder's rows and 46% of the
+decoder's are padding; in the demo's batches 11% and 28%. Everything in a block but attention works row
+by row -- the norms, the qkv / output projections, the MLP, which hold nearly all of its FLOPs -- so the
+blocks carry the residual stream as the valid rows alone, (n, D), and only attention sees the padded
+(B, N) layout: its projections' outputs are scattered into it and its output gathered back
+(:func:`unpack` and :func:`pack`, a pass over (n, C) each, against the padding's share of the matmuls).
 
 Row counts are bucketed as a head's are (:func:`~fourm.model.embeddings.bucket_rows`: a compiled block
 and oneDNN's bf16 kernels see a few sizes, not any). The extra rows gather the batch's first token and
