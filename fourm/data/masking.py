@@ -23,9 +23,9 @@ modality holds (for an image target: what its inputs left), the excess is re-spr
 filling, and what sequences leave unused after masking goes to the set-like modalities. With
 ``use_input_fill=False`` inputs get their Dirichlet share and no more (a draw that puts the budget on a
 20-token caption shows the caption alone); ``use_target_fill=False`` does the same for targets (both
-off is 4M's own masking, where such budget is padding). Only modalities the
-chosen component offers (alpha > 0) receive any budget, so an RGB-to-all draw never leaks other
-inputs; where the offered ones run out, the rest is padding.
+off is 4M's own masking, where such budget is padding). Only modalities the chosen component offers
+(alpha > 0) receive any budget, so an RGB-to-all draw never leaks other inputs; where the offered ones
+run out, the rest is padding.
 
 A masked sample is a dict of flat int64 arrays (encoder: ``enc_ids, enc_mod, enc_pos``; decoder:
 ``dec_ids, dec_target, dec_mod, dec_pos, dec_group``); :func:`collate` pads a list of them into a
@@ -118,9 +118,10 @@ class MaskingConfig:
     # on the demo corpus (nano, 900-1000 steps) held-out loss of depth given only the caption was
     # 0.78x the unigram baseline filled, 0.49x not. But the evaluation, which gives whole modalities,
     # was better filled (RGB -> semseg mIoU 0.318 vs 0.295, boxes P/R 0.015/0.013 vs 0/0, caption ->
-    # image R@1 0.062 vs 0.000): the default. Targets are always re-spread.
+    # image R@1 0.062 vs 0.000): the default.
     use_input_fill: bool = True
-    # the same for the target budget; re-spread by default (unused, it would be padding the decoder skips)
+    # the same for the target budget, re-spread by default; off (with use_input_fill off) is 4M's masking,
+    # whose unused budget is padding (the blocks skip it: fourm.model.packing)
     use_target_fill: bool = True
 
     def __post_init__(self):

@@ -225,22 +225,23 @@ def test_a_modalitys_rows_reach_its_head_and_stem_in_a_few_sizes_and_change_noth
 
 
 @pytest.mark.parametrize("grad", [True, False])
-def test_packed_blocks_give_the_padded_loss_gradients_and_outputs(monkeypatch, grad):
-    """The model with packed blocks against the same model with packing switched off: the loss, every
-    gradient, the encoder output at valid tokens and the decoder's logits are the same."""
-    batch = random_batch(tiny_config(), batch_size=4)
+@pytest.mark.parametrize("overrides", [{}, {"use_rotary": True, "use_qk_norm": True, "use_bias": True}])
+def test_packed_blocks_give_the_padded_loss_gradients_and_outputs(monkeypatch, grad, overrides):
+    """The model with packed blocks (fourm.model.packing) against the same model with packing switched off:
+    the loss, every gradient, the encoder output at valid tokens and the decoder's logits are the same."""
     from fourm.model.packing import Packing
 
+    batch = random_batch(tiny_config(), batch_size=4)
     calls = []
     real = Packing.of.__func__
     monkeypatch.setattr(Packing, "of", classmethod(lambda cls, v, like: calls.append(real(cls, v, like)) or calls[-1]))
-    packed = make_model()
+    packed = make_model(**overrides)
     with torch.set_grad_enabled(grad):
         out = packed(batch)
         memory, valid = packed.encode(batch)
     assert calls and all(c is not None for c in calls)  # the encoder, the decoder and the memory all packed
     monkeypatch.setattr(Packing, "of", classmethod(lambda cls, v, like: None))
-    plain = make_model()
+    plain = make_model(**overrides)
     with torch.set_grad_enabled(grad):
         expected = plain(batch)
         expected_memory, _ = plain.encode(batch)
