@@ -130,7 +130,7 @@ def nucleus_threshold(log_w: Tensor, top_p: float, weights: Tensor | None = None
     """(n, V) log-weights on the CPU (logits, up to a per-row shift and a positive scale) -> (n, 1): the
     smallest log-weight of each row's nucleus, the fewest best tokens that hold at least ``top_p`` of the
     mass (a token stays while the better ones hold less than ``top_p``; tokens tied with the last one stay
-    too). ``weights``: exp(log_w - row max), when the caller has them.
+    too). ``weights``: exp(log_w), from a caller whose log-weights peak at 0 in every row (``_weights``).
 
     No sort of the vocabulary (the public 4M code sorts every position's logits with their indices at
     every step, 40% of its MaskGIT time on a CPU): a histogram of each row's mass over
@@ -138,15 +138,16 @@ def nucleus_threshold(log_w: Tensor, top_p: float, weights: Tensor | None = None
     ``top_p``, and only that bucket's tokens (tens of a 16k vocabulary) are ordered.
     """
     scratch = scratch or Scratch()
-    x = log_w.detach().numpy()
-    n = len(x)
-    top = x.max(-1, keepdims=True)
-    w = np.exp(x - top) if weights is None else weights.numpy()
+    given = log_w.detach().numpy()
+    n, vocab = given.shape
+    x = given if weights is not None else given - given.max(-1, keepdims=True)  # rows peaking at 0
+    w = np.exp(x) if weights is None else weights.numpy()
     last = NUCLEUS_BUCKETS - 1
-    scale = (last / np.clip(top - x.min(-1, keepdims=True), 1e-6, NUCLEUS_SPAN)).astype(np.float32)
-    # 0 holds the best; monotone in the log-weight (the cast to int truncates: a floor of values >= 0)
-    scaled = np.subtract(top, x, out=scratch("scaled", x.shape))
-    np.minimum(np.multiply(scaled, scale, out=scaled), last, out=scaled)
+    scale = (-last / np.clip(-x.min(-1, keepdims=True), 1e-6, NUCLEUS_SPAN)).astype(np.float32)
+    # 0 holds the best; monotone in the log-weight (the cast to int truncates: a floor of values >= 0, and a
+    # best token a rounding above 0 still lands in 0)
+    scaled = np.multiply(x, scale, out=scratch("scaled", x.shape))
+    np.minimum(scaled, last, out=scaled)
     bucket = scratch("bucket", x.shape, np.int32)
     bucket[:] = scaled
     index = scratch("index", x.shape, np.int64)  # scatter's index type; AVX2 converts float -> int32 -> int64 faster
@@ -157,11 +158,11 @@ def nucleus_threshold(log_w: Tensor, top_p: float, weights: Tensor | None = None
     goal = reach[:, -1] * top_p
     cross = np.minimum(np.count_nonzero(reach < goal[:, None], -1), last)  # the first bucket that holds the goal
     before = np.where(cross > 0, reach[np.arange(n), np.maximum(cross - 1, 0)], 0.0)
-    # that bucket's tokens, by row (row-major order), each row's best first
-    inside = np.equal(bucket, cross[:, None].astype(np.int32), out=scratch("mask", x.shape, np.bool_))
-    values, mass_in = x[inside], w[inside].astype(np.float64)
-    counts = np.count_nonzero(inside, axis=-1)
-    rows = np.repeat(np.arange(n), counts)
+    # that bucket's tokens (tens of a 16k row), by row in row-major order, each row's best first
+    found = np.flatnonzero(np.equal(bucket, cross[:, None].astype(np.int32), out=scratch("mask", x.shape, np.bool_)))
+    rows = found // vocab
+    values, mass_in = given.reshape(-1)[found], w.reshape(-1)[found].astype(np.float64)
+    counts = np.bincount(rows, minlength=n)
     order = np.lexsort((-values, rows))
     values, mass_in = values[order], mass_in[order]
     start = np.cumsum(counts) - counts
