@@ -142,12 +142,13 @@ def nucleus_threshold(log_w: Tensor, top_p: float, weights: Tensor | None = None
     n, vocab = given.shape
     x = given if weights is not None else given - given.max(-1, keepdims=True)  # rows peaking at 0
     w = np.exp(x) if weights is None else weights.numpy()
-    last = NUCLEUS_BUCKETS - 1
-    scale = (-last / np.clip(-x.min(-1, keepdims=True), 1e-6, NUCLEUS_SPAN)).astype(np.float32)
+    last, spread = NUCLEUS_BUCKETS - 1, -x.min(-1, keepdims=True)
+    scale = (-last / np.clip(spread, 1e-6, NUCLEUS_SPAN)).astype(np.float32)
     # 0 holds the best; monotone in the log-weight (the cast to int truncates: a floor of values >= 0, and a
     # best token a rounding above 0 still lands in 0)
     scaled = np.multiply(x, scale, out=scratch("scaled", x.shape))
-    np.minimum(scaled, last, out=scaled)
+    if (spread > NUCLEUS_SPAN).any():  # rows reaching past the span (a filtered -inf among them): their tail in last
+        np.minimum(scaled, last, out=scaled)
     bucket = scratch("bucket", x.shape, np.int32)
     bucket[:] = scaled
     index = scratch("index", x.shape, np.int64)  # scatter's index type; AVX2 converts float -> int32 -> int64 faster
