@@ -57,15 +57,11 @@ def pad_rows(idx: Tensor, x: Tensor) -> Tensor:
     modality's rows take ~30 sizes instead of ~1500; the padding costs at most 2x the rows below 64
     and 63 rows above, and nothing at one row (a step of autoregressive decoding).
     """
-    n, size = idx.numel(), bucket_rows(idx.numel(), x)
+    n = idx.numel()
+    if not pads_rows(x):
+        return idx
+    size = 1 << max(n - 1, 0).bit_length() if n <= 64 else -(-n // 64) * 64
     return torch.cat([idx, idx[:1].expand(size - n)]) if size > n > 0 else idx
-
-
-def bucket_rows(n: int, x: Tensor) -> int:
-    """How many rows ``pad_rows`` makes of ``n`` rows of ``x``: ``n`` itself where ``pads_rows`` is false."""
-    if not pads_rows(x) or n == 0:
-        return n
-    return 1 << (n - 1).bit_length() if n <= 64 else -(-n // 64) * 64
 
 
 def pads_rows(x: Tensor) -> bool:

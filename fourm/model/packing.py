@@ -8,9 +8,9 @@ blocks carry the residual stream as the valid rows alone, (n, D), and only atten
 (B, N) layout: its projections' outputs are scattered into it and its output gathered back
 (:func:`unpack` and :func:`pack`, a pass over (n, C) each, against the padding's share of the matmuls).
 
-Row counts are bucketed as a head's are (:func:`~fourm.model.embeddings.bucket_rows`: a compiled block
-and oneDNN's bf16 kernels see a few sizes, not any). The extra rows gather the batch's first token and
-scatter into a spare row past the end of the padded layout, which attention never reads: their
+Row counts are bucketed as a head's are (:func:`~fourm.model.embeddings.pad_rows`: a compiled block
+and oneDNN's bf16 kernels see a few sizes, not any). The extra rows gather the batch's first valid token
+and scatter into a spare row past the end of the padded layout, which attention never reads: their
 gradient is zero, so they add nothing to the first token's.
 """
 
@@ -21,11 +21,11 @@ from typing import NamedTuple
 import torch.nn.functional as F
 from torch import Tensor
 
-from fourm.model.embeddings import bucket_rows
+from fourm.model.embeddings import pad_rows
 
 
 class Packing(NamedTuple):
-    gather: Tensor  # (n,) flat positions (into B * N) of the rows, in order; bucket padding repeats position 0
+    gather: Tensor  # (n,) flat positions (into B * N) of the rows, in order; bucket padding repeats the first
     scatter: Tensor  # (n,) the same with the padding sent to B * N, the spare row
     empty: Tensor  # positions (into B * N) that no row lands on: the batch's padding
     batch: int
@@ -38,12 +38,11 @@ class Packing(NamedTuple):
         which decides the bucketing (:func:`~fourm.model.embeddings.pads_rows`)."""
         b, n = valid.shape
         index = valid.flatten().nonzero().squeeze(1)
-        size = bucket_rows(index.numel(), like)
-        if size >= b * n:
+        gather = pad_rows(index, like)
+        if gather.numel() >= b * n:
             return None
-        extra = size - index.numel()
-        return cls(F.pad(index, (0, extra)), F.pad(index, (0, extra), value=b * n),
-                   (~valid).flatten().nonzero().squeeze(1), b, n)
+        scatter = F.pad(index, (0, gather.numel() - index.numel()), value=b * n)
+        return cls(gather, scatter, (~valid).flatten().nonzero().squeeze(1), b, n)
 
 
 def pack(x: Tensor, p: Packing | None) -> Tensor:
