@@ -14,14 +14,16 @@ change on a shared machine hits every case alike; the 1-minute load average befo
 printed. Beside wall time, the process' CPU time: on a shared machine (here often 4-8 busy processes
 on 2 cores) a single-threaded run waits for the CPU much of its wall time, and its CPU time is what
 the same run takes on an idle core (up to memory-bandwidth contention). Each case's model FLOPs
-(``torch.utils.flop_counter``) divided by its CPU time gives its rate, printed beside a large
-matmul's rate measured in the same rounds: a case near that rate is bound by its arithmetic, not by
-overhead. For autoregression, "marginal" is the cost of one more token, (t64 - t32) / 32: the
-per-token cost without the one encoder pass. Reference figures (the public implementation on this
-machine) are printed beside ours; ``--reference`` replaces them with figures measured now: a saved
-stdout of the reference's ``bench_ml4m.py`` or the folder holding it, which is then run first with
-the same threads (``benchmarks/reference.py``), and the ratio of its fastest run to ours. On a machine
-whose speed drifts (a shared VM: the same reference run took 3.3-3.9 s for MaskGIT within two hours),
+(``torch.utils.flop_counter``, with the int8 linear's 2 K N per row added) divided by its CPU time gives
+its rate, printed as a share ("of mm") of a large matmul's rate in the same precision (int8: the same
+fbgemm kernel), measured in the same rounds: a case near 100% is bound by its arithmetic, not by
+overhead, and at the same model FLOPs no implementation with that kernel runs it much faster. For
+autoregression, "marginal" is the cost of one more token, (t64 - t32) / 32: the per-token cost without
+the one encoder pass. Reference figures (the public implementation on this machine) are printed beside
+ours; ``--reference`` replaces them with figures measured now: a saved stdout of the reference's
+``bench_ml4m.py`` or the folder holding it, which is then run first with the same threads
+(``benchmarks/reference.py``), and the ratio of its fastest run to ours. On a machine whose speed drifts
+(a shared VM: the same reference run took 3.3-3.9 s for MaskGIT within two hours),
 ``--pairs N`` runs the reference folder and then ours N times and adds the median of the pairs' ratios.
 """
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import statistics
 import sys
@@ -41,7 +44,7 @@ import torch
 
 from fourm.generation import GenerationState, Target, build_schedule, generate
 from fourm.modalities import ModalityScale
-from fourm.model.precision import quantize_int8
+from fourm.model.precision import quantize_int8, resolve_precision
 from fourm.model.sizes import create_model
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -60,10 +63,11 @@ class Case:
     run: Callable[[], object]
     per_token: int = 0  # > 0: report ms per token over this many tokens
     reference: str = ""  # the public implementation, this machine
+    precision: str = "fp32"  # what it computes in: its rate is read against the matmul case's of the same
 
 
 def build_cases(model, precision: str = "fp32") -> list[Case]:
-    weights = model  # the floor below reads the fp32 weights
+    weights, kind = model, precision  # the floor below reads the fp32 weights
     if precision == "int8":  # what Pipeline(precision="int8") runs: a copy with int8 linear weights
         model, precision = quantize_int8(model), "fp32"
     g = torch.Generator().manual_seed(0)
@@ -102,9 +106,20 @@ def build_cases(model, precision: str = "fp32") -> list[Case]:
               if isinstance(m, torch.nn.Linear) and not n.endswith("cross_attn.kv")]  # cross K/V: cached
     read = [(torch.zeros(1, m.in_features, device=device), m.weight) for m in [*layers, weights.heads["caption"]]]
     read_mb = sum(w.numel() * w.element_size() for _, w in read) / 1e6
-    a, w = torch.randn(196, 384, device=device), torch.randn(16384, 384, device=device)
-    return [
-        Case("matmul 196x384x16384 (x10)", lambda: [torch.nn.functional.linear(a, w) for _ in range(10)]),
+    # a large matmul in the cases' precision (int8: the kernel the quantized layers call): each case's rate
+    # is printed as a share of its rate, so a case near 100% is bound by its arithmetic, not by overhead
+    a = torch.randn(196, 384, device=device)
+    head = torch.nn.Linear(384, 16384, bias=False, device=device).requires_grad_(False)
+    if kind == "int8":
+        head = quantize_int8(torch.nn.Sequential(head))[0]
+    bf16 = resolve_precision(kind, device) == "bf16"
+
+    def matmul():
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            return [head(a) for _ in range(10)]
+
+    cases = [
+        Case("matmul 196x384x16384 (x10)", matmul),
         Case("ar floor: token's weights, b1", lambda: [torch.nn.functional.linear(x, w) for x, w in read], per_token=1,
              reference=f"{read_mb:.0f} MB read"),
         Case("maskgit 8 steps, b1", to_image(1), reference="2.0 s"),
@@ -116,6 +131,15 @@ def build_cases(model, precision: str = "fp32") -> list[Case]:
         Case("ar caption 32, uncached", to_caption(32, False), per_token=32, reference="61-67 ms/token"),
         Case("ar caption 64, uncached", to_caption(64, False), per_token=64, reference="61-67 ms/token"),
     ]
+    return [dataclasses.replace(case, precision=kind) for case in cases]
+
+
+def _int8_linear_flops(x_shape, packed, reduce_range, out_shape=None, **kwargs) -> int:
+    """(.., K) @ (K, N): 2 K N per row, as for an fp32 linear (torch's flop counter has no formula for it)."""
+    return 2 * math.prod(x_shape) * out_shape[-1]
+
+
+INT8_FLOPS = {torch.ops.quantized.linear_dynamic: _int8_linear_flops}
 
 
 def measure(cases: list[Case], repeats: int, sync: Callable[[], object]) -> tuple[dict, dict]:
@@ -156,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     sync = torch.cuda.synchronize if model.embed.mask_token.is_cuda else (lambda: None)
     cases = build_cases(model, args.precision[0])
     for precision in args.precision[1:]:  # the parallel cases again (autoregression stays in fp32 or int8)
-        schemes = ("maskgit", "roar", "ar caption") if precision == "int8" else ("maskgit", "roar")
+        schemes = ("matmul", "maskgit", "roar", *(("ar caption",) if precision == "int8" else ()))
         cases += [dataclasses.replace(c, name=f"{c.name} {precision}") for c in build_cases(model, precision)
                   if c.name.startswith(schemes)]
     if args.cases:
@@ -166,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
 
     flops = {}
     for case in cases:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False, custom_mapping=INT8_FLOPS) as counter:
             case.run()
         flops[case.name] = counter.get_total_flops()
     load_before = os.getloadavg()[0]
@@ -182,8 +206,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"FourM tiny ({model.num_params(trunk_only=True) / 1e6:.1f}M trunk), tok_rgb 196 x 16384, caption 30000; "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} cpus, load {load_before:.1f} -> {load_after:.1f}; "
           f"median of {args.repeats * args.pairs}" + (f" in {args.pairs} pairs with the reference" * (args.pairs > 1)))
-    print(f"{'case':34} {'wall median':>13} {'wall min':>13} {'CPU median':>13} {'GFLOP':>7} {'GFLOP/s':>8}"
-          "   reference")
+    # each precision's large-matmul rate, which that precision's cases' rates are read against
+    peaks = {c.precision: flops[c.name] / 1e9 / statistics.median(cpu[c.name]) for c in cases
+             if c.name.startswith("matmul")}
+    print(f"{'case':34} {'wall median':>13} {'wall min':>13} {'CPU median':>13} {'GFLOP':>7} {'GFLOP/s':>8} "
+          f"{'of mm':>6}   reference")
     for case in cases:
         figures = (statistics.median(times[case.name]), min(times[case.name]), statistics.median(cpu[case.name]))
         if case.per_token:
@@ -191,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             shown = [f"{x:.3f} s" for x in figures]
         rate = flops[case.name] / 1e9 / figures[2]
+        share = f"{rate / peaks[case.precision]:6.0%}" if case.precision in peaks else ""
         # the reference's fastest run of this case (its names have no precision suffix), beside our fastest
         key = max((k for k in (references[0] if references else {}) if case.name.startswith(k)), key=len, default=None)
         if key:
@@ -203,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
                 text += f", pairs' median {pair:.1f}x"
             case = dataclasses.replace(case, reference=text)
         print(f"{case.name:34} {shown[0]:>13} {shown[1]:>13} {shown[2]:>13} {flops[case.name] / 1e9:7.1f} "
-              f"{rate:8.1f}   {case.reference}")
+              f"{rate:8.1f} {share:>6}   {case.reference}")
     for kind in ("cached", "uncached"):
         short, long_ = f"ar caption 32, {kind}", f"ar caption 64, {kind}"
         if short in times and long_ in times:

@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py                                   # tiny, fp32 and bf16, eager
     python benchmarks/train_step.py --precision fp32 --compile off on --steps 10 --threads 2
+    python benchmarks/train_step.py --precision fp32 --activation-checkpointing off on --batch 32
 
 The reference's tiny configuration (4M-21, arXiv 2406.09406): 6 + 6 layers, width 384, SwiGLU,
 batch 8, 128 input and 128 target tokens per sample over two modalities: ``tok_rgb`` (196 tokens,
@@ -28,6 +29,10 @@ The peak is measured here: the best of several square matmuls (512 and 1024 on a
 (shared, possibly busy) gives now. On a CPU both clocks are reported: wall time, and CPU time of
 the process divided by its threads (which a busy neighbour does not inflate); MFU by either clock
 uses the peak measured by the same clock.
+``--activation-checkpointing on`` recomputes each block in the backward (``train.use_activation_checkpointing``);
+each configuration's peak memory of one step (weights, gradients, optimizer state, activations and
+temporaries) is measured apart from the timed steps: by torch's ``MemTracker`` on a CPU (the CPU
+allocator keeps no statistics), by the allocator's high-water on a GPU.
 Timings are medians; ``--repeats`` interleaves the configurations (A B A B ...) so a neighbour's
 load spreads over all of them.
 
@@ -151,26 +156,31 @@ class Clock:
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 1.0) -> tuple[float, float]:
     """Best FLOP/s of square matmuls in ``dtype`` at the current thread count -> (by wall time,
-    by CPU time per thread; the latter only means something on a CPU)."""
+    by CPU time per thread; the latter only means something on a CPU). Each sample times enough
+    matmuls to last ~50 ms: the kernel adds a worker thread's CPU time to the process's only at its
+    scheduler ticks, so a single ~1 ms matmul on two threads read as one thread's time, and double the rate."""
     best_wall = best_cpu = 0.0
     threads = torch.get_num_threads()
     for n in (512, 1024) if device.type == "cpu" else (4096, 8192):
         a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
-        a @ b
+        with Clock(device) as c:
+            a @ b  # warm-up, and the time of one
+        reps = max(1, round(0.05 / max(c.wall, 1e-6)))
         end, samples = time.perf_counter() + seconds / 2, 0
         while time.perf_counter() < end or samples < 3:  # slow (emulated bf16) matmuls: 3 samples at least
             samples += 1
             with Clock(device) as c:
-                a @ b
-            best_wall = max(best_wall, 2 * n**3 / c.wall)
-            best_cpu = max(best_cpu, 2 * n**3 / max(c.cpu / threads, 1e-9))
+                for _ in range(reps):
+                    a @ b
+            best_wall = max(best_wall, reps * 2 * n**3 / c.wall)
+            best_cpu = max(best_cpu, reps * 2 * n**3 / max(c.cpu / threads, 1e-9))
     return best_wall, best_cpu
 
 
 class Runner:
-    """One configuration (precision, compile): its model, optimizer and step function."""
+    """One configuration (precision, compile, activation checkpointing): its model, optimizer and step function."""
 
-    def __init__(self, setup: Setup, precision: str, compile: bool, device: torch.device):
+    def __init__(self, setup: Setup, precision: str, compile: bool, recompute: bool, device: torch.device):
         from fourm.train.loop import TrainConfig, build_optimizer
 
         torch.manual_seed(setup.seed)
@@ -179,14 +189,15 @@ class Runner:
         self.batches = [b.to(device) for b in batches]
         self.device = device
         self.optimizer = build_optimizer(self.model, TrainConfig())
+        self.model.checkpoint_activations(recompute)
         if compile:
             self.model.compile()  # as the loop does: FourM compiles its blocks
-        self.precision, self.compile = precision, compile
+        self.precision, self.compile, self.recompute = precision, compile, recompute
         self.flops = [model_flops(self.model, b) for b in self.batches]
         self.tokens = [int(b.enc_valid.sum() + b.dec_valid.sum()) for b in self.batches]
         self.i = 0
         self.times: list[tuple[float, float, float, int]] = []  # (wall s, cpu s, FLOPs, tokens) per step
-        self.peak_bytes = 0  # CUDA only: the most allocated during this configuration's steps
+        self.peak_bytes = 0  # the most allocated during one of this configuration's steps (measure_peak)
 
     def step(self) -> tuple[float, float, float, int]:
         """One training step, as the loop does it -> (wall s, cpu s, model FLOPs, tokens)."""
@@ -201,14 +212,26 @@ class Runner:
         return c.wall, c.cpu, self.flops[i], self.tokens[i]
 
     def run(self, steps: int, timed: bool = True) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
         for _ in range(steps):
             t = self.step()
             if timed:
                 self.times.append(t)
+
+    def measure_peak(self) -> None:
+        """The peak memory of one step, untimed: the allocator's high-water on a GPU; on a CPU torch's
+        ``MemTracker``, which follows every tensor's storage (and slows the step it watches)."""
         if self.device.type == "cuda":
-            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.step()
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+            return
+        from torch.distributed._tools.mem_tracker import MemTracker
+
+        tracker = MemTracker()
+        tracker.track_external(self.model, self.optimizer)
+        with tracker:
+            self.step()
+        self.peak_bytes = sum(snapshot["Total"] for snapshot in tracker.get_tracker_snapshot("peak").values())
 
 
 def peak_rss_mib() -> float:
@@ -219,6 +242,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
+    p.add_argument("--activation-checkpointing", nargs="+", default=["off"], choices=["off", "on"],
+                   help="recompute each block in the backward (train.use_activation_checkpointing)")
     p.add_argument("--size", default="tiny")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--batches", type=int, default=8, help="distinct batches, cycled (training sees each once)")
@@ -243,9 +268,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   fill=args.fill)
 
     load = os.getloadavg()[0]
-    runners = [Runner(setup, prec, c == "on", device) for prec in args.precision for c in args.compile]
+    runners = [Runner(setup, prec, c == "on", a == "on", device) for prec in args.precision for c in args.compile
+               for a in args.activation_checkpointing]
     for r in runners:
         r.run(args.warmup, timed=False)
+        r.measure_peak()
     peaks = {prec: (0.0, 0.0) for prec in args.precision}
     reference_ms: list[float] = []
     for _ in range(args.repeats):
@@ -280,23 +307,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row = dict(precision=r.precision, compile=r.compile, ms_per_step=1e3 * wall, tokens_per_s=tokens / wall,
                    gflop_per_step=flops / 1e9, gflop_per_s=flops / wall / 1e9, mfu=flops / wall / peak_wall,
                    peak_gflop_per_s=peak_wall / 1e9, steps=len(r.times), threads=threads, device=str(device))
+        row.update(activation_checkpointing=r.recompute, peak_memory_mib=r.peak_bytes / 2**20)
         if device.type == "cpu":
             row.update(cpu_ms_per_step=1e3 * cpu, mfu_cpu_time=flops / cpu / peak_cpu)
-        else:
-            row.update(peak_memory_mib=r.peak_bytes / 2**20)
         if reference_ms:
             row.update(reference_ms_per_step=reference, speedup=reference / row["ms_per_step"])
         rows.append(row)
         extra = (f"; by CPU time {row['cpu_ms_per_step']:.0f} ms/step, MFU {100 * row['mfu_cpu_time']:.0f}%"
-                 if device.type == "cpu" else f"; peak memory {row['peak_memory_mib']:.0f} MiB")
-        print(f"{r.precision} compile={'on' if r.compile else 'off'}: {row['ms_per_step']:.0f} ms/step, "
+                 if device.type == "cpu" else "") + f"; peak memory {row['peak_memory_mib']:.0f} MiB"
+        print(f"{r.precision} compile={'on' if r.compile else 'off'}"
+              + " activation-checkpointing=on" * r.recompute + f": {row['ms_per_step']:.0f} ms/step, "
               f"{row['tokens_per_s']:.0f} tokens/s, {row['gflop_per_step']:.1f} GFLOP/step, "
               f"{row['gflop_per_s']:.1f} GFLOP/s, MFU {100 * row['mfu']:.0f}% (median of {len(r.times)}){extra}"
               + (f"; {row['speedup']:.2f}x the reference" if reference_ms else ""))
     if any(row["mfu"] > 1 for row in rows):
         print("wall-clock MFU over 100%: the machine was busier during the peak's rounds than during the steps; "
               "trust the CPU-time figures")
-    # the CPU allocator keeps no statistics: the process's RSS high-water covers every configuration run
+    # beside each configuration's own peak: what the operating system saw, all configurations together
     print(f"peak memory (RSS high-water of the process, all configurations): {peak_rss_mib():.0f} MiB")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "peak_rss_mib": peak_rss_mib()}, indent=2) + "\n")

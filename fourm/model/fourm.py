@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from rotary_embedding_torch import RotaryEmbedding
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from fourm.kinds import KINDS
 from fourm.modalities import MODALITIES, Modality, ModalityScale, get_modality, parse_modalities
@@ -254,6 +255,7 @@ class FourM(nn.Module, PretrainedMixin):
         self.heads = nn.ModuleDict() if config.use_tied_heads else nn.ModuleDict(
             {n: self._head(n) for n in self.targets})
         self.cross_entropy = cross_entropy_sum  # compile() swaps in a compiled one
+        self.activation_checkpointing = False  # checkpoint_activations() turns it on
         self._init_weights()
 
     def _head(self, name: str) -> nn.Module:
@@ -311,6 +313,24 @@ class FourM(nn.Module, PretrainedMixin):
             blk.compile(**kwargs)
         self.cross_entropy = torch.compile(fused_cross_entropy_sum, dynamic=True, **kwargs)
 
+    def checkpoint_activations(self, enabled: bool = True) -> None:
+        """Activation checkpointing (``train.use_activation_checkpointing``): under gradients each encoder
+        and decoder block keeps only its inputs for the backward, which runs the block's forward again
+        for the rest. A block's saved activations (norms, projections, attention, the SwiGLU's 2 x 4D-wide
+        hidden) are many times its input, so the trunk's activation memory shrinks to about one
+        (tokens, D) tensor per block, for a second forward of the blocks (about a third more compute).
+
+        Per block, with torch's non-reentrant checkpoint: it composes with compiled blocks (the compiled
+        forward runs again) and with FSDP's per-block units (the backward's unshard serves the recompute).
+        """
+        self.activation_checkpointing = enabled
+
+    def _block(self, block: nn.Module, *args, **kwargs) -> Tensor:
+        """``block(*args, **kwargs)``, recomputed in the backward where activations are checkpointed."""
+        if self.activation_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False, **kwargs)
+        return block(*args, **kwargs)
+
     def fsdp_units(self) -> list[nn.Module]:
         """What FSDP gathers and frees as one unit (``fourm.train.parallel.shard``): each block, so one
         block's full weights are alive at a time; the embeddings and heads form the root unit."""
@@ -336,7 +356,7 @@ class FourM(nn.Module, PretrainedMixin):
         packing = Packing.of(valid, x)  # the blocks run on the valid tokens only (fourm.model.packing)
         x = pack(x, packing)
         for blk in self.encoder:
-            x = blk(x, mask, rotary, packing)
+            x = self._block(blk, x, mask, rotary, packing)
         return unpack(self.encoder_norm(x), packing), valid
 
     def encode_features(self, batch: Batch, pool: str = "mean", modalities: list[str] | None = None) -> Features:
@@ -388,7 +408,8 @@ class FourM(nn.Module, PretrainedMixin):
         packing, memory_packing = Packing.of(batch.dec_valid, x), Packing.of(memory_valid, memory)
         x, memory = pack(x, packing), pack(memory, memory_packing)
         for blk in self.decoder:
-            x = blk(x, self_mask, cross_mask, memory=memory, packing=packing, memory_packing=memory_packing)
+            x = self._block(blk, x, self_mask, cross_mask, memory=memory, packing=packing,
+                            memory_packing=memory_packing)
         return unpack(self.decoder_norm(x), packing)
 
     def start_decoding(self, memory: Tensor, memory_valid: Tensor) -> DecodeCache:

@@ -51,6 +51,10 @@ class TrainConfig:
     grad_accum: int = 1
     precision: str = "auto"  # auto (bf16 where a timed matmul finds it faster: fast_bf16, else fp32) | bf16 | fp32
     use_compile: bool = False
+    # recompute each block's activations in the backward: far less activation memory (bigger batches or
+    # models on one device) for about a third more compute; the model says what to recompute
+    # (``checkpoint_activations()``: FourM's blocks)
+    use_activation_checkpointing: bool = False
     parallel: str = "ddp"  # over several processes: ddp (replicas) | fsdp (shards: fourm.train.parallel)
     eval_every: int = 250  # 0: only at the end
     save_every: int = 250
@@ -155,10 +159,20 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
     if cfg.use_compile:
         check_compiler(accelerator.device)
     sharded = cfg.parallel == "fsdp" and accelerator.num_processes > 1  # one process has nothing to shard
+
+    def build() -> nn.Module:
+        model = task.build_model()
+        if cfg.use_activation_checkpointing:
+            if not hasattr(model, "checkpoint_activations"):
+                raise ValueError(f"train.use_activation_checkpointing: {type(model).__name__} does not say what to "
+                                 "recompute (it has no checkpoint_activations method)")
+            model.checkpoint_activations()
+        return model
+
     if sharded:  # before the optimizer: it must hold the shards, not the whole parameters
-        model = build_sharded(task.build_model, accelerator.device, accelerator.is_main_process, cfg.use_compile)
+        model = build_sharded(build, accelerator.device, accelerator.is_main_process, cfg.use_compile)
     else:
-        model = task.build_model().to(accelerator.device)
+        model = build().to(accelerator.device)
         if cfg.use_compile:  # in place, before DDP wraps it; a model may choose what to compile (FourM: its blocks)
             model.compile()
     optimizer = build_optimizer(model, cfg)
@@ -220,7 +234,7 @@ def train(task: Task, cfg: TrainConfig, out: str | os.PathLike, resume: bool = T
     if sharded:  # the whole weights, gathered onto the main process, in a plain model
         weights = model_state(model, full=True)
         if accelerator.is_main_process:
-            final = task.build_model()
+            final = build()
             final.load_state_dict(weights)
     if accelerator.is_main_process:
         final.save_pretrained(out / "model")

@@ -256,6 +256,43 @@ def test_packed_blocks_give_the_padded_loss_gradients_and_outputs(monkeypatch, g
             torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
+def saved_bytes(fn) -> int:
+    """Bytes of the tensors autograd keeps for the backward while ``fn`` runs (each storage once)."""
+    storages = {}
+
+    def keep(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients_for_less_memory(dropout):
+    """``checkpoint_activations()`` (``train.use_activation_checkpointing``): the blocks' forward runs again in
+    the backward (with the same dropout draws), so the loss and every gradient are the plain model's, while
+    the tensors kept for the backward shrink; without gradients nothing changes."""
+    batch = random_batch(tiny_config(), batch_size=4)
+    plain, recomputed = make_model(dropout=dropout).train(), make_model(dropout=dropout).train()
+    recomputed.checkpoint_activations()
+    losses, kept = [], []
+    for model in (plain, recomputed):
+        torch.manual_seed(1)  # the same dropout draws in both models' forwards
+        kept.append(saved_bytes(lambda: losses.append(model(batch).loss)))  # noqa: B023 (called at once)
+        losses[-1].backward()
+    torch.testing.assert_close(losses[1], losses[0])
+    for (name, a), b in zip(plain.named_parameters(), recomputed.parameters(), strict=True):
+        if a.grad is None:
+            assert b.grad is None, name
+            continue
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert kept[1] < 0.6 * kept[0], kept
+    with torch.no_grad():  # evaluation: the blocks run once, as without it
+        torch.testing.assert_close(recomputed.eval()(batch).loss, plain.eval()(batch).loss)
+
+
 def test_encoder_ignores_padding():
     model, batch = make_model(), random_batch(tiny_config())
     memory, logits, loss = run(model, batch)
@@ -424,14 +461,17 @@ def test_bad_inputs_have_clear_errors():
 
 
 @pytest.mark.slow
-def test_compiled_blocks_give_the_eager_loss_and_gradients():
+@pytest.mark.parametrize("recompute", [False, True])
+def test_compiled_blocks_give_the_eager_loss_and_gradients(recompute):
     """``compile()`` (what ``train.use_compile=true`` calls) compiles the blocks in place: same numbers,
-    same parameter names (checkpoints are interchangeable), no graph per layer."""
+    same parameter names (checkpoints are interchangeable), no graph per layer; also with activation
+    checkpointing, whose backward runs the compiled blocks again."""
     from torch._dynamo.utils import counters
 
     batch = random_batch(tiny_config())
     eager, compiled = make_model(), make_model()
     compiled.compile()
+    compiled.checkpoint_activations(recompute)
     assert list(compiled.state_dict()) == list(eager.state_dict())
     counters.clear()
     for model in (eager, compiled):

@@ -242,3 +242,10 @@ def test_compiling_on_a_cpu_without_a_compiler_is_one_clear_error(tmp_path, monk
     with pytest.raises(ValueError, match=r"use_compile on a CPU needs a C\+\+ compiler"):
         train(RegressionTask(), TrainConfig(**CFG, precision="fp32", use_compile=True), tmp_path, progress=False)
     assert not (tmp_path / "checkpoints").exists()  # refused before the run began
+
+
+def test_activation_checkpointing_of_a_model_that_names_nothing_to_recompute_is_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="use_activation_checkpointing: TinyMLP does not say what to recompute"):
+        train(RegressionTask(), TrainConfig(**CFG, precision="fp32", use_activation_checkpointing=True), tmp_path,
+              progress=False)
+    assert not (tmp_path / "checkpoints").exists()

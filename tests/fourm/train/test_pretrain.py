@@ -84,7 +84,7 @@ import torch.distributed as dist
 from fourm.config import load_config
 from fourm.train.pretrain import FourMTrainConfig, run_training
 model = run_training(load_config(FourMTrainConfig, overrides=sys.argv[1:]), progress=False)
-print(json.dumps({"rank": dist.get_rank(), "world": dist.get_world_size(),
+print(json.dumps({"rank": dist.get_rank(), "world": dist.get_world_size(), "recomputed": model.activation_checkpointing,
                   "weights": sum(float(p.double().sum()) for p in model.parameters() if isinstance(p, torch.Tensor))}))
 """
 
@@ -114,8 +114,9 @@ def weights(run):
 @pytest.mark.slow
 def test_two_processes_train_together_with_ddp_and_with_fsdp(token_corpus, tmp_path):
     """DDP: both ranks in one process group end with the same weights. FSDP (parameters sharded over
-    the two): the same weights as DDP, within float tolerance; its sharded checkpoint resumes on the
-    same loss curve."""
+    the two), with activation checkpointing (the backward's recompute of each block runs on the weights
+    the backward gathered): the same weights as DDP, within float tolerance; its sharded checkpoint
+    resumes on the same loss curve."""
     import shutil
 
     ddp = launch(tmp_path, token_corpus, tmp_path / "ddp")
@@ -123,7 +124,8 @@ def test_two_processes_train_together_with_ddp_and_with_fsdp(token_corpus, tmp_p
     assert ddp[0]["weights"] == ddp[1]["weights"]  # replicas kept in step: gradients were all-reduced
 
     fsdp = tmp_path / "fsdp"
-    assert [r["world"] for r in launch(tmp_path, token_corpus, fsdp, "train.parallel=fsdp")] == [2, 2]
+    launched = launch(tmp_path, token_corpus, fsdp, "train.parallel=fsdp", "train.use_activation_checkpointing=true")
+    assert [(r["world"], r["recomputed"]) for r in launched] == [(2, True), (2, True)]
     assert (fsdp / "checkpoints" / "step-0000003" / "sharded").is_dir()
     assert (fsdp / "checkpoints" / "step-0000003" / "rng-1.safetensors").is_file()
     reference, sharded = weights(tmp_path / "ddp"), weights(fsdp)
@@ -145,6 +147,23 @@ def test_two_processes_train_together_with_ddp_and_with_fsdp(token_corpus, tmp_p
     assert losses(fsdp / "sparse") == whole
     for name, value in final.items():
         torch.testing.assert_close(weights(fsdp / "sparse")[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_activation_checkpointing_trains_on_the_same_loss_curve(token_corpus, tmp_path):
+    """``train.use_activation_checkpointing=true`` recomputes the blocks in the backward: the same gradients,
+    so the same losses step by step and the same weights."""
+    runs = {}
+    for name, extra in (("plain", []), ("recomputed", ["train.use_activation_checkpointing=true"])):
+        cfg = config(token_corpus, tmp_path / name, "train.steps=8", "train.eval_every=0", "train.save_every=0",
+                     *extra)
+        runs[name] = run_training(cfg, progress=False)
+    assert runs["recomputed"].activation_checkpointing and not runs["plain"].activation_checkpointing
+    (steps, curve), (plain_steps, plain_curve) = (zip(*losses(tmp_path / n), strict=True)
+                                                  for n in ("recomputed", "plain"))
+    assert steps == plain_steps and curve == pytest.approx(plain_curve, rel=1e-5)
+    plain, recomputed = runs["plain"].state_dict(), runs["recomputed"].state_dict()
+    for (name, a), b in zip(plain.items(), recomputed.values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_fine_tuning_from_a_model_that_lacks_a_modality_grows_it(token_corpus, tmp_path):
