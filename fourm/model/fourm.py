@@ -319,7 +319,7 @@ class FourM(nn.Module, PretrainedMixin):
         for the rest. A block's saved activations (norms, projections, attention, the SwiGLU's 2 x 4D-wide
         hidden) are many times its input, so the trunk's activation memory shrinks to about one
         (tokens, D) tensor per block, for a second forward of the blocks (at the reference's tiny size on a
-        CPU: a step's peak memory -53% at batch 32, its time +16%; ``benchmarks/train_step.py``).
+        CPU: a step's peak memory -54% at batch 32, its time +20%; ``benchmarks/train_step.py``).
 
         Per block, with torch's non-reentrant checkpoint: it composes with compiled blocks (the compiled
         forward runs again) and with FSDP's per-block units (the backward's unshard serves the recompute).

@@ -52,7 +52,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 where a timed matmul finds it faster: fast_bf16, else fp32) | bf16 | fp32
     use_compile: bool = False
     # recompute each block's activations in the backward: far less activation memory (bigger batches or
-    # models on one device) for a second forward of the blocks (+13-16% a step at the tiny size on a CPU);
+    # models on one device) for a second forward of the blocks (+20-29% a step at the tiny size on a CPU);
     # the model says what to recompute (``checkpoint_activations()``: FourM's blocks)
     use_activation_checkpointing: bool = False
     parallel: str = "ddp"  # over several processes: ddp (replicas) | fsdp (shards: fourm.train.parallel)
