@@ -17,7 +17,8 @@ the same run takes on an idle core (up to memory-bandwidth contention). Each cas
 (``torch.utils.flop_counter``, with the int8 linear's 2 K N per row added) divided by its CPU time gives
 its rate, printed as a share ("of mm") of a large matmul's rate in the same precision (int8: the same
 fbgemm kernel), measured in the same rounds: a case near 100% is bound by its arithmetic, not by
-overhead, and at the same model FLOPs no implementation with that kernel runs it much faster. For
+overhead. That matmul runs in this process as a case does (fresh outputs paged in): in a process that
+keeps freed memory the int8 one ran 10-25% faster again (``benchmarks/generate.md``). For
 autoregression, "marginal" is the cost of one more token, (t64 - t32) / 32: the per-token cost without
 the one encoder pass. Reference figures (the public implementation on this machine) are printed beside
 ours; ``--reference`` replaces them with figures measured now: a saved stdout of the reference's
