@@ -95,6 +95,12 @@ def dense(per_mod, name, shape) -> torch.Tensor:
     return out.view(*shape, -1)
 
 
+def assert_same_gradients(expected, actual, rtol=1e-5, atol=1e-7):
+    """Every parameter's gradient of ``actual`` equals ``expected``'s (a missing one must be missing in both)."""
+    for (name, a), b in zip(expected.named_parameters(), actual.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=rtol, atol=atol, msg=name)
+
+
 def run(model, batch):
     with torch.no_grad():
         memory, valid = model.encode(batch)
@@ -220,8 +226,7 @@ def test_a_modalitys_rows_reach_its_head_and_stem_in_a_few_sizes_and_change_noth
     plain = make_model()
     plain(batch).loss.backward()
     torch.testing.assert_close(padded_model(batch).loss, plain(batch).loss)
-    for (name, a), b in zip(plain.named_parameters(), padded_model.parameters(), strict=True):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert_same_gradients(plain, padded_model)
 
 
 @pytest.mark.parametrize("grad", [True, False])
@@ -252,8 +257,7 @@ def test_packed_blocks_give_the_padded_loss_gradients_and_outputs(monkeypatch, g
     if grad:
         out.loss.backward()
         expected.loss.backward()
-        for (name, a), b in zip(plain.named_parameters(), packed.parameters(), strict=True):
-            torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
+        assert_same_gradients(plain, packed)
 
 
 def saved_bytes(fn) -> int:
@@ -283,11 +287,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients_for_less_mem
         kept.append(saved_bytes(lambda: losses.append(model(batch).loss)))  # noqa: B023 (called at once)
         losses[-1].backward()
     torch.testing.assert_close(losses[1], losses[0])
-    for (name, a), b in zip(plain.named_parameters(), recomputed.parameters(), strict=True):
-        if a.grad is None:
-            assert b.grad is None, name
-            continue
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert_same_gradients(plain, recomputed)
     assert kept[1] < 0.6 * kept[0], kept
     with torch.no_grad():  # evaluation: the blocks run once, as without it
         torch.testing.assert_close(recomputed.eval()(batch).loss, plain.eval()(batch).loss)
@@ -477,8 +477,7 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients(recompute):
     for model in (eager, compiled):
         model(batch).loss.backward()
     torch.testing.assert_close(compiled(batch).loss, eager(batch).loss)
-    for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert_same_gradients(eager, compiled, rtol=1e-4, atol=1e-6)
     assert counters["stats"]["unique_graphs"] <= 3  # one encoder block, one decoder block, the loss
 
 
