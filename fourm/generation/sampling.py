@@ -2,9 +2,9 @@
 token is drawn from logits (temperature, top-k, top-p).
 
 Only the rows being sampled reach :func:`sample`. Top-k keeps a short candidate list from
-``torch.topk``; top-p finds each row's threshold without sorting the vocabulary (``nucleus_threshold``)
-and zeroes the row's weights below it where they lie (the public 4M implementation sorts every masked
-position's full vocabulary with its indices at every step, 40% of its MaskGIT time on a CPU).
+``torch.topk``; top-p finds each row's nucleus without sorting the vocabulary and draws from it in the
+order its search left (:class:`Nucleus`; the public 4M implementation sorts every masked position's full
+vocabulary with its indices at every step, 40% of its MaskGIT time on a CPU).
 """
 
 from __future__ import annotations
@@ -55,9 +55,10 @@ def temperature_at(step: int, steps: int, temperature: float, schedule: str) -> 
 
 ROW_BLOCK = 1 << 18  # logits a draw handles at once (16 rows of 16k): passes over a block stay in cache
 SMALL_DRAW = 1 << 16  # logits up to which the CDF is one running sum: few operations beat a shorter pass
-CDF_BLOCK = 128  # the draw's two-level CDF: a cumsum over blocks of this many tokens, then inside one
+CDF_BLOCK = 128  # the draw's two-level CDF without top-p: a cumsum over blocks of this many tokens, then inside one
 NUCLEUS_BUCKETS = 1024  # the nucleus search's histogram of each row's mass by log-weight
-NUCLEUS_SPAN = 30.0  # log-weights further below the row's best share the last bucket (e^-30 of its weight)
+NUCLEUS_SPAN = 43.0  # log2-weights further below the row's best share the last bucket (2^-43 of its weight)
+LOG2_E = 1.0 / math.log(2.0)
 
 
 def sample(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -80,14 +81,23 @@ def sample(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: floa
     u = torch.rand(n, generator=generator)  # one uniform per row, whatever the blocks
     if top_k > 0:
         values, cand = torch.topk(logits, min(top_k, vocab), dim=-1)  # sorted, best first
-        choice, logp = _draw(_weights(values, 1.0 / temperature, top_p, ordered=True), u)
+        weights = _log_weights(values, 1.0 / temperature, Scratch())[1]
+        if top_p < 1.0:  # the mass of the better candidates, by a running sum
+            before = weights.cumsum(-1) - weights
+            weights.masked_fill_(before >= top_p * weights.sum(-1, keepdim=True), 0.0)
+        choice, logp = _draw(weights, u)
         return cand.gather(-1, choice[:, None]).squeeze(-1), logp
-    ids, logp = torch.empty(n, dtype=torch.long), torch.empty(n)
+    ids, logp = torch.empty(n, dtype=torch.long), torch.empty(n, dtype=torch.float64)
     rows, scratch = max(1, ROW_BLOCK // vocab), Scratch()
     for i in range(0, n, rows):
         block = slice(i, i + rows)
-        ids[block], logp[block] = _draw(_weights(logits[block], 1.0 / temperature, top_p, scratch=scratch), u[block])
-    return ids, logp
+        log2_w, weights = _log_weights(logits[block], 1.0 / temperature, scratch)
+        if top_p < 1.0:
+            drawn = Nucleus(log2_w.numpy(), weights.numpy(), top_p, scratch).draw(u[block].double().numpy())
+            ids[block], logp[block] = (torch.from_numpy(a) for a in drawn)
+        else:
+            ids[block], logp[block] = _draw(weights, u[block])
+    return ids, logp.float()
 
 
 class Scratch:
@@ -105,76 +115,131 @@ class Scratch:
         return buf[: shape[0]]
 
 
-def _weights(logits: Tensor, scale: float, top_p: float, ordered: bool = False,
-             scratch: Scratch | None = None) -> Tensor:
-    """(n, V) logits -> unnormalised weights exp(``scale`` * (logits - best)), zero outside the nucleus
-    ``top_p``; ``ordered``: each row already sorted best first (a top-k list)."""
-    scratch = scratch or Scratch()
-    # scale * logits - scale * best in one pass: <= 0 up to a rounding, so the exp cannot overflow
+def _log_weights(logits: Tensor, scale: float, scratch: Scratch) -> tuple[Tensor, Tensor]:
+    """(n, V) logits -> base-2 log-weights ``scale`` * (logits - best) / ln 2, peaking at 0 in every row, and
+    the weights exp(``scale`` * (logits - best)) as their exp2 (torch's exp2 takes 0.55x its exp's time)."""
+    # in one pass: <= 0 up to a rounding, so the weights cannot overflow
+    scale *= LOG2_E
     shift = logits.amax(-1, keepdim=True).mul_(-scale)
-    log_w = torch.add(shift, logits, alpha=scale, out=torch.from_numpy(scratch("log_w", logits.shape)))
-    weights = torch.exp(log_w, out=torch.from_numpy(scratch("weights", logits.shape)))
-    if top_p < 1.0:
-        if ordered:  # the mass of the better candidates, by a running sum
-            before = weights.cumsum(-1) - weights
-            weights.masked_fill_(before >= top_p * weights.sum(-1, keepdim=True), 0.0)
-        else:  # numpy's comparison: 2.3 us a 16k row on a CPU where torch's took 18 (and masked_fill 30 more)
-            threshold = nucleus_threshold(log_w, top_p, weights, scratch).numpy()
-            inside = np.greater_equal(log_w.numpy(), threshold, out=scratch("mask", log_w.shape, np.bool_))
-            np.multiply(weights.numpy(), inside, out=weights.numpy())
-    return weights
+    log2_w = torch.add(shift, logits, alpha=scale, out=torch.from_numpy(scratch("log2_w", logits.shape)))
+    return log2_w, torch.exp2(log2_w, out=torch.from_numpy(scratch("weights", logits.shape)))
 
 
-def nucleus_threshold(log_w: Tensor, top_p: float, weights: Tensor | None = None,
-                      scratch: Scratch | None = None) -> Tensor:
+def nucleus_threshold(log_w: Tensor, top_p: float) -> Tensor:
     """(n, V) log-weights on the CPU (logits, up to a per-row shift and a positive scale) -> (n, 1): the
     smallest log-weight of each row's nucleus, the fewest best tokens that hold at least ``top_p`` of the
     mass (a token stays while the better ones hold less than ``top_p``; tokens tied with the last one stay
-    too). ``weights``: exp(log_w), from a caller whose log-weights peak at 0 in every row (``_weights``).
-
-    No sort of the vocabulary (the public 4M code sorts every position's logits with their indices at
-    every step, 40% of its MaskGIT time on a CPU): a histogram of each row's mass over
-    ``NUCLEUS_BUCKETS`` log-weight buckets finds the bucket where the mass from the top reaches
-    ``top_p``, and only that bucket's tokens (tens of a 16k vocabulary) are ordered.
-    """
-    scratch = scratch or Scratch()
+    too)."""
     given = log_w.detach().numpy()
-    n, vocab = given.shape
-    x = given if weights is not None else given - given.max(-1, keepdims=True)  # rows peaking at 0
-    w = np.exp(x) if weights is None else weights.numpy()
-    last, spread = NUCLEUS_BUCKETS - 1, -x.min(-1, keepdims=True)
-    scale = (-last / np.clip(spread, 1e-6, NUCLEUS_SPAN)).astype(np.float32)
-    # 0 holds the best; monotone in the log-weight (the cast to int truncates: a floor of values >= 0, and a
-    # best token a rounding above 0 still lands in 0)
-    scaled = np.multiply(x, scale, out=scratch("scaled", x.shape))
-    if (spread > NUCLEUS_SPAN).any():  # rows reaching past the span (a filtered -inf among them): their tail in last
-        np.minimum(scaled, last, out=scaled)
-    bucket = scratch("bucket", x.shape, np.int32)
-    bucket[:] = scaled
-    index = scratch("index", x.shape, np.int64)  # scatter's index type; AVX2 converts float -> int32 -> int64 faster
-    index[:] = bucket
-    # torch's scatter: numpy's bincount would take the weights in float64, a conversion pass more
-    mass = torch.zeros(n, NUCLEUS_BUCKETS).scatter_add_(1, torch.from_numpy(index), torch.from_numpy(w))
-    reach = np.cumsum(mass.numpy(), -1, dtype=np.float64)  # mass at or above each bucket
-    goal = reach[:, -1] * top_p
-    cross = np.minimum(np.count_nonzero(reach < goal[:, None], -1), last)  # the first bucket that holds the goal
-    before = np.where(cross > 0, reach[np.arange(n), np.maximum(cross - 1, 0)], 0.0)
-    # that bucket's tokens (tens of a 16k row), by row in row-major order, each row's best first
-    found = np.flatnonzero(np.equal(bucket, cross[:, None].astype(np.int32), out=scratch("mask", x.shape, np.bool_)))
-    rows = found // vocab
-    values, mass_in = given.reshape(-1)[found], w.reshape(-1)[found].astype(np.float64)
-    counts = np.bincount(rows, minlength=n)
-    order = np.lexsort((-values, rows))
-    values, mass_in = values[order], mass_in[order]
-    start = np.cumsum(counts) - counts
-    running = np.cumsum(mass_in)
-    # the mass at or above each of them: the buckets above, then the bucket's better tokens and itself
-    reach_in = before[rows] + running - (running[start] - mass_in[start])[rows]
-    # the last token kept is the first whose own mass takes the reach to the goal (the mass above it is short
-    # of the goal); sums in another order may miss it by a rounding: the bucket's last token then
-    short = np.bincount(rows, weights=reach_in < goal[rows], minlength=n).astype(np.int64)
-    last_kept = start + np.minimum(short, counts - 1)
-    return torch.from_numpy(values[last_kept]).unsqueeze(-1)
+    x = (given - given.max(-1, keepdims=True)) * np.float32(LOG2_E)  # base 2, rows peaking at 0
+    last = Nucleus(x, np.exp2(x), top_p, Scratch()).last
+    return torch.from_numpy(given.reshape(-1)[last])[:, None]  # the caller's own values: they compare exactly
+
+
+class Nucleus:
+    """Each row's nucleus of ``top_p`` from its base-2 log-weights ``x`` (n, V), peaking at 0, and its
+    weights ``w`` = exp2(x), found without sorting the vocabulary, and draws from it.
+
+    A histogram of each row's mass over ``NUCLEUS_BUCKETS`` log-weight buckets (bucket 0 holds the best)
+    finds the bucket where the mass from the top reaches ``top_p``: the buckets above it are inside, the
+    ones below outside, and only that crossing bucket's tokens (tens of a 16k vocabulary) are ordered.
+    :meth:`draw` inverts the nucleus's CDF in the same bucket order, so no pass over the vocabulary masks
+    the weights or sums them again.
+    """
+
+    def __init__(self, x: np.ndarray, w: np.ndarray, top_p: float, scratch: Scratch) -> None:
+        n, vocab = x.shape
+        self.x, self.w, self.scratch = x.reshape(-1), w.reshape(-1), scratch
+        last, spread = NUCLEUS_BUCKETS - 1, -x.min(-1, keepdims=True)
+        scale = (-last / np.clip(spread, 1e-6, NUCLEUS_SPAN)).astype(np.float32)
+        # monotone in the log-weight, 0 for the best (the cast truncates: a floor of values >= 0, and a best
+        # token a rounding above 0 still lands in 0)
+        self.bucket = bucket = scratch("bucket", x.shape, np.int16)  # int16: the search's passes read less
+        if (spread > NUCLEUS_SPAN).any():  # rows reaching past the span (a filtered -inf among them): tail in last
+            scaled = np.multiply(x, scale, out=scratch("scaled", x.shape))
+            bucket[:] = np.minimum(scaled, last, out=scaled)
+        else:  # the multiply and the cast in one call
+            np.multiply(x, scale, out=bucket, casting="unsafe")
+        index = scratch("index", x.shape, np.int64)  # scatter's; AVX2 converts float -> int16 -> int64 faster
+        index[:] = bucket
+        # torch's scatter: numpy's bincount would take the weights in float64, a conversion pass more
+        mass = torch.zeros(n, NUCLEUS_BUCKETS).scatter_add_(1, torch.from_numpy(index), torch.from_numpy(w))
+        self.reach = mass.cumsum(-1, dtype=torch.float64)  # mass at or above each bucket
+        goal = self.reach[:, -1:] * top_p
+        self.cross = torch.searchsorted(self.reach, goal).clamp_(max=last).numpy()[:, 0]  # holds the goal
+        self.before = self._above(self.cross)
+        # that bucket's tokens, each row's best first
+        rows, found = self._tokens(self.cross)
+        values = self.x[found]
+        order = np.lexsort((-values, rows))
+        rows, found, values = rows[order], found[order], values[order]
+        start, count = _segments(rows, n)
+        reach = self.before[rows] + _running(self.w[found], rows, start)  # the mass at or above each of them
+        # the last token kept is the first whose own mass takes the reach to the goal (the mass above it is
+        # short of the goal); sums in another order may miss it by a rounding: the bucket's last token then
+        short = np.bincount(rows, weights=reach < goal.numpy()[rows, 0], minlength=n).astype(np.int64)
+        self.last = found[start + np.minimum(short, count - 1)]  # flat index
+        # tokens tied with the last one kept stay too: the kept ones are a prefix of each row's bucket
+        kept = np.bincount(rows, weights=values >= self.x[self.last][rows], minlength=n).astype(np.int64)
+        self.total = reach[start + kept - 1]  # the nucleus's mass
+        self.crossing = rows, found, reach, start, kept
+
+    def _above(self, bucket: np.ndarray) -> np.ndarray:
+        """Per row the mass of the buckets above ``bucket`` (n,)."""
+        reach = self.reach.numpy()
+        return np.where(bucket > 0, reach[np.arange(len(bucket)), np.maximum(bucket - 1, 0)], 0.0)
+
+    def _tokens(self, bucket: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's tokens in its bucket of ``bucket`` (n,; -1: none) -> their rows and flat indices."""
+        mask = self.scratch("mask", self.bucket.shape, np.bool_)
+        found = np.flatnonzero(np.equal(self.bucket, bucket.astype(np.int16)[:, None], out=mask))
+        return found // self.bucket.shape[1], found
+
+    def draw(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One token per row by inverting the nucleus's CDF at the uniforms ``u`` (n,), in bucket order (the
+        buckets above the crossing one best first, then its kept tokens best first) -> the columns (n,) and
+        their log-probabilities under the nucleus (n,)."""
+        n = len(u)
+        target = u * self.total
+        pick = np.zeros(n, dtype=np.int64)  # flat index
+        above = target < self.before  # lands in a bucket above the crossing one: that bucket's tokens, in column order
+        if above.any():
+            land = torch.searchsorted(self.reach, torch.from_numpy(target)[:, None], right=True).numpy()[:, 0]
+            land = np.where(above, np.minimum(land, self.cross - 1), -1)
+            rows, found = self._tokens(land)
+            start, count = _segments(rows, n)
+            reach = self._above(land)[rows] + _running(self.w[found], rows, start)
+            pick[above] = found[_first_past(reach, target, rows, start, count)[above]]
+        if not above.all():
+            rows, found, reach, start, kept = self.crossing
+            pick[~above] = found[_first_past(reach, target, rows, start, kept)[~above]]
+        chosen = self.w[pick].astype(np.float64)
+        # a rounding may pass a row's every token and fall back on a filtered one (weight 0): its best then
+        bad = chosen <= 0
+        if bad.any():
+            pick[bad] = np.flatnonzero(bad) * self.bucket.shape[1] + self.w.reshape(n, -1)[bad].argmax(-1)
+            chosen = self.w[pick].astype(np.float64)
+        return pick % self.bucket.shape[1], np.log(chosen / self.total)
+
+
+def _segments(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted row numbers -> each row's first position and count (a row of none: its count 0)."""
+    count = np.bincount(rows, minlength=n)
+    return np.cumsum(count) - count, count
+
+
+def _running(mass: np.ndarray, rows: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Each token's mass with its row's tokens before it (rows sorted, segments from ``_segments``)."""
+    running = np.cumsum(mass, dtype=np.float64)
+    return running - (running - mass)[start[rows]]
+
+
+def _first_past(reach: np.ndarray, target: np.ndarray, rows: np.ndarray, start: np.ndarray,
+                limit: np.ndarray) -> np.ndarray:
+    """Per row the position of its first token whose ``reach`` passes ``target``, among its first ``limit``
+    (a rounding that passes none: the last of them); rows of no tokens get a position they must not read."""
+    passed = np.bincount(rows, weights=reach <= target[rows], minlength=len(target)).astype(np.int64)
+    return start + np.minimum(passed, limit - 1)
 
 
 def _draw(weights: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:

@@ -114,6 +114,44 @@ def test_draws_follow_the_distribution_and_never_pick_an_excluded_token():
     torch.testing.assert_close(logp, probs.log()[ids])
 
 
+def _nucleus_by_sorting(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The definition, by a sort: the best tokens while the better ones hold less than top_p, and ties with
+    the last of them -> the distribution renormalised over them."""
+    sorted_p, order = probs.sort(descending=True)
+    inside = (sorted_p.cumsum(0) - sorted_p) < top_p
+    last = sorted_p[inside][-1]
+    kept = probs >= last
+    return torch.where(kept, probs, 0.0) / probs[kept].sum()
+
+
+@pytest.mark.parametrize("scale,temperature,top_p", [(2.0, 1.0, 0.6), (4.0, 1.5, 0.8), (1.0, 0.7, 0.3)])
+def test_top_p_draws_follow_the_renormalised_nucleus(scale, temperature, top_p):
+    # a 2000-token row whose nucleus is tens of tokens: the draw inverts its CDF bucket by bucket, then
+    # inside the crossing bucket; the frequencies and the returned log-probabilities are the nucleus's
+    logits = torch.randn(2000, generator=torch.Generator().manual_seed(7)) * scale
+    expected = _nucleus_by_sorting((logits / temperature).softmax(0).double(), top_p).float()
+    assert 5 < (expected > 0).sum() < 300
+    ids, logp = sample(logits.expand(30000, -1), temperature, top_p=top_p, generator=torch.Generator().manual_seed(8))
+    assert (expected[ids] > 0).all()
+    freq = torch.bincount(ids, minlength=2000).float() / len(ids)
+    torch.testing.assert_close(freq, expected, atol=0.01, rtol=0)
+    torch.testing.assert_close(logp, expected.log()[ids], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("tail", [1e-12, 0.0])
+def test_top_p_keeps_ties_in_the_draw_and_draws_them_evenly(tail):
+    # 0.3, 0.2, then three tokens of 0.1: at top_p 0.65 the third 0.1 would not be needed, but ties stay;
+    # the rest of a 600-token row is a tiny tail (its log-weights within the histogram's span) or excluded
+    probs = torch.full((600,), tail)
+    probs[[4, 90, 91, 300, 599, 7, 8, 9, 10]] = torch.tensor([0.3, 0.2, 0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05])
+    ids, logp = sample(probs.log().expand(40000, -1), 1.0, top_p=0.65, generator=torch.Generator().manual_seed(9))
+    freq = torch.bincount(ids, minlength=600).float() / len(ids)
+    expected = torch.zeros(600)
+    expected[[4, 90, 91, 300, 599]] = torch.tensor([0.375, 0.25, 0.125, 0.125, 0.125])
+    torch.testing.assert_close(freq, expected, atol=0.01, rtol=0)
+    torch.testing.assert_close(logp, expected.log()[ids], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 def test_a_wide_vocabulary_is_drawn_by_its_distribution_across_blocks_and_the_padded_last_one(temperature):
     # 1000 tokens: the draw's two-level CDF (blocks of CDF_BLOCK, the last one padded with zero weights)
