@@ -96,6 +96,21 @@ def test_blocks_of_rows_draw_what_one_block_draws(monkeypatch, top_p):
     assert first.item() == whole[0][0].item()  # the first row draws the first uniform, alone or not
 
 
+def test_a_row_draws_the_same_token_alone_or_with_others_of_any_shape():
+    # peaked rows look among their best candidates first, flat ones search the histogram, and some peaked
+    # ones fall back to it: which path a row takes depends on that row alone
+    g = torch.Generator().manual_seed(11)
+    peaked = torch.randn(6, 3000, generator=g) * 6
+    flat = torch.randn(6, 3000, generator=g) * 0.5
+    wide = torch.cat([torch.zeros(6, 1), torch.full((6, 100), -3.0), torch.full((6, 2899), -30.0)], 1)
+    logits = torch.cat([peaked, flat, wide])
+    for i in range(len(logits)):
+        alone = sample(logits[i:i + 1], 0.8, top_p=0.9, generator=torch.Generator().manual_seed(i))
+        first = sample(torch.cat([logits[i:i + 1], logits]), 0.8, top_p=0.9, generator=torch.Generator().manual_seed(i))
+        assert alone[0].item() == first[0][0].item()
+        torch.testing.assert_close(alone[1][0], first[1][0])
+
+
 def test_same_generator_seed_draws_the_same_tokens():
     logits = torch.randn(64, 100)
     a = sample(logits, 1.0, top_p=0.8, generator=torch.Generator().manual_seed(3))[0]
@@ -124,10 +139,13 @@ def _nucleus_by_sorting(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.where(kept, probs, 0.0) / probs[kept].sum()
 
 
-@pytest.mark.parametrize("scale,temperature,top_p", [(2.0, 1.0, 0.6), (4.0, 1.5, 0.8), (1.0, 0.7, 0.3)])
+@pytest.mark.parametrize("scale,temperature,top_p", [(2.0, 1.0, 0.6), (4.0, 1.5, 0.8), (1.0, 0.7, 0.3),
+                                                     (2.0, 0.5, 0.9)])
 def test_top_p_draws_follow_the_renormalised_nucleus(scale, temperature, top_p):
     # a 2000-token row whose nucleus is tens of tokens: the draw inverts its CDF bucket by bucket, then
-    # inside the crossing bucket; the frequencies and the returned log-probabilities are the nucleus's
+    # inside the crossing bucket; a peaked row (the last case) among its best candidates, and one peaked
+    # but with a nucleus beyond them (the second) falls back; the frequencies and the returned
+    # log-probabilities are the nucleus's
     logits = torch.randn(2000, generator=torch.Generator().manual_seed(7)) * scale
     expected = _nucleus_by_sorting((logits / temperature).softmax(0).double(), top_p).float()
     assert 5 < (expected > 0).sum() < 300
