@@ -223,10 +223,12 @@ class Nucleus:
         index[:] = bucket
         # torch's scatter: numpy's bincount would take the weights in float64, a conversion pass more
         mass = torch.zeros(n, NUCLEUS_BUCKETS).scatter_add_(1, torch.from_numpy(index), torch.from_numpy(w))
-        self.reach = mass.cumsum(-1, dtype=torch.float64)  # mass at or above each bucket
-        goal = self.reach[:, -1:] * top_p
-        self.cross = torch.searchsorted(self.reach, goal).clamp_(max=last).numpy()[:, 0]  # holds the goal
-        self.before = self._above(self.cross)
+        reach = mass.cumsum(-1, dtype=torch.float64)  # mass at or above each bucket
+        goal = reach[:, -1:] * top_p
+        self.cross = torch.searchsorted(reach, goal).clamp_(max=last).numpy()[:, 0]  # holds the goal
+        # the mass above each bucket, a column of zeros first: row r's above bucket b at [r, b]
+        self.above = np.concatenate([np.zeros((n, 1)), reach.numpy()], 1)
+        self.before = self.above[np.arange(n), self.cross]
         # that bucket's tokens, each row's best first
         rows, found = self._tokens(self.cross)
         values = self.x[found]
@@ -243,11 +245,6 @@ class Nucleus:
         self.total = reach[start + kept - 1]  # the nucleus's mass
         self.crossing = rows, found, reach, start, kept
 
-    def _above(self, bucket: np.ndarray) -> np.ndarray:
-        """Per row the mass of the buckets above ``bucket`` (n,)."""
-        reach = self.reach.numpy()
-        return np.where(bucket > 0, reach[np.arange(len(bucket)), np.maximum(bucket - 1, 0)], 0.0)
-
     def _tokens(self, bucket: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each row's tokens in its bucket of ``bucket`` (n,; -1: none) -> their rows and flat indices."""
         mask = self.scratch("mask", self.bucket.shape, np.bool_)
@@ -263,11 +260,12 @@ class Nucleus:
         pick = np.zeros(n, dtype=np.int64)  # flat index
         above = target < self.before  # lands in a bucket above the crossing one: that bucket's tokens, in column order
         if above.any():
-            land = torch.searchsorted(self.reach, torch.from_numpy(target)[:, None], right=True).numpy()[:, 0]
+            # the first bucket whose reach (the mass above the next one) passes the target
+            land = (self.above[:, 1:] <= target[:, None]).sum(-1)
             land = np.where(above, np.minimum(land, self.cross - 1), -1)
             rows, found = self._tokens(land)
             start, count = _segments(rows, n)
-            reach = self._above(land)[rows] + _running(self.w[found], rows, start)
+            reach = self.above[rows, land[rows]] + _running(self.w[found], rows, start)
             pick[above] = found[_first_past(reach, target, rows, start, count)[above]]
         if not above.all():
             rows, found, reach, start, kept = self.crossing
