@@ -26,18 +26,16 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-# Each loop keeps independent chains, at least latency x throughput (fp32: 10 for 4 cycles x 2 FMAs a
-# cycle; int8: 8 for 7 cycles x 1 dot step a cycle on two multiply ports), and returns a sum of them,
-# so the compiler cannot drop the work.
+# Each loop keeps ten independent chains, more than latency x throughput needs (fp32: 4 cycles x 2 FMAs
+# a cycle; int8: ~7-10 cycles x 1 dot step a cycle on two multiply ports; 8 chains measured 10% less,
+# 12 spilled), and returns a sum of them, so the compiler cannot drop the work.
 SOURCE = r"""
 #include <immintrin.h>
 #include <stdint.h>
 
-/* named accumulators, not an array: at -O2 an array's loop is not unrolled and every step goes through
-   memory, which measured a third of the FMA rate; eight for int8, whose temporaries would otherwise
-   spill (16 ymm registers) */
+/* ten named accumulators, not an array: at -O2 an array's loop is not unrolled and every step goes
+   through memory, which measured a third of the FMA rate */
 #define EACH(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9)
-#define EACH8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 
 double fp32_fma(int64_t iters) {
     const __m256 a = _mm256_set1_ps(1.0000001f), b = _mm256_set1_ps(0.9999999f);
@@ -64,10 +62,10 @@ double int8_dot(int64_t iters) {
 #define INIT(i) __m256i acc##i = _mm256_set1_epi32(i * 77 + 1);
 #define STEP(i) acc##i = _mm256_add_epi32(acc##i, _mm256_madd_epi16(_mm256_maddubs_epi16(acc##i, b), ones));
 #define SUM(i) total = _mm256_add_epi32(total, acc##i);
-    EACH8(INIT)
-    for (int64_t n = 0; n < iters; n++) { EACH8(STEP) }
+    EACH(INIT)
+    for (int64_t n = 0; n < iters; n++) { EACH(STEP) }
     __m256i total = _mm256_setzero_si256();
-    EACH8(SUM)
+    EACH(SUM)
     int32_t out[8];
     _mm256_storeu_si256((__m256i *)out, total);
     double sum = 0;
@@ -75,8 +73,8 @@ double int8_dot(int64_t iters) {
     return sum;
 }
 """
-# operations per loop iteration: fp32 10 FMAs x 8 lanes x 2; int8 8 x 32 multiply-adds x 2
-OPS = {"fp32_fma": 10 * 8 * 2, "int8_dot": 8 * 32 * 2}
+# operations per loop iteration: fp32 10 FMAs x 8 lanes x 2; int8 10 x 32 multiply-adds x 2
+OPS = {"fp32_fma": 10 * 8 * 2, "int8_dot": 10 * 32 * 2}
 
 
 def build(folder: Path) -> ctypes.CDLL:
