@@ -111,6 +111,24 @@ def test_a_row_draws_the_same_token_alone_or_with_others_of_any_shape():
         torch.testing.assert_close(alone[1][0], first[1][0])
 
 
+def test_threads_drawing_at_once_each_draw_what_one_thread_draws():
+    # the draws keep their buffers per thread between calls: two threads at once must not share them
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = torch.Generator().manual_seed(12)
+    batches = [torch.randn(40, 2000, generator=g) * s for s in (0.3, 1.0, 3.0, 0.5)]
+
+    def draw(i):
+        return [sample(logits, 1.0 + i % 2, top_p=0.8, generator=torch.Generator().manual_seed(i))[0]
+                for logits in batches for _ in range(5)]
+
+    alone = [draw(i) for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(draw, range(4)))
+    for a, b in zip(alone, together, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
 def test_same_generator_seed_draws_the_same_tokens():
     logits = torch.randn(64, 100)
     a = sample(logits, 1.0, top_p=0.8, generator=torch.Generator().manual_seed(3))[0]
