@@ -24,6 +24,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 # Each loop keeps ten independent chains, more than latency x throughput needs (fp32: 4 cycles x 2 FMAs
@@ -95,8 +96,6 @@ def build(folder: Path) -> ctypes.CDLL:
 def rate(function, ops_per_iter: int, seconds: float, repeats: int) -> float:
     """GOP/s of ``function``, the best of ``repeats`` runs of about ``seconds`` each (a sibling
     thread or the VM's neighbours only ever slow a run down)."""
-    import time
-
     iters = 1 << 16
     while True:  # scale to the requested duration
         start = time.perf_counter()

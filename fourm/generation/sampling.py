@@ -122,7 +122,7 @@ _SCRATCH = threading.local()
 
 def _scratch() -> Scratch:
     """This thread's buffers for the draws (about 6 MB at ``ROW_BLOCK``), kept between calls: a MaskGIT step's
-    fresh ones cost some 1500 page faults, and a caption token's a tenth of its draw."""
+    fresh ones cost some 1500 page faults (a run's draws 10% of their time)."""
     if not hasattr(_SCRATCH, "buffers"):
         _SCRATCH.buffers = Scratch()
     return _SCRATCH.buffers
