@@ -93,7 +93,8 @@ class ModalityEmbeddings(nn.Module):
 
         # every modality's fixed positions in one table, so a token's position is one gather
         tables = [self.kinds[n].positions(s, dim) for n, s in specs.items()]
-        counts = torch.tensor([len(t) for t in tables])
+        sizes = [len(t) for t in tables]
+        counts = torch.tensor(sizes)
         # Scaled to the token tables' init (std 0.02, as nanoGPT's wte/wpe): raw sine-cosine entries
         # (RMS 0.7) would be ~35x longer than a token's content, and the trunk would first learn to
         # ignore what the tokens say (image targets stayed at the unigram loss without this).
@@ -104,6 +105,7 @@ class ModalityEmbeddings(nn.Module):
         self.register_buffer("coords", coords, persistent=False)  # (sum of counts, 2): (row, col) on its grid
         self.register_buffer("pos_offset", counts.cumsum(0) - counts, persistent=False)  # (M,)
         self.register_buffer("pos_count", counts, persistent=False)
+        self._counts, self._offsets = sizes, [sum(sizes[:m]) for m in range(len(sizes))]  # host copies
         vocab = torch.tensor([s.vocab_size or 0 for s in specs.values()])
         self.register_buffer("vocab", vocab, persistent=False)
         # decoder inputs of autoregressive targets are the previous tokens (teacher forcing)
@@ -164,6 +166,25 @@ class ModalityEmbeddings(nn.Module):
             else:
                 x[idx] = self.mask_token.to(x.dtype)
         return rearrange(x, "(b n) d -> b n d", b=b)
+
+    def decoder_queries(self, name: str, ids: Tensor, pos: Tensor) -> Tensor:
+        """Decoder queries of tokens all of modality ``name`` and all valid, (B, n) ids and positions ->
+        (B, n, D): what :meth:`decoder_content` plus :meth:`position` give such tokens, without grouping
+        them by modality. A step of autoregressive decoding embeds one token a row, and the grouping's sort,
+        host reads and scatter took ~0.3 ms of it on a 2-core EPYC (0.07 ms this way)."""
+        m = self.names.index(name)
+        if self.specs[name].input_only:
+            raise ValueError(f"modality {name!r} is input-only: it cannot be a decoder target")
+        autoregressive = self.kinds[name].autoregressive
+        bad = (pos < 0) | (pos >= self._counts[m])
+        if autoregressive:
+            bad |= (ids < 0) | (ids >= self.specs[name].vocab_size)
+        if bad.any():  # the general check names the first offender
+            valid = torch.ones_like(bad)
+            self.check_tokens("decoder", ids, torch.full_like(ids, m), pos, valid,
+                              torch.where(self.is_sequence, self.vocab, _NO_LIMIT))
+        content = self.tables[name](ids) if autoregressive else self.mask_token.expand(*ids.shape, self.dim)
+        return content + self.positions[pos + self._offsets[m]] + self.modality[m]
 
     # ------------------------------------------------------------------------------ checks
     def _split_checked(self, what: str, mod: Tensor, valid: Tensor, targets: bool = False) -> dict[int, Tensor]:

@@ -432,6 +432,9 @@ class FourM(nn.Module, PretrainedMixin):
         As in :meth:`decode`, ``ids`` of a sequence target are the previous tokens; those of image
         and global targets are ignored. Returns the logits of the new valid tokens.
         """
+        # one modality, every token valid (autoregressive decoding): embedded and read out without grouping
+        # the tokens by modality, whose sorts and host reads took ~0.5 ms of a ~9 ms caption token
+        single = mod if isinstance(mod, str) and valid is None else None
         if isinstance(mod, str):
             mod = torch.full_like(ids, self.modality_index(mod))
         group = mod if group is None else group
@@ -440,13 +443,20 @@ class FourM(nn.Module, PretrainedMixin):
         for name, t in (("ids", ids), ("mod", mod), ("pos", pos), ("group", group), ("valid", valid)):
             if t.dim() != 2 or t.shape != ids.shape or t.shape[0] != b:
                 raise ValueError(f"decode_step: {name} has shape {tuple(t.shape)}, expected ({b}, n) like ids")
-        x, causal = self._queries(ids, mod, pos, valid)
+        if single is None:
+            x, causal = self._queries(ids, mod, pos, valid)
+        else:
+            x = self.embed.decoder_queries(single, ids, pos)
+            causal = torch.full_like(valid, self.embed.kinds[single].autoregressive)
         cache.group, cache.pos = torch.cat([cache.group, group], 1), torch.cat([cache.pos, pos], 1)
         cache.valid = torch.cat([cache.valid, valid], 1)
         self_mask = attention_mask(decoder_mask(group, pos, causal, cache.group, cache.pos, cache.valid))
         for blk, kv, layer_cache in zip(self.decoder, cache.cross_kv, cache.layers, strict=True):
             x = blk(x, self_mask, cache.cross_mask, cross_kv=kv, cache=layer_cache)
-        return self.logits(self.decoder_norm(x), mod, valid)
+        if single is None:
+            return self.logits(self.decoder_norm(x), mod, valid)
+        hidden = self.decoder_norm(x).flatten(0, 1)
+        return {single: ModalityLogits(torch.arange(len(hidden), device=hidden.device), self._readout(single, hidden))}
 
     # ------------------------------------------------------------------------------ heads and loss
     def logits(self, hidden: Tensor, mod: Tensor, valid: Tensor | None = None) -> dict[str, ModalityLogits]:
@@ -464,10 +474,14 @@ class FourM(nn.Module, PretrainedMixin):
             name = self.names[m]
             if name not in self.targets:
                 raise ValueError(f"modality {name!r} is input-only: it has no output head")
-            h = flat[pad_rows(idx, flat)]
-            tied = self.config.use_tied_heads
-            out[name] = idx, F.linear(h, self.embed.tables[name].weight) if tied else self.heads[name](h)
+            out[name] = idx, self._readout(name, flat[pad_rows(idx, flat)])
         return out
+
+    def _readout(self, name: str, hidden: Tensor) -> Tensor:
+        """(n, D) -> (n, vocab of ``name``): its head, or its token table's transpose where heads are tied."""
+        if self.config.use_tied_heads:
+            return F.linear(hidden, self.embed.tables[name].weight)
+        return self.heads[name](hidden)
 
     def forward(self, batch: Batch) -> FourMOutput:
         memory, memory_valid = self.encode(batch)

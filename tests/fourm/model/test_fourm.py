@@ -381,6 +381,45 @@ def test_kv_cached_decoding_equals_full_decode():
     assert len(cache) == len(cache.layers[0]) == fed
 
 
+@pytest.mark.parametrize("tie", [False, True])
+def test_decode_step_of_one_named_modality_equals_the_tagged_step(tie):
+    """A step given one modality name and no ``valid`` (autoregressive decoding's) takes a path that skips
+    grouping tokens by modality; it computes what the same step tagged token by token computes, for
+    sequence targets (the previous token embedded) and image targets (the mask token)."""
+    model, batch = make_model(use_tied_heads=tie), random_batch(tiny_config(), batch_size=2)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        memory, memory_valid = model.encode(batch)
+        named, tagged = model.start_decoding(memory, memory_valid), model.start_decoding(memory, memory_valid)
+        for name, width, steps in (("caption", 1, 5), ("caption", 3, 2), ("tok_depth", 16, 1)):
+            vocab = model.specs[name].vocab_size
+            for s in range(steps):
+                ids = torch.randint(vocab, (2, width), generator=g)
+                pos = torch.arange(s * width, (s + 1) * width).expand(2, -1)
+                mod = torch.full_like(ids, model.modality_index(name))
+                a = model.decode_step(named, ids, name, pos)[name]
+                b = model.decode_step(tagged, ids, mod, pos, valid=torch.ones_like(ids, dtype=torch.bool))[name]
+                assert torch.equal(a.index, b.index) and torch.allclose(a.logits, b.logits, atol=1e-6), (name, s)
+            # the cache holds both paths' tokens alike: the next step of either sees the same
+    assert torch.equal(named.group, tagged.group) and torch.equal(named.pos, tagged.pos)
+
+
+def test_decode_step_of_one_named_modality_rejects_what_the_tagged_step_rejects():
+    model, batch = make_model(), random_batch(tiny_config(), batch_size=2)
+    with torch.no_grad():
+        memory, memory_valid = model.encode(batch)
+        cache = model.start_decoding(memory, memory_valid)
+        ok = torch.zeros(2, 1, dtype=torch.long)
+        with pytest.raises(ValueError, match=r"decoder token \[1, 0\] of modality 'caption': id 100 is out of range"):
+            model.decode_step(cache, torch.tensor([[3], [100]]), "caption", ok)
+        with pytest.raises(ValueError, match=r"decoder token \[0, 0\] of modality 'caption': position -1 is out"):
+            model.decode_step(cache, ok, "caption", torch.tensor([[-1], [0]]))
+        with pytest.raises(ValueError, match="'rgb' is input-only"):
+            model.decode_step(cache, ok, "rgb", ok)
+        with pytest.raises(ValueError, match="not one of this model's"):
+            model.decode_step(cache, ok, "depth", ok)
+
+
 def test_save_load_roundtrip(tmp_path):
     for tie, stem in ((False, "linear"), (True, "conv")):
         model, batch = make_model(use_tied_heads=tie, pixel_stem=stem), random_batch(tiny_config())
