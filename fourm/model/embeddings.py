@@ -184,7 +184,8 @@ class ModalityEmbeddings(nn.Module):
             self.check_tokens("decoder", ids, torch.full_like(ids, m), pos, valid,
                               torch.where(self.is_sequence, self.vocab, _NO_LIMIT))
         content = self.tables[name](ids) if autoregressive else self.mask_token.expand(*ids.shape, self.dim)
-        return content + self.positions[pos + self._offsets[m]] + self.modality[m]
+        # summed in the general path's order (content + (position + modality)): the same floats
+        return content + (self.positions[pos + self._offsets[m]] + self.modality[m])
 
     # ------------------------------------------------------------------------------ checks
     def _split_checked(self, what: str, mod: Tensor, valid: Tensor, targets: bool = False) -> dict[int, Tensor]:
