@@ -234,9 +234,9 @@ def main(argv: list[str] | None = None) -> None:
             case = dataclasses.replace(case, reference=text)
         print(f"{case.name:34} {shown[0]:>13} {shown[1]:>13} {shown[2]:>13} {flops[case.name] / 1e9:7.1f} "
               f"{rate:8.1f} {share:>6}   {case.reference}")
-    for kind in ("cached", "uncached"):
-        short, long_ = f"ar caption 32, {kind}", f"ar caption 64, {kind}"
-        if short in times and long_ in times:
+    for short in [c.name for c in cases if c.name.startswith("ar caption 32, ")]:  # each precision's, cached or not
+        kind, long_ = short.removeprefix("ar caption 32, "), short.replace("ar caption 32, ", "ar caption 64, ")
+        if long_ in times:
             wall, cpu_ = ((statistics.median(d[long_]) - statistics.median(d[short])) / 32 * 1000 for d in (times, cpu))
             print(f"{'ar marginal token, ' + kind:34} {wall:10.1f} ms {'':>13} {cpu_:10.1f} ms")
 
