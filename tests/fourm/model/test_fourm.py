@@ -1,4 +1,5 @@
-"""FourM behaviour: loss and gradients, masking properties, KV-cached decoding, save/load, errors."""
+"""FourM behaviour: loss and gradients, masking properties, save/load, errors (KV-cached decoding:
+test_decoding.py)."""
 
 import dataclasses
 import json
@@ -8,112 +9,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fourm.modalities import Kind, ModalityScale, UnknownModalityError
+from fourm.modalities import UnknownModalityError
 from fourm.model import FourM, FourMConfig
 from fourm.model.batch import Batch
-from fourm.model.sizes import model_config
 
-MODALITIES = ["rgb", "tok_rgb", "tok_depth", "tok_dinov2_global", "caption", "det", "t5_caption"]
-SCALE = ModalityScale(32, 8, vocab_sizes={"tok_rgb": 64, "tok_depth": 48, "tok_dinov2_global": 32,
-                                          "caption": 100, "det": 100})
-T5_LENGTH = 12  # vectors per sample in continuous["t5_caption"]
-
-
-def tiny_config(**overrides):
-    """nano (2+2 x 64) over every kind of modality, 32 px images in 8 px patches (16 tokens)."""
-    max_tokens = {"caption": 24, "det": 24, "t5_caption": T5_LENGTH}
-    return model_config("nano", MODALITIES, SCALE, max_tokens=max_tokens, **overrides)
-
-
-def random_batch(cfg, batch_size=3, ne=40, nd=40, seed=0) -> Batch:
-    """Every sample: rgb patches, tok_rgb tokens, a caption and t5_caption vectors as inputs; tok_depth,
-    tok_dinov2_global, caption and det targets, each its own decoder group (shuffled numbers). Token
-    order is shuffled and the padding is garbage (random tags), so nothing may rely on either."""
-    g = torch.Generator().manual_seed(seed)
-    names, specs = cfg.modalities, cfg.specs()
-
-    def randint(high, size=(), low=0):
-        return torch.randint(low, high, size, generator=g)
-
-    def segment(name, positions, ids):
-        return [torch.full_like(positions, names.index(name)), positions, ids]
-
-    enc, dec = [], []
-    for _ in range(batch_size):
-        parts = []
-        for name in ("rgb", "tok_rgb"):
-            pos = torch.randperm(specs[name].tokens, generator=g)[: int(randint(7, low=2))]
-            ids = pos if name == "rgb" else randint(specs[name].vocab_size, pos.shape)  # rgb ids = patch index
-            parts.append(segment(name, pos, ids))
-        pos = torch.arange(int(randint(9, low=1)))
-        parts.append(segment("caption", pos, randint(100, pos.shape)))
-        pos = torch.arange(int(randint(T5_LENGTH + 1, low=1)))
-        parts.append(segment("t5_caption", pos, pos))
-        enc.append(torch.cat([torch.stack(p) for p in parts], dim=1))  # (3, n): mod, pos, ids
-
-        groups, parts = torch.randperm(50, generator=g)[:4], []
-        for group, name in zip(groups.tolist(), ("tok_depth", "tok_dinov2_global", "caption", "det"), strict=True):
-            spec = specs[name]
-            if spec.kind == Kind.SEQUENCE:
-                pos = torch.arange(int(randint(11 if name == "caption" else 9, low=2)))
-                target = randint(spec.vocab_size, pos.shape)
-                ids = torch.cat([torch.tensor([1]), target[:-1]])  # teacher forcing: the previous token
-            else:
-                pos = torch.randperm(spec.tokens, generator=g)[: int(randint(7, low=1))]
-                target, ids = randint(spec.vocab_size, pos.shape), torch.zeros_like(pos)
-            parts.append([*segment(name, pos, ids), target, torch.full_like(pos, group)])
-        dec.append(torch.cat([torch.stack(p) for p in parts], dim=1))  # (5, n): mod, pos, ids, target, group
-
-    def pack(samples, budget):
-        out = []
-        for s in samples:
-            s = s[:, torch.randperm(s.shape[1], generator=g)]
-            pad = randint(3, (s.shape[0], budget - s.shape[1]))  # garbage tags on padding
-            valid = torch.arange(budget) < s.shape[1]
-            out.append((torch.cat([s, pad], dim=1), valid))
-        return torch.stack([o[0] for o in out], 1), torch.stack([o[1] for o in out])
-
-    (e_mod, e_pos, e_ids), e_valid = pack(enc, ne)
-    (d_mod, d_pos, d_ids, d_target, d_group), d_valid = pack(dec, nd)
-    continuous = {"rgb": torch.rand(batch_size, 3, 32, 32, generator=g) * 2 - 1,
-                  "t5_caption": torch.randn(batch_size, T5_LENGTH, 384, generator=g)}
-    return Batch(enc_ids=e_ids, enc_mod=e_mod, enc_pos=e_pos, enc_valid=e_valid,
-                 dec_ids=d_ids, dec_target=d_target.masked_fill(~d_valid, -100), dec_mod=d_mod, dec_pos=d_pos,
-                 dec_group=d_group, dec_valid=d_valid, continuous=continuous)
-
-
-def make_model(cfg=None, seed=0, **overrides) -> FourM:
-    torch.manual_seed(seed)
-    return FourM(cfg if cfg is not None else tiny_config(**overrides)).eval()
-
-
-def dense(per_mod, name, shape) -> torch.Tensor:
-    """One modality's logits back on the (B, N) grid; NaN where it has none."""
-    idx, logits = per_mod[name]
-    out = torch.full((shape[0] * shape[1], logits.shape[1]), float("nan"))
-    out[idx] = logits
-    return out.view(*shape, -1)
-
-
-def assert_same_gradients(expected, actual, rtol=1e-5, atol=1e-7):
-    """Every parameter's gradient of ``actual`` equals ``expected``'s (a missing one must be missing in both)."""
-    for (name, a), b in zip(expected.named_parameters(), actual.parameters(), strict=True):
-        torch.testing.assert_close(b.grad, a.grad, rtol=rtol, atol=atol, msg=name)
-
-
-def run(model, batch):
-    with torch.no_grad():
-        memory, valid = model.encode(batch)
-        hidden = model.decode(batch, memory, valid)
-        return memory, model.logits(hidden, batch.dec_mod, batch.dec_valid), model.loss(hidden, batch)
-
-
-def replace(batch, **fields) -> Batch:
-    return dataclasses.replace(batch, **fields)
-
-
-def same(a, b):
-    return torch.allclose(a, b, atol=1e-5, rtol=1e-5, equal_nan=True)
+from .conftest import (
+    SCALE,
+    assert_same_gradients,
+    dense,
+    make_model,
+    random_batch,
+    replace,
+    run,
+    same,
+    tiny_config,
+)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -341,83 +251,6 @@ def test_no_inputs_at_all_is_unconditional():
     assert torch.isfinite(loss.loss)
     garbage = replace(empty, enc_ids=torch.zeros_like(batch.enc_ids))  # the (invalid) inputs change nothing
     assert torch.equal(run(model, garbage)[2].loss, loss.loss)
-
-
-def _steps(batch, name, model, chunk):
-    """A modality's target tokens of each sample, in position order, cut into chunks of ``chunk``
-    positions: (ids, pos, group, valid) per step, each (B, chunk)."""
-    m = model.modality_index(name)
-    rows = []
-    for b in range(batch.dec_ids.shape[0]):
-        sel = ((batch.dec_mod[b] == m) & batch.dec_valid[b]).nonzero().squeeze(1)
-        sel = sel[batch.dec_pos[b, sel].argsort()]
-        rows.append(sel)
-    length = math.ceil(max(len(r) for r in rows) / chunk) * chunk
-    cols = torch.zeros(len(rows), length, dtype=torch.long)
-    valid = torch.zeros(len(rows), length, dtype=torch.bool)
-    for b, r in enumerate(rows):
-        cols[b, : len(r)], valid[b, : len(r)] = r, True
-    take = lambda t: t.gather(1, cols)  # noqa: E731
-    ids, pos, group = take(batch.dec_ids), take(batch.dec_pos), take(batch.dec_group)
-    cut = lambda t, s: t[:, s:s + chunk]  # noqa: E731
-    return [(cut(ids, s), cut(pos, s), cut(group, s), cut(valid, s), cut(cols, s)) for s in range(0, length, chunk)]
-
-
-def test_kv_cached_decoding_equals_full_decode():
-    model, batch = make_model(), random_batch(tiny_config(), batch_size=3)
-    shape = batch.dec_ids.shape
-    with torch.no_grad():
-        memory, memory_valid = model.encode(batch)
-        full = model.logits(model.decode(batch, memory, memory_valid), batch.dec_mod, batch.dec_valid)
-        cache, fed = model.start_decoding(memory, memory_valid), 0
-        # image and global targets in one step each, captions one token at a time, det three at a time;
-        # every later step attends over a cache holding the other groups' tokens, which it must ignore
-        for name, chunk in (("tok_depth", 16), ("tok_dinov2_global", 16), ("caption", 1), ("det", 3)):
-            for ids, pos, group, valid, cols in _steps(batch, name, model, chunk):
-                step, fed = model.decode_step(cache, ids, name, pos, group, valid), fed + ids.shape[1]
-                idx, logits = step[name]
-                expected = dense(full, name, shape)[torch.arange(shape[0])[:, None].expand_as(cols)[valid], cols[valid]]
-                assert torch.allclose(logits, expected, atol=1e-5), name
-    assert len(cache) == len(cache.layers[0]) == fed
-
-
-@pytest.mark.parametrize("tie", [False, True])
-def test_decode_step_of_one_named_modality_equals_the_tagged_step(tie):
-    """A step given one modality name and no ``valid`` (autoregressive decoding's) takes a path that skips
-    grouping tokens by modality; it computes what the same step tagged token by token computes, for
-    sequence targets (the previous token embedded) and image targets (the mask token)."""
-    model, batch = make_model(use_tied_heads=tie), random_batch(tiny_config(), batch_size=2)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        memory, memory_valid = model.encode(batch)
-        named, tagged = model.start_decoding(memory, memory_valid), model.start_decoding(memory, memory_valid)
-        for name, width, steps in (("caption", 1, 5), ("caption", 3, 2), ("tok_depth", 16, 1)):
-            vocab = model.specs[name].vocab_size
-            for s in range(steps):
-                ids = torch.randint(vocab, (2, width), generator=g)
-                pos = torch.arange(s * width, (s + 1) * width).expand(2, -1)
-                mod = torch.full_like(ids, model.modality_index(name))
-                a = model.decode_step(named, ids, name, pos)[name]
-                b = model.decode_step(tagged, ids, mod, pos, valid=torch.ones_like(ids, dtype=torch.bool))[name]
-                assert torch.equal(a.index, b.index) and torch.equal(a.logits, b.logits), (name, s)
-            # the cache holds both paths' tokens alike: the next step of either sees the same
-    assert torch.equal(named.group, tagged.group) and torch.equal(named.pos, tagged.pos)
-
-
-def test_decode_step_of_one_named_modality_rejects_what_the_tagged_step_rejects():
-    model, batch = make_model(), random_batch(tiny_config(), batch_size=2)
-    with torch.no_grad():
-        memory, memory_valid = model.encode(batch)
-        cache = model.start_decoding(memory, memory_valid)
-        ok = torch.zeros(2, 1, dtype=torch.long)
-        with pytest.raises(ValueError, match=r"decoder token \[1, 0\] of modality 'caption': id 100 is out of range"):
-            model.decode_step(cache, torch.tensor([[3], [100]]), "caption", ok)
-        with pytest.raises(ValueError, match=r"decoder token \[0, 0\] of modality 'caption': position -1 is out"):
-            model.decode_step(cache, ok, "caption", torch.tensor([[-1], [0]]))
-        with pytest.raises(ValueError, match="'rgb' is input-only"):
-            model.decode_step(cache, ok, "rgb", ok)
-        with pytest.raises(ValueError, match="not one of this model's"):
-            model.decode_step(cache, ok, "depth", ok)
 
 
 def test_save_load_roundtrip(tmp_path):
