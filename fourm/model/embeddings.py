@@ -93,8 +93,10 @@ class ModalityEmbeddings(nn.Module):
 
         # every modality's fixed positions in one table, so a token's position is one gather
         tables = [self.kinds[n].positions(s, dim) for n, s in specs.items()]
-        sizes = [len(t) for t in tables]
-        counts = torch.tensor(sizes)
+        # per modality: how many positions it has and where they start, as host lists (a decode step reads
+        # them without touching a tensor) and as buffers (gathers over a batch's tags)
+        self._counts = [len(t) for t in tables]
+        self._offsets = [sum(self._counts[:m]) for m in range(len(self._counts))]
         # Scaled to the token tables' init (std 0.02, as nanoGPT's wte/wpe): raw sine-cosine entries
         # (RMS 0.7) would be ~35x longer than a token's content, and the trunk would first learn to
         # ignore what the tokens say (image targets stayed at the unigram loss without this).
@@ -103,9 +105,8 @@ class ModalityEmbeddings(nn.Module):
         self.register_buffer("positions", positions, persistent=False)  # (sum of counts, D)
         coords = torch.cat([self.kinds[n].grid_coordinates(s) for n, s in specs.items()])
         self.register_buffer("coords", coords, persistent=False)  # (sum of counts, 2): (row, col) on its grid
-        self.register_buffer("pos_offset", counts.cumsum(0) - counts, persistent=False)  # (M,)
-        self.register_buffer("pos_count", counts, persistent=False)
-        self._counts, self._offsets = sizes, [sum(sizes[:m]) for m in range(len(sizes))]  # host copies
+        self.register_buffer("pos_offset", torch.tensor(self._offsets), persistent=False)  # (M,)
+        self.register_buffer("pos_count", torch.tensor(self._counts), persistent=False)
         vocab = torch.tensor([s.vocab_size or 0 for s in specs.values()])
         self.register_buffer("vocab", vocab, persistent=False)
         # decoder inputs of autoregressive targets are the previous tokens (teacher forcing)
@@ -155,8 +156,7 @@ class ModalityEmbeddings(nn.Module):
         previous token for SEQUENCE targets (their ``ids``); zeros on padding."""
         b, n = ids.shape
         groups = self._split_checked("decoder", mod, valid, targets=True)
-        limits = torch.where(self.is_sequence, self.vocab, _NO_LIMIT)
-        self.check_tokens("decoder", ids, mod, pos, valid, limits)
+        self.check_tokens("decoder", ids, mod, pos, valid, self._decoder_limits())
         x = self.mask_token.new_zeros(b * n, self.dim)
         flat_ids = ids.flatten()
         for m, idx in groups.items():
@@ -181,13 +181,17 @@ class ModalityEmbeddings(nn.Module):
             bad |= (ids < 0) | (ids >= self.specs[name].vocab_size)
         if bad.any():  # the general check names the first offender
             valid = torch.ones_like(bad)
-            self.check_tokens("decoder", ids, torch.full_like(ids, m), pos, valid,
-                              torch.where(self.is_sequence, self.vocab, _NO_LIMIT))
+            self.check_tokens("decoder", ids, torch.full_like(ids, m), pos, valid, self._decoder_limits())
         content = self.tables[name](ids) if autoregressive else self.mask_token.expand(*ids.shape, self.dim)
         # summed in the general path's order (content + (position + modality)): the same floats
         return content + (self.positions[pos + self._offsets[m]] + self.modality[m])
 
     # ------------------------------------------------------------------------------ checks
+    def _decoder_limits(self) -> Tensor:
+        """(M,) the exclusive bound of each modality's decoder input ids: its vocabulary for sequences (their
+        inputs are the previous tokens), none for the others (their ids are ignored)."""
+        return torch.where(self.is_sequence, self.vocab, _NO_LIMIT)
+
     def _split_checked(self, what: str, mod: Tensor, valid: Tensor, targets: bool = False) -> dict[int, Tensor]:
         bad = valid & ((mod < 0) | (mod >= len(self.names)))
         if bad.any():
