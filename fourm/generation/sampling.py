@@ -23,6 +23,8 @@ from fourm.registry import Registry
 # fraction of the tokens still undecided after a share ``t`` in [0, 1] of the steps
 MASK_SCHEDULES: Registry[Callable[[float], float]] = Registry("mask schedule", {
     "cosine": lambda t: math.cos(math.pi / 2 * t),  # MaskGIT (arXiv 2202.04200): few tokens first, many last
+    # (1 + cos pi t) / 2: few first and last, most in the middle; what 4M's public code calls "cosine"
+    "cosine_annealing": lambda t: (1.0 + math.cos(math.pi * t)) / 2,
     "linear": lambda t: 1.0 - t,
 })
 # temperature multiplier at a share ``t`` of the steps (annealed to sharpen the last decisions)

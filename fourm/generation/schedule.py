@@ -38,7 +38,8 @@ class Target:
         modality: model modality key.
         scheme: maskgit | roar (image / global tokens) | ar (sequences); None: maskgit or ar by kind.
         steps: MaskGIT / ROAR steps (ignored by ar).
-        schedule: how many tokens each step decides: cosine | linear.
+        schedule: how many tokens each step decides: cosine | cosine_annealing | linear
+            (``fourm.generation.sampling.MASK_SCHEDULES``).
         temperature: sampling temperature (0: greedy), scaled per step by ``temperature_schedule``
             (constant | linear | cosine, annealing towards 0 over the steps; None: the scheme's
             default, linear for maskgit and roar, constant for ar).

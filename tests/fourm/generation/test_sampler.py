@@ -109,7 +109,7 @@ def test_kv_cache_gives_the_same_tokens_as_the_uncached_path(model, settings):
 
 
 @pytest.mark.parametrize("scheme", ["maskgit", "roar"])
-@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+@pytest.mark.parametrize("schedule", ["cosine", "cosine_annealing", "linear"])
 def test_each_step_decides_exactly_the_scheduled_number_of_tokens(model, scheme, schedule, monkeypatch):
     state = conditioned(model)
     state.grids["tok_rgb"][1][1, :] = False  # sample 1: every tok_rgb token to generate; the others: half

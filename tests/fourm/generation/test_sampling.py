@@ -9,7 +9,7 @@ from fourm.generation import sampling
 from fourm.generation.sampling import CDF_BLOCK, nucleus_threshold, sample, temperature_at, tokens_per_step
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+@pytest.mark.parametrize("schedule", ["cosine", "cosine_annealing", "linear"])
 @pytest.mark.parametrize("total,steps", [(196, 8), (16, 8), (5, 8), (1, 1), (0, 4), (64, 1), (100, 12)])
 def test_steps_decide_exactly_the_total_and_at_least_one_each_while_possible(schedule, total, steps):
     counts = tokens_per_step(total, steps, schedule)
@@ -22,6 +22,14 @@ def test_cosine_decides_few_tokens_first_and_many_last():
     assert counts[0] < counts[-1] and counts == sorted(counts)
     linear = tokens_per_step(196, 8, "linear")
     assert max(linear) - min(linear) <= 1
+
+
+def test_cosine_annealing_decides_most_in_the_middle_as_4m_does():
+    counts = tokens_per_step(196, 8, "cosine_annealing")
+    # 4M's cosine_schedule(8, 196) (fourm/utils/generation.py of apple/ml-4m) decides 7, 21, 32, 38, 38, 32, 21, 7;
+    # the goals here are floored where it rounds each step's share, so a token may move to the next step
+    assert counts == [8, 21, 32, 37, 38, 32, 21, 7]
+    assert counts[:4] == sorted(counts[:4]) and counts[4:] == sorted(counts[4:], reverse=True)
 
 
 def test_unknown_schedule_is_an_error():
