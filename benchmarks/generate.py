@@ -59,7 +59,7 @@ CAPTION_TOKENS = 10
 IMAGE_SAMPLING = dict(temperature=3.0, top_p=0.8)
 # its token schedules: MaskGIT on 4M's "cosine" (fourm's cosine_annealing: most tokens in the middle steps), ROAR
 # linear. They set the work: fourm's "cosine" (MaskGIT's, most tokens last) decodes 1090 queries over 8 steps
-# where 4M's decodes 882, and a cosine ROAR encodes 478 decided tokens where a linear one encodes 686
+# where 4M's decodes 882, and a cosine ROAR encodes 478 decided tokens where a linear one encodes 688
 SCHEDULES = {"maskgit": "cosine_annealing", "roar": "linear"}
 CAPTION_SAMPLING = dict(temperature=0.3, top_p=0.8)
 
