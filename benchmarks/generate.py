@@ -57,11 +57,11 @@ from reference import generation_ms, reference_output  # noqa: E402  (benchmarks
 # (10 tokens with [EOS]); images at temperature 3 with top-p 0.8, captions at temperature 0.3 with top-p 0.8
 CAPTION_TOKENS = 10
 IMAGE_SAMPLING = dict(temperature=3.0, top_p=0.8)
+CAPTION_SAMPLING = dict(temperature=0.3, top_p=0.8)
 # its token schedules: MaskGIT on 4M's "cosine" (fourm's cosine_annealing: most tokens in the middle steps), ROAR
 # linear. They set the work: fourm's "cosine" (MaskGIT's, most tokens last) decodes 1090 queries over 8 steps
 # where 4M's decodes 882, and a cosine ROAR encodes 478 decided tokens where a linear one encodes 688
 SCHEDULES = {"maskgit": "cosine_annealing", "roar": "linear"}
-CAPTION_SAMPLING = dict(temperature=0.3, top_p=0.8)
 
 
 @dataclass
