@@ -18,32 +18,33 @@ from fourm.tokenization.vqvae import VQ, ImageVQConfig
 CODES = 4
 
 
+# each builder -> the module a tokenizer calls, its VectorQuantize, whether its codes are directions (l2-normalised)
 def image_vq():
     vq = VQ(ImageVQConfig(codebook_size=CODES, codebook_dim=8, ema_decay=0.0, dead_code_threshold=0.5))
-    return vq, vq.vq, lambda x: vq(x[None])  # (B, N, D) in
+    return vq, vq.vq, True
 
 
 def shared_vq():  # the vector, point and series VQ-VAEs'
     c = SimpleNamespace(codebook_dim=8, codebook_size=CODES, use_cosine_sim=False, decay=0.0, use_kmeans_init=False,
                         threshold_ema_dead_code=0.5, commitment_weight=1.0)
     vq = vector_quantizer(c)
-    return vq, vq, lambda x: vq(x[None])
+    return vq, vq, False
 
 
 @pytest.mark.parametrize("build", [image_vq, shared_vq], ids=["image", "shared"])
 def test_a_code_hit_twice_a_step_is_kept_and_an_unused_one_reseeded(build):
     torch.manual_seed(0)
-    module, vq, run = build()
+    module, vq, directions = build()
     module.train()
-    codes = vq.codebook.detach().clone()  # (CODES, D); l2-normalised for the image quantizer
+    codes = vq.codebook.detach().clone()  # (CODES, D)
     # decay 0: a code's EMA count is its hits in this step: 61, 2, 1 and 0 of 64 (a mean of 16)
     hits = [61, 2, 1, 0]
     x = torch.cat([codes[i].expand(n, -1) for i, n in enumerate(hits)])
     x = x + 1e-3 * torch.randn_like(x)
-    if vq is not module:  # the image quantizer compares directions
+    if directions:
         x = F.normalize(x, dim=-1)
     with torch.no_grad():
-        _, ids, _ = run(x)
+        _, ids, _ = module(x[None])  # (B, N, D)
     assert torch.bincount(ids.flatten(), minlength=CODES).tolist() == hits  # the step hit the codes as planned
     after = vq.codebook.detach()
     moved = (after - codes).norm(dim=-1)
