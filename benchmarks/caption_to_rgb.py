@@ -2,6 +2,11 @@
 show (the evaluation's judge) and how much two draws of one caption differ.
 
     python benchmarks/caption_to_rgb.py --run runs/demo [--samples 128] [--draws 2] [--steps 8]
+        [--schedules linear] [--encode-every 1,2,4,8]
+
+``--encode-every`` runs each schedule with the inputs encoded whole every that many steps, the steps between
+encoding only the tokens decided since (``Target.encode_every``; 1, the default, is exact), all from the
+same seeds.
 
 Each schedule draws ``--draws`` images per held-out caption (MaskGIT, ``--steps`` steps, temperature 1
 scaled by the schedule; argmax is temperature 0). Printed per schedule: named colours shown / shown
@@ -39,14 +44,20 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None, help="held-out scenes (default: all)")
     parser.add_argument("--draws", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--schedules", help="comma-separated names of SCHEDULES' rows (default: all)")
+    parser.add_argument("--encode-every", default="1", help="comma-separated Target.encode_every values")
     args = parser.parse_args()
+    chosen = {n.strip() for n in args.schedules.split(",")} if args.schedules else None
+    rows = [(name + (f", encode every {every}" if every > 1 else ""), dict(settings, encode_every=every))
+            for name, settings in SCHEDULES.items() if chosen is None or name.split(" ")[0] in chosen
+            for every in (int(k) for k in args.encode_every.split(","))]
     run = Path(args.run)
     pipe = Pipeline.from_pretrained(args.model or run / "fourm" / "model", run / "tokenizers")
     captions = [r["caption"] for r in CorpusReader(run / "heldout", ["caption"])][: args.samples]
     conditions = [{"caption": c} for c in captions]
     print(f"caption -> RGB on {len(captions)} held-out scenes, MaskGIT {args.steps} steps, {args.draws} draws each")
-    print(f"{'schedule':18s} {'named':>7s} {'not named':>10s} {'tokens differing':>17s} {'s / draw':>9s}")
-    for name, settings in SCHEDULES.items():
+    print(f"{'schedule':32s} {'named':>7s} {'not named':>10s} {'tokens differing':>17s} {'s / draw':>9s}")
+    for name, settings in rows:
         hits, tokens, start = [], [], time.perf_counter()
         for d in range(args.draws if settings["temperature"] else 1):
             made = pipe.generate(conditions, ["tok_rgb"], seed=d * len(captions), batch_size=16,
@@ -58,7 +69,7 @@ def main() -> None:
             "0.000" if not settings["temperature"] else "-")
         named, unnamed = (np.mean([h[k] for h in hits]) for k in ("named", "false_alarms"))
         seconds = (time.perf_counter() - start) / len(hits)
-        print(f"{name:18s} {named:7.3f} {unnamed:10.3f} {differ:>17s} {seconds:9.1f}", flush=True)
+        print(f"{name:32s} {named:7.3f} {unnamed:10.3f} {differ:>17s} {seconds:9.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -260,6 +260,8 @@ def _generate(p: argparse.ArgumentParser):
     for flag, kind in (("scheme", str), ("steps", int), ("temperature", float), ("guidance", float),
                        ("top-k", int), ("top-p", float)):
         p.add_argument(f"--{flag}", type=kind, help="default for every target that takes it")
+    p.add_argument("--encode-every", type=int, help="MaskGIT and ROAR: encode every input again every this many "
+                   "steps, between them only the tokens decided since (default 1: exact; more: faster, approximate)")
     p.add_argument("--temperature-schedule", help="constant | linear | cosine for image and global targets "
                    "(default linear: annealed over the steps); a caption's: caption.temperature_schedule=...")
     p.add_argument("overrides", nargs="*", help="per-target settings, e.g. tok_depth.steps=12 caption.temperature=0.7")
@@ -273,7 +275,7 @@ def _generate(p: argparse.ArgumentParser):
                                scheme=args.scheme,
                                steps=args.steps, temperature=args.temperature,
                                temperature_schedule=args.temperature_schedule, guidance=args.guidance,
-                               top_k=args.top_k, top_p=args.top_p)
+                               top_k=args.top_k, top_p=args.top_p, encode_every=args.encode_every)
         print("\n".join(str(p) for p in written))
 
     return run

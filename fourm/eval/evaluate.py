@@ -91,6 +91,7 @@ class EvaluateConfig:
     temperature: float = 0.0  # 0: the most likely tokens, what a prediction measure should see
     draws: int = 4  # samples per scene for the rows that score a sample (RGB -> caption, caption -> RGB)
     sample_steps: int = 8  # MaskGIT steps of a sampled image (caption -> RGB), as `fourm generate` makes it
+    encode_every: int = 1  # MaskGIT / ROAR encode all inputs every this many steps (Target.encode_every; 1: exact)
     device: str = "cpu"  # where the model runs ("cuda"); tokenizer round trips and metrics stay on the CPU
     precision: str = "auto"  # what generation computes in (fourm.generation.Pipeline): auto | bf16 | fp32 | int8
     out: str | None = None  # write the table as JSON here
@@ -503,7 +504,7 @@ def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> dict:
     if not Path(cfg.model).is_dir():
         raise FileNotFoundError(f"model folder {cfg.model} does not exist")
     generator = load_generator(cfg.model, cfg.tokenizers, cfg.batch_size, cfg.device, cfg.precision,
-                               steps=cfg.steps, temperature=cfg.temperature)
+                               steps=cfg.steps, temperature=cfg.temperature, encode_every=cfg.encode_every)
     table = evaluate(generator, load_tokenizers(cfg.tokenizers), cfg.corpus, cfg.samples, cfg.seed, progress=progress,
                      draws=cfg.draws, sample_steps=cfg.sample_steps)
     print(format_table(table))

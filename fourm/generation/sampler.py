@@ -13,9 +13,11 @@ Schemes (one function each, in ``SCHEMES``):
 MaskGIT and ROAR steps feed the tokens decided so far back as inputs, as in training (a decoder
 query of an image target carries no content, so what was decided can only reach the model through
 the encoder): the encoder runs once per step on the changed inputs, the decoder only on the
-queries still open. Guidance stacks the conditional and unconditional rows of every sample in the
-same forward (:class:`~fourm.generation.schedule.Guidance`). Sampling draws from one seeded
-generator, so a seed gives the same tokens again.
+queries still open. With ``Target.encode_every`` N > 1 the encoder reads every input only every N-th
+step and in between only the tokens decided since, beside the keys and values kept of the others
+(faster, approximate: :meth:`~fourm.model.fourm.FourM.encode_step`). Guidance stacks the conditional
+and unconditional rows of every sample in the same forward (:class:`~fourm.generation.schedule.Guidance`).
+Sampling draws from one seeded generator, so a seed gives the same tokens again.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch import Tensor
 from fourm.generation.sampling import sample, temperature_at, tokens_per_step
 from fourm.generation.schedule import DEFAULT_TEMPERATURE_SCHEDULES, Guidance, Target
 from fourm.generation.state import GenerationState, with_queries
-from fourm.model.fourm import FourM
+from fourm.model.fourm import EncodeCache, FourM
 from fourm.model.precision import check_precision, resolve_precision
 from fourm.pretrained import inference
 from fourm.registry import Registry
@@ -39,17 +41,27 @@ scheme = SCHEMES.register
 
 
 def guided_logits(model: FourM, state: GenerationState, name: str, guidance: Guidance, pos: Tensor,
-                  valid: Tensor) -> tuple[Tensor, Tensor]:
+                  valid: Tensor, cache: EncodeCache | None = None, new: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Logits of target ``name`` at query positions ``pos`` (B, Nq) where ``valid``, guided.
+
+    The inputs are encoded whole, or with ``cache`` added to it (:meth:`FourM.encode_step`): all of them
+    into an empty cache, else only the target's tokens at ``new`` (B, N) bool, those decided since.
 
     -> rows (n, 2) as (sample, query column) of the valid queries in row-major order, logits (n, K).
     """
     device = model.embed.mask_token.device
-    enc = state.encoder_batch(guidance.variants, target=name).to(device)
-    memory, memory_valid = model.encode(enc)
+    if cache is not None and len(cache):
+        enc = state.grid_batch(name, new, guidance.variants).to(device)
+    else:
+        enc = state.encoder_batch(guidance.variants, target=name).to(device)
+    if cache is None:
+        memory, memory_valid = model.encode(enc)
+    else:
+        model.encode_step(cache, enc)
+        memory = memory_valid = None
     batch = with_queries(enc, model.modality_index(name), pos.to(device), valid.to(device))
     # combined before the (affine) head: one head pass over the first variant's rows, whatever the guidance
-    hidden = guidance.combine(model.decode(batch, memory, memory_valid).float())
+    hidden = guidance.combine(model.decode(batch, memory, memory_valid, encoded=cache).float())
     out = model.logits(hidden, batch.dec_mod[: len(hidden)], batch.dec_valid[: len(hidden)])[name]
     # sampled in fp32 on the CPU (bf16 logits would coarsen the softmax): one seeded generator for every device
     logits, index = out.logits.float().cpu(), out.index.cpu()  # index: (b, q) of each valid query, flat
@@ -81,6 +93,8 @@ def _parallel(model: FourM, state: GenerationState, target: Target, generator: t
         state.set_grid(name, empty, torch.zeros_like(empty, dtype=torch.bool))
     ids, known = (t.clone() for t in state.grids[name])
     plans = [tokens_per_step(int(n), target.steps, target.schedule) for n in (~known).sum(1).tolist()]
+    # encode_every > 1: the inputs encoded so far (FourM.encode_step) and which of the target's tokens were then known
+    cache, encoded = None, known.clone()
     for step in range(target.steps):
         counts = torch.tensor([p[step] for p in plans])
         if not counts.any():
@@ -92,7 +106,10 @@ def _parallel(model: FourM, state: GenerationState, target: Target, generator: t
             valid &= torch.arange(pos.shape[1])[None] < counts[:, None]
         else:  # every open position; the most confident are kept below
             pos, valid = _open_positions(known, torch.arange(known.shape[1]).float().expand_as(known))
-        where, logits = guided_logits(model, state, name, guidance, pos, valid)
+        if target.encode_every > 1 and step % target.encode_every == 0:  # every input encoded again
+            cache = model.start_encoding(len(guidance.variants) * state.batch_size)
+        where, logits = guided_logits(model, state, name, guidance, pos, valid, cache, known & ~encoded)
+        encoded = known.clone()
         sampled, confidence = sample(logits, temperature, target.top_k, target.top_p, generator)
         b, q = where.unbind(1)
         if not random_order:

@@ -50,6 +50,10 @@ class Target:
             Overrides ``guidance`` when given.
         max_tokens: ar only: length cap (default: the modality's maximum).
         min_tokens: ar only: [EOS] is not sampled before this many tokens.
+        encode_every: maskgit and roar: encode every input again every this many steps; the steps
+            between encode only the tokens decided since, beside the encodings kept from before
+            (``FourM.encode_step``). 1: every step, exact; more is faster and approximate (kept
+            encodings do not see the tokens that came after them).
     """
 
     modality: str
@@ -64,13 +68,15 @@ class Target:
     condition_weights: dict[str, float] = field(default_factory=dict)
     max_tokens: int | None = None
     min_tokens: int = 0
+    encode_every: int = 1
 
     def __post_init__(self):
         if self.scheme is not None and self.scheme not in (*PARALLEL_SCHEMES, *SEQUENCE_SCHEMES):
             raise ValueError(f"{self.modality}: unknown scheme {self.scheme!r}; known: "
                              f"{', '.join((*PARALLEL_SCHEMES, *SEQUENCE_SCHEMES))}")
-        if self.steps < 1:
-            raise ValueError(f"{self.modality}: steps must be >= 1, not {self.steps}")
+        for name in ("steps", "encode_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{self.modality}: {name} must be >= 1, not {getattr(self, name)}")
         MASK_SCHEDULES.check(self.schedule, context=self.modality)
         if self.temperature_schedule is None and self.scheme is not None:
             self.temperature_schedule = DEFAULT_TEMPERATURE_SCHEDULES[self.scheme]

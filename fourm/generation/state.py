@@ -160,6 +160,19 @@ class GenerationState:
                       for name, (values, _) in self.continuous.items()}
         return collate(samples, continuous)
 
+    def grid_batch(self, name: str, which: Tensor, variants: list[Variant] = (None,)) -> Batch:
+        """The tokens of grid ``name`` at ``which`` (B, N) bool as encoder inputs, one row per (variant, sample),
+        variant-major as in :meth:`encoder_batch` (every variant keeps the target): (V * B, n), the chosen
+        positions of each sample in order, then padding."""
+        ids = self.grids[name][0]
+        count = int(which.sum(1).max()) if which.numel() else 0
+        pos = (~which).to(torch.int8).argsort(dim=1, stable=True)[:, :count]  # the chosen positions first
+        valid = which.gather(1, pos)
+        pos, ids, valid = (t.repeat(len(variants), 1) for t in (pos, ids.gather(1, pos), valid))
+        empty = pos.new_zeros(len(pos), 0)
+        return Batch(ids, torch.full_like(pos, self.names.index(name)), pos, valid, dec_ids=empty, dec_target=empty,
+                     dec_mod=empty, dec_pos=empty, dec_group=empty, dec_valid=empty.bool())
+
 
 def with_queries(enc: Batch, mod: int, pos: Tensor, valid: Tensor, ids: Tensor | None = None) -> Batch:
     """``enc`` plus decoder queries of one target modality: ``pos`` / ``valid`` (B, Nq) repeated over

@@ -220,7 +220,11 @@ class KVCache:
             self.k, self.v = self._grown(self.k, k, capacity), self._grown(self.v, v, capacity)
         self.k[:, :, self.length: end], self.v[:, :, self.length: end] = k, v
         self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+        return self.contents()
+
+    def contents(self) -> tuple[Tensor, Tensor]:
+        """The keys and values so far (B, H, length, d): views of the buffers."""
+        return self.k[:, :, : self.length], self.v[:, :, : self.length]
 
     def _grown(self, old: Tensor | None, new: Tensor, capacity: int) -> Tensor:
         buffer = new.new_empty(*new.shape[:2], capacity, new.shape[3])

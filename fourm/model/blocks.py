@@ -88,10 +88,11 @@ class EncoderBlock(nn.Module):
                 nn.init.zeros_(p)
 
     def forward(self, x: Tensor, mask: AttentionMask | None = None, rotary: Tensor | None = None,
-                packing: Packing | None = None) -> Tensor:
-        """x (B, N, D), or with ``packing`` its valid rows (n, D) (``fourm.model.packing``)."""
-        x = x + residual_dropout(self.attn(self.norm1(x), mask, rotary=rotary, packing=packing), self.dropout,
-                                 self.training)
+                packing: Packing | None = None, cache: KVCache | None = None) -> Tensor:
+        """x (B, N, D), or with ``packing`` its valid rows (n, D) (``fourm.model.packing``); with ``cache``, x
+        holds new tokens that attend to the cached ones as well (:meth:`~fourm.model.fourm.FourM.encode_step`)."""
+        attn = self.attn(self.norm1(x), mask, cache, rotary=rotary, packing=packing)
+        x = x + residual_dropout(attn, self.dropout, self.training)
         return x + residual_dropout(self.mlp(self.norm2(x)), self.dropout, self.training)
 
 

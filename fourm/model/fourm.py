@@ -221,6 +221,20 @@ class DecodeCache:
         return self.group.shape[1]
 
 
+@dataclass
+class EncodeCache:
+    """Inputs encoded so far, to encode more of them a step at a time (:meth:`FourM.encode_step`): every
+    encoder layer's self-attention keys/values and, for the decoder, every layer's cross-attention
+    keys/values of the encoder's outputs, with which of the cached tokens are valid."""
+
+    layers: list[KVCache]
+    cross: list[KVCache]
+    valid: Tensor  # (B, T)
+
+    def __len__(self) -> int:
+        return self.valid.shape[1]
+
+
 def decoder_mask(q_group: Tensor, q_pos: Tensor, q_causal: Tensor,
                  k_group: Tensor, k_pos: Tensor, k_valid: Tensor) -> Tensor:
     """(B, Nq) query tags, (B, Nk) key tags -> (B, Nq, Nk) bool: same group, valid key, and for
@@ -347,18 +361,52 @@ class FourM(nn.Module, PretrainedMixin):
         """-> memory (B, Ne, D), memory_valid (B, Ne) bool."""
         batch.check()
         valid = batch.enc_valid
-        x = self.embed.encoder_content(batch.enc_ids, batch.enc_mod, batch.enc_pos, valid, batch.continuous)
-        x = x + self.embed.position(batch.enc_mod, batch.enc_pos, valid)
+        x, rotary = self._inputs(batch)
         mask = attention_mask(valid[:, None, :])  # every query sees every valid token
-        rotary = None
-        if self.rotary is not None:
-            rows, cols = self.embed.grid_coordinates(batch.enc_mod, batch.enc_pos, valid).unbind(-1)
-            rotary = torch.cat([self.rotary(rows), self.rotary(cols)], -1).unsqueeze(1)  # (B, 1, Ne, head dim)
         packing = Packing.of(valid, x)  # the blocks run on the valid tokens only (fourm.model.packing)
         x = pack(x, packing)
         for blk in self.encoder:
             x = self._block(blk, x, mask, rotary, packing)
         return unpack(self.encoder_norm(x), packing), valid
+
+    def _inputs(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
+        """The encoder's input tokens embedded (B, Ne, D), and their rotary angles (B, 1, Ne, head dim) or None."""
+        valid = batch.enc_valid
+        x = self.embed.encoder_content(batch.enc_ids, batch.enc_mod, batch.enc_pos, valid, batch.continuous)
+        x = x + self.embed.position(batch.enc_mod, batch.enc_pos, valid)
+        if self.rotary is None:
+            return x, None
+        rows, cols = self.embed.grid_coordinates(batch.enc_mod, batch.enc_pos, valid).unbind(-1)
+        return x, torch.cat([self.rotary(rows), self.rotary(cols)], -1).unsqueeze(1)
+
+    def start_encoding(self, batch_size: int) -> EncodeCache:
+        """An empty :class:`EncodeCache` for :meth:`encode_step` over ``batch_size`` rows."""
+        device = self.embed.mask_token.device
+        return EncodeCache(layers=[KVCache() for _ in self.encoder], cross=[KVCache() for _ in self.decoder],
+                           valid=torch.zeros(batch_size, 0, dtype=torch.bool, device=device))
+
+    def encode_step(self, cache: EncodeCache, batch: Batch) -> None:
+        """Encode ``batch``'s input tokens after those in ``cache``, and add them to it (decoder fields are
+        ignored); :meth:`decode` then reads every token so far from the cache (``encoded=``).
+
+        The new tokens attend to every valid token so far, as in :meth:`encode`; the cached ones keep the
+        encodings they got when they came and do not see the new ones. On an empty cache this is
+        :meth:`encode`; over several steps it approximates it, as caches of already-decoded tokens'
+        keys and values do for masked diffusion models (dKV-Cache, arXiv 2505.15781; Fast-dLLM, arXiv
+        2505.22618): MaskGIT and ROAR then encode each decided token once instead of at every later step.
+        """
+        batch.check()
+        if batch.enc_ids.shape[0] != cache.valid.shape[0]:
+            raise ValueError(f"encode_step: a batch of {batch.enc_ids.shape[0]} rows for a cache of "
+                             f"{cache.valid.shape[0]}")
+        x, rotary = self._inputs(batch)
+        cache.valid = torch.cat([cache.valid, batch.enc_valid], 1)
+        mask = attention_mask(cache.valid[:, None, :])  # every new token sees every valid token so far
+        for blk, layer in zip(self.encoder, cache.layers, strict=True):
+            x = blk(x, mask, rotary, cache=layer)
+        memory = self.encoder_norm(x)
+        for blk, kv in zip(self.decoder, cache.cross, strict=True):
+            kv.append(*blk.cross_attn.project_kv(memory))
 
     def encode_features(self, batch: Batch, pool: str = "mean", modalities: list[str] | None = None) -> Features:
         """Encoder outputs of the batch's input tokens of ``modalities`` (default: every input it has),
@@ -396,20 +444,32 @@ class FourM(nn.Module, PretrainedMixin):
         x = self.embed.decoder_content(ids, mod, pos, valid) + self.embed.position(mod, pos, valid)
         return x, self.embed.is_sequence[mod.masked_fill(~valid, 0)]
 
-    def decode(self, batch: Batch, memory: Tensor, memory_valid: Tensor) -> Tensor:
-        """Teacher-forced decode of every target token at once -> hidden (B, Nd, D)."""
+    def decode(self, batch: Batch, memory: Tensor | None, memory_valid: Tensor | None,
+               encoded: EncodeCache | None = None) -> Tensor:
+        """Teacher-forced decode of every target token at once -> hidden (B, Nd, D). The memory is
+        :meth:`encode`'s output, or (``memory`` and ``memory_valid`` None) the tokens in ``encoded``."""
         batch.check()
-        if memory.shape[:2] != memory_valid.shape or memory.shape[0] != batch.dec_ids.shape[0]:
-            raise ValueError(f"memory {tuple(memory.shape)} and memory_valid {tuple(memory_valid.shape)} do not "
-                             f"match a batch of {batch.dec_ids.shape[0]}")
+        if encoded is not None:
+            memory_valid = encoded.valid
+            cross_kv = [kv.contents() for kv in encoded.cross]
+        elif memory.shape[:2] != memory_valid.shape:
+            raise ValueError(f"memory {tuple(memory.shape)} and memory_valid {tuple(memory_valid.shape)} do not match")
+        if memory_valid.shape[0] != batch.dec_ids.shape[0]:
+            raise ValueError(f"a memory of {memory_valid.shape[0]} rows does not match a batch of "
+                             f"{batch.dec_ids.shape[0]}")
         x, causal = self._queries(batch.dec_ids, batch.dec_mod, batch.dec_pos, batch.dec_valid)
         group, pos = batch.dec_group, batch.dec_pos
         self_mask = attention_mask(decoder_mask(group, pos, causal, group, pos, batch.dec_valid))
         cross_mask = attention_mask(memory_valid[:, None, :])
-        packing, memory_packing = Packing.of(batch.dec_valid, x), Packing.of(memory_valid, memory)
-        x, memory = pack(x, packing), pack(memory, memory_packing)
-        for blk in self.decoder:
-            x = self._block(blk, x, self_mask, cross_mask, memory=memory, packing=packing,
+        packing = Packing.of(batch.dec_valid, x)
+        x = pack(x, packing)
+        if encoded is None:
+            memory_packing = Packing.of(memory_valid, memory)
+            memory, cross_kv = pack(memory, memory_packing), [None] * len(self.decoder)
+        else:
+            memory_packing = None
+        for blk, kv in zip(self.decoder, cross_kv, strict=True):
+            x = self._block(blk, x, self_mask, cross_mask, memory=memory, cross_kv=kv, packing=packing,
                             memory_packing=memory_packing)
         return unpack(self.decoder_norm(x), packing)
 

@@ -110,6 +110,25 @@ def test_a_default_temperature_schedule_applies_to_images_and_captions_keep_thei
     assert depth.temperature_schedule == "linear"
 
 
+def test_cli_encode_every_reaches_each_parallel_target(model_dir, tokenizers_dir, tmp_path, capsys, monkeypatch):
+    from fourm.model.fourm import FourM
+
+    calls = []  # per encode_step: the input tokens it encodes
+    real = FourM.encode_step
+
+    def spy(self, cache, batch):
+        calls.append(batch)
+        return real(self, cache, batch)
+
+    monkeypatch.setattr(FourM, "encode_step", spy)
+    code = main(["generate", "--model", str(model_dir), "--tokenizers", str(tokenizers_dir), "--input",
+                 "caption=a cube", "--target", "tok_rgb,tok_depth", "--out", str(tmp_path / "o"), "--steps", "4",
+                 "--encode-every", "2", "tok_depth.encode_every=1"])
+    assert code == 0, capsys.readouterr().err
+    # tok_rgb: whole inputs at steps 0 and 2, its decided tokens at 1 and 3; tok_depth encodes whole every step
+    assert len(calls) == 4 and calls[1].enc_mod.unique().tolist() == calls[3].enc_mod.unique().tolist() == [1]
+
+
 def test_cli_schedule_file_and_several_samples(model_dir, tokenizers_dir, photo, tmp_path, capsys):
     schedule = tmp_path / "schedule.yaml"
     schedule.write_text("targets:\n  - {modality: depth, scheme: roar, steps: 2}\n"
@@ -129,6 +148,7 @@ def test_cli_schedule_file_and_several_samples(model_dir, tokenizers_dir, photo,
     (["--input", "normal=PHOTO", "--target", "caption"], "the model does not know modality 'normal'"),
     (["--input", "caption=a cube", "--target", "tok_normal"], "the model does not know modality 'tok_normal'"),
     (["--input", "caption=a cube", "--target", "tok_rgb", "--steps", "0"], "steps must be >= 1"),
+    (["--input", "caption=a cube", "--target", "tok_rgb", "--encode-every", "0"], "encode_every must be >= 1, not 0"),
     (["--input", "caption=a cube", "--target", "tok_rgb", "--temperature-schedule", "warm"],
      "unknown temperature schedule 'warm'"),
     (["--input", "caption=a cube", "--target", "tok_rgb", "tok_depth.steps=2"], "not targets"),

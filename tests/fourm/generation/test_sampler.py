@@ -117,9 +117,9 @@ def test_each_step_decides_exactly_the_scheduled_number_of_tokens(model, scheme,
     seen = []
     real = sampler.guided_logits
 
-    def spy(model_, state_, name, guidance, pos, valid):
+    def spy(model_, state_, name, guidance, pos, valid, *cached):
         seen.append(state_.grids[name][1].sum(1).clone())
-        return real(model_, state_, name, guidance, pos, valid)
+        return real(model_, state_, name, guidance, pos, valid, *cached)
 
     monkeypatch.setattr(sampler, "guided_logits", spy)
     target = Target("tok_rgb", scheme=scheme, steps=5, schedule=schedule)

@@ -1,0 +1,126 @@
+"""The encoder cache of MaskGIT and ROAR (``Target.encode_every``, ``FourM.encode_step``): exact on its first
+step, a new token sees the cached ones as a whole encode's would, and each decided token is encoded once."""
+
+import pytest
+import torch
+
+from fourm.generation import Guidance, Target, build_schedule, generate
+from fourm.generation.sampler import guided_logits
+from fourm.generation.state import with_queries
+
+from .conftest import nano_model
+from .test_sampler import conditioned, queries
+
+
+@pytest.fixture(scope="module")
+def model():
+    return nano_model()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("guidance", [Guidance.plain(), Guidance.classifier_free(2.0)])
+def test_encoding_everything_into_an_empty_cache_gives_the_whole_encodes_logits(model, guidance):
+    state = conditioned(model)
+    _, whole = guided_logits(model, state, "tok_depth", guidance, *queries(state))
+    cache = model.start_encoding(len(guidance.variants) * state.batch_size)
+    _, cached = guided_logits(model, state, "tok_depth", guidance, *queries(state), cache)
+    torch.testing.assert_close(cached, whole, rtol=1e-5, atol=1e-5)
+    assert len(cache) == state.encoder_batch(guidance.variants, "tok_depth").enc_ids.shape[1]
+
+
+@torch.no_grad()
+def test_a_new_token_sees_the_cached_ones_as_in_a_whole_encode():
+    """With one encoder layer the cached tokens' keys and values do not depend on what comes later, so the
+    new tokens' encodings (here: their cross-attention keys and values) equal those of one whole encode."""
+    model = nano_model()
+    model.encoder = model.encoder[:1]
+    state = conditioned(model)
+    whole_batch = state.encoder_batch(target="tok_rgb")
+    memory, valid = model.encode(whole_batch)
+    whole_kv = model.decoder[0].cross_attn.project_kv(memory)
+
+    ids, known = state.grids["tok_rgb"]
+    later = known & (torch.arange(16) >= 8)  # the given tok_rgb tokens of the second half come in a second step
+    state.grids["tok_rgb"] = (ids, known & ~later)
+    cache = model.start_encoding(state.batch_size)
+    model.encode_step(cache, state.encoder_batch(target="tok_rgb"))
+    first = len(cache)
+    state.grids["tok_rgb"] = (ids, known)
+    model.encode_step(cache, state.grid_batch("tok_rgb", later))
+    cached_k, cached_v = cache.cross[0].k[:, :, first: len(cache)], cache.cross[0].v[:, :, first: len(cache)]
+    # the same tokens in the whole encode: tok_rgb is the last modality, so its later half ends each row
+    m = model.modality_index("tok_rgb")
+    for b in range(state.batch_size):
+        n = int(later[b].sum())
+        assert n > 0
+        rows = ((whole_batch.enc_mod[b] == m) & valid[b] & (whole_batch.enc_pos[b] >= 8)).nonzero().squeeze(1)
+        torch.testing.assert_close(cached_k[b, :, :n], whole_kv[0][b, :, rows], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(cached_v[b, :, :n], whole_kv[1][b, :, rows], rtol=1e-4, atol=1e-5)
+        assert cache.valid[b, first: first + n].all() and not cache.valid[b, first + n:].any()
+
+
+@pytest.mark.parametrize("scheme", ["maskgit", "roar"])
+@pytest.mark.parametrize("every", [2, 8])
+def test_inputs_are_encoded_whole_every_so_many_steps_and_each_decided_token_once_between(model, scheme, every,
+                                                                                          monkeypatch):
+    state = conditioned(model)
+    variants = Guidance.classifier_free(1.5).variants
+    calls = []  # per encode_step: the tokens it encodes per row, and the whole input's then
+    real = model.encode_step
+
+    def spy(cache, batch):
+        calls.append((batch.enc_valid.sum(1), state.encoder_batch(variants, "tok_rgb").enc_valid.sum(1),
+                      state.grids["tok_rgb"][1].clone()))
+        return real(cache, batch)
+
+    monkeypatch.setattr(model, "encode_step", spy)
+    target = Target("tok_rgb", scheme=scheme, steps=4, guidance=1.5, encode_every=every)
+    generate(model, state, build_schedule([target], model.specs, ["rgb", "caption"]), seed=0)
+    assert state.grids["tok_rgb"][1].all() and len(calls) == 4
+    for step, (count, whole, known) in enumerate(calls):
+        if step % every == 0:  # every input: the conditioned rows, then the unconditioned
+            assert torch.equal(count, whole)
+        else:  # the tokens the step before decided, in both variants
+            decided = (known & ~calls[step - 1][2]).sum(1)
+            assert (decided > 0).all() and torch.equal(count, decided.repeat(2))
+
+
+def test_encoding_every_step_is_the_whole_encode(model, monkeypatch):
+    """encode_every=1 never builds a cache: every step runs FourM.encode on every input."""
+    monkeypatch.setattr(model, "encode_step", lambda *a: pytest.fail("encode_step called"))
+    state = conditioned(model)
+    generate(model, state, build_schedule([Target("tok_depth", steps=3)], model.specs, ["rgb"]), seed=0)
+    assert state.grids["tok_depth"][1].all()
+    with pytest.raises(ValueError, match="encode_every must be >= 1, not 0"):
+        Target("tok_depth", encode_every=0)
+
+
+def test_one_step_gives_the_exact_paths_tokens_and_a_seed_repeats(model):
+    def run(cache: bool, steps: int, seed: int = 0):
+        state = conditioned(model)
+        target = Target("tok_depth", steps=steps, temperature=1.0, guidance=1.0, encode_every=8 if cache else 1)
+        return generate(model, state, build_schedule([target], model.specs, ["rgb", "caption", "tok_rgb"]),
+                        seed=seed).grids["tok_depth"][0]
+
+    assert torch.equal(run(True, 1), run(False, 1))
+    assert torch.equal(run(True, 4), run(True, 4))
+    assert not torch.equal(run(True, 4), run(True, 4, seed=1))
+
+
+def test_a_cache_of_other_rows_is_refused(model):
+    state = conditioned(model)
+    with pytest.raises(ValueError, match="a batch of 3 rows for a cache of 6"):
+        model.encode_step(model.start_encoding(6), state.encoder_batch(target="tok_rgb"))
+
+
+def test_queries_decode_from_a_cache_as_from_its_memory(model):
+    """decode(encoded=cache) reads the cross-attention keys/values the cache holds, not a memory."""
+    state = conditioned(model)
+    enc = state.encoder_batch(target="tok_depth")
+    cache = model.start_encoding(state.batch_size)
+    with torch.no_grad():
+        model.encode_step(cache, enc)
+        batch = with_queries(enc, model.modality_index("tok_depth"), *queries(state))
+        from_cache = model.decode(batch, None, None, encoded=cache)
+        from_memory = model.decode(batch, *model.encode(enc))
+    torch.testing.assert_close(from_cache, from_memory, rtol=1e-5, atol=1e-5)
