@@ -48,6 +48,9 @@ def main() -> None:
     parser.add_argument("--encode-every", default="1", help="comma-separated Target.encode_every values")
     args = parser.parse_args()
     chosen = {n.strip() for n in args.schedules.split(",")} if args.schedules else None
+    unknown = chosen - {name.split(" ")[0] for name in SCHEDULES} if chosen else set()
+    if unknown:
+        parser.error(f"--schedules: unknown {', '.join(sorted(unknown))}; known: {', '.join(SCHEDULES)}")
     rows = [(name + (f", encode every {every}" if every > 1 else ""), dict(settings, encode_every=every))
             for name, settings in SCHEDULES.items() if chosen is None or name.split(" ")[0] in chosen
             for every in (int(k) for k in args.encode_every.split(","))]

@@ -482,7 +482,9 @@ def evaluate(generator: Generator, tokenizers: dict, corpus: str | os.PathLike, 
 def format_table(table: dict) -> str:
     """The table as aligned text, one row per measure, best-of marks where the model beats the baseline."""
     head = f"{'task':32} {'metric':28} {'model':>8} {'baseline':>9} {'upper':>8}  baseline is"
-    lines = [f"evaluation on {table['samples']} held-out scenes", head, "-" * len(head)]
+    every = table.get("encode_every", 1)
+    approximate = f", MaskGIT and ROAR encoding every input every {every} steps (approximate)" if every > 1 else ""
+    lines = [f"evaluation on {table['samples']} held-out scenes{approximate}", head, "-" * len(head)]
     for r in table["rows"]:
         mark = {True: " ", False: "!", None: "?"}[r["beats_baseline"]]
         lines.append(f"{r['task']:32} {r['metric']:28} {_num(r['model']):>8}{mark}{_num(r['baseline']):>9} "
@@ -507,6 +509,8 @@ def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> dict:
                                steps=cfg.steps, temperature=cfg.temperature, encode_every=cfg.encode_every)
     table = evaluate(generator, load_tokenizers(cfg.tokenizers), cfg.corpus, cfg.samples, cfg.seed, progress=progress,
                      draws=cfg.draws, sample_steps=cfg.sample_steps)
+    # the generation settings beside the figures: an approximate encoder (encode_every > 1) must show in the table
+    table.update(steps=cfg.steps, encode_every=cfg.encode_every)
     print(format_table(table))
     if cfg.out:
         write_json(cfg.out, table)

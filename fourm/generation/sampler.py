@@ -51,6 +51,8 @@ def guided_logits(model: FourM, state: GenerationState, name: str, guidance: Gui
     """
     device = model.embed.mask_token.device
     if cache is not None and len(cache):
+        if new is None:
+            raise ValueError("guided_logits: a cache that holds inputs needs new, the tokens decided since")
         enc = state.grid_batch(name, new, guidance.variants).to(device)
     else:
         enc = state.encoder_batch(guidance.variants, target=name).to(device)
@@ -93,8 +95,8 @@ def _parallel(model: FourM, state: GenerationState, target: Target, generator: t
         state.set_grid(name, empty, torch.zeros_like(empty, dtype=torch.bool))
     ids, known = (t.clone() for t in state.grids[name])
     plans = [tokens_per_step(int(n), target.steps, target.schedule) for n in (~known).sum(1).tolist()]
-    # encode_every > 1: the inputs encoded so far (FourM.encode_step) and which of the target's tokens were then known
-    cache, encoded = None, known.clone()
+    # encode_every > 1: the inputs encoded so far (FourM.encode_step), and which of the target's tokens they hold
+    cache, cached = None, known.clone()
     for step in range(target.steps):
         counts = torch.tensor([p[step] for p in plans])
         if not counts.any():
@@ -108,8 +110,8 @@ def _parallel(model: FourM, state: GenerationState, target: Target, generator: t
             pos, valid = _open_positions(known, torch.arange(known.shape[1]).float().expand_as(known))
         if target.encode_every > 1 and step % target.encode_every == 0:  # every input encoded again
             cache = model.start_encoding(len(guidance.variants) * state.batch_size)
-        where, logits = guided_logits(model, state, name, guidance, pos, valid, cache, known & ~encoded)
-        encoded = known.clone()
+        where, logits = guided_logits(model, state, name, guidance, pos, valid, cache, known & ~cached)
+        cached = known.clone()
         sampled, confidence = sample(logits, temperature, target.top_k, target.top_p, generator)
         b, q = where.unbind(1)
         if not random_order:

@@ -224,6 +224,8 @@ class KVCache:
 
     def contents(self) -> tuple[Tensor, Tensor]:
         """The keys and values so far (B, H, length, d): views of the buffers."""
+        if self.k is None:
+            raise ValueError("the KV cache holds nothing yet: nothing was appended to it")
         return self.k[:, :, : self.length], self.v[:, :, : self.length]
 
     def _grown(self, old: Tensor | None, new: Tensor, capacity: int) -> Tensor:

@@ -402,11 +402,13 @@ class FourM(nn.Module, PretrainedMixin):
         x, rotary = self._inputs(batch)
         cache.valid = torch.cat([cache.valid, batch.enc_valid], 1)
         mask = attention_mask(cache.valid[:, None, :])  # every new token sees every valid token so far
+        packing = Packing.of(batch.enc_valid, x)  # as in encode: the keys/values are cached in the padded layout
+        x = pack(x, packing)
         for blk, layer in zip(self.encoder, cache.layers, strict=True):
-            x = blk(x, mask, rotary, cache=layer)
+            x = blk(x, mask, rotary, packing, cache=layer)
         memory = self.encoder_norm(x)
         for blk, kv in zip(self.decoder, cache.cross, strict=True):
-            kv.append(*blk.cross_attn.project_kv(memory))
+            kv.append(*blk.cross_attn.project_kv(memory, packing))
 
     def encode_features(self, batch: Batch, pool: str = "mean", modalities: list[str] | None = None) -> Features:
         """Encoder outputs of the batch's input tokens of ``modalities`` (default: every input it has),
@@ -449,6 +451,8 @@ class FourM(nn.Module, PretrainedMixin):
         """Teacher-forced decode of every target token at once -> hidden (B, Nd, D). The memory is
         :meth:`encode`'s output, or (``memory`` and ``memory_valid`` None) the tokens in ``encoded``."""
         batch.check()
+        if (encoded is None) == (memory is None):
+            raise ValueError("decode reads a memory or an encode cache (encoded=), one of the two")
         if encoded is not None:
             memory_valid = encoded.valid
             cross_kv = [kv.contents() for kv in encoded.cross]

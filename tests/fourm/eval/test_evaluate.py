@@ -427,3 +427,9 @@ def test_rows_beyond_vision_run_on_a_real_pipeline(omni_scenes):
     first = tokenizers["tok_video"].decode(np.asarray(conditions["tok_video"]).clip(min=0))
     for video, given in zip(videos, first, strict=True):  # the given first frame is kept, the others generated
         np.testing.assert_array_equal(video[0], given[0])
+
+
+def test_a_table_of_an_approximate_encoder_says_so_in_its_title():
+    table = {"samples": 3, "rows": [], "skipped": {}, "absent": {}, "steps": 8, "encode_every": 4}
+    assert format_table(table).splitlines()[0].endswith("encoding every input every 4 steps (approximate)")
+    assert "approximate" not in format_table({**table, "encode_every": 1})

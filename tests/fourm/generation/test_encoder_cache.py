@@ -4,11 +4,13 @@ step, a new token sees the cached ones as a whole encode's would, and each decid
 import pytest
 import torch
 
-from fourm.generation import Guidance, Target, build_schedule, generate
+from fourm.generation import GenerationState, Guidance, Target, build_schedule, generate
 from fourm.generation.sampler import guided_logits
 from fourm.generation.state import with_queries
+from fourm.modalities import ModalityScale
+from fourm.model.sizes import create_model
 
-from .conftest import nano_model
+from .conftest import CODES, MODALITIES, PATCH, SIDE, TEXT_VOCAB, nano_model
 from .test_sampler import conditioned, queries
 
 
@@ -29,33 +31,37 @@ def test_encoding_everything_into_an_empty_cache_gives_the_whole_encodes_logits(
 
 
 @torch.no_grad()
-def test_a_new_token_sees_the_cached_ones_as_in_a_whole_encode():
+@pytest.mark.parametrize("extras", [{}, {"use_rotary": True, "use_qk_norm": True}])
+def test_a_new_token_sees_the_cached_ones_as_in_a_whole_encode(extras):
     """With one encoder layer the cached tokens' keys and values do not depend on what comes later, so the
-    new tokens' encodings (here: their cross-attention keys and values) equal those of one whole encode."""
-    model = nano_model()
-    model.encoder = model.encoder[:1]
+    new tokens' encodings (here: their cross-attention keys and values) equal those of one whole encode;
+    the rows add 1, 2 and 4 tokens, so the step's batch is padded."""
+    torch.manual_seed(0)
+    vocab = {name: size for name, (_, size) in CODES.items()} | {"caption": TEXT_VOCAB}
+    model = create_model("nano", MODALITIES, ModalityScale(SIDE, PATCH, vocab_sizes=vocab),
+                         max_tokens={"caption": 24}, encoder_depth=1, **extras).eval()
     state = conditioned(model)
     whole_batch = state.encoder_batch(target="tok_rgb")
     memory, valid = model.encode(whole_batch)
     whole_kv = model.decoder[0].cross_attn.project_kv(memory)
 
     ids, known = state.grids["tok_rgb"]
-    later = known & (torch.arange(16) >= 8)  # the given tok_rgb tokens of the second half come in a second step
+    odd = torch.arange(16) % 2 == 1  # the given tok_rgb tokens; rows hold back their last 1, 2 and 4
+    later = known & odd & (torch.arange(16) >= torch.tensor([15, 13, 9])[:, None])
     state.grids["tok_rgb"] = (ids, known & ~later)
     cache = model.start_encoding(state.batch_size)
     model.encode_step(cache, state.encoder_batch(target="tok_rgb"))
     first = len(cache)
     state.grids["tok_rgb"] = (ids, known)
     model.encode_step(cache, state.grid_batch("tok_rgb", later))
-    cached_k, cached_v = cache.cross[0].k[:, :, first: len(cache)], cache.cross[0].v[:, :, first: len(cache)]
-    # the same tokens in the whole encode: tok_rgb is the last modality, so its later half ends each row
+    cached_k, cached_v = cache.cross[0].contents()
     m = model.modality_index("tok_rgb")
-    for b in range(state.batch_size):
-        n = int(later[b].sum())
-        assert n > 0
-        rows = ((whole_batch.enc_mod[b] == m) & valid[b] & (whole_batch.enc_pos[b] >= 8)).nonzero().squeeze(1)
-        torch.testing.assert_close(cached_k[b, :, :n], whole_kv[0][b, :, rows], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(cached_v[b, :, :n], whole_kv[1][b, :, rows], rtol=1e-4, atol=1e-5)
+    for b, n in enumerate([1, 2, 4]):
+        assert int(later[b].sum()) == n
+        rows = ((whole_batch.enc_mod[b] == m) & valid[b] & later[b][whole_batch.enc_pos[b].clamp(max=15)])
+        rows = rows.nonzero().squeeze(1)
+        torch.testing.assert_close(cached_k[b, :, first: first + n], whole_kv[0][b, :, rows], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(cached_v[b, :, first: first + n], whole_kv[1][b, :, rows], rtol=1e-4, atol=1e-5)
         assert cache.valid[b, first: first + n].all() and not cache.valid[b, first + n:].any()
 
 
@@ -124,3 +130,22 @@ def test_queries_decode_from_a_cache_as_from_its_memory(model):
         from_cache = model.decode(batch, None, None, encoded=cache)
         from_memory = model.decode(batch, *model.encode(enc))
     torch.testing.assert_close(from_cache, from_memory, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_a_cache_runs_in_bf16_and_from_no_input_at_all(model, precision):
+    """No condition and nothing known: the first step encodes nothing; later ones only what was decided."""
+    state = GenerationState(model.specs, 2)
+    target = Target("tok_rgb", steps=4, temperature=1.0, guidance=1.0, encode_every=8)
+    out = generate(model, state, build_schedule([target], model.specs), seed=0, precision=precision)
+    assert out.grids["tok_rgb"][1].all()
+
+
+def test_decode_reads_a_memory_or_a_cache_and_says_which_is_missing(model):
+    state = conditioned(model)
+    enc = state.encoder_batch(target="tok_depth")
+    batch = with_queries(enc, model.modality_index("tok_depth"), *queries(state))
+    with pytest.raises(ValueError, match="a memory or an encode cache"):
+        model.decode(batch, None, None)
+    with pytest.raises(ValueError, match="holds nothing yet"):
+        model.decode(batch, None, None, encoded=model.start_encoding(state.batch_size))

@@ -10,6 +10,8 @@ from PIL import Image
 from fourm.cli import main
 from fourm.generation import Pipeline, Target
 
+from .conftest import MODALITIES
+
 
 @pytest.fixture(scope="module")
 def pipe(model_dir, tokenizers_dir):
@@ -126,7 +128,8 @@ def test_cli_encode_every_reaches_each_parallel_target(model_dir, tokenizers_dir
                  "--encode-every", "2", "tok_depth.encode_every=1"])
     assert code == 0, capsys.readouterr().err
     # tok_rgb: whole inputs at steps 0 and 2, its decided tokens at 1 and 3; tok_depth encodes whole every step
-    assert len(calls) == 4 and calls[1].enc_mod.unique().tolist() == calls[3].enc_mod.unique().tolist() == [1]
+    tok_rgb = MODALITIES.split(",").index("tok_rgb")
+    assert len(calls) == 4 and calls[1].enc_mod.unique().tolist() == calls[3].enc_mod.unique().tolist() == [tok_rgb]
 
 
 def test_cli_schedule_file_and_several_samples(model_dir, tokenizers_dir, photo, tmp_path, capsys):
