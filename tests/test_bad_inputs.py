@@ -256,6 +256,8 @@ CASES = {
     "evaluate: swapped tokenizer": (lambda w, t: ["evaluate", "--model", str(w.model), "--tokenizers",
                                                   str(swapped_tokenizers(w, t)), "--corpus", str(w.raw)],
                                     ["tok_rgb", "tok_depth"]),
+    "evaluate: encode_every 0": (lambda w, t: ["evaluate", "--model", str(w.model), "--tokenizers", str(w.toks),
+                                               "--corpus", str(w.raw), "encode_every=0"], ["encode_every", "0"]),
     # index and retrieve
     "index: no corpus": (lambda w, t: ["index", "--corpus", str(t / "none"), "--out", str(t / "i")], ["none"]),
     "index: from model without one": (lambda w, t: ["index", "--corpus", str(w.raw), "--out", str(t / "i"),

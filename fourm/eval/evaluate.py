@@ -505,6 +505,8 @@ def run_evaluation(cfg: EvaluateConfig, progress: bool = True) -> dict:
     """Load the model and tokenizers, evaluate, print the table and write it as JSON when ``cfg.out`` is set."""
     if not Path(cfg.model).is_dir():
         raise FileNotFoundError(f"model folder {cfg.model} does not exist")
+    if cfg.steps < 1 or cfg.encode_every < 1:  # before the model loads, not at the first row
+        raise ValueError(f"evaluate: steps and encode_every must be at least 1, not {cfg.steps} and {cfg.encode_every}")
     generator = load_generator(cfg.model, cfg.tokenizers, cfg.batch_size, cfg.device, cfg.precision,
                                steps=cfg.steps, temperature=cfg.temperature, encode_every=cfg.encode_every)
     table = evaluate(generator, load_tokenizers(cfg.tokenizers), cfg.corpus, cfg.samples, cfg.seed, progress=progress,
