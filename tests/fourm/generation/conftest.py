@@ -28,11 +28,12 @@ def text_tokenizer() -> SequenceTokenizer:
                              vocab)
 
 
-def nano_model(seed: int = 0):
+def nano_model(seed: int = 0, **overrides):
+    """``overrides``: FourMConfig fields (``encoder_depth=1``, ``use_rotary=True``)."""
     torch.manual_seed(seed)
     vocab = {name: size for name, (_, size) in CODES.items()} | {"caption": TEXT_VOCAB}
     return create_model("nano", MODALITIES, ModalityScale(SIDE, PATCH, vocab_sizes=vocab),
-                        max_tokens={"caption": 24}).eval()
+                        max_tokens={"caption": 24}, **overrides).eval()
 
 
 @pytest.fixture(scope="session")

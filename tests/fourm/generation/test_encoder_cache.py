@@ -7,10 +7,8 @@ import torch
 from fourm.generation import GenerationState, Guidance, Target, build_schedule, generate
 from fourm.generation.sampler import guided_logits
 from fourm.generation.state import with_queries
-from fourm.modalities import ModalityScale
-from fourm.model.sizes import create_model
 
-from .conftest import CODES, MODALITIES, PATCH, SIDE, TEXT_VOCAB, nano_model
+from .conftest import nano_model
 from .test_sampler import conditioned, queries
 
 
@@ -36,10 +34,7 @@ def test_a_new_token_sees_the_cached_ones_as_in_a_whole_encode(extras):
     """With one encoder layer the cached tokens' keys and values do not depend on what comes later, so the
     new tokens' encodings (here: their cross-attention keys and values) equal those of one whole encode;
     the rows add 1, 2 and 4 tokens, so the step's batch is padded."""
-    torch.manual_seed(0)
-    vocab = {name: size for name, (_, size) in CODES.items()} | {"caption": TEXT_VOCAB}
-    model = create_model("nano", MODALITIES, ModalityScale(SIDE, PATCH, vocab_sizes=vocab),
-                         max_tokens={"caption": 24}, encoder_depth=1, **extras).eval()
+    model = nano_model(encoder_depth=1, **extras)
     state = conditioned(model)
     whole_batch = state.encoder_batch(target="tok_rgb")
     memory, valid = model.encode(whole_batch)
