@@ -4,9 +4,9 @@ show (the evaluation's judge) and how much two draws of one caption differ.
     python benchmarks/caption_to_rgb.py --run runs/demo [--samples 128] [--draws 2] [--steps 8]
         [--schedules linear] [--encode-every 1,2,4,8]
 
-``--encode-every`` runs each schedule with the inputs encoded whole every that many steps, the steps between
-encoding only the tokens decided since (``Target.encode_every``; 1, the default, is exact), all from the
-same seeds.
+``--encode-every`` runs each schedule with the image's tokens encoded whole every that many steps, the steps
+between encoding only those decided since and the caption afresh (``Target.encode_every``; 1, the default, is
+exact), all from the same seeds.
 
 Each schedule draws ``--draws`` images per held-out caption (MaskGIT, ``--steps`` steps, temperature 1
 scaled by the schedule; argmax is temperature 0). Printed per schedule: named colours shown / shown

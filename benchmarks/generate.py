@@ -29,9 +29,10 @@ ours; ``--reference`` replaces them with figures measured now: a saved stdout of
 (a shared VM: the same reference run took 3.3-3.9 s for MaskGIT within two hours),
 ``--pairs N`` runs the reference folder and then ours N times and adds the median of the pairs' ratios.
 
-The three caption -> image cases run once more with ``Target.encode_every=4`` (the inputs encoded whole
-every 4 steps, the steps between encoding only the tokens decided since): approximate, so their ratios
-compare less work than the reference's and say what the option buys.
+The three caption -> image cases run once more with ``Target.encode_every`` (``--encode-every``, default 8:
+the target's tokens encoded whole only at the first of the 8 steps, each later step encoding those decided
+since and the caption afresh): approximate, so their ratios compare less work than the reference's and say
+what the option buys.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class Case:
     precision: str = "fp32"  # what it computes in: its rate is read against the matmul case's of the same
 
 
-def build_cases(model, precision: str = "fp32") -> list[Case]:
+def build_cases(model, precision: str = "fp32", encode_every: int = 8) -> list[Case]:
     weights, kind = model, precision  # the floor below reads the fp32 weights
     if precision == "int8":  # what Pipeline(precision="int8") runs: a copy with int8 linear weights
         model, precision = quantize_int8(model), "fp32"
@@ -131,6 +132,13 @@ def build_cases(model, precision: str = "fp32") -> list[Case]:
             for _ in range(10):
                 head(a)
 
+    # the target encoded whole every N steps, between them only its tokens decided since and the caption afresh
+    # (Target.encode_every): approximate, so less work than the reference does and not its outputs; the ratio
+    # says what it buys
+    unguided, guided, roar = {}, dict(guidance=2.0), dict(scheme="roar")
+    approximate = [Case(f"{name}, encode every {encode_every}", to_image(1, encode_every=encode_every, **target))
+                   for name, target in [("maskgit 8 steps, b1", unguided), ("maskgit 8 steps, b1, guidance 3", guided),
+                                        ("roar 8 steps, b1", roar)] if encode_every > 1]
     cases = [
         Case("matmul 196x384x16384 (x10)", matmul),
         Case("ar floor: token's weights, b1", lambda: [torch.nn.functional.linear(x, w) for x, w in read], per_token=1,
@@ -140,11 +148,7 @@ def build_cases(model, precision: str = "fp32") -> list[Case]:
         # 4M's cfg 3.0 is uncond + 3 (cond - uncond), fourm's guidance w is cond + w (cond - uncond): w = 2
         Case("maskgit 8 steps, b1, guidance 3", to_image(1, guidance=2.0), reference="3.6 s"),
         Case("roar 8 steps, b1", to_image(1, scheme="roar"), reference="0.72 s"),
-        # the inputs encoded whole every 4 steps, between them only the tokens decided since (Target.encode_every):
-        # approximate, so less work than the reference does and not its outputs; the ratio says what it buys
-        Case("maskgit 8 steps, b1, encode every 4", to_image(1, encode_every=4)),
-        Case("maskgit 8 steps, b1, guidance 3, encode every 4", to_image(1, guidance=2.0, encode_every=4)),
-        Case("roar 8 steps, b1, encode every 4", to_image(1, scheme="roar", encode_every=4)),
+        *approximate,
         Case("ar caption 32, cached", to_caption(32, True), per_token=32, reference="61-67 ms/token (no cache)"),
         Case("ar caption 64, cached", to_caption(64, True), per_token=64, reference="61-67 ms/token (no cache)"),
         Case("ar caption 32, uncached", to_caption(32, False), per_token=32, reference="61-67 ms/token"),
@@ -185,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", help="where the model runs (cuda: wall times synchronise the device)")
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "auto", "int8"],
                    help="what MaskGIT and ROAR compute in; several: their cases side by side, interleaved")
+    p.add_argument("--encode-every", type=int, default=8,
+                   help="Target.encode_every of the approximate caption -> image cases (1: leave them out)")
     p.add_argument("--reference", help="bench_ml4m.py's saved output, or its folder (run first)")
     p.add_argument("--pairs", type=int, default=1,
                    help="with a reference folder: run it and then ours this many times, each of ours right after "
@@ -197,11 +203,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     model = create_model("tiny", "tok_rgb,caption", ModalityScale(224, 16)).eval().to(args.device)
     sync = torch.cuda.synchronize if model.embed.mask_token.is_cuda else (lambda: None)
-    cases = build_cases(model, args.precision[0])
+    cases = build_cases(model, args.precision[0], args.encode_every)
     for precision in args.precision[1:]:  # the parallel cases again (autoregression stays in fp32 or int8)
         schemes = ("matmul", "maskgit", "roar", *(("ar caption",) if precision == "int8" else ()))
-        cases += [dataclasses.replace(c, name=f"{c.name} {precision}") for c in build_cases(model, precision)
-                  if c.name.startswith(schemes)]
+        cases += [dataclasses.replace(c, name=f"{c.name} {precision}")
+                  for c in build_cases(model, precision, args.encode_every) if c.name.startswith(schemes)]
     if args.cases:
         wanted = [c.strip() for c in args.cases.split(",")]
         cases = [c for c in cases if any(w in c.name for w in wanted)]

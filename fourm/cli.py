@@ -260,8 +260,9 @@ def _generate(p: argparse.ArgumentParser):
     for flag, kind in (("scheme", str), ("steps", int), ("temperature", float), ("guidance", float),
                        ("top-k", int), ("top-p", float)):
         p.add_argument(f"--{flag}", type=kind, help="default for every target that takes it")
-    p.add_argument("--encode-every", type=int, help="MaskGIT and ROAR: encode every input again every this many "
-                   "steps, between them only the tokens decided since (default 1: exact; more: faster, approximate)")
+    p.add_argument("--encode-every", type=int, help="MaskGIT and ROAR: encode the target's tokens whole every this "
+                   "many steps, between them only those decided since and the other inputs afresh (default 1: exact; "
+                   "more: faster, approximate; the number of steps: each token once)")
     p.add_argument("--temperature-schedule", help="constant | linear | cosine for image and global targets "
                    "(default linear: annealed over the steps); a caption's: caption.temperature_schedule=...")
     p.add_argument("overrides", nargs="*", help="per-target settings, e.g. tok_depth.steps=12 caption.temperature=0.7")

@@ -483,7 +483,7 @@ def format_table(table: dict) -> str:
     """The table as aligned text, one row per measure, best-of marks where the model beats the baseline."""
     head = f"{'task':32} {'metric':28} {'model':>8} {'baseline':>9} {'upper':>8}  baseline is"
     every = table.get("encode_every", 1)
-    approximate = f", MaskGIT and ROAR encoding every input every {every} steps (approximate)" if every > 1 else ""
+    approximate = f", MaskGIT and ROAR encoding the target whole every {every} steps (approximate)" if every > 1 else ""
     lines = [f"evaluation on {table['samples']} held-out scenes{approximate}", head, "-" * len(head)]
     for r in table["rows"]:
         mark = {True: " ", False: "!", None: "?"}[r["beats_baseline"]]

@@ -13,8 +13,9 @@ Schemes (one function each, in ``SCHEMES``):
 MaskGIT and ROAR steps feed the tokens decided so far back as inputs, as in training (a decoder
 query of an image target carries no content, so what was decided can only reach the model through
 the encoder): the encoder runs once per step on the changed inputs, the decoder only on the
-queries still open. With ``Target.encode_every`` N > 1 the encoder reads every input only every N-th
-step and in between only the tokens decided since, beside the keys and values kept of the others
+queries still open. With ``Target.encode_every`` N > 1 the encoder reads the target's tokens whole only
+every N-th step and in between only those decided since, beside the keys and values kept of its earlier
+ones; the other inputs (the condition) are encoded afresh at every step, so they see every decided token
 (faster, approximate: :meth:`~fourm.model.fourm.FourM.encode_step`). Guidance stacks the conditional
 and unconditional rows of every sample in the same forward (:class:`~fourm.generation.schedule.Guidance`).
 Sampling draws from one seeded generator, so a seed gives the same tokens again.
@@ -45,7 +46,8 @@ def guided_logits(model: FourM, state: GenerationState, name: str, guidance: Gui
     """Logits of target ``name`` at query positions ``pos`` (B, Nq) where ``valid``, guided.
 
     The inputs are encoded whole, or with ``cache`` added to it (:meth:`FourM.encode_step`): all of them
-    into an empty cache, else only the target's tokens at ``new`` (B, N) bool, those decided since.
+    into an empty cache, else the target's tokens at ``new`` (B, N) bool, those decided since, and every other
+    input afresh (the target's earlier tokens keep their cached encodings; the others' are dropped).
 
     -> rows (n, 2) as (sample, query column) of the valid queries in row-major order, logits (n, K).
     """
@@ -53,7 +55,8 @@ def guided_logits(model: FourM, state: GenerationState, name: str, guidance: Gui
     if cache is not None and len(cache):
         if new is None:
             raise ValueError("guided_logits: a cache that holds inputs needs new, the tokens decided since")
-        enc = state.grid_batch(name, new, guidance.variants).to(device)
+        cache.keep_only(model.modality_index(name))
+        enc = state.encoder_batch(guidance.variants, target=name, target_tokens=new).to(device)
     else:
         enc = state.encoder_batch(guidance.variants, target=name).to(device)
     if cache is None:

@@ -50,10 +50,11 @@ class Target:
             Overrides ``guidance`` when given.
         max_tokens: ar only: length cap (default: the modality's maximum).
         min_tokens: ar only: [EOS] is not sampled before this many tokens.
-        encode_every: maskgit and roar: encode every input again every this many steps; the steps
-            between encode only the tokens decided since, beside the encodings kept from before
-            (``FourM.encode_step``). 1: every step, exact; more is faster and approximate (kept
-            encodings do not see the tokens that came after them).
+        encode_every: maskgit and roar: encode the target's tokens whole every this many steps; the
+            steps between encode only those decided since, beside the encodings kept of its earlier ones,
+            and every other input afresh (``FourM.encode_step``). 1: every step, exact; more is faster
+            and approximate (kept encodings do not see the tokens that came after them); ``steps`` or
+            more encodes each of the target's tokens once.
     """
 
     modality: str

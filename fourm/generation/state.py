@@ -121,7 +121,8 @@ class GenerationState:
         return self.grids[name][0] if name in self.grids else self.seqs[name]
 
     # ------------------------------------------------------------------------------ model batches
-    def _sample_tokens(self, b: int, keep: Variant, target: str | None) -> dict[str, list[np.ndarray]]:
+    def _sample_tokens(self, b: int, keep: Variant, target: str | None,
+                       target_tokens: Tensor | None) -> dict[str, list[np.ndarray]]:
         """Encoder ids, mod, pos of sample ``b`` under one variant, in model modality order."""
         parts = {"enc_ids": [], "enc_mod": [], "enc_pos": []}
         for m, name in enumerate(self.names):
@@ -129,7 +130,8 @@ class GenerationState:
                 continue
             if name in self.grids:
                 ids, known = self.grids[name]
-                pos = known[b].nonzero().squeeze(1).numpy()
+                chosen = target_tokens if name == target and target_tokens is not None else known
+                pos = chosen[b].nonzero().squeeze(1).numpy()
                 values = ids[b].numpy()[pos]
             elif name in self.seqs and self.seqs[name][b] is not None:
                 values = np.asarray(self.seqs[name][b], dtype=np.int64)
@@ -146,32 +148,21 @@ class GenerationState:
             parts["enc_pos"].append(pos)
         return parts
 
-    def encoder_batch(self, variants: list[Variant] = (None,), target: str | None = None) -> Batch:
-        """One row per (variant, sample), variant-major: (V * B, Ne); no decoder tokens yet."""
+    def encoder_batch(self, variants: list[Variant] = (None,), target: str | None = None,
+                      target_tokens: Tensor | None = None) -> Batch:
+        """One row per (variant, sample), variant-major: (V * B, Ne); no decoder tokens yet. ``target_tokens``
+        (B, N) bool: which of grid ``target``'s known tokens to include (default: all of them)."""
         empty = np.zeros(0, dtype=np.int64)
         samples = []
         for keep in variants:
             for b in range(self.batch_size):
-                parts = self._sample_tokens(b, keep, target)
+                parts = self._sample_tokens(b, keep, target, target_tokens)
                 sample = {k: np.concatenate(v).astype(np.int64) if v else empty for k, v in parts.items()}
                 sample.update(dec_ids=empty, dec_target=empty, dec_mod=empty, dec_pos=empty, dec_group=empty)
                 samples.append(sample)
         continuous = {name: values.repeat(len(variants), *([1] * (values.dim() - 1)))
                       for name, (values, _) in self.continuous.items()}
         return collate(samples, continuous)
-
-    def grid_batch(self, name: str, which: Tensor, variants: list[Variant] = (None,)) -> Batch:
-        """The tokens of grid ``name`` at ``which`` (B, N) bool as encoder inputs, one row per (variant, sample),
-        variant-major as in :meth:`encoder_batch` (every variant keeps the target): (V * B, n), the chosen
-        positions of each sample in order, then padding."""
-        ids = self.grids[name][0]
-        count = int(which.sum(1).max()) if which.numel() else 0
-        pos = (~which).to(torch.int8).argsort(dim=1, stable=True)[:, :count]  # the chosen positions first
-        valid = which.gather(1, pos)
-        pos, ids, valid = (t.repeat(len(variants), 1) for t in (pos, ids.gather(1, pos), valid))
-        empty = pos.new_zeros(len(pos), 0)
-        return Batch(ids, torch.full_like(pos, self.names.index(name)), pos, valid, dec_ids=empty, dec_target=empty,
-                     dec_mod=empty, dec_pos=empty, dec_group=empty, dec_valid=empty.bool())
 
 
 def with_queries(enc: Batch, mod: int, pos: Tensor, valid: Tensor, ids: Tensor | None = None) -> Batch:

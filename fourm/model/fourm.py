@@ -225,14 +225,20 @@ class DecodeCache:
 class EncodeCache:
     """Inputs encoded so far, to encode more of them a step at a time (:meth:`FourM.encode_step`): every
     encoder layer's self-attention keys/values and, for the decoder, every layer's cross-attention
-    keys/values of the encoder's outputs, with which of the cached tokens are valid."""
+    keys/values of the encoder's outputs, with which of the cached tokens are valid and their modalities."""
 
     layers: list[KVCache]
     cross: list[KVCache]
     valid: Tensor  # (B, T)
+    mod: Tensor  # (B, T): each cached token's modality index
 
     def __len__(self) -> int:
         return self.valid.shape[1]
+
+    def keep_only(self, modality: int) -> None:
+        """Drop the cached tokens of every other modality: later steps and the decoder no longer see them
+        (the caller encodes them afresh with its next step's tokens)."""
+        self.valid = self.valid & (self.mod == modality)
 
 
 def decoder_mask(q_group: Tensor, q_pos: Tensor, q_causal: Tensor,
@@ -382,8 +388,9 @@ class FourM(nn.Module, PretrainedMixin):
     def start_encoding(self, batch_size: int) -> EncodeCache:
         """An empty :class:`EncodeCache` for :meth:`encode_step` over ``batch_size`` rows."""
         device = self.embed.mask_token.device
+        empty = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
         return EncodeCache(layers=[KVCache() for _ in self.encoder], cross=[KVCache() for _ in self.decoder],
-                           valid=torch.zeros(batch_size, 0, dtype=torch.bool, device=device))
+                           valid=empty.bool(), mod=empty)
 
     def encode_step(self, cache: EncodeCache, batch: Batch) -> None:
         """Encode ``batch``'s input tokens after those in ``cache``, and add them to it (decoder fields are
@@ -393,14 +400,15 @@ class FourM(nn.Module, PretrainedMixin):
         encodings they got when they came and do not see the new ones. On an empty cache this is
         :meth:`encode`; over several steps it approximates it, as caches of already-decoded tokens'
         keys and values do for masked diffusion models (dKV-Cache, arXiv 2505.15781; Fast-dLLM, arXiv
-        2505.22618): MaskGIT and ROAR then encode each decided token once instead of at every later step.
+        2505.22618): MaskGIT and ROAR then encode each decided token once instead of at every later step,
+        and the other inputs afresh beside them (:meth:`EncodeCache.keep_only` drops their stale encodings).
         """
         batch.check()
         if batch.enc_ids.shape[0] != cache.valid.shape[0]:
             raise ValueError(f"encode_step: a batch of {batch.enc_ids.shape[0]} rows for a cache of "
                              f"{cache.valid.shape[0]}")
         x, rotary = self._inputs(batch)
-        cache.valid = torch.cat([cache.valid, batch.enc_valid], 1)
+        cache.valid, cache.mod = torch.cat([cache.valid, batch.enc_valid], 1), torch.cat([cache.mod, batch.enc_mod], 1)
         mask = attention_mask(cache.valid[:, None, :])  # every new token sees every valid token so far
         packing = Packing.of(batch.enc_valid, x)  # as in encode: the keys/values are cached in the padded layout
         x = pack(x, packing)

@@ -431,5 +431,5 @@ def test_rows_beyond_vision_run_on_a_real_pipeline(omni_scenes):
 
 def test_a_table_of_an_approximate_encoder_says_so_in_its_title():
     table = {"samples": 3, "rows": [], "skipped": {}, "absent": {}, "steps": 8, "encode_every": 4}
-    assert format_table(table).splitlines()[0].endswith("encoding every input every 4 steps (approximate)")
+    assert format_table(table).splitlines()[0].endswith("encoding the target whole every 4 steps (approximate)")
     assert "approximate" not in format_table({**table, "encode_every": 1})

@@ -1,5 +1,6 @@
 """The encoder cache of MaskGIT and ROAR (``Target.encode_every``, ``FourM.encode_step``): exact on its first
-step, a new token sees the cached ones as a whole encode's would, and each decided token is encoded once."""
+step, a step's tokens see the cached ones as a whole encode's would, each decided token is encoded once and
+the condition afresh at every step."""
 
 import pytest
 import torch
@@ -30,34 +31,41 @@ def test_encoding_everything_into_an_empty_cache_gives_the_whole_encodes_logits(
 
 @torch.no_grad()
 @pytest.mark.parametrize("extras", [{}, {"use_rotary": True, "use_qk_norm": True}])
-def test_a_new_token_sees_the_cached_ones_as_in_a_whole_encode(extras):
-    """With one encoder layer the cached tokens' keys and values do not depend on what comes later, so the
-    new tokens' encodings (here: their cross-attention keys and values) equal those of one whole encode;
-    the rows add 1, 2 and 4 tokens, so the step's batch is padded."""
+def test_a_step_encodes_new_tokens_and_the_condition_as_a_whole_encode_would(extras):
+    """With one encoder layer the cached tokens' keys and values do not depend on what comes later, so a step's
+    tokens (the target's new ones and the condition, encoded afresh) get the encodings of one whole encode
+    (here: their cross-attention keys and values), and the condition's stale ones are dropped; the rows add 1,
+    2 and 4 target tokens, and the last has no rgb, so the step's batch is padded."""
     model = nano_model(encoder_depth=1, **extras)
     state = conditioned(model)
     whole_batch = state.encoder_batch(target="tok_rgb")
     memory, valid = model.encode(whole_batch)
-    whole_kv = model.decoder[0].cross_attn.project_kv(memory)
+    whole_k, whole_v = model.decoder[0].cross_attn.project_kv(memory)
 
     ids, known = state.grids["tok_rgb"]
     odd = torch.arange(16) % 2 == 1  # the given tok_rgb tokens; rows hold back their last 1, 2 and 4
     later = known & odd & (torch.arange(16) >= torch.tensor([15, 13, 9])[:, None])
     state.grids["tok_rgb"] = (ids, known & ~later)
     cache = model.start_encoding(state.batch_size)
-    model.encode_step(cache, state.encoder_batch(target="tok_rgb"))
+    before = state.encoder_batch(target="tok_rgb")
+    model.encode_step(cache, before)
     first = len(cache)
     state.grids["tok_rgb"] = (ids, known)
-    model.encode_step(cache, state.grid_batch("tok_rgb", later))
-    cached_k, cached_v = cache.cross[0].contents()
     m = model.modality_index("tok_rgb")
+    cache.keep_only(m)
+    step = state.encoder_batch(target="tok_rgb", target_tokens=later)
+    model.encode_step(cache, step)
+    cached_k, cached_v = cache.cross[0].contents()
+    assert torch.equal(cache.valid[:, :first], before.enc_valid & (before.enc_mod == m))  # of it, tok_rgb stays
     for b, n in enumerate([1, 2, 4]):
-        assert int(later[b].sum()) == n
-        rows = ((whole_batch.enc_mod[b] == m) & valid[b] & later[b][whole_batch.enc_pos[b].clamp(max=15)])
-        rows = rows.nonzero().squeeze(1)
-        torch.testing.assert_close(cached_k[b, :, first: first + n], whole_kv[0][b, :, rows], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(cached_v[b, :, first: first + n], whole_kv[1][b, :, rows], rtol=1e-4, atol=1e-5)
-        assert cache.valid[b, first: first + n].all() and not cache.valid[b, first + n:].any()
+        new = step.enc_valid[b].nonzero().squeeze(1)
+        assert int((step.enc_mod[b, new] == m).sum()) == n and int((step.enc_mod[b, new] != m).sum()) > 0
+        # each of the step's tokens against the same (modality, position) of the whole encode
+        whole_keys = (whole_batch.enc_mod[b] * 1000 + whole_batch.enc_pos[b]).masked_fill(~valid[b], -1).tolist()
+        rows = [whole_keys.index(k) for k in (step.enc_mod[b, new] * 1000 + step.enc_pos[b, new]).tolist()]
+        torch.testing.assert_close(cached_k[b, :, first + new], whole_k[b, :, rows], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(cached_v[b, :, first + new], whole_v[b, :, rows], rtol=1e-4, atol=1e-5)
+        assert torch.equal(cache.valid[b, first:], step.enc_valid[b])
 
 
 @pytest.mark.parametrize("scheme", ["maskgit", "roar"])
@@ -66,24 +74,29 @@ def test_inputs_are_encoded_whole_every_so_many_steps_and_each_decided_token_onc
                                                                                           monkeypatch):
     state = conditioned(model)
     variants = Guidance.classifier_free(1.5).variants
-    calls = []  # per encode_step: the tokens it encodes per row, and the whole input's then
+    m = model.modality_index("tok_rgb")
+    # per encode_step: the tokens it encodes per row, the whole input's then, what is known, and whether the
+    # cache still holds a valid token of another modality than the target's
+    calls = []
     real = model.encode_step
 
     def spy(cache, batch):
         calls.append((batch.enc_valid.sum(1), state.encoder_batch(variants, "tok_rgb").enc_valid.sum(1),
-                      state.grids["tok_rgb"][1].clone()))
+                      state.grids["tok_rgb"][1].clone(), bool((cache.valid & (cache.mod != m)).any())))
         return real(cache, batch)
 
     monkeypatch.setattr(model, "encode_step", spy)
     target = Target("tok_rgb", scheme=scheme, steps=4, guidance=1.5, encode_every=every)
     generate(model, state, build_schedule([target], model.specs, ["rgb", "caption"]), seed=0)
     assert state.grids["tok_rgb"][1].all() and len(calls) == 4
-    for step, (count, whole, known) in enumerate(calls):
+    for step, (count, whole, known, stale) in enumerate(calls):
         if step % every == 0:  # every input: the conditioned rows, then the unconditioned
             assert torch.equal(count, whole)
-        else:  # the tokens the step before decided, in both variants
+        else:  # the tokens the step before decided and the condition afresh (none in the unconditioned rows)
             decided = (known & ~calls[step - 1][2]).sum(1)
-            assert (decided > 0).all() and torch.equal(count, decided.repeat(2))
+            condition = whole - known.sum(1).repeat(2)
+            assert (decided > 0).all() and (condition[:3] > 0).all() and not condition[3:].any()
+            assert torch.equal(count, decided.repeat(2) + condition) and not stale
 
 
 def test_encoding_every_step_is_the_whole_encode(model, monkeypatch):

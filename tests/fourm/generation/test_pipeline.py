@@ -127,9 +127,16 @@ def test_cli_encode_every_reaches_each_parallel_target(model_dir, tokenizers_dir
                  "caption=a cube", "--target", "tok_rgb,tok_depth", "--out", str(tmp_path / "o"), "--steps", "4",
                  "--encode-every", "2", "tok_depth.encode_every=1"])
     assert code == 0, capsys.readouterr().err
-    # tok_rgb: whole inputs at steps 0 and 2, its decided tokens at 1 and 3; tok_depth encodes whole every step
-    tok_rgb = MODALITIES.split(",").index("tok_rgb")
-    assert len(calls) == 4 and calls[1].enc_mod.unique().tolist() == calls[3].enc_mod.unique().tolist() == [tok_rgb]
+    # tok_rgb: whole inputs at steps 0 and 2, its decided tokens and the caption at 1 and 3 (a tok_rgb token only
+    # where the step before decided it); tok_depth encodes whole every step, without the cache
+    names = MODALITIES.split(",")
+    tok_rgb, caption = names.index("tok_rgb"), names.index("caption")
+    assert len(calls) == 4
+    for step in (1, 3):
+        valid = calls[step].enc_valid
+        assert sorted(calls[step].enc_mod[valid].unique().tolist()) == sorted([tok_rgb, caption])
+    rgb = [int((c.enc_mod[c.enc_valid] == tok_rgb).sum()) for c in calls]
+    assert rgb[0] == 0 and 0 < rgb[1] < rgb[2] and rgb[3] > 0  # step 2 holds steps 0 and 1's decisions, 1 only 0's
 
 
 def test_cli_schedule_file_and_several_samples(model_dir, tokenizers_dir, photo, tmp_path, capsys):
