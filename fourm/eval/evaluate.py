@@ -91,7 +91,7 @@ class EvaluateConfig:
     temperature: float = 0.0  # 0: the most likely tokens, what a prediction measure should see
     draws: int = 4  # samples per scene for the rows that score a sample (RGB -> caption, caption -> RGB)
     sample_steps: int = 8  # MaskGIT steps of a sampled image (caption -> RGB), as `fourm generate` makes it
-    encode_every: int = 1  # MaskGIT / ROAR encode all inputs every this many steps (Target.encode_every; 1: exact)
+    encode_every: int = 1  # MaskGIT / ROAR: the target encoded whole every N steps (Target.encode_every; 1: exact)
     device: str = "cpu"  # where the model runs ("cuda"); tokenizer round trips and metrics stay on the CPU
     precision: str = "auto"  # what generation computes in (fourm.generation.Pipeline): auto | bf16 | fp32 | int8
     out: str | None = None  # write the table as JSON here
