@@ -76,9 +76,10 @@ def test_the_nucleus_is_the_fewest_best_tokens_holding_top_p(top_p):
     sorted_p, order = logits.softmax(-1).sort(-1, descending=True)
     before = torch.zeros_like(logits).scatter_(1, order, sorted_p.cumsum(-1) - sorted_p)
     differ = kept != (before < top_p)
-    # fp32 sums in another order may disagree only on a token at the boundary itself
+    # fp32 sums in another order may disagree only on a token at the boundary itself: one per row at most (how
+    # many rows land a rounding away from top_p depends on the CPU's summation order)
     assert ((before[differ] - top_p).abs() < 1e-5).all()
-    assert differ.sum() <= 2 and kept.sum(1).min() >= 1
+    assert differ.sum(1).max() <= 1 and kept.sum(1).min() >= 1
 
 
 def test_the_nucleus_keeps_ties_with_its_last_token_and_never_an_excluded_one():
