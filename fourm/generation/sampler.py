@@ -47,7 +47,7 @@ def guided_logits(model: FourM, state: GenerationState, name: str, guidance: Gui
 
     The inputs are encoded whole, or with ``cache`` added to it (:meth:`FourM.encode_step`): all of them
     into an empty cache, else the target's tokens at ``new`` (B, N) bool, those decided since, and every other
-    input afresh (the target's earlier tokens keep their cached encodings; the others' are dropped).
+    input again, in its place (the target's earlier tokens keep their cached encodings).
 
     -> rows (n, 2) as (sample, query column) of the valid queries in row-major order, logits (n, K).
     """
@@ -55,7 +55,6 @@ def guided_logits(model: FourM, state: GenerationState, name: str, guidance: Gui
     if cache is not None and len(cache):
         if new is None:
             raise ValueError("guided_logits: a cache that holds inputs needs new, the tokens decided since")
-        cache.keep_only(model.modality_index(name))
         enc = state.encoder_batch(guidance.variants, target=name, target_tokens=new).to(device)
     else:
         enc = state.encoder_batch(guidance.variants, target=name).to(device)

@@ -222,6 +222,18 @@ class KVCache:
         self.length = end
         return self.contents()
 
+    def write(self, k: Tensor, v: Tensor, slots: Tensor, length: int) -> tuple[Tensor, Tensor]:
+        """Put the tokens' keys and values (B, H, n, d) at ``slots`` (B, n), over what a slot held, and make the
+        cache ``length`` long (more than every slot) -> its contents (views of the buffers)."""
+        if self.k is None or length > self.k.shape[2]:
+            capacity = max(length, 16, 2 * (0 if self.k is None else self.k.shape[2]))
+            self.k, self.v = self._grown(self.k, k, capacity), self._grown(self.v, v, capacity)
+        index = slots[:, None, :, None].expand_as(k)
+        self.k.scatter_(2, index, k)
+        self.v.scatter_(2, index, v)
+        self.length = length
+        return self.contents()
+
     def contents(self) -> tuple[Tensor, Tensor]:
         """The keys and values so far (B, H, length, d): views of the buffers."""
         if self.k is None:
@@ -229,10 +241,24 @@ class KVCache:
         return self.k[:, :, : self.length], self.v[:, :, : self.length]
 
     def _grown(self, old: Tensor | None, new: Tensor, capacity: int) -> Tensor:
-        buffer = new.new_empty(*new.shape[:2], capacity, new.shape[3])
+        # zeros, not empty memory: a slot :meth:`write` leaves unwritten in some row is masked there, and a masked
+        # key must still be finite (NaN times a zero weight is NaN in the softmax)
+        buffer = new.new_zeros(*new.shape[:2], capacity, new.shape[3])
         if old is not None:
             buffer[:, :, : self.length] = old[:, :, : self.length]
         return buffer
+
+
+class CacheSlots(NamedTuple):
+    """A :class:`KVCache` with where a step's tokens go in it (:meth:`KVCache.write`): handed to a layer as its
+    cache, its ``append`` writes the tokens at ``slots`` (B, n) and makes the cache ``length`` long."""
+
+    cache: KVCache
+    slots: Tensor
+    length: int
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        return self.cache.write(k, v, self.slots, self.length)
 
 
 class SelfAttention(nn.Module):
@@ -250,7 +276,7 @@ class SelfAttention(nn.Module):
         self.q_norm = qk_norm(dim // heads) if qk_norm else nn.Identity()
         self.k_norm = qk_norm(dim // heads) if qk_norm else nn.Identity()
 
-    def forward(self, x: Tensor, mask: AttentionMask | None = None, cache: KVCache | None = None,
+    def forward(self, x: Tensor, mask: AttentionMask | None = None, cache: KVCache | CacheSlots | None = None,
                 rotary: Tensor | None = None, packing: Packing | None = None) -> Tensor:
         """x (B, N, D) -> (B, N, D), or with ``packing`` the valid rows (n, D) -> (n, D). With ``cache``,
         x holds only the new tokens; the mask is (B, 1, N, T + N) over cached + new keys. ``rotary``

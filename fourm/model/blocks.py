@@ -13,7 +13,7 @@ from functools import partial
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fourm.model.attention import AttentionMask, CrossAttention, KVCache, SelfAttention
+from fourm.model.attention import AttentionMask, CacheSlots, CrossAttention, KVCache, SelfAttention
 from fourm.model.packing import Packing
 from fourm.registry import Registry
 
@@ -88,9 +88,10 @@ class EncoderBlock(nn.Module):
                 nn.init.zeros_(p)
 
     def forward(self, x: Tensor, mask: AttentionMask | None = None, rotary: Tensor | None = None,
-                packing: Packing | None = None, cache: KVCache | None = None) -> Tensor:
+                packing: Packing | None = None, cache: CacheSlots | None = None) -> Tensor:
         """x (B, N, D), or with ``packing`` its valid rows (n, D) (``fourm.model.packing``); with ``cache``, x
-        holds new tokens that attend to the cached ones as well (:meth:`~fourm.model.fourm.FourM.encode_step`)."""
+        holds a step's tokens, which go into the cache and attend to every token it holds
+        (:meth:`~fourm.model.fourm.FourM.encode_step`)."""
         attn = self.attn(self.norm1(x), mask, cache, rotary=rotary, packing=packing)
         x = x + residual_dropout(attn, self.dropout, self.training)
         return x + residual_dropout(self.mlp(self.norm2(x)), self.dropout, self.training)

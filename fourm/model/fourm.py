@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from fourm.kinds import KINDS
 from fourm.modalities import MODALITIES, Modality, ModalityScale, get_modality, parse_modalities
-from fourm.model.attention import AttentionMask, KVCache, attention_kernel, attention_mask
+from fourm.model.attention import AttentionMask, CacheSlots, KVCache, attention_kernel, attention_mask
 from fourm.model.batch import Batch
 from fourm.model.blocks import NORMS, DecoderBlock, EncoderBlock, make_norm
 from fourm.model.cross_entropy import IGNORE, cross_entropy_sum, fused_cross_entropy_sum
@@ -225,20 +225,38 @@ class DecodeCache:
 class EncodeCache:
     """Inputs encoded so far, to encode more of them a step at a time (:meth:`FourM.encode_step`): every
     encoder layer's self-attention keys/values and, for the decoder, every layer's cross-attention
-    keys/values of the encoder's outputs, with which of the cached tokens are valid and their modalities."""
+    keys/values of the encoder's outputs, with which of the cached slots hold a token and which token (its
+    modality and position)."""
 
     layers: list[KVCache]
     cross: list[KVCache]
     valid: Tensor  # (B, T)
-    mod: Tensor  # (B, T): each cached token's modality index
+    mod: Tensor  # (B, T): each slot's modality index
+    pos: Tensor  # (B, T): and its position in that modality
 
     def __len__(self) -> int:
         return self.valid.shape[1]
 
-    def keep_only(self, modality: int) -> None:
-        """Drop the cached tokens of every other modality: later steps and the decoder no longer see them
-        (the caller encodes them afresh with its next step's tokens)."""
-        self.valid = self.valid & (self.mod == modality)
+    def place(self, mod: Tensor, pos: Tensor, valid: Tensor) -> tuple[Tensor, int]:
+        """Slots for a step's tokens (B, n) and the cache's length after them: a valid token of a modality and
+        position the cache holds goes to that token's slot (it is encoded again in place), every other valid one
+        after the cached slots, padding to one spare slot at the end that is never valid. Marks the slots."""
+        b, t = self.valid.shape
+        same = (mod[:, :, None] == self.mod[:, None, :]) & (pos[:, :, None] == self.pos[:, None, :])
+        same &= self.valid[:, None, :] & valid[:, :, None]
+        held = same.any(-1)
+        new = valid & ~held
+        spare = t + (int(new.sum(1).max()) if new.numel() else 0)
+        held_slot = (same * torch.arange(t, device=same.device)).sum(-1)  # a token is held in one slot at most
+        slots = torch.where(held, held_slot, torch.where(new, t + new.long().cumsum(1) - 1, spare))
+        length = spare + int(bool((~valid).any()))
+        grow = length - t
+        self.valid = F.pad(self.valid, (0, grow), value=False)
+        self.mod, self.pos = F.pad(self.mod, (0, grow)), F.pad(self.pos, (0, grow))
+        row = torch.arange(b, device=slots.device)[:, None].expand_as(slots)[valid]
+        self.valid[row, slots[valid]] = True
+        self.mod[row, slots[valid]], self.pos[row, slots[valid]] = mod[valid], pos[valid]
+        return slots, length
 
 
 def decoder_mask(q_group: Tensor, q_pos: Tensor, q_causal: Tensor,
@@ -390,33 +408,34 @@ class FourM(nn.Module, PretrainedMixin):
         device = self.embed.mask_token.device
         empty = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
         return EncodeCache(layers=[KVCache() for _ in self.encoder], cross=[KVCache() for _ in self.decoder],
-                           valid=empty.bool(), mod=empty)
+                           valid=empty.bool(), mod=empty, pos=empty)
 
     def encode_step(self, cache: EncodeCache, batch: Batch) -> None:
-        """Encode ``batch``'s input tokens after those in ``cache``, and add them to it (decoder fields are
-        ignored); :meth:`decode` then reads every token so far from the cache (``encoded=``).
+        """Encode ``batch``'s input tokens into ``cache`` (decoder fields are ignored): a token the cache holds
+        (the same modality and position) is encoded again in its place, the others are added; :meth:`decode`
+        then reads every token so far from the cache (``encoded=``).
 
-        The new tokens attend to every valid token so far, as in :meth:`encode`; the cached ones keep the
-        encodings they got when they came and do not see the new ones. On an empty cache this is
-        :meth:`encode`; over several steps it approximates it, as caches of already-decoded tokens'
-        keys and values do for masked diffusion models (dKV-Cache, arXiv 2505.15781; Fast-dLLM, arXiv
-        2505.22618): MaskGIT and ROAR then encode each decided token once instead of at every later step,
-        and the other inputs afresh beside them (:meth:`EncodeCache.keep_only` drops their stale encodings).
+        The step's tokens attend to every token the cache then holds, as in :meth:`encode`; the other cached
+        tokens keep the encodings they got when they came and do not see the step's. On an empty cache this
+        is :meth:`encode`; over several steps it approximates it, as caches of already-decoded tokens' keys and
+        values do for masked diffusion models (dKV-Cache, arXiv 2505.15781; Fast-dLLM, arXiv 2505.22618):
+        MaskGIT and ROAR then encode each decided token once instead of at every later step, and the other
+        inputs again at every step, in their places.
         """
         batch.check()
         if batch.enc_ids.shape[0] != cache.valid.shape[0]:
             raise ValueError(f"encode_step: a batch of {batch.enc_ids.shape[0]} rows for a cache of "
                              f"{cache.valid.shape[0]}")
         x, rotary = self._inputs(batch)
-        cache.valid, cache.mod = torch.cat([cache.valid, batch.enc_valid], 1), torch.cat([cache.mod, batch.enc_mod], 1)
-        mask = attention_mask(cache.valid[:, None, :])  # every new token sees every valid token so far
-        packing = Packing.of(batch.enc_valid, x)  # as in encode: the keys/values are cached in the padded layout
+        slots, length = cache.place(batch.enc_mod, batch.enc_pos, batch.enc_valid)
+        mask = attention_mask(cache.valid[:, None, :])  # every step token sees every token the cache then holds
+        packing = Packing.of(batch.enc_valid, x)  # as in encode: the blocks run on the valid tokens only
         x = pack(x, packing)
         for blk, layer in zip(self.encoder, cache.layers, strict=True):
-            x = blk(x, mask, rotary, packing, cache=layer)
+            x = blk(x, mask, rotary, packing, cache=CacheSlots(layer, slots, length))
         memory = self.encoder_norm(x)
         for blk, kv in zip(self.decoder, cache.cross, strict=True):
-            kv.append(*blk.cross_attn.project_kv(memory, packing))
+            kv.write(*blk.cross_attn.project_kv(memory, packing), slots, length)
 
     def encode_features(self, batch: Batch, pool: str = "mean", modalities: list[str] | None = None) -> Features:
         """Encoder outputs of the batch's input tokens of ``modalities`` (default: every input it has),

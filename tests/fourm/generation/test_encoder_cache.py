@@ -1,6 +1,6 @@
 """The encoder cache of MaskGIT and ROAR (``Target.encode_every``, ``FourM.encode_step``): exact on its first
 step, a step's tokens see the cached ones as a whole encode's would, each decided token is encoded once and
-the condition afresh at every step."""
+the condition again, in its place, at every step."""
 
 import pytest
 import torch
@@ -26,16 +26,16 @@ def test_encoding_everything_into_an_empty_cache_gives_the_whole_encodes_logits(
     cache = model.start_encoding(len(guidance.variants) * state.batch_size)
     _, cached = guided_logits(model, state, "tok_depth", guidance, *queries(state), cache)
     torch.testing.assert_close(cached, whole, rtol=1e-5, atol=1e-5)
-    assert len(cache) == state.encoder_batch(guidance.variants, "tok_depth").enc_ids.shape[1]
+    assert torch.equal(cache.valid.sum(1), state.encoder_batch(guidance.variants, "tok_depth").enc_valid.sum(1))
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("extras", [{}, {"use_rotary": True, "use_qk_norm": True}])
-def test_a_step_encodes_new_tokens_and_the_condition_as_a_whole_encode_would(extras):
+def test_a_step_encodes_new_tokens_and_the_condition_again_as_a_whole_encode_would(extras):
     """With one encoder layer the cached tokens' keys and values do not depend on what comes later, so a step's
-    tokens (the target's new ones and the condition, encoded afresh) get the encodings of one whole encode
-    (here: their cross-attention keys and values), and the condition's stale ones are dropped; the rows add 1,
-    2 and 4 target tokens, and the last has no rgb, so the step's batch is padded."""
+    tokens (the target's new ones and the condition again, in the condition's slots) get the encodings of one
+    whole encode (here: their cross-attention keys and values), and the cache holds every input once; the rows
+    add 1, 2 and 4 target tokens, and the last has no rgb, so the step's batch is padded."""
     model = nano_model(encoder_depth=1, **extras)
     state = conditioned(model)
     whole_batch = state.encoder_batch(target="tok_rgb")
@@ -47,25 +47,25 @@ def test_a_step_encodes_new_tokens_and_the_condition_as_a_whole_encode_would(ext
     later = known & odd & (torch.arange(16) >= torch.tensor([15, 13, 9])[:, None])
     state.grids["tok_rgb"] = (ids, known & ~later)
     cache = model.start_encoding(state.batch_size)
-    before = state.encoder_batch(target="tok_rgb")
-    model.encode_step(cache, before)
-    first = len(cache)
+    model.encode_step(cache, state.encoder_batch(target="tok_rgb"))
+    first = cache.valid.sum(1)
     state.grids["tok_rgb"] = (ids, known)
-    m = model.modality_index("tok_rgb")
-    cache.keep_only(m)
     step = state.encoder_batch(target="tok_rgb", target_tokens=later)
+    m = model.modality_index("tok_rgb")
+    n_target = torch.tensor([1, 2, 4])
+    assert torch.equal((step.enc_valid & (step.enc_mod == m)).sum(1), n_target)
     model.encode_step(cache, step)
+    assert torch.equal(cache.valid.sum(1), first + n_target)  # the condition kept its slots
+    assert torch.equal(cache.valid.sum(1), valid.sum(1))  # every input once
     cached_k, cached_v = cache.cross[0].contents()
-    assert torch.equal(cache.valid[:, :first], before.enc_valid & (before.enc_mod == m))  # of it, tok_rgb stays
-    for b, n in enumerate([1, 2, 4]):
-        new = step.enc_valid[b].nonzero().squeeze(1)
-        assert int((step.enc_mod[b, new] == m).sum()) == n and int((step.enc_mod[b, new] != m).sum()) > 0
-        # each of the step's tokens against the same (modality, position) of the whole encode
+    for b in range(state.batch_size):
+        stepped = (step.enc_mod[b] * 1000 + step.enc_pos[b])[step.enc_valid[b]]
+        held = (cache.valid[b] & torch.isin(cache.mod[b] * 1000 + cache.pos[b], stepped)).nonzero().squeeze(1)
+        assert len(held) == len(stepped) > n_target[b]  # the new target tokens and the condition
         whole_keys = (whole_batch.enc_mod[b] * 1000 + whole_batch.enc_pos[b]).masked_fill(~valid[b], -1).tolist()
-        rows = [whole_keys.index(k) for k in (step.enc_mod[b, new] * 1000 + step.enc_pos[b, new]).tolist()]
-        torch.testing.assert_close(cached_k[b, :, first + new], whole_k[b, :, rows], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(cached_v[b, :, first + new], whole_v[b, :, rows], rtol=1e-4, atol=1e-5)
-        assert torch.equal(cache.valid[b, first:], step.enc_valid[b])
+        rows = [whole_keys.index(k) for k in (cache.mod[b, held] * 1000 + cache.pos[b, held]).tolist()]
+        torch.testing.assert_close(cached_k[b, :, held], whole_k[b, :, rows], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(cached_v[b, :, held], whole_v[b, :, rows], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("scheme", ["maskgit", "roar"])
@@ -74,29 +74,29 @@ def test_inputs_are_encoded_whole_every_so_many_steps_and_each_decided_token_onc
                                                                                           monkeypatch):
     state = conditioned(model)
     variants = Guidance.classifier_free(1.5).variants
-    m = model.modality_index("tok_rgb")
-    # per encode_step: the tokens it encodes per row, the whole input's then, what is known, and whether the
-    # cache still holds a valid token of another modality than the target's
+    # per encode_step: the tokens it encodes per row, the whole input's then, what is known, and how many tokens
+    # the cache holds after it per row
     calls = []
     real = model.encode_step
 
     def spy(cache, batch):
-        calls.append((batch.enc_valid.sum(1), state.encoder_batch(variants, "tok_rgb").enc_valid.sum(1),
-                      state.grids["tok_rgb"][1].clone(), bool((cache.valid & (cache.mod != m)).any())))
-        return real(cache, batch)
+        whole = state.encoder_batch(variants, "tok_rgb").enc_valid.sum(1)
+        real(cache, batch)
+        calls.append((batch.enc_valid.sum(1), whole, state.grids["tok_rgb"][1].clone(), cache.valid.sum(1)))
 
     monkeypatch.setattr(model, "encode_step", spy)
     target = Target("tok_rgb", scheme=scheme, steps=4, guidance=1.5, encode_every=every)
     generate(model, state, build_schedule([target], model.specs, ["rgb", "caption"]), seed=0)
     assert state.grids["tok_rgb"][1].all() and len(calls) == 4
-    for step, (count, whole, known, stale) in enumerate(calls):
+    for step, (count, whole, known, held) in enumerate(calls):
+        assert torch.equal(held, whole)  # the cache holds every input once
         if step % every == 0:  # every input: the conditioned rows, then the unconditioned
             assert torch.equal(count, whole)
-        else:  # the tokens the step before decided and the condition afresh (none in the unconditioned rows)
+        else:  # the tokens the step before decided and the condition again (none in the unconditioned rows)
             decided = (known & ~calls[step - 1][2]).sum(1)
             condition = whole - known.sum(1).repeat(2)
             assert (decided > 0).all() and (condition[:3] > 0).all() and not condition[3:].any()
-            assert torch.equal(count, decided.repeat(2) + condition) and not stale
+            assert torch.equal(count, decided.repeat(2) + condition)
 
 
 def test_encoding_every_step_is_the_whole_encode(model, monkeypatch):

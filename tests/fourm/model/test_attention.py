@@ -117,6 +117,23 @@ def test_cached_self_attention_equals_causal_attention(use_attention_kernel, ker
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
 
 
+def test_a_cache_written_at_slots_overwrites_them_and_leaves_the_unwritten_ones_zero():
+    """KVCache.write (FourM.encode_step's): a slot written again takes the new values, a row's slots that no
+    token reached read zero (masked keys must stay finite: NaN times a zero softmax weight is NaN), and the
+    buffers grow past their capacity keeping what they held."""
+    cache = KVCache()
+    k, v = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 4, 8)
+    cache.write(k, v, torch.tensor([[0, 1, 2, 3], [0, 1, 5, 5]]), 6)  # row 1: slots 3 and 4 left out
+    k2 = torch.randn(2, 3, 20, 8)
+    slots = torch.arange(20).expand(2, 20) + 6
+    slots[0, 0] = 1  # row 0 writes slot 1 again
+    keys, values = cache.write(k2, k2 * 2, slots, 26)
+    assert keys.shape == (2, 3, 26, 8) and cache.k.shape[2] >= 26
+    assert torch.equal(keys[0, :, 1], k2[0, :, 0]) and torch.equal(keys[0, :, 0], k[0, :, 0])
+    assert torch.equal(keys[0, :, 6], torch.zeros(3, 8))  # row 0's slot 6: its token went to slot 1
+    assert torch.equal(keys[1, :, 3:5], torch.zeros(3, 2, 8)) and torch.equal(values[1, :, 7:26], 2 * k2[1, :, 1:])
+
+
 @pytest.mark.slow
 def test_compiled_matmul_attention_in_a_decoder_block_gives_the_eager_output_and_gradients(use_attention_kernel):
     """Self- and cross-attention in one compiled graph, bf16 autocast, head width 64, padded queries, as
