@@ -31,7 +31,8 @@ from torch import Tensor
 from fourm.generation.sampling import sample, temperature_at, tokens_per_step
 from fourm.generation.schedule import DEFAULT_TEMPERATURE_SCHEDULES, Guidance, Target
 from fourm.generation.state import GenerationState, with_queries
-from fourm.model.fourm import EncodeCache, FourM
+from fourm.model.caches import EncodeCache
+from fourm.model.fourm import FourM
 from fourm.model.precision import check_precision, resolve_precision
 from fourm.pretrained import inference
 from fourm.registry import Registry
