@@ -195,7 +195,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask | None, dropout:
 
 
 class KVCache:
-    """Keys and values of the tokens one self-attention layer has seen so far; grows by appending.
+    """Keys and values of the tokens one self-attention layer has seen so far; grows by appending, or by
+    writing tokens at given slots (:meth:`write`).
 
     Incremental decoding feeds only the new tokens; their keys and values are appended here and
     they attend over everything cached, so a step costs O(new tokens) projections, not O(length).
@@ -215,9 +216,7 @@ class KVCache:
         The buffers grow by doubling, so a step writes its tokens in place instead of copying the whole
         cache into a new tensor (a torch.cat per layer and step)."""
         end = self.length + k.shape[2]
-        if self.k is None or end > self.k.shape[2]:
-            capacity = max(end, 16, 2 * (0 if self.k is None else self.k.shape[2]))
-            self.k, self.v = self._grown(self.k, k, capacity), self._grown(self.v, v, capacity)
+        self._reserve(end, k, v)
         self.k[:, :, self.length: end], self.v[:, :, self.length: end] = k, v
         self.length = end
         return self.contents()
@@ -225,9 +224,7 @@ class KVCache:
     def write(self, k: Tensor, v: Tensor, slots: Tensor, length: int) -> tuple[Tensor, Tensor]:
         """Put the tokens' keys and values (B, H, n, d) at ``slots`` (B, n), over what a slot held, and make the
         cache ``length`` long (more than every slot) -> its contents (views of the buffers)."""
-        if self.k is None or length > self.k.shape[2]:
-            capacity = max(length, 16, 2 * (0 if self.k is None else self.k.shape[2]))
-            self.k, self.v = self._grown(self.k, k, capacity), self._grown(self.v, v, capacity)
+        self._reserve(length, k, v)
         index = slots[:, None, :, None].expand_as(k)
         self.k.scatter_(2, index, k)
         self.v.scatter_(2, index, v)
@@ -239,6 +236,12 @@ class KVCache:
         if self.k is None:
             raise ValueError("the KV cache holds nothing yet: nothing was appended to it")
         return self.k[:, :, : self.length], self.v[:, :, : self.length]
+
+    def _reserve(self, length: int, k: Tensor, v: Tensor) -> None:
+        """Room for ``length`` tokens in buffers shaped as ``k`` and ``v`` (doubling, so growth is rare)."""
+        if self.k is None or length > self.k.shape[2]:
+            capacity = max(length, 16, 2 * (0 if self.k is None else self.k.shape[2]))
+            self.k, self.v = self._grown(self.k, k, capacity), self._grown(self.v, v, capacity)
 
     def _grown(self, old: Tensor | None, new: Tensor, capacity: int) -> Tensor:
         # zeros, not empty memory: a slot :meth:`write` leaves unwritten in some row is masked there, and a masked
