@@ -36,6 +36,11 @@ allocator keeps no statistics), by the allocator's high-water on a GPU.
 Timings are medians; ``--repeats`` interleaves the configurations (A B A B ...) so a neighbour's
 load spreads over all of them.
 
+``--precision bf16-weights`` is not a way fourm trains: the weights, their gradients and AdamW's state all in
+bf16, without autocast. It bounds what bf16 weights with fp32 master copies could gain over autocast's bf16:
+that design removes the casts of the weights to bf16 in the forward and of their gradients back in the
+backward, but its optimizer still reads and writes the fp32 copies, so it is slower than this.
+
 ``--reference`` prints each configuration's speed-up over the public reference (apple/ml-4m) at the
 same shapes: a saved stdout of its ``bench_ml4m.py``, or the folder holding it, which is then run once
 per round beside ours with the same threads and steps (``benchmarks/reference.py``). The reference
@@ -63,7 +68,7 @@ from fourm.train.host_memory import retain_freed_memory
 sys.path.insert(0, str(Path(__file__).parent))
 from reference import reference_output, train_ms  # noqa: E402  (benchmarks/reference.py)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16-weights": torch.bfloat16}
 
 
 @dataclass
@@ -188,6 +193,8 @@ class Runner:
         self.model = model.to(device).train()
         self.batches = [b.to(device) for b in batches]
         self.device = device
+        if precision == "bf16-weights":  # the bound on master weights: no casts left at all (module notes)
+            self.model.to(torch.bfloat16)
         self.optimizer = build_optimizer(self.model, TrainConfig())
         self.model.checkpoint_activations(recompute)
         if compile:

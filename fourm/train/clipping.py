@@ -26,8 +26,9 @@ def clip_gradients(params: Iterable[nn.Parameter], optimizer: torch.optim.Optimi
     norm = torch.nn.utils.get_total_norm(grads, foreach=True)
     inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it in an AcceleratedOptimizer
     if takes_grad_scale(inner, grads):
-        # the kernel divides each gradient by it: clip_grad_norm_'s factor max_norm / (norm + 1e-6), inverted
-        inner.grad_scale = ((norm + 1e-6) / max_norm).clamp(min=1.0)
+        # the kernel divides each gradient by it: clip_grad_norm_'s factor max_norm / (norm + 1e-6), inverted;
+        # in fp32, which the kernel requires (bf16 gradients give a bf16 norm)
+        inner.grad_scale = ((norm.float() + 1e-6) / max_norm).clamp(min=1.0)
     else:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
     return norm

@@ -43,3 +43,23 @@ def test_the_training_loops_optimizer_on_a_cpu_takes_the_clipping_in_its_pass():
     optimizer = build_optimizer(model, TrainConfig())
     model(torch.randn(2, 4)).sum().backward()
     assert takes_grad_scale(optimizer, [p.grad for p in model.parameters()])
+
+
+def test_clipping_folds_into_a_fused_adamw_over_bf16_weights():
+    # bf16 gradients give a bf16 norm, and the fused kernel takes its divisor in fp32 only
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(1))
+    ours, ours_opt = _model_and_optimizer(fused=True)
+    ref, ref_opt = _model_and_optimizer(fused=True)
+    for model in (ours, ref):
+        model.to(torch.bfloat16)
+        (model(x.bfloat16()).float().pow(2).sum() * 100.0).backward()
+    norm = clip_gradients(ours.parameters(), ours_opt, max_norm=1.0)
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+    assert norm > 1.0  # clipped
+    assert ours_opt.grad_scale.dtype == torch.float32
+    assert ours_opt.grad_scale.item() == pytest.approx(norm.item(), rel=1e-5)
+    for opt in (ours_opt, ref_opt):
+        opt.step()
+    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
+    assert all(a.dtype == torch.bfloat16 for a in ours.parameters())
