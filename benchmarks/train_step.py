@@ -3,6 +3,7 @@
     python benchmarks/train_step.py                                   # tiny, fp32 and bf16, eager
     python benchmarks/train_step.py --precision fp32 --compile off on --steps 10 --threads 2
     python benchmarks/train_step.py --precision fp32 --activation-checkpointing off on --batch 32
+    python benchmarks/train_step.py --precision bf16 bf16-weights --compile on   # the bound on master weights
 
 The reference's tiny configuration (4M-21, arXiv 2406.09406): 6 + 6 layers, width 384, SwiGLU,
 batch 8, 128 input and 128 target tokens per sample over two modalities: ``tok_rgb`` (196 tokens,
