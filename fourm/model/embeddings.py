@@ -55,12 +55,13 @@ def pad_rows(idx: Tensor, x: Tensor) -> Tensor:
     train step took 202 ms on fresh batches against 138 ms on 20 batches seen before (2 threads,
     compiled blocks), the difference building kernels, beyond oneDNN's cache of 1024. Padded, a
     modality's rows take ~30 sizes instead of ~1500; the padding costs at most 2x the rows below 64
-    and 63 rows above, and nothing at one row (a step of autoregressive decoding).
+    and 63 rows above, and nothing at one row (a step of autoregressive decoding). Under gradients one
+    row becomes two: a compiled loss would compile a graph of its own for one.
     """
     n = idx.numel()
     if not pads_rows(x):
         return idx
-    size = 1 << max(n - 1, 0).bit_length() if n <= 64 else -(-n // 64) * 64
+    size = 1 << max(n - 1, torch.is_grad_enabled()).bit_length() if n <= 64 else -(-n // 64) * 64
     return torch.cat([idx, idx[:1].expand(size - n)]) if size > n > 0 else idx
 
 

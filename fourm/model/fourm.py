@@ -37,7 +37,7 @@ from fourm.model.cross_entropy import IGNORE, cross_entropy_sum, fused_cross_ent
 from fourm.model.embeddings import ModalityEmbeddings, pad_rows, split_by_modality
 from fourm.model.expert import PatchExpertConfig
 from fourm.model.heads import CodebookHead
-from fourm.model.packing import Packing, pack, unpack
+from fourm.model.packing import Packing, mark_dynamic, pack, unpack
 from fourm.model.stems import PIXEL_STEMS
 from fourm.pretrained import PretrainedMixin, register_pretrained
 
@@ -241,6 +241,7 @@ class FourM(nn.Module, PretrainedMixin):
             {n: self._head(n) for n in self.targets})
         self.cross_entropy = cross_entropy_sum  # compile() swaps in a compiled one
         self.activation_checkpointing = False  # checkpoint_activations() turns it on
+        self.compiled = False  # compile() turns it on
         self._init_weights()
 
     def _head(self, name: str) -> nn.Module:
@@ -296,6 +297,7 @@ class FourM(nn.Module, PretrainedMixin):
                 attention_kernel(device, dtype, backward)
         for blk in [*self.encoder, *self.decoder]:
             blk.compile(**kwargs)
+        self.compiled = True
         self.cross_entropy = torch.compile(fused_cross_entropy_sum, dynamic=True, **kwargs)
 
     def checkpoint_activations(self, enabled: bool = True) -> None:
@@ -310,6 +312,17 @@ class FourM(nn.Module, PretrainedMixin):
         forward runs again) and with FSDP's per-block units (the backward's unshard serves the recompute).
         """
         self.activation_checkpointing = enabled
+
+    def _pack(self, x: Tensor, valid: Tensor) -> tuple[Tensor, Packing | None]:
+        """x (B, N, D) -> its valid rows (n, D) and where they lie: the blocks run on the valid tokens only
+        (fourm.model.packing). Compiled blocks always get rows, with their counts marked as varying, so each
+        stack compiles one graph (and its backward) instead of three: the first batch's row counts, then
+        any counts, then the padded layout of a batch that packing saves nothing on."""
+        packing = Packing.of(valid, x, compiled=self.compiled)
+        x = pack(x, packing)
+        if self.compiled:
+            mark_dynamic(x, packing)
+        return x, packing
 
     def _block(self, block: nn.Module, *args, **kwargs) -> Tensor:
         """``block(*args, **kwargs)``, recomputed in the backward where activations are checkpointed."""
@@ -334,8 +347,7 @@ class FourM(nn.Module, PretrainedMixin):
         valid = batch.enc_valid
         x, rotary = self._inputs(batch)
         mask = attention_mask(valid[:, None, :])  # every query sees every valid token
-        packing = Packing.of(valid, x)  # the blocks run on the valid tokens only (fourm.model.packing)
-        x = pack(x, packing)
+        x, packing = self._pack(x, valid)
         for blk in self.encoder:
             x = self._block(blk, x, mask, rotary, packing)
         return unpack(self.encoder_norm(x), packing), valid
@@ -439,11 +451,10 @@ class FourM(nn.Module, PretrainedMixin):
         group, pos = batch.dec_group, batch.dec_pos
         self_mask = attention_mask(decoder_mask(group, pos, causal, group, pos, batch.dec_valid))
         cross_mask = attention_mask(memory_valid[:, None, :])
-        packing = Packing.of(batch.dec_valid, x)
-        x = pack(x, packing)
+        x, packing = self._pack(x, batch.dec_valid)
         if encoded is None:
-            memory_packing = Packing.of(memory_valid, memory)
-            memory, cross_kv = pack(memory, memory_packing), [None] * len(self.decoder)
+            memory, memory_packing = self._pack(memory, memory_valid)
+            cross_kv = [None] * len(self.decoder)
         else:
             memory_packing = None
         for blk, kv in zip(self.decoder, cross_kv, strict=True):

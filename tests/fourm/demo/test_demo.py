@@ -86,6 +86,31 @@ def test_the_serve_command_names_the_run_and_its_index_once_made(tmp_path):
     assert serve_command(cfg).endswith(f"--index '{run}/index'")
 
 
+def test_the_demo_trains_compiled_where_it_can_and_eager_where_it_cannot(tmp_path, monkeypatch):
+    """Compiling is how fast, not what: without a C++ compiler the demo trains eager instead of failing, and
+    a run trained either way is the same stage (its fingerprint)."""
+    from torch._inductor import cpp_builder, exc
+
+    from fourm.demo import stages as demo
+
+    trained = []
+    monkeypatch.setattr(demo, "run_training", trained.append)
+    cfg = load_demo_config(out=str(tmp_path))
+    demo._train(cfg)
+
+    def no_compiler():
+        raise exc.InvalidCxxCompiler
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    demo._train(cfg)
+    assert [t.train.use_compile for t in trained] == [True, False]
+    eager = load_demo_config(out=str(tmp_path))
+    eager.model.overrides = [*eager.model.overrides, "train.use_compile=false"]
+    assert demo.train_config(eager).train.use_compile is False
+    train_settings = STAGES[3].settings
+    assert train_settings(cfg) == train_settings(eager)
+
+
 def test_finished_stages_are_reused_and_changed_ones_redone(tmp_path, monkeypatch):
     from fourm.demo import stages as demo
 

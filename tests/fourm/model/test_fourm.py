@@ -149,13 +149,14 @@ def test_packed_blocks_give_the_padded_loss_gradients_and_outputs(monkeypatch, g
     batch = random_batch(tiny_config(), batch_size=4)
     calls = []
     real = Packing.of.__func__
-    monkeypatch.setattr(Packing, "of", classmethod(lambda cls, v, like: calls.append(real(cls, v, like)) or calls[-1]))
+    monkeypatch.setattr(Packing, "of", classmethod(lambda cls, v, like, **kw: calls.append(real(cls, v, like, **kw))
+                                                   or calls[-1]))
     packed = make_model(**overrides)
     with torch.set_grad_enabled(grad):
         out = packed(batch)
         memory, valid = packed.encode(batch)
     assert calls and all(c is not None for c in calls)  # the encoder, the decoder and the memory all packed
-    monkeypatch.setattr(Packing, "of", classmethod(lambda cls, v, like: None))
+    monkeypatch.setattr(Packing, "of", classmethod(lambda cls, v, like, **kw: None))
     plain = make_model(**overrides)
     with torch.set_grad_enabled(grad):
         expected = plain(batch)
@@ -351,6 +352,27 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients(recompute):
     torch.testing.assert_close(compiled(batch).loss, eager(batch).loss)
     assert_same_gradients(eager, compiled, rtol=1e-4, atol=1e-6)
     assert counters["stats"]["unique_graphs"] <= 3  # one encoder block, one decoder block, the loss
+
+
+@pytest.mark.slow
+def test_compiled_blocks_compile_once_whatever_the_batches_row_counts():
+    """Training batches of one shape hold different numbers of valid tokens: each stack's compiled block
+    takes them all in one graph (before, the first batch's counts got a graph, then any counts another)."""
+    from torch._dynamo.utils import counters
+
+    model = make_model().train()
+    model.compile()
+    rows = set()
+    for seed in range(4):
+        batch = random_batch(tiny_config(), seed=seed)
+        rows.add((int(batch.enc_valid.sum()), int(batch.dec_valid.sum())))
+        loss = model(batch).loss
+        loss.backward()
+        assert loss.isfinite()
+        if seed == 0:  # what the first batch compiled serves the others
+            counters.clear()
+    assert len(rows) == 4
+    assert counters["stats"]["unique_graphs"] == 0
 
 
 @pytest.mark.slow

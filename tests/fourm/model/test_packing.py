@@ -39,3 +39,16 @@ def test_no_packing_where_it_would_save_no_rows():
     assert Packing.of(almost, x) is None  # 61 rows bucket back up to 64
     with torch.no_grad():
         assert Packing.of(almost, x).gather.numel() == 61
+
+
+def test_a_compiled_block_gets_rows_of_any_batch_even_a_full_one():
+    """``compiled``: one layout for every batch (a graph each would compile otherwise), so a full batch and one
+    that buckets back up are packed too, and the list of padding never has 0 or 1 entries (each a graph)."""
+    g = torch.Generator().manual_seed(2)
+    almost = torch.ones(2, 32, dtype=torch.bool)
+    almost[0, -3:] = False
+    for valid in (torch.ones(2, 30, dtype=torch.bool), almost, torch.rand(2, 30, generator=g) < 0.5):
+        x = torch.randn(*valid.shape, 4, generator=g, requires_grad=True)
+        p = Packing.of(valid, x, compiled=True)
+        assert p is not None and p.empty.numel() >= 2
+        torch.testing.assert_close(unpack(pack(x, p), p), x * valid[..., None], rtol=0, atol=0)

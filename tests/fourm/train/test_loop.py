@@ -232,6 +232,21 @@ def test_bf16_training_decides_attention_precision_for_its_evaluation_too(tmp_pa
     assert sorted(attention_timings) == [(torch.bfloat16, False), (torch.bfloat16, True)]
 
 
+@pytest.mark.slow
+def test_a_compiled_model_is_evaluated_eager(tmp_path):
+    """Under no_grad a compiled model compiles graphs of its own, which a few evaluation batches every
+    eval_every steps do not pay back: the loop's evaluation runs the model eager, training compiled."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    task = RegressionTask()
+    train(task, TrainConfig(**{**CFG, "steps": 4, "eval_every": 2}, precision="fp32", use_compile=True), tmp_path,
+          progress=False)
+    assert counters["stats"]["unique_graphs"] == 1  # the training forward's
+    evaluations = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "eval/mse" in r]
+    assert [r["step"] for r in evaluations] == [2, 4]
+
+
 def test_compiling_on_a_cpu_without_a_compiler_is_one_clear_error(tmp_path, monkeypatch):
     from torch._inductor import cpp_builder, exc
 
