@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from fourm.config import load_config, read_yaml_mapping
+from fourm.data.stream import STREAM_ABOVE
 from fourm.data.tokenize import TokenizeConfig, tokenize_corpus
 from fourm.demo.report import write_report
 from fourm.demo.showcase import CHAINS, save_chains, save_reconstructions, save_retrieval
@@ -182,10 +183,14 @@ def _train(cfg: DemoConfig) -> dict:
 
 
 def _train_settings(cfg: DemoConfig) -> dict:
-    """What the training stage's model depends on; compiling changes how fast, not what (runs trained eager,
-    before the demo compiled, are reused)."""
+    """What the training stage's model depends on. Compiling changes how fast, not what, and so do the loader's
+    workers where the corpus is read in memory (a stream splits its shards over them): both are fixed here at
+    the values of runs from before the demo compiled and masked in line, so such runs are reused."""
     settings = asdict(train_config(cfg))
     settings["train"]["use_compile"] = False
+    data = settings["data"]
+    if data["loader"] == "memory" or (data["loader"] == "auto" and cfg.corpus.scenes <= STREAM_ABOVE):
+        data["num_workers"] = 1
     return settings
 
 

@@ -88,7 +88,8 @@ def test_the_serve_command_names_the_run_and_its_index_once_made(tmp_path):
 
 def test_the_demo_trains_compiled_where_it_can_and_eager_where_it_cannot(tmp_path, monkeypatch):
     """Compiling is how fast, not what: without a C++ compiler the demo trains eager instead of failing, and
-    a run trained either way is the same stage (its fingerprint)."""
+    a run trained either way is the same stage (its fingerprint); so is one with another number of loader workers
+    over the in-memory corpus."""
     from torch._inductor import cpp_builder, exc
 
     from fourm.demo import stages as demo
@@ -105,10 +106,13 @@ def test_the_demo_trains_compiled_where_it_can_and_eager_where_it_cannot(tmp_pat
     demo._train(cfg)
     assert [t.train.use_compile for t in trained] == [True, False]
     eager = load_demo_config(out=str(tmp_path))
-    eager.model.overrides = [*eager.model.overrides, "train.use_compile=false"]
+    eager.model.overrides = [*eager.model.overrides, "train.use_compile=false", "data.num_workers=2"]
     assert demo.train_config(eager).train.use_compile is False
     train_settings = STAGES[3].settings
-    assert train_settings(cfg) == train_settings(eager)
+    assert train_settings(cfg) == train_settings(eager)  # the loader's workers: the batches are the same
+    streamed = load_demo_config(out=str(tmp_path))
+    streamed.model.overrides = [*streamed.model.overrides, "data.loader=stream", "data.num_workers=2"]
+    assert train_settings(streamed)["data"]["num_workers"] == 2  # a stream splits its shards over them
 
 
 def test_finished_stages_are_reused_and_changed_ones_redone(tmp_path, monkeypatch):
