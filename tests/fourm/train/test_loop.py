@@ -242,7 +242,7 @@ def test_a_compiled_model_is_evaluated_eager(tmp_path):
     task = RegressionTask()
     train(task, TrainConfig(**{**CFG, "steps": 4, "eval_every": 2}, precision="fp32", use_compile=True), tmp_path,
           progress=False)
-    assert counters["stats"]["unique_graphs"] == 1  # the training forward's
+    assert counters["stats"]["unique_graphs"] <= 1  # the training forward's (none where a test before compiled it)
     evaluations = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "eval/mse" in r]
     assert [r["step"] for r in evaluations] == [2, 4]
 
