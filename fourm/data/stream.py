@@ -284,6 +284,14 @@ LOADERS = ("auto", "memory", "stream")
 STREAM_ABOVE = 200_000  # loader="auto" streams corpora with more samples (or any remote one)
 
 
+def resolve_loader(loader: str, samples: int, roots: list[str | os.PathLike]) -> str:
+    """How ``loader`` reads corpora ``roots`` of ``samples`` samples together: ``auto`` streams remote ones and
+    more than :data:`STREAM_ABOVE` samples, and holds the rest in memory."""
+    if loader != "auto":
+        return loader
+    return "stream" if samples > STREAM_ABOVE or any(is_remote(r) for r in roots) else "memory"
+
+
 def open_token_data(roots: list[str | os.PathLike], modalities: dict[str, Modality],
                     weights: list[float] | None = None, loader: str = "auto", window: int = 8):
     """Token corpora as training data: in memory (the fast path for small corpora) or streamed.
@@ -294,10 +302,8 @@ def open_token_data(roots: list[str | os.PathLike], modalities: dict[str, Modali
     """
     if loader not in LOADERS:
         raise ValueError(f"data.loader must be {', '.join(LOADERS)}, not {loader!r}")
-    if loader == "auto":
-        total = sum(read_token_manifest(r)["num_samples"] for r in roots)
-        loader = "stream" if total > STREAM_ABOVE or any(is_remote(r) for r in roots) else "memory"
-    if loader == "memory":
+    samples = sum(read_token_manifest(r)["num_samples"] for r in roots) if loader == "auto" else 0
+    if resolve_loader(loader, samples, roots) == "memory":
         datasets = [TokenDataset.from_corpus(r, modalities) for r in roots]
         return datasets[0] if len(datasets) == 1 and weights is None else MixtureDataset(datasets, weights)
     streams = [ShardStream(r, modalities, window) for r in roots]

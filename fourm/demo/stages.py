@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from fourm.config import load_config, read_yaml_mapping
-from fourm.data.stream import STREAM_ABOVE
+from fourm.data.stream import resolve_loader
 from fourm.data.tokenize import TokenizeConfig, tokenize_corpus
 from fourm.demo.report import write_report
 from fourm.demo.showcase import CHAINS, save_chains, save_reconstructions, save_retrieval
@@ -189,7 +189,7 @@ def _train_settings(cfg: DemoConfig) -> dict:
     settings = asdict(train_config(cfg))
     settings["train"]["use_compile"] = False
     data = settings["data"]
-    if data["loader"] == "memory" or (data["loader"] == "auto" and cfg.corpus.scenes <= STREAM_ABOVE):
+    if resolve_loader(data["loader"], cfg.corpus.scenes, data["corpora"]) == "memory":
         data["num_workers"] = 1
     return settings
 
